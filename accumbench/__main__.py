@@ -1,0 +1,3 @@
+from accumbench.cli import main
+
+main()

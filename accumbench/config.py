@@ -1,0 +1,170 @@
+"""The run configuration: one frozen, validated dataclass, readable from YAML with flags on top.
+
+Only the standard library and PyYAML are imported here, so `accumbench --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Optional
+
+from accumbench.errors import UserError
+
+BACKENDS = ("torch",)
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULERS = ("constant", "linear", "cosine")
+POOLINGS = ("cls", "mean")
+
+# Fields that never change what a run computes, so they stay out of config_hash.
+_NOT_HASHED = frozenset({"checkpoint"})
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines one training run. Defaults follow the seed study where it had one."""
+
+    model: str = field(default="minilm", metadata={"help": "Alias (bert, modernbert, minilm), hub id or local directory."})
+    dataset: str = field(default="demo", metadata={"help": "demo, imdb, a hub dataset id, a local file or a directory."})
+    backend: str = field(default="torch", metadata={"help": "Training loop: torch."})
+    effective_batch_size: int = field(default=64, metadata={"help": "Samples per optimizer step (EBS)."})
+    micro_batch_size: int = field(default=16, metadata={"help": "Samples per forward/backward pass; EBS must be a multiple."})
+    epochs: int = field(default=5, metadata={"help": "Passes over the training split."})
+    lr: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
+    optimizer: str = field(default="adam", metadata={"help": "adam or adamw."})
+    scheduler: str = field(default="constant", metadata={"help": "constant, linear or cosine (sized in optimizer steps)."})
+    warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of optimizer steps spent warming up."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (L2 for adam, decoupled for adamw)."})
+    grad_clip: Optional[float] = field(default=None, metadata={"help": "Clip the accumulated gradient to this norm."})
+    max_length: int = field(default=128, metadata={"help": "Truncate token sequences to this length."})
+    dropout: float = field(default=0.1, metadata={"help": "Dropout before the linear head."})
+    pooling: str = field(default="cls", metadata={"help": "cls or mean pooling of the encoder output."})
+    seed: int = field(default=42, metadata={"help": "Seeds the split, the sample order and the head."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training samples."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N validation and test samples."})
+    text_column: Optional[str] = field(default=None, metadata={"help": "Text column (default: auto-detect)."})
+    label_column: Optional[str] = field(default=None, metadata={"help": "Label column (default: auto-detect)."})
+    drop_last: bool = field(default=False, metadata={"help": "Drop the short last optimizer group of each epoch."})
+    checkpoint: bool = field(default=True, metadata={"help": "Save the best-validation model as safetensors."})
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
+        self._validate()
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches per optimizer step: EBS / micro-batch size."""
+        return self.effective_batch_size // self.micro_batch_size
+
+    def _validate(self) -> None:
+        for name in ("effective_batch_size", "micro_batch_size", "epochs", "max_length"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"{_flag(name)} must be a positive integer, got {getattr(self, name)}; pass a value >= 1")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise UserError(f"{_flag(name)} must be a positive integer, got {value}; pass a value >= 1 or leave it out")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}; pass e.g. --lr 5e-5")
+        if self.effective_batch_size % self.micro_batch_size:
+            lower = max(self.micro_batch_size, self.effective_batch_size // self.micro_batch_size * self.micro_batch_size)
+            upper = lower + self.micro_batch_size
+            raise UserError(
+                f"effective batch size {self.effective_batch_size} is not a multiple of micro-batch size "
+                f"{self.micro_batch_size}; use --effective-batch-size {lower} or {upper}, or change --micro-batch-size"
+            )
+        for name, choices in (("backend", BACKENDS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("pooling", POOLINGS)):
+            if getattr(self, name) not in choices:
+                raise UserError(f"unknown {_flag(name)} '{getattr(self, name)}'; choose one of: {', '.join(choices)}")
+        if not 0.0 <= self.warmup_ratio < 1.0:
+            raise UserError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}; pass e.g. --warmup-ratio 0.1")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}; pass e.g. --dropout 0.1")
+        if self.weight_decay < 0:
+            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise UserError(f"--grad-clip must be a positive norm, got {self.grad_clip}; leave it out to disable clipping")
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields plus the derived accumulation_steps, as stored in runs.config_json."""
+        return {**dataclasses.asdict(self), "accumulation_steps": self.accumulation_steps}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @property
+    def config_hash(self) -> str:
+        """Stable across processes and versions: sha256 of the sorted JSON of the result-changing fields."""
+        hashed = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_HASHED}
+        return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+CONFIG_KEYS = tuple(f.name for f in fields(RunConfig))
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """Turn YAML/CLI values into the field's type, or explain which value is wrong."""
+    if value is None:
+        if annotation.startswith("Optional"):
+            return None
+        raise UserError(f"{_flag(name)} needs a value; remove the empty key or give one")
+    base = annotation.removeprefix("Optional[").removesuffix("]")
+    try:
+        if base == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if base == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            # PyYAML reads "5e-5" (no dot) as a string, so accept numeric strings.
+            return float(value)
+        if base == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+                return value.lower() in ("true", "yes")
+            raise ValueError
+        if base == "str":
+            return str(value)
+    except (TypeError, ValueError):
+        pass
+    raise UserError(f"{_flag(name)} must be {base}, got {value!r}; fix the value in the flag or the YAML file")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a run YAML file: a mapping whose keys are RunConfig field names."""
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; check the --config path")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first_line = str(exc).splitlines()[0]
+        raise UserError(f"config file {path} is not valid YAML ({first_line}); fix the syntax") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must be a mapping of option: value; found {type(data).__name__}")
+    for key in data:
+        if key not in CONFIG_KEYS:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), CONFIG_KEYS, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(CONFIG_KEYS)}"
+            raise UserError(f"unknown key '{key}' in {path}; {hint}")
+    return data
+
+
+def build_config(config_file: Optional[Path] = None, **overrides: Any) -> RunConfig:
+    """Defaults, then the YAML file, then every override that is not None (the flags the user gave)."""
+    values: dict[str, Any] = read_yaml(config_file) if config_file else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return RunConfig(**values)

@@ -1,0 +1,11 @@
+"""The one exception type that the CLI turns into a one-line message and exit code 2."""
+
+
+class UserError(Exception):
+    """Bad input from the user: the message names the problem and the fix."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt, so a run is closed as KILLED.
+
+    A BaseException, as KeyboardInterrupt is, so that `except Exception` cleanup code lets it through."""
