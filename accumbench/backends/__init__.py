@@ -1,0 +1,1 @@
+"""Training loops. Each backend iterates the same accumulation plan (accumbench.accumulation)."""
