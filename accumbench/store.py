@@ -1,0 +1,362 @@
+"""The run database: the only module in accumbench that speaks SQL.
+
+Every training run is one row in ``runs`` and one row per finished epoch in
+``epochs``. Callers get plain dicts back, never ORM objects, so they need no
+session. Column names are a public contract (people query the file with the
+``sqlite3`` CLI), so rename nothing without bumping SCHEMA_VERSION.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import sqlite3
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    DateTime, Float, ForeignKey, Text, TypeDecorator, UniqueConstraint,
+    create_engine, event, func, inspect, make_url, select,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from accumbench.errors import UserError
+
+SCHEMA_VERSION = 1
+
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+STATUSES = (RUNNING, FINISHED, FAILED, KILLED)
+TERMINAL_STATUSES = (FINISHED, FAILED, KILLED)
+
+
+class NonFiniteFloat(TypeDecorator):
+    """A float column that keeps NaN (a diverged run is a result, not a crash).
+
+    Python's sqlite3 driver binds float('nan') as NULL, which would make a
+    diverged loss indistinguishable from "not measured". SQLite columns are
+    dynamically typed, so we store NaN as the TEXT 'NaN' and turn it back into
+    a float on the way out. +/-inf need no help: SQLite's REAL holds IEEE
+    infinities natively, so they stay real numbers (MAX/ORDER BY still work).
+    Other databases (e.g. PostgreSQL) store NaN natively and are left alone.
+    """
+
+    impl = Float
+    cache_ok = True
+
+    def bind_processor(self, dialect):
+        # Overrides bind_processor rather than process_bind_param: Float's own
+        # SQLite bind processor runs float() on the value and would undo 'NaN'.
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value):
+            if value is None:
+                return None
+            return "NaN" if math.isnan(value) else float(value)
+
+        return process
+
+    def process_result_value(self, value, dialect):
+        # Float's result processor already float()s 'NaN'; this keeps it explicit.
+        return float(value) if isinstance(value, str) else value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {float: NonFiniteFloat}
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(primary_key=True)
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    # AUTOINCREMENT: ids of deleted runs are never handed out again, so a
+    # checkpoint directory or a note that names "run 7" can't be mistaken.
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    status: Mapped[str]
+    backend: Mapped[str]
+    model: Mapped[str]
+    dataset: Mapped[str]
+    seed: Mapped[int]
+    lr: Mapped[float]
+    effective_batch_size: Mapped[int]
+    micro_batch_size: Mapped[int]
+    accumulation_steps: Mapped[int]
+    epochs: Mapped[int]
+    max_length: Mapped[int]
+    optimizer: Mapped[str]
+    scheduler: Mapped[str]
+    config_hash: Mapped[str] = mapped_column(index=True)
+    config_json: Mapped[str] = mapped_column(Text)
+    # Naive datetimes, always UTC (see _now).
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    torch_version: Mapped[str | None]
+    transformers_version: Mapped[str | None]
+    accelerate_version: Mapped[str | None]
+    device: Mapped[str | None]
+    num_train_samples: Mapped[int | None]
+    num_val_samples: Mapped[int | None]
+    num_test_samples: Mapped[int | None]
+    num_labels: Mapped[int | None]
+    best_epoch: Mapped[int | None]
+    checkpoint_path: Mapped[str | None]
+
+
+class Epoch(Base):
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("run_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int]  # 1-based
+    train_loss: Mapped[float | None]
+    train_accuracy: Mapped[float | None]
+    val_loss: Mapped[float | None]
+    val_accuracy: Mapped[float | None]
+    test_loss: Mapped[float | None]
+    test_accuracy: Mapped[float | None]
+    optimizer_steps: Mapped[int]  # cumulative over the run
+    samples_seen: Mapped[int]  # cumulative over the run
+    epoch_seconds: Mapped[float]
+    train_seconds: Mapped[float]
+    eval_seconds: Mapped[float]
+    samples_per_second: Mapped[float]
+    peak_memory_mb: Mapped[float | None]  # None where the device can't tell (CPU)
+
+
+RUN_COLUMNS = tuple(c.key for c in inspect(Run).column_attrs)
+EPOCH_COLUMNS = tuple(c.key for c in inspect(Epoch).column_attrs)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _as_dict(obj: Base, columns: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in columns}
+
+
+def resolve_db_url(db: str | None) -> str:
+    """None -> env ACCUMBENCH_DB, else './runs.db'. A string containing '://'
+    is a SQLAlchemy URL used as is; otherwise a file path -> 'sqlite:///<abs>'."""
+    if db is None:
+        db = os.environ.get("ACCUMBENCH_DB") or "./runs.db"
+    if "://" in db:
+        return db
+    return "sqlite:///" + str(pathlib.Path(db).expanduser().resolve())
+
+
+def sqlite_path(url: str) -> pathlib.Path | None:
+    """The file behind a sqlite URL; None for other databases and in-memory ones."""
+    parsed = make_url(url)
+    database = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return None
+    if database.startswith("file:"):  # sqlite URI filenames: not a plain path
+        return None
+    return pathlib.Path(database)
+
+
+def _newer_schema_error(where: Any, found: int) -> UserError:
+    return UserError(
+        f"{where} has schema version {found}, but this accumbench only knows "
+        f"version {SCHEMA_VERSION}; upgrade accumbench (pip install -U accumbench) to use it"
+    )
+
+
+def _check_parent_dir(path: pathlib.Path) -> None:
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise UserError(
+            f"database directory {parent} does not exist; create it or pass --db with another path"
+        )
+
+
+def _readonly_uri(path: pathlib.Path) -> str:
+    """A sqlite URI that reads `path` without creating or writing any file."""
+    uri = path.absolute().as_uri()
+    with path.open("rb") as f:
+        header = f.read(100)
+    wal_mode = header.startswith(b"SQLite format 3\0") and header[18:20] == b"\2\2"
+    if wal_mode and not pathlib.Path(f"{path}-wal").exists():
+        # A read-only connection to a WAL database would leave empty -wal/-shm
+        # files behind. With no -wal file everything is in the main file, and
+        # writers touch only the WAL until a checkpoint, so immutable is safe.
+        return uri + "?immutable=1"
+    return uri + "?mode=ro"  # never creates the file or writes to it
+
+
+def _set_sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    # busy_timeout first, so switching to WAL waits for a busy writer instead of failing.
+    cursor.execute("PRAGMA busy_timeout=30000")
+    # WAL: readers (e.g. `accumbench list` or the sqlite3 CLI) don't block a training run.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # Off by default in SQLite, per connection; needed for ON DELETE CASCADE.
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Store:
+    """A handle on one run database. Each write is its own short transaction."""
+
+    def __init__(self, url: str, engine) -> None:
+        self.url = url
+        self.engine = engine
+        self._session = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """Create the database and tables if needed and check the schema version."""
+        if sqlite_path(url) is not None:
+            # Check read-only first: our connect hook switches the file to WAL,
+            # which rewrites its header, and a newer database must stay untouched.
+            cls.check_compatible(url)
+        engine = create_engine(url)
+        is_sqlite = engine.dialect.name == "sqlite"
+        if is_sqlite:
+            event.listen(engine, "connect", _set_sqlite_pragmas)
+        try:
+            with engine.connect() as conn:
+                if is_sqlite:
+                    # Take the write lock up front: parallel workers opening a fresh
+                    # file would otherwise race to create the same tables.
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # Same check for non-sqlite databases, before create_all touches anything.
+                found = None
+                if inspect(conn).has_table(SchemaVersion.__tablename__):
+                    found = conn.scalar(select(func.max(SchemaVersion.version)))
+                    if found is not None and found > SCHEMA_VERSION:
+                        raise _newer_schema_error(url, found)
+                Base.metadata.create_all(conn)
+                if found is None:
+                    conn.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION))
+                conn.commit()
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(url, engine)
+
+    @classmethod
+    def check_compatible(cls, url: str) -> None:
+        """Read-only pre-flight for sqlite files: creates and modifies nothing.
+
+        Raises UserError for a missing parent directory, a file that is not an
+        SQLite database (or is someone else's), or a newer schema version.
+        """
+        path = sqlite_path(url)
+        if path is None:
+            return
+        _check_parent_dir(path)
+        if not path.exists():
+            return
+        try:
+            conn = sqlite3.connect(_readonly_uri(path), uri=True)
+            try:
+                tables = {row[0] for row in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type = 'table'")}
+                found = None
+                if SchemaVersion.__tablename__ in tables:
+                    found = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+            finally:
+                conn.close()
+        except (sqlite3.DatabaseError, OSError) as exc:  # e.g. garbage, or a directory
+            raise UserError(f"{path} is not an accumbench database: {exc}") from None
+        ours = set(Base.metadata.tables)
+        if SchemaVersion.__tablename__ not in tables and tables - ours:
+            raise UserError(
+                f"{path} is not an accumbench database: it is an SQLite database with other "
+                f"tables ({', '.join(sorted(tables - ours))}); pass --db with another path"
+            )
+        if found is not None and found > SCHEMA_VERSION:
+            raise _newer_schema_error(path, found)
+
+    def create_run(
+        self, *, config_json: str, config_hash: str, backend: str, model: str, dataset: str,
+        seed: int, lr: float, effective_batch_size: int, micro_batch_size: int,
+        accumulation_steps: int, epochs: int, max_length: int, optimizer: str, scheduler: str,
+        torch_version: str | None = None, transformers_version: str | None = None,
+        accelerate_version: str | None = None, device: str | None = None,
+        num_train_samples: int | None = None, num_val_samples: int | None = None,
+        num_test_samples: int | None = None, num_labels: int | None = None,
+    ) -> int:
+        """Insert a run with status RUNNING; created/started/heartbeat = now. Returns its id."""
+        fields = dict(locals())  # exactly the keyword arguments above: all run columns
+        del fields["self"]
+        now = _now()
+        run = Run(status=RUNNING, created_at=now, started_at=now, heartbeat_at=now, **fields)
+        with self._session.begin() as session:
+            session.add(run)
+        return run.id
+
+    def add_epoch(self, run_id: int, **metrics: Any) -> None:
+        """Record one finished epoch and bump the run's heartbeat, atomically.
+
+        A duplicate (run_id, epoch) raises sqlalchemy.exc.IntegrityError.
+        """
+        with self._session.begin() as session:
+            run = self._get(session, run_id)
+            session.add(Epoch(run_id=run_id, **metrics))  # unknown key -> TypeError
+            run.heartbeat_at = _now()
+
+    def update_run(self, run_id: int, **fields: Any) -> None:
+        """Set arbitrary run columns, e.g. best_epoch=3, checkpoint_path='...'."""
+        unknown = set(fields) - (set(RUN_COLUMNS) - {"id"})
+        if unknown:
+            raise TypeError(f"update_run: not an updatable run column: {', '.join(sorted(unknown))}")
+        with self._session.begin() as session:
+            run = self._get(session, run_id)
+            for name, value in fields.items():
+                setattr(run, name, value)
+
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
+        """Set a terminal status (FINISHED, FAILED or KILLED), finished_at=now and error."""
+        if status not in TERMINAL_STATUSES:
+            raise ValueError(f"finish_run: status must be one of {TERMINAL_STATUSES}, not {status!r}")
+        self.update_run(run_id, status=status, finished_at=_now(), error=error)
+
+    def get_run(self, run_id: int) -> dict[str, Any]:
+        """All columns of one run; KeyError if there is no such run."""
+        with self._session() as session:
+            return _as_dict(self._get(session, run_id), RUN_COLUMNS)
+
+    def list_runs(self, status: str | None = None) -> list[dict[str, Any]]:
+        """All runs (optionally only those with `status`), oldest first."""
+        if status is not None and status not in STATUSES:
+            raise ValueError(f"list_runs: status must be one of {STATUSES}, not {status!r}")
+        query = select(Run).order_by(Run.id)
+        if status is not None:
+            query = query.where(Run.status == status)
+        with self._session() as session:
+            return [_as_dict(run, RUN_COLUMNS) for run in session.scalars(query)]
+
+    def epochs(self, run_id: int) -> list[dict[str, Any]]:
+        """The run's epoch rows ordered by epoch (empty if none, or no such run)."""
+        query = select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)
+        with self._session() as session:
+            return [_as_dict(row, EPOCH_COLUMNS) for row in session.scalars(query)]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    @staticmethod
+    def _get(session, run_id: int) -> Run:
+        run = session.get(Run, run_id)
+        if run is None:
+            raise KeyError(f"no run with id {run_id}")
+        return run
