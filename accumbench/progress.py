@@ -29,12 +29,15 @@ class RichReporter(Reporter):
         self._epochs = config.epochs
         self.console.print(
             f"run [bold]{run_id}[/]: {config.model} on {config.dataset} "
-            f"(train {sizes['train']}, val {sizes['validation']}, test {sizes['test']}), "
+            f"(train/val/test {sizes['train']}/{sizes['validation']}/{sizes['test']})\n"
             f"EBS {config.effective_batch_size} = {config.accumulation_steps} x {config.micro_batch_size}, "
-            f"lr {config.lr:g}, {config.backend} on {device}"
+            f"lr {config.lr:g}, {config.epochs} epochs, {config.backend} backend on {device}"
         )
 
     def epoch_started(self, epoch: int, num_samples: int) -> None:
+        self._started = time.perf_counter()
+        if not self.console.is_terminal:  # logs and pipes get the per-epoch lines only
+            return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._progress = Progress(
@@ -44,31 +47,32 @@ class RichReporter(Reporter):
         )
         self._progress.start()
         self._task = self._progress.add_task("train", total=num_samples, loss=float("nan"), rate=0.0)
-        self._started = time.perf_counter()
 
     def step(self, samples_done: int, loss: float) -> None:
+        if self._progress is None:
+            return
         rate = samples_done / max(time.perf_counter() - self._started, 1e-9)
         self._progress.update(self._task, completed=samples_done, loss=loss, rate=rate)
 
     def epoch_finished(self, row: dict[str, Any]) -> None:
         if self._progress is not None:
             self._progress.stop()
+            self._progress = None
         self.console.print(
-            f"epoch {row['epoch']}/{self._epochs}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f} | "
-            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f} | "
-            f"{row['samples_per_second']:.1f} samples/s, {row['epoch_seconds']:.1f}s"
+            f"epoch {row['epoch']}/{self._epochs}  loss/acc: train {row['train_loss']:.3f}/{row['train_accuracy']:.3f}"
+            f"  val {row['val_loss']:.3f}/{row['val_accuracy']:.3f}  {row['samples_per_second']:.1f} samples/s"
+            f"  {row['epoch_seconds']:.0f}s"
         )
 
     def summary(self, result: Any, db_label: str) -> None:
         """The one-screen end of `accumbench train`: every epoch, the best one, and where it is stored."""
-        from rich import box
         from rich.table import Table
 
-        # SIMPLE_HEAD and 3 decimals keep all ten columns readable in an 80-column terminal.
-        table = Table(title=f"run {result.run_id}: FINISHED", box=box.SIMPLE_HEAD, pad_edge=False)
-        for column in ("epoch", "train loss", "train acc", "val loss", "val acc", "test loss", "test acc",
-                       "steps", "samples/s", "seconds"):
-            table.add_column(column, justify="right", no_wrap=True, min_width=5, max_width=9)
+        # Two-line headers, no box and 3 decimals keep all ten columns in an 80-column terminal.
+        table = Table(title=f"run {result.run_id}: FINISHED", box=None, header_style="bold")
+        for column in ("epoch", "train\nloss", "train\nacc", "val\nloss", "val\nacc", "test\nloss", "test\nacc",
+                       "optim\nsteps", "samples\nper sec", "epoch\nsec"):
+            table.add_column(column, justify="right")
         for row in result.epochs:
             mark = " *" if row["epoch"] == result.best_epoch else ""
             table.add_row(
@@ -81,6 +85,6 @@ class RichReporter(Reporter):
         best = result.epochs[result.best_epoch - 1]
         saved = f"; checkpoint {result.checkpoint_path}" if result.checkpoint_path else ""
         self.console.print(
-            f"* best validation epoch {result.best_epoch}: val acc {best['val_accuracy']:.4f}, "
-            f"test acc {best['test_accuracy']:.4f}{saved}\nrun id {result.run_id} recorded in {db_label}"
+            f"* best validation epoch {result.best_epoch}: val acc {best['val_accuracy']:.3f}, "
+            f"test acc {best['test_accuracy']:.3f}{saved}\nrun id {result.run_id} recorded in {db_label}"
         )
