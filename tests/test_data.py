@@ -143,3 +143,52 @@ def test_tokenize_once_and_pad_each_micro_batch_to_its_own_longest(tiny_bert):
     assert batch["input_ids"][0, 3:].eq(tokenizer.pad_token_id).all()
     assert batch["labels"].tolist() == [0, 1]
     assert collate(split, [2], tokenizer.pad_token_id)["input_ids"].shape == (1, 16)
+
+
+# --- hub datasets: the real loader is datasets.load_dataset; offline we hand it a local DatasetDict ----
+
+
+def _fake_hub(monkeypatch, dataset_dict):
+    import datasets
+
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: calls.append(name) or dataset_dict)
+    return calls
+
+
+def test_imdb_pools_train_and_test_without_unsupervised_then_splits_8_1_1(monkeypatch):
+    from datasets import Dataset, DatasetDict
+
+    split = lambda prefix, n, label: Dataset.from_dict(  # noqa: E731
+        {"text": [f"{prefix} {i}" for i in range(n)], "label": [label(i) for i in range(n)]})
+    calls = _fake_hub(monkeypatch, DatasetDict(
+        train=split("train", 60, lambda i: i % 2), test=split("test", 40, lambda i: i % 2),
+        unsupervised=split("unsup", 50, lambda i: -1)))
+    ds = load_text_dataset("imdb", seed=0)
+    assert calls == ["imdb"]
+    texts = ds.train.texts + ds.validation.texts + ds.test.texts
+    assert (len(ds.train), len(ds.validation), len(ds.test)) == (80, 10, 10)
+    assert not any(t.startswith("unsup") for t in texts)
+    assert sum(t.startswith("test") for t in texts) == 40
+    assert ds.label_names == ["0", "1"]
+
+
+def test_a_hub_dataset_with_three_labelled_splits_is_used_as_given(monkeypatch):
+    from datasets import Dataset, DatasetDict
+
+    make = lambda n: Dataset.from_dict({"sentence": [f"s{i}" for i in range(n)], "label": [i % 2 for i in range(n)]})  # noqa: E731
+    _fake_hub(monkeypatch, DatasetDict(train=make(30), validation=make(6), test=make(4)))
+    ds = load_text_dataset("someone/three-splits", seed=0)
+    assert (len(ds.train), len(ds.validation), len(ds.test)) == (30, 6, 4)
+    assert ds.source == "given splits"
+
+
+def test_a_glue_style_unlabelled_test_split_is_left_out(monkeypatch):
+    from datasets import Dataset, DatasetDict
+
+    make = lambda n, lab: Dataset.from_dict({"sentence": [f"s{i}" for i in range(n)], "label": [lab(i) for i in range(n)]})  # noqa: E731
+    _fake_hub(monkeypatch, DatasetDict(train=make(90, lambda i: i % 2), validation=make(10, lambda i: i % 2),
+                                       test=make(20, lambda i: -1)))
+    ds = load_text_dataset("glue-like", seed=0)
+    assert len(ds.train) + len(ds.validation) + len(ds.test) == 100  # train + validation pooled, then 8:1:1
+    assert ds.label_names == ["0", "1"]
