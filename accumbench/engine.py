@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from accumbench import accumulation, data
 from accumbench.backends import torch_loop
 from accumbench.config import RunConfig
-from accumbench.errors import Terminated
+from accumbench.errors import Terminated, UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 from accumbench.progress import Reporter
 from accumbench.store import FAILED, FINISHED, KILLED, Store, resolve_db_url, sqlite_path
@@ -59,6 +59,11 @@ def prepare(config: RunConfig) -> Prepared:
         config.dataset, seed=config.seed, text_column=config.text_column, label_column=config.label_column,
         max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
     )
+    if config.drop_last and len(dataset.train) < config.effective_batch_size:
+        raise UserError(
+            f"--drop-last with {len(dataset.train)} training samples and effective batch size "
+            f"{config.effective_batch_size} leaves no optimizer step; lower --effective-batch-size or use --keep-last"
+        )
     tokenizer, encoder = load_tokenizer_and_encoder(config.model)
     splits = {
         name: data.tokenize(getattr(dataset, name), tokenizer, config.max_length)
@@ -69,33 +74,32 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(config, dataset, splits, model, tokenizer.pad_token_id)
 
 
-def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Reporter] = None,
-          prepared: Optional[Prepared] = None) -> TrainResult:
+def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Reporter] = None) -> TrainResult:
     """Run one configuration and record it. Returns the run id and its epoch rows."""
     reporter = reporter or Reporter()
     url = resolve_db_url(db)
     Store.check_compatible(url)  # refuse a newer or foreign database before the slow loading
-    prepared = prepared or prepare(config)
+    prepared = prepare(config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = prepared.model.to(device)
 
     store = Store.open(url)
     try:
-        run_id = store.create_run(
-            config_json=config.to_json(), config_hash=config.config_hash, backend=config.backend,
-            model=config.model, dataset=config.dataset, seed=config.seed, lr=config.lr,
-            effective_batch_size=config.effective_batch_size, micro_batch_size=config.micro_batch_size,
-            accumulation_steps=config.accumulation_steps, epochs=config.epochs, max_length=config.max_length,
-            optimizer=config.optimizer, scheduler=config.scheduler,
-            torch_version=_version("torch"), transformers_version=_version("transformers"),
-            accelerate_version=_version("accelerate"), device=_device_name(device),
-            num_train_samples=len(prepared.splits["train"]), num_val_samples=len(prepared.splits["validation"]),
-            num_test_samples=len(prepared.splits["test"]), num_labels=prepared.dataset.num_labels,
-        )
-        sizes = {name: len(split) for name, split in prepared.splits.items()}
-        reporter.run_started(run_id, config, sizes, _device_name(device))
         with _sigterm_as_exception():
+            run_id = store.create_run(
+                config_json=config.to_json(), config_hash=config.config_hash, backend=config.backend,
+                model=config.model, dataset=config.dataset, seed=config.seed, lr=config.lr,
+                effective_batch_size=config.effective_batch_size, micro_batch_size=config.micro_batch_size,
+                accumulation_steps=config.accumulation_steps, epochs=config.epochs, max_length=config.max_length,
+                optimizer=config.optimizer, scheduler=config.scheduler,
+                torch_version=_version("torch"), transformers_version=_version("transformers"),
+                accelerate_version=_version("accelerate"), device=_device_name(device),
+                num_train_samples=len(prepared.splits["train"]), num_val_samples=len(prepared.splits["validation"]),
+                num_test_samples=len(prepared.splits["test"]), num_labels=prepared.dataset.num_labels,
+            )
             try:
+                sizes = {name: len(split) for name, split in prepared.splits.items()}
+                reporter.run_started(run_id, config, sizes, _device_name(device))
                 result = _fit(run_id, prepared, model, device, store, reporter, checkpoint_root(url))
             except KeyboardInterrupt:
                 store.finish_run(run_id, KILLED, "interrupted (Ctrl-C)")
@@ -106,7 +110,7 @@ def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Report
             except BaseException as exc:
                 store.finish_run(run_id, FAILED, f"{type(exc).__name__}: {exc}")
                 raise
-        store.finish_run(run_id, FINISHED)
+            store.finish_run(run_id, FINISHED)
         return result
     finally:
         store.close()
@@ -117,8 +121,6 @@ def _fit(run_id: int, prepared: Prepared, model: TextClassifier, device: torch.d
     config, splits = prepared.config, prepared.splits
     train_split = splits["train"]
     steps_per_epoch = accumulation.groups_per_epoch(len(train_split), config.effective_batch_size, config.drop_last)
-    if steps_per_epoch == 0:
-        raise ValueError(f"--drop-last with {len(train_split)} training samples < EBS leaves no optimizer step")
     optimizer = _optimizer(model, config)
     scheduler = _scheduler(optimizer, config, total_steps=steps_per_epoch * config.epochs)
     batch_for = lambda indices: data.collate(train_split, indices, prepared.pad_token_id)  # noqa: E731

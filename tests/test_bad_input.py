@@ -101,3 +101,9 @@ def test_a_newer_database_is_refused_untouched(tmp_path):
     assert result.exit_code == 2
     assert "schema version 99" in result.stderr and "upgrade accumbench" in result.stderr
     assert db.read_bytes() == before
+
+
+def test_drop_last_that_would_leave_no_step(tmp_path):
+    line = _refused(tmp_path, "--drop-last", "--max-train-samples", "10", "--effective-batch-size", "16",
+                    "--micro-batch-size", "8")
+    assert "--drop-last with 10 training samples and effective batch size 16 leaves no optimizer step" in line
