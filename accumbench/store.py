@@ -1,7 +1,7 @@
 """The run database: the only module in accumbench that speaks SQL.
 
-Every training run is one row in ``runs`` and one row per finished epoch in
-``epochs``. Callers get plain dicts back, never ORM objects, so they need no
+Every training run is one row in ``runs``, one row per finished epoch in
+``epochs`` and one row per optimizer step in ``steps``. Callers get plain dicts back, never ORM objects, so they need no
 session. Column names are a public contract (people query the file with the
 ``sqlite3`` CLI), so rename nothing without bumping SCHEMA_VERSION.
 """
@@ -12,22 +12,25 @@ import math
 import os
 import pathlib
 import sqlite3
+import time
 from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import (
     DateTime, Float, ForeignKey, Text, TypeDecorator, UniqueConstraint,
-    create_engine, event, func, inspect, make_url, select,
+    create_engine, delete, event, func, insert, inspect, make_url, select,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from accumbench.errors import UserError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 STATUSES = (RUNNING, FINISHED, FAILED, KILLED)
 TERMINAL_STATUSES = (FINISHED, FAILED, KILLED)
+PRECISIONS = ("no", "bf16", "fp16")  # runs.precision (accelerate's mixed_precision names)
 
 
 class NonFiniteFloat(TypeDecorator):
@@ -109,6 +112,10 @@ class Run(Base):
     num_labels: Mapped[int | None]
     best_epoch: Mapped[int | None]
     checkpoint_path: Mapped[str | None]
+    # Added in schema version 2 (kept last: ALTER TABLE ADD COLUMN appends, so
+    # fresh and migrated databases have the same column order).
+    precision: Mapped[str | None]  # one of PRECISIONS
+    world_size: Mapped[int | None]  # number of processes (GPUs) training together
 
 
 class Epoch(Base):
@@ -131,10 +138,30 @@ class Epoch(Base):
     eval_seconds: Mapped[float]
     samples_per_second: Mapped[float]
     peak_memory_mb: Mapped[float | None]  # CUDA max allocated, or peak RSS on CPU
+    # Added in schema version 2: optimizer steps the fp16 GradScaler skipped
+    # (inf/NaN gradients) in this epoch; NULL when not measured (no fp16).
+    skipped_steps: Mapped[int | None]
+
+
+class Step(Base):
+    """One optimizer step (one accumulation group). Added in schema version 2."""
+
+    __tablename__ = "steps"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int]  # 1-based, cumulative over the run
+    epoch: Mapped[int]  # 1-based
+    samples_seen: Mapped[int]  # cumulative over the run, including this step
+    loss: Mapped[float]  # mean training loss of the step's group (NaN kept)
+    grad_norm: Mapped[float | None]  # total gradient norm before clipping
+    lr: Mapped[float]  # learning rate used for this step
 
 
 RUN_COLUMNS = tuple(c.key for c in inspect(Run).column_attrs)
 EPOCH_COLUMNS = tuple(c.key for c in inspect(Epoch).column_attrs)
+STEP_COLUMNS = tuple(c.key for c in inspect(Step).column_attrs)
 
 
 def _now() -> datetime:
@@ -195,12 +222,64 @@ def _readonly_uri(path: pathlib.Path) -> str:
     return uri + "?mode=ro"  # never creates the file or writes to it
 
 
+def _add_missing_columns(conn: Connection, table: Any, names: tuple[str, ...]) -> None:
+    """ALTER TABLE ADD COLUMN each of `names` that `table` lacks (idempotent).
+
+    The columns must be nullable and without server defaults: that is all
+    ADD COLUMN can do on every database (SQLite in particular).
+    """
+    existing = {col["name"] for col in inspect(conn).get_columns(table.name)}
+    preparer = conn.dialect.identifier_preparer
+    for name in names:
+        if name in existing:
+            continue
+        column = table.c[name]
+        assert column.nullable and column.server_default is None, column
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.format_table(table)} "
+            f"ADD COLUMN {preparer.format_column(column)} {column.type.compile(dialect=conn.dialect)}"
+        )
+
+
+def _migrate_to_2(conn: Connection) -> None:
+    """1 -> 2: per-step rows (table steps, made by create_all), runs.precision,
+    runs.world_size and epochs.skipped_steps."""
+    _add_missing_columns(conn, Run.__table__, ("precision", "world_size"))
+    _add_missing_columns(conn, Epoch.__table__, ("skipped_steps",))
+
+
+# Why migrations rather than "delete the old file": a run database holds results
+# that took GPU-hours to produce, so a new accumbench upgrades it in place.
+# Store.open runs these in order (found+1 .. SCHEMA_VERSION) inside its single
+# BEGIN IMMEDIATE transaction, after create_all has made any missing tables, so an
+# upgrade is all-or-nothing and parallel workers can't both run it. Each function
+# takes the database from version N-1 to N and must be idempotent (inspect before
+# altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
+_MIGRATIONS = {2: _migrate_to_2}
+assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
+
+
+_BUSY_TIMEOUT_S = 30.0
+
+
 def _set_sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor = dbapi_connection.cursor()
     # busy_timeout first, so switching to WAL waits for a busy writer instead of failing.
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT_S * 1000)}")
     # WAL: readers (e.g. `accumbench list` or the sqlite3 CLI) don't block a training run.
-    cursor.execute("PRAGMA journal_mode=WAL")
+    # Switching a rollback-journal file (a fresh or hand-made one) to WAL needs an
+    # exclusive lock, and SQLite may return "database is locked" at once without
+    # calling the busy handler (to avoid a deadlock) while another connection holds
+    # the write lock, e.g. parallel workers opening the same file. So retry it here.
+    deadline = time.monotonic() + _BUSY_TIMEOUT_S
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
     # Off by default in SQLite, per connection; needed for ON DELETE CASCADE.
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
@@ -216,7 +295,8 @@ class Store:
 
     @classmethod
     def open(cls, url: str) -> Store:
-        """Create the database and tables if needed and check the schema version."""
+        """Create the database and tables if needed, check the schema version and
+        upgrade an older database in place (see _MIGRATIONS)."""
         if sqlite_path(url) is not None:
             # Check read-only first: our connect hook switches the file to WAL,
             # which rewrites its header, and a newer database must stay untouched.
@@ -237,9 +317,13 @@ class Store:
                     found = conn.scalar(select(func.max(SchemaVersion.version)))
                     if found is not None and found > SCHEMA_VERSION:
                         raise _newer_schema_error(url, found)
-                Base.metadata.create_all(conn)
-                if found is None:
-                    conn.execute(SchemaVersion.__table__.insert().values(version=SCHEMA_VERSION))
+                Base.metadata.create_all(conn)  # also the tables a migration adds
+                if found is not None and found < SCHEMA_VERSION:
+                    for version in range(found + 1, SCHEMA_VERSION + 1):
+                        _MIGRATIONS[version](conn)
+                    conn.execute(delete(SchemaVersion))
+                if found is None or found < SCHEMA_VERSION:
+                    conn.execute(insert(SchemaVersion).values(version=SCHEMA_VERSION))
                 conn.commit()
         except BaseException:
             engine.dispose()
@@ -251,7 +335,8 @@ class Store:
         """Read-only pre-flight for sqlite files: creates and modifies nothing.
 
         Raises UserError for a missing parent directory, a file that is not an
-        SQLite database (or is someone else's), or a newer schema version.
+        SQLite database (or is someone else's), or a newer schema version. An
+        older version is fine: open() upgrades it (this check never does).
         """
         path = sqlite_path(url)
         if path is None:
@@ -288,10 +373,13 @@ class Store:
         accelerate_version: str | None = None, device: str | None = None,
         num_train_samples: int | None = None, num_val_samples: int | None = None,
         num_test_samples: int | None = None, num_labels: int | None = None,
+        precision: str | None = None, world_size: int | None = None,
     ) -> int:
         """Insert a run with status RUNNING; created/started/heartbeat = now. Returns its id."""
         fields = dict(locals())  # exactly the keyword arguments above: all run columns
         del fields["self"]
+        if precision is not None and precision not in PRECISIONS:
+            raise ValueError(f"create_run: precision must be one of {PRECISIONS} or None, not {precision!r}")
         now = _now()
         run = Run(status=RUNNING, created_at=now, started_at=now, heartbeat_at=now, **fields)
         with self._session.begin() as session:
@@ -306,6 +394,25 @@ class Store:
         with self._session.begin() as session:
             run = self._get(session, run_id)
             session.add(Epoch(run_id=run_id, **metrics))  # unknown key -> TypeError
+            run.heartbeat_at = _now()
+
+    def add_steps(self, run_id: int, rows: list[dict[str, Any]]) -> None:
+        """Record many optimizer steps and bump the run's heartbeat, in one transaction.
+
+        Each row has step, epoch, samples_seen, loss, lr and optionally grad_norm
+        (run_id is filled in). One executemany INSERT, so hundreds of rows per
+        epoch cost one commit. All or nothing: a duplicate (run_id, step) raises
+        sqlalchemy.exc.IntegrityError and inserts none of the rows.
+        """
+        allowed = set(STEP_COLUMNS) - {"id", "run_id"}
+        for row in rows:
+            unknown = set(row) - allowed
+            if unknown:
+                raise TypeError(f"add_steps: not a step column: {', '.join(sorted(unknown))}")
+        with self._session.begin() as session:
+            run = self._get(session, run_id)
+            if rows:
+                session.execute(insert(Step), [{**row, "run_id": run_id} for row in rows])
             run.heartbeat_at = _now()
 
     def update_run(self, run_id: int, **fields: Any) -> None:
@@ -344,6 +451,12 @@ class Store:
         query = select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)
         with self._session() as session:
             return [_as_dict(row, EPOCH_COLUMNS) for row in session.scalars(query)]
+
+    def steps(self, run_id: int) -> list[dict[str, Any]]:
+        """The run's step rows ordered by step (empty if none, or no such run)."""
+        query = select(Step).where(Step.run_id == run_id).order_by(Step.step)
+        with self._session() as session:
+            return [_as_dict(row, STEP_COLUMNS) for row in session.scalars(query)]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -1,4 +1,4 @@
-"""Tests for accumbench.store: schema, lifecycle, PRAGMAs, NaN, version checks."""
+"""Tests for accumbench.store: schema, lifecycle, steps, PRAGMAs, NaN, versions, migration."""
 
 import math
 import sqlite3
@@ -7,11 +7,12 @@ from datetime import datetime, timezone
 
 import pytest
 import sqlalchemy.exc
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from accumbench.errors import UserError
 from accumbench.store import (
-    FAILED, FINISHED, KILLED, RUNNING, SCHEMA_VERSION, Store, resolve_db_url, sqlite_path,
+    _MIGRATIONS, FAILED, FINISHED, KILLED, RUNNING, SCHEMA_VERSION, Store, resolve_db_url,
+    sqlite_path,
 )
 
 RUN_KWARGS = dict(
@@ -24,6 +25,137 @@ OPTIONAL_RUN_KWARGS = dict(
     device="cuda:0", num_train_samples=1000, num_val_samples=100, num_test_samples=200,
     num_labels=2,
 )
+
+
+# The exact DDL that accumbench with SCHEMA_VERSION = 1 wrote (dumped from sqlite_master
+# of a database it created). Frozen here on purpose: never derive it from the current models.
+V1_DDL = [
+    """CREATE TABLE schema_version (
+	version INTEGER NOT NULL, 
+	PRIMARY KEY (version)
+)""",
+    """CREATE TABLE runs (
+	id INTEGER NOT NULL PRIMARY KEY AUTOINCREMENT, 
+	status VARCHAR NOT NULL, 
+	backend VARCHAR NOT NULL, 
+	model VARCHAR NOT NULL, 
+	dataset VARCHAR NOT NULL, 
+	seed INTEGER NOT NULL, 
+	lr FLOAT NOT NULL, 
+	effective_batch_size INTEGER NOT NULL, 
+	micro_batch_size INTEGER NOT NULL, 
+	accumulation_steps INTEGER NOT NULL, 
+	epochs INTEGER NOT NULL, 
+	max_length INTEGER NOT NULL, 
+	optimizer VARCHAR NOT NULL, 
+	scheduler VARCHAR NOT NULL, 
+	config_hash VARCHAR NOT NULL, 
+	config_json TEXT NOT NULL, 
+	created_at DATETIME NOT NULL, 
+	started_at DATETIME, 
+	finished_at DATETIME, 
+	heartbeat_at DATETIME, 
+	error TEXT, 
+	torch_version VARCHAR, 
+	transformers_version VARCHAR, 
+	accelerate_version VARCHAR, 
+	device VARCHAR, 
+	num_train_samples INTEGER, 
+	num_val_samples INTEGER, 
+	num_test_samples INTEGER, 
+	num_labels INTEGER, 
+	best_epoch INTEGER, 
+	checkpoint_path VARCHAR
+)""",
+    "CREATE INDEX ix_runs_config_hash ON runs (config_hash)",
+    """CREATE TABLE epochs (
+	id INTEGER NOT NULL, 
+	run_id INTEGER NOT NULL, 
+	epoch INTEGER NOT NULL, 
+	train_loss FLOAT, 
+	train_accuracy FLOAT, 
+	val_loss FLOAT, 
+	val_accuracy FLOAT, 
+	test_loss FLOAT, 
+	test_accuracy FLOAT, 
+	optimizer_steps INTEGER NOT NULL, 
+	samples_seen INTEGER NOT NULL, 
+	epoch_seconds FLOAT NOT NULL, 
+	train_seconds FLOAT NOT NULL, 
+	eval_seconds FLOAT NOT NULL, 
+	samples_per_second FLOAT NOT NULL, 
+	peak_memory_mb FLOAT, 
+	PRIMARY KEY (id), 
+	UNIQUE (run_id, epoch), 
+	FOREIGN KEY(run_id) REFERENCES runs (id) ON DELETE CASCADE
+)""",
+    "CREATE INDEX ix_epochs_run_id ON epochs (run_id)",
+]
+
+# Every table and column of the current schema: the public contract.
+EXPECTED_COLUMNS = {
+    "schema_version": {"version"},
+    "runs": {
+        "id", "status", "backend", "model", "dataset", "seed", "lr", "effective_batch_size",
+        "micro_batch_size", "accumulation_steps", "epochs", "max_length", "optimizer",
+        "scheduler", "config_hash", "config_json", "created_at", "started_at", "finished_at",
+        "heartbeat_at", "error", "torch_version", "transformers_version",
+        "accelerate_version", "device", "num_train_samples", "num_val_samples",
+        "num_test_samples", "num_labels", "best_epoch", "checkpoint_path",
+        "precision", "world_size",
+    },
+    "epochs": {
+        "id", "run_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
+        "test_loss", "test_accuracy", "optimizer_steps", "samples_seen", "epoch_seconds",
+        "train_seconds", "eval_seconds", "samples_per_second", "peak_memory_mb",
+        "skipped_steps",
+    },
+    "steps": {"id", "run_id", "step", "epoch", "samples_seen", "loss", "grad_norm", "lr"},
+}
+
+
+def make_v1_db(path):
+    """A genuine version-1 database, as the previous accumbench left it: one run, one epoch."""
+    conn = sqlite3.connect(path)
+    for ddl in V1_DDL:
+        conn.execute(ddl)
+    conn.execute("INSERT INTO schema_version (version) VALUES (1)")
+    conn.execute(
+        "INSERT INTO runs (status, backend, model, dataset, seed, lr, effective_batch_size, "
+        "micro_batch_size, accumulation_steps, epochs, max_length, optimizer, scheduler, "
+        "config_hash, config_json, created_at, started_at, finished_at, heartbeat_at, "
+        "device, best_epoch) VALUES ('FINISHED', 'hf', 'bert-tiny', 'sst2', 7, 2e-05, 64, 16, "
+        "4, 1, 128, 'adamw', 'linear', 'abc123', '{}', '2024-05-01 10:00:00.000000', "
+        "'2024-05-01 10:00:00.000000', '2024-05-01 10:05:00.000000', "
+        "'2024-05-01 10:05:00.000000', 'cuda:0', 1)")
+    conn.execute(
+        "INSERT INTO epochs (run_id, epoch, train_loss, train_accuracy, val_loss, val_accuracy, "
+        "test_loss, test_accuracy, optimizer_steps, samples_seen, epoch_seconds, train_seconds, "
+        "eval_seconds, samples_per_second, peak_memory_mb) VALUES "
+        "(1, 1, 'NaN', 0.5, 0.6, 0.75, NULL, 0.7, 16, 1000, 12.5, 10.0, 2.5, 100.0, 512.0)")
+    conn.commit()
+    conn.close()
+
+
+def table_infos(path):
+    """{table: PRAGMA table_info rows} for every table, plus the index names, via plain sqlite3."""
+    conn = sqlite3.connect(path)
+    try:
+        tables = [row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name != 'sqlite_sequence'")]
+        infos = {t: conn.execute(f"PRAGMA table_info({t})").fetchall() for t in tables}
+        indexes = {row[0] for row in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index'")}
+        return infos, indexes
+    finally:
+        conn.close()
+
+
+def step_row(step, **overrides):
+    row = dict(step=step, epoch=(step - 1) // 100 + 1, samples_seen=64 * step, loss=1.0 / step,
+               grad_norm=0.5 + step, lr=2e-5 * (1 - step / 1000))
+    row.update(overrides)
+    return row
 
 
 def utcnow():
@@ -234,30 +366,15 @@ def test_nan_and_inf_round_trip(store, db_url):
 
 
 def test_column_names_are_the_public_contract(store, db_url):
-    expected = {
-        "schema_version": {"version"},
-        "runs": {
-            "id", "status", "backend", "model", "dataset", "seed", "lr", "effective_batch_size",
-            "micro_batch_size", "accumulation_steps", "epochs", "max_length", "optimizer",
-            "scheduler", "config_hash", "config_json", "created_at", "started_at", "finished_at",
-            "heartbeat_at", "error", "torch_version", "transformers_version",
-            "accelerate_version", "device", "num_train_samples", "num_val_samples",
-            "num_test_samples", "num_labels", "best_epoch", "checkpoint_path",
-        },
-        "epochs": {
-            "id", "run_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
-            "test_loss", "test_accuracy", "optimizer_steps", "samples_seen", "epoch_seconds",
-            "train_seconds", "eval_seconds", "samples_per_second", "peak_memory_mb",
-        },
-    }
+    infos, _ = table_infos(sqlite_path(db_url))
+    assert {table: {row[1] for row in info} for table, info in infos.items()} == EXPECTED_COLUMNS
     conn = sqlite3.connect(sqlite_path(db_url))
     try:
-        for table, columns in expected.items():
-            info = conn.execute(f"PRAGMA table_info({table})").fetchall()
-            assert {row[1] for row in info} == columns, table
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         indexed = {row[1] for row in conn.execute("PRAGMA index_list(runs)")}
         assert any("config_hash" in name for name in indexed)
+        indexed = {row[1] for row in conn.execute("PRAGMA index_list(steps)")}
+        assert any("run_id" in name for name in indexed)
     finally:
         conn.close()
 
@@ -355,3 +472,247 @@ def test_in_memory_database():
         run_id = s.create_run(**RUN_KWARGS)
         s.add_epoch(run_id, **epoch_metrics(1, train_loss=float("nan")))
         assert math.isnan(s.epochs(run_id)[0]["train_loss"])
+
+
+# --- schema version 2: steps, precision/world_size, skipped_steps -------------------------
+
+
+def test_new_run_and_epoch_columns(store):
+    run = store.get_run(store.create_run(**RUN_KWARGS))
+    assert run["precision"] is None and run["world_size"] is None
+    run_id = store.create_run(**RUN_KWARGS, precision="fp16", world_size=4)
+    run = store.get_run(run_id)
+    assert (run["precision"], run["world_size"]) == ("fp16", 4)
+    store.update_run(run_id, precision="bf16", world_size=2)
+    run = store.get_run(run_id)
+    assert (run["precision"], run["world_size"]) == ("bf16", 2)
+    with pytest.raises(ValueError, match="precision"):
+        store.create_run(**RUN_KWARGS, precision="fp32")
+
+    store.add_epoch(run_id, **epoch_metrics(1, skipped_steps=3))
+    store.add_epoch(run_id, **epoch_metrics(2))
+    assert [r["skipped_steps"] for r in store.epochs(run_id)] == [3, None]
+
+
+def test_steps_round_trip(store, db_url):
+    run_id = store.create_run(**RUN_KWARGS)
+    other = store.create_run(**RUN_KWARGS)
+    heartbeat = store.get_run(run_id)["heartbeat_at"]
+    rows = [step_row(3), step_row(1, loss=float("nan"), grad_norm=None), step_row(2)]
+    store.add_steps(run_id, rows)
+    store.add_steps(other, [step_row(1)])
+    assert store.get_run(run_id)["heartbeat_at"] >= heartbeat
+
+    got = store.steps(run_id)
+    assert [r["step"] for r in got] == [1, 2, 3]  # ordered by step, not insertion
+    assert math.isnan(got[0]["loss"]) and got[0]["grad_norm"] is None
+    for row, expected in zip(got[1:], [step_row(2), step_row(3)]):
+        assert {k: row[k] for k in expected} == expected
+    for row in got:
+        assert row["run_id"] == run_id and isinstance(row["id"], int)
+    assert set(got[0]) == EXPECTED_COLUMNS["steps"]
+    assert [r["run_id"] for r in store.steps(other)] == [other]
+    assert store.steps(999) == []
+
+    # grad_norm may be left out entirely; NaN is the TEXT 'NaN' in the file, as in epochs.
+    store.add_steps(run_id, [{k: v for k, v in step_row(4).items() if k != "grad_norm"}])
+    assert store.steps(run_id)[-1]["grad_norm"] is None
+    conn = sqlite3.connect(sqlite_path(db_url))
+    raw = conn.execute("SELECT loss FROM steps WHERE run_id = ? AND step = 1", (run_id,)).fetchone()
+    conn.close()
+    assert raw == ("NaN",)
+
+
+def test_add_steps_bad_input(store):
+    with pytest.raises(KeyError):
+        store.add_steps(999, [step_row(1)])
+    run_id = store.create_run(**RUN_KWARGS)
+    with pytest.raises(TypeError, match="no_such"):
+        store.add_steps(run_id, [step_row(1), step_row(2, no_such=1)])
+    with pytest.raises(TypeError, match="run_id"):
+        store.add_steps(run_id, [step_row(1, run_id=run_id + 1)])
+    with pytest.raises(sqlalchemy.exc.IntegrityError):  # loss is NOT NULL (NaN is fine)
+        store.add_steps(run_id, [step_row(1, loss=None)])
+    store.add_steps(run_id, [])  # nothing to do, but fine
+    assert store.steps(run_id) == []
+
+
+def test_unique_run_step_and_all_or_nothing(store):
+    run_id = store.create_run(**RUN_KWARGS)
+    store.add_steps(run_id, [step_row(1), step_row(2)])
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        store.add_steps(run_id, [step_row(3), step_row(2, loss=9.0), step_row(4)])
+    assert [r["step"] for r in store.steps(run_id)] == [1, 2]  # step 3 rolled back too
+    assert store.steps(run_id)[1]["loss"] == 0.5
+    with pytest.raises(sqlalchemy.exc.IntegrityError):  # duplicate within one call
+        store.add_steps(run_id, [step_row(5), step_row(5)])
+    assert [r["step"] for r in store.steps(run_id)] == [1, 2]
+    other = store.create_run(**RUN_KWARGS)
+    store.add_steps(other, [step_row(1)])  # same step number in another run is fine
+
+
+def test_steps_cascade_delete(store):
+    keep, drop = store.create_run(**RUN_KWARGS), store.create_run(**RUN_KWARGS)
+    for run_id in (keep, drop):
+        store.add_steps(run_id, [step_row(1), step_row(2)])
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM runs WHERE id = :id"), {"id": drop})
+        left = conn.execute(text("SELECT run_id FROM steps")).scalars().all()
+    assert left == [keep, keep]
+
+
+def test_add_steps_is_one_transaction(store):
+    run_id = store.create_run(**RUN_KWARGS)
+    commits, inserts = [], []
+
+    def on_execute(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("INSERT INTO STEPS"):
+            inserts.append(len(parameters) if executemany else 1)
+
+    event.listen(store.engine, "commit", lambda conn: commits.append(1))
+    event.listen(store.engine, "before_cursor_execute", on_execute)
+    store.add_steps(run_id, [step_row(i) for i in range(1, 501)])
+    event.remove(store.engine, "before_cursor_execute", on_execute)
+    assert len(commits) == 1
+    assert inserts == [500]  # a single executemany, not one statement per row
+    assert len(store.steps(run_id)) == 500
+
+
+# --- migration ---------------------------------------------------------------------------
+
+
+def test_migrations_cover_every_version():
+    assert sorted(_MIGRATIONS) == list(range(2, SCHEMA_VERSION + 1))
+
+
+def test_v1_database_is_migrated(tmp_path, db_url):
+    path = tmp_path / "v1.db"
+    make_v1_db(path)
+    url = resolve_db_url(str(path))
+    before = path.read_bytes()
+    Store.check_compatible(url)  # an older version is fine, and check_compatible never upgrades
+    assert path.read_bytes() == before
+
+    with Store.open(url) as s:
+        run = s.get_run(1)
+        assert (run["status"], run["model"], run["device"], run["best_epoch"]) == (
+            FINISHED, "bert-tiny", "cuda:0", 1)
+        assert run["finished_at"] == datetime(2024, 5, 1, 10, 5)
+        assert run["precision"] is None and run["world_size"] is None
+        [epoch] = s.epochs(1)
+        assert math.isnan(epoch["train_loss"]) and epoch["test_loss"] is None
+        assert (epoch["optimizer_steps"], epoch["samples_seen"]) == (16, 1000)
+        assert epoch["skipped_steps"] is None
+        assert s.steps(1) == []
+        # The upgraded database takes the new data, and run ids keep counting up.
+        new = s.create_run(**RUN_KWARGS, precision="bf16", world_size=2)
+        assert new == 2
+        s.add_epoch(new, **epoch_metrics(1, skipped_steps=0))
+        s.add_steps(new, [step_row(1)])
+        s.add_steps(1, [step_row(1)])
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    assert conn.execute("SELECT precision, world_size FROM runs WHERE id = 1").fetchone() == (
+        None, None)
+    assert conn.execute("SELECT skipped_steps FROM epochs WHERE run_id = 1").fetchone() == (None,)
+    conn.close()
+
+    # Same tables, columns (name, type, NOT NULL, default, pk, order) and indexes as a fresh one.
+    Store.open(db_url).close()
+    assert table_infos(path) == table_infos(sqlite_path(db_url))
+
+    # A second open is a no-op.
+    snapshot = table_infos(path)
+    with Store.open(url) as s:
+        assert [r["id"] for r in s.list_runs()] == [1, 2]
+        assert len(s.steps(1)) == 1 and len(s.steps(2)) == 1
+    assert table_infos(path) == snapshot
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    conn.close()
+
+
+def test_migration_is_idempotent_on_partially_migrated_columns(tmp_path):
+    # E.g. someone added a column by hand: migrating must skip what already exists.
+    path = tmp_path / "v1.db"
+    make_v1_db(path)
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE runs ADD COLUMN precision VARCHAR")
+    conn.execute("UPDATE runs SET precision = 'fp16'")
+    conn.commit()
+    conn.close()
+    with Store.open(resolve_db_url(str(path))) as s:
+        assert s.get_run(1)["precision"] == "fp16"
+        assert s.get_run(1)["world_size"] is None
+
+
+def test_failed_migration_leaves_v1_untouched(tmp_path, monkeypatch):
+    path = tmp_path / "v1.db"
+    make_v1_db(path)
+    original = _MIGRATIONS[2]
+
+    def broken(conn):
+        original(conn)  # the ALTERs happen, then something goes wrong
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(_MIGRATIONS, 2, broken)
+    with pytest.raises(RuntimeError, match="boom"):
+        Store.open(resolve_db_url(str(path)))
+    infos, _ = table_infos(path)
+    assert set(infos) == {"schema_version", "runs", "epochs"}  # no steps table
+    assert "precision" not in {row[1] for row in infos["runs"]}
+    assert "skipped_steps" not in {row[1] for row in infos["epochs"]}
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    conn.close()
+
+    monkeypatch.setitem(_MIGRATIONS, 2, original)
+    with Store.open(resolve_db_url(str(path))) as s:  # a later open upgrades it
+        assert s.get_run(1)["precision"] is None and s.steps(1) == []
+
+
+def test_parallel_open_of_v1_database(tmp_path):
+    # Parallel sweep workers may all open an old database at once: one upgrades it.
+    path = tmp_path / "v1.db"
+    make_v1_db(path)
+    url = resolve_db_url(str(path))
+    barrier, errors = threading.Barrier(6), []
+
+    def worker():
+        barrier.wait()
+        try:
+            with Store.open(url) as s:
+                run_id = s.create_run(**RUN_KWARGS, precision="no", world_size=1)
+                s.add_steps(run_id, [step_row(1)])
+        except Exception as exc:  # collected: pytest can't see thread exceptions
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with Store.open(url) as s:
+        assert len(s.list_runs()) == 7
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+    conn.close()
+
+
+def test_version_3_refused_untouched(tmp_path):
+    # A database written by a future accumbench, with data: refused by both entry points,
+    # and neither migrates, rewrites nor adds -wal/-shm files.
+    path = tmp_path / "v3.db"
+    make_v1_db(path)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = 3")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    url = resolve_db_url(str(path))
+    for check in (Store.open, Store.check_compatible):
+        with pytest.raises(UserError, match="schema version 3.*upgrade accumbench"):
+            check(url)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v3.db"]
