@@ -3,9 +3,10 @@ step and how much each micro-batch's loss counts.
 
 The plan is plain data, computed once per epoch, and every backend iterates the same plan:
 
-    epoch order (seeded shuffle, independent of the micro-batch size)
+    epoch order (seeded shuffle, independent of the micro-batch size and the number of processes)
       -> optimizer groups of EBS samples (the last one may be short)
         -> micro-batches of at most micro_batch_size samples, each with weight n_micro / n_group
+          -> dealt round-robin to the processes: micro-step s of rank r is micro-batch s * W + r
 
 Why the weight: each micro-batch loss is a *mean* over its n_micro samples. Summing
 (n_micro / n_group) * mean_loss_micro over a group gives exactly the mean loss over the n_group
@@ -13,6 +14,11 @@ samples, so the accumulated gradient is the full-batch gradient, also for a ragg
 The common 1/k rule (Accelerate, nanoGPT) is only right when every micro-batch is full: a group
 of 50 split 16/16/16/2 would get 4 * (1/4) weights summing to 1 but over-weight the 2-sample
 micro-batch 8x relative to its share.
+
+With W processes, DDP averages the ranks' gradients (divides their sum by W), so each weight is
+multiplied by W: the sum over all ranks and micro-steps is again the group's mean loss. A rank
+that has no samples left in a ragged group's last micro-step gets an empty micro-batch (weight 0):
+it must still take part in the gradient all-reduce, or the other ranks would wait forever.
 """
 
 from __future__ import annotations
@@ -33,9 +39,18 @@ class MicroBatch:
 
 @dataclass(frozen=True)
 class OptimizerGroup:
-    """The samples of one optimizer step, cut into micro-batches."""
+    """The samples of one optimizer step: micro_steps[s][r] is rank r's micro-batch at micro-step s."""
 
-    micro_batches: tuple[MicroBatch, ...]
+    micro_steps: tuple[tuple[MicroBatch, ...], ...]
+
+    @property
+    def micro_batches(self) -> tuple[MicroBatch, ...]:
+        """Every non-empty micro-batch, in plan order (all ranks)."""
+        return tuple(mb for step in self.micro_steps for mb in step if len(mb))
+
+    def for_rank(self, rank: int) -> tuple[MicroBatch, ...]:
+        """This rank's micro-batches, one per micro-step; the same count on every rank."""
+        return tuple(step[rank] for step in self.micro_steps)
 
     @property
     def indices(self) -> tuple[int, ...]:
@@ -61,15 +76,21 @@ def groups_per_epoch(num_samples: int, effective_batch_size: int, drop_last: boo
     return math.ceil(num_samples / effective_batch_size)
 
 
-def cut_group(indices: list[int] | tuple[int, ...], micro_batch_size: int) -> OptimizerGroup:
-    """Cut one optimizer group into micro-batches weighted by their share of the group."""
+def cut_group(indices: list[int] | tuple[int, ...], micro_batch_size: int, world_size: int = 1) -> OptimizerGroup:
+    """Cut one optimizer group into micro-batches weighted by their share of the group, and deal
+    them round-robin to `world_size` ranks, padding the last micro-step with empty micro-batches."""
     n_group = len(indices)
-    micro_batches = tuple(
-        MicroBatch(indices=tuple(indices[start : start + micro_batch_size]),
-                   weight=min(micro_batch_size, n_group - start) / n_group)
-        for start in range(0, n_group, micro_batch_size)
-    )
-    return OptimizerGroup(micro_batches)
+    chunks = [tuple(indices[start : start + micro_batch_size]) for start in range(0, n_group, micro_batch_size)]
+    micro = [MicroBatch(chunk, weight=world_size * len(chunk) / n_group) for chunk in chunks]
+    n_steps = math.ceil(len(micro) / world_size)
+    micro += [MicroBatch((), 0.0)] * (n_steps * world_size - len(micro))
+    return OptimizerGroup(tuple(tuple(micro[s * world_size : (s + 1) * world_size]) for s in range(n_steps)))
+
+
+def cut_group_naively(indices: list[int] | tuple[int, ...], micro_batch_size: int, accumulation_steps: int) -> OptimizerGroup:
+    """The 1/k rule of Accelerate and most hand-written loops, kept only to show what it gets wrong."""
+    group = cut_group(indices, micro_batch_size)
+    return OptimizerGroup(tuple((MicroBatch(mb.indices, 1 / accumulation_steps),) for mb in group.micro_batches))
 
 
 def plan_epoch(
@@ -79,11 +100,12 @@ def plan_epoch(
     seed: int,
     epoch: int,
     drop_last: bool = False,
+    world_size: int = 1,
 ) -> list[OptimizerGroup]:
     """Every optimizer group of one (1-based) epoch, in training order."""
     order = epoch_order(num_samples, seed, epoch)
     n_groups = groups_per_epoch(num_samples, effective_batch_size, drop_last)
     return [
-        cut_group(order[g * effective_batch_size : (g + 1) * effective_batch_size], micro_batch_size)
+        cut_group(order[g * effective_batch_size : (g + 1) * effective_batch_size], micro_batch_size, world_size)
         for g in range(n_groups)
     ]

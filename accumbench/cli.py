@@ -69,6 +69,7 @@ def train(
     max_length: Optional[int] = typer.Option(None, help=_help("max_length")),
     dropout: Optional[float] = typer.Option(None, help=_help("dropout")),
     pooling: Optional[str] = typer.Option(None, help=_help("pooling")),
+    precision: Optional[str] = typer.Option(None, help=_help("precision")),
     seed: Optional[int] = typer.Option(None, help=_help("seed")),
     max_train_samples: Optional[int] = typer.Option(None, help=_help("max_train_samples")),
     max_eval_samples: Optional[int] = typer.Option(None, help=_help("max_eval_samples")),
@@ -102,8 +103,9 @@ def train(
     except Terminated:
         typer.echo("terminated: the run is recorded as KILLED", err=True)
         raise typer.Exit(143)
-    url = resolve_db_url(db)
-    reporter.summary(result, db_label=str(sqlite_path(url) or url))
+    if result.run_id is not None:  # None on the other processes of a multi-process run
+        url = resolve_db_url(db)
+        reporter.summary(result, db_label=str(sqlite_path(url) or url))
 
 
 def main(argv: Optional[list[str]] = None) -> Any:

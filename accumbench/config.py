@@ -16,7 +16,8 @@ from typing import Any, Optional
 
 from accumbench.errors import UserError
 
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "accelerate")
+PRECISIONS = ("no", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "linear", "cosine")
 POOLINGS = ("cls", "mean")
@@ -31,7 +32,7 @@ class RunConfig:
 
     model: str = field(default="minilm", metadata={"help": "Alias (bert, modernbert, minilm), hub id or local directory."})
     dataset: str = field(default="demo", metadata={"help": "demo, imdb, a hub dataset id, a local file or a directory."})
-    backend: str = field(default="torch", metadata={"help": "Training loop: torch."})
+    backend: str = field(default="torch", metadata={"help": "Training loop: torch or accelerate."})
     effective_batch_size: int = field(default=64, metadata={"help": "Samples per optimizer step (EBS)."})
     micro_batch_size: int = field(default=16, metadata={"help": "Samples per forward/backward pass; EBS must be a multiple."})
     epochs: int = field(default=5, metadata={"help": "Passes over the training split."})
@@ -44,6 +45,7 @@ class RunConfig:
     max_length: int = field(default=128, metadata={"help": "Truncate token sequences to this length."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout before the linear head."})
     pooling: str = field(default="cls", metadata={"help": "cls or mean pooling of the encoder output."})
+    precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (fp16 needs a CUDA GPU)."})
     seed: int = field(default=42, metadata={"help": "Seeds the split, the sample order and the head."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training samples."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N validation and test samples."})
@@ -59,8 +61,19 @@ class RunConfig:
 
     @property
     def accumulation_steps(self) -> int:
-        """Micro-batches per optimizer step: EBS / micro-batch size."""
+        """Micro-batches per optimizer step in one process: EBS / micro-batch size."""
         return self.effective_batch_size // self.micro_batch_size
+
+    def accumulation_steps_for(self, world_size: int) -> int:
+        """Micro-steps per optimizer step on each of `world_size` processes: EBS = world x micro x k."""
+        per_step = world_size * self.micro_batch_size
+        if self.effective_batch_size % per_step:
+            raise UserError(
+                f"effective batch size {self.effective_batch_size} is not a multiple of {world_size} processes x "
+                f"micro-batch size {self.micro_batch_size} = {per_step}; use a multiple of {per_step} or change "
+                "--micro-batch-size"
+            )
+        return self.effective_batch_size // per_step
 
     def _validate(self) -> None:
         for name in ("effective_batch_size", "micro_batch_size", "epochs", "max_length"):
@@ -79,7 +92,8 @@ class RunConfig:
                 f"effective batch size {self.effective_batch_size} is not a multiple of micro-batch size "
                 f"{self.micro_batch_size}; use --effective-batch-size {lower} or {upper}, or change --micro-batch-size"
             )
-        for name, choices in (("backend", BACKENDS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS), ("pooling", POOLINGS)):
+        for name, choices in (("backend", BACKENDS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
+                              ("pooling", POOLINGS), ("precision", PRECISIONS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"unknown {_flag(name)} '{getattr(self, name)}'; choose one of: {', '.join(choices)}")
         if not 0.0 <= self.warmup_ratio < 1.0:

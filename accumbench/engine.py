@@ -4,7 +4,7 @@ terminal status whatever happens.
 
     setup (data, model: every UserError happens here, before the store is written)
       -> store.create_run (RUNNING)
-      -> for each epoch: plan -> backend.train_epoch -> evaluate val/test -> store.add_epoch
+      -> for each epoch: plan -> backend.train_epoch -> evaluate val/test -> store.add_steps, add_epoch
       -> FINISHED | FAILED (exception) | KILLED (Ctrl-C, SIGTERM)
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import resource
 import signal
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation, data
-from accumbench.backends import torch_loop
+from accumbench.backends.base import Backend
 from accumbench.config import RunConfig
 from accumbench.errors import Terminated, UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
@@ -53,8 +54,16 @@ class Prepared:
     pad_token_id: int
 
 
+def world_size() -> int:
+    """Processes in this run: set by torchrun and accelerate launch, 1 otherwise."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def prepare(config: RunConfig) -> Prepared:
     """Load data and model and tokenize once. Raises UserError on bad input; writes nothing."""
+    config.accumulation_steps_for(world_size())  # checks EBS = world x micro x k before any loading
+    if config.precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("--precision fp16 needs a CUDA GPU (loss scaling); on CPU use --precision bf16 or no")
     dataset = data.load_text_dataset(
         config.dataset, seed=config.seed, text_column=config.text_column, label_column=config.label_column,
         max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
@@ -74,15 +83,44 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(config, dataset, splits, model, tokenizer.pad_token_id)
 
 
+def make_backend(prepared: Prepared) -> Backend:
+    """The training loop the config names, set up for this process (and its process group)."""
+    config = prepared.config
+    steps_per_epoch = accumulation.groups_per_epoch(len(prepared.splits["train"]), config.effective_batch_size,
+                                                    config.drop_last)
+    common = dict(optimizer=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+                  scheduler=config.scheduler, warmup_ratio=config.warmup_ratio,
+                  total_steps=steps_per_epoch * config.epochs, precision=config.precision)
+    if config.backend == "accelerate":
+        from accumbench.backends.accelerate_loop import AccelerateBackend
+
+        train_split = prepared.splits["train"]
+        return AccelerateBackend(prepared.model, **common, accumulation_steps=config.accumulation_steps_for(world_size()),
+                                 collate=lambda indices: data.collate(train_split, indices, prepared.pad_token_id))
+    from accumbench.backends.torch_loop import TorchBackend
+
+    return TorchBackend(prepared.model, **common)
+
+
+class _NoStore:
+    """What ranks other than the main one write to: nothing. Only the main process records."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Reporter] = None) -> TrainResult:
     """Run one configuration and record it. Returns the run id and its epoch rows."""
-    reporter = reporter or Reporter()
     url = resolve_db_url(db)
     Store.check_compatible(url)  # refuse a newer or foreign database before the slow loading
     prepared = prepare(config)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = prepared.model.to(device)
-
+    backend = make_backend(prepared)
+    if not backend.is_main:
+        try:
+            return _fit(None, prepared, backend, _NoStore(), Reporter(), checkpoint_root(url))
+        finally:
+            backend.close()
+    reporter = reporter or Reporter()
     store = Store.open(url)
     try:
         with _sigterm_as_exception():
@@ -90,17 +128,18 @@ def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Report
                 config_json=config.to_json(), config_hash=config.config_hash, backend=config.backend,
                 model=config.model, dataset=config.dataset, seed=config.seed, lr=config.lr,
                 effective_batch_size=config.effective_batch_size, micro_batch_size=config.micro_batch_size,
-                accumulation_steps=config.accumulation_steps, epochs=config.epochs, max_length=config.max_length,
-                optimizer=config.optimizer, scheduler=config.scheduler,
+                accumulation_steps=config.accumulation_steps_for(backend.world_size), epochs=config.epochs,
+                max_length=config.max_length, optimizer=config.optimizer, scheduler=config.scheduler,
+                precision=config.precision, world_size=backend.world_size,
                 torch_version=_version("torch"), transformers_version=_version("transformers"),
-                accelerate_version=_version("accelerate"), device=_device_name(device),
+                accelerate_version=_version("accelerate"), device=_device_name(backend.device),
                 num_train_samples=len(prepared.splits["train"]), num_val_samples=len(prepared.splits["validation"]),
                 num_test_samples=len(prepared.splits["test"]), num_labels=prepared.dataset.num_labels,
             )
             try:
                 sizes = {name: len(split) for name, split in prepared.splits.items()}
-                reporter.run_started(run_id, config, sizes, _device_name(device))
-                result = _fit(run_id, prepared, model, device, store, reporter, checkpoint_root(url))
+                reporter.run_started(run_id, config, sizes, _device_name(backend.device), backend.world_size)
+                result = _fit(run_id, prepared, backend, store, reporter, checkpoint_root(url))
             except KeyboardInterrupt:
                 store.finish_run(run_id, KILLED, "interrupted (Ctrl-C)")
                 raise
@@ -114,15 +153,14 @@ def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Report
         return result
     finally:
         store.close()
+        backend.close()
 
 
-def _fit(run_id: int, prepared: Prepared, model: TextClassifier, device: torch.device, store: Store,
-         reporter: Reporter, checkpoints: Path) -> TrainResult:
+def _fit(run_id: Optional[int], prepared: Prepared, backend: Backend, store: Any, reporter: Reporter,
+         checkpoints: Path) -> TrainResult:
     config, splits = prepared.config, prepared.splits
     train_split = splits["train"]
-    steps_per_epoch = accumulation.groups_per_epoch(len(train_split), config.effective_batch_size, config.drop_last)
-    optimizer = _optimizer(model, config)
-    scheduler = _scheduler(optimizer, config, total_steps=steps_per_epoch * config.epochs)
+    device = backend.device
     batch_for = lambda indices: data.collate(train_split, indices, prepared.pad_token_id)  # noqa: E731
 
     rows: list[dict[str, Any]] = []
@@ -133,17 +171,18 @@ def _fit(run_id: int, prepared: Prepared, model: TextClassifier, device: torch.d
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         groups = accumulation.plan_epoch(len(train_split), config.effective_batch_size, config.micro_batch_size,
-                                         seed=config.seed, epoch=epoch, drop_last=config.drop_last)
+                                         seed=config.seed, epoch=epoch, drop_last=config.drop_last,
+                                         world_size=backend.world_size)
         reporter.epoch_started(epoch, sum(len(g) for g in groups))
         epoch_start = time.perf_counter()
-        stats = torch_loop.train_epoch(model, optimizer, scheduler, groups, batch_for, device, config.grad_clip,
-                                       on_step=reporter.step)
+        stats = backend.train_epoch(groups, batch_for, epoch, config.grad_clip, optimizer_steps, samples_seen,
+                                    on_step=reporter.step)
         _sync(device)
         train_seconds = time.perf_counter() - epoch_start
 
         eval_start = time.perf_counter()
-        val_loss, val_accuracy = evaluate(model, splits["validation"], prepared.pad_token_id, device, config.micro_batch_size)
-        test_loss, test_accuracy = evaluate(model, splits["test"], prepared.pad_token_id, device, config.micro_batch_size)
+        val_loss, val_accuracy = evaluate(backend, splits["validation"], prepared.pad_token_id, config.micro_batch_size)
+        test_loss, test_accuracy = evaluate(backend, splits["test"], prepared.pad_token_id, config.micro_batch_size)
         eval_seconds = time.perf_counter() - eval_start
 
         optimizer_steps += stats.optimizer_steps
@@ -151,17 +190,18 @@ def _fit(run_id: int, prepared: Prepared, model: TextClassifier, device: torch.d
         row = dict(
             epoch=epoch, train_loss=stats.loss, train_accuracy=stats.accuracy,
             val_loss=val_loss, val_accuracy=val_accuracy, test_loss=test_loss, test_accuracy=test_accuracy,
-            optimizer_steps=optimizer_steps, samples_seen=samples_seen,
+            optimizer_steps=optimizer_steps, samples_seen=samples_seen, skipped_steps=stats.skipped_steps,
             epoch_seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, eval_seconds=eval_seconds,
             samples_per_second=stats.samples / train_seconds, peak_memory_mb=_peak_memory_mb(device),
         )
         if best is None or _better(row, best):
             best = row
             store.update_run(run_id, best_epoch=epoch)
-            if config.checkpoint:
-                checkpoint_path = str(_save_checkpoint(model, prepared, checkpoints / str(run_id), epoch))
+            if config.checkpoint and backend.is_main:
+                checkpoint_path = str(_save_checkpoint(backend.unwrapped_model(), prepared, checkpoints / str(run_id), epoch))
                 store.update_run(run_id, checkpoint_path=checkpoint_path)
         row["epoch_seconds"] = time.perf_counter() - epoch_start  # includes the checkpoint write
+        store.add_steps(run_id, stats.steps)
         store.add_epoch(run_id, **row)
         rows.append(row)
         reporter.epoch_finished(row)
@@ -170,20 +210,23 @@ def _fit(run_id: int, prepared: Prepared, model: TextClassifier, device: torch.d
 
 
 @torch.inference_mode()
-def evaluate(model: torch.nn.Module, split: data.EncodedSplit, pad_token_id: int, device: torch.device,
-             batch_size: int) -> tuple[float, float]:
-    """(mean loss, accuracy) over the split. Samples are batched by length only to cut padding."""
+def evaluate(backend: Backend, split: data.EncodedSplit, pad_token_id: int, batch_size: int) -> tuple[float, float]:
+    """(mean loss, accuracy) over the split. Samples are batched by length only to cut padding;
+    with several processes each rank takes every W-th batch and the sums are all-reduced."""
+    model, device = backend.unwrapped_model(), backend.device
     model.eval()
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for start in range(0, len(order), batch_size):
-        batch = {k: v.to(device) for k, v in data.collate(split, order[start : start + batch_size], pad_token_id).items()}
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum").double()
+    correct = torch.zeros((), device=device, dtype=torch.float64)
+    for indices in batches[backend.rank :: backend.world_size]:
+        batch = {k: v.to(device) for k, v in data.collate(split, indices, pad_token_id).items()}
+        logits = model(batch["input_ids"], batch["attention_mask"]).double()
+        loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum")
         correct += (logits.argmax(dim=-1) == batch["labels"]).sum()
     model.train()
-    return loss_sum.item() / len(split), correct.item() / len(split)
+    loss_sum, correct = backend.all_reduce_sum(torch.stack([loss_sum, correct])).tolist()
+    return loss_sum / len(split), correct / len(split)
 
 
 def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
@@ -193,20 +236,6 @@ def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
     if row["val_accuracy"] != best["val_accuracy"]:
         return row["val_accuracy"] > best["val_accuracy"]
     return math.isnan(best["val_loss"]) or row["val_loss"] < best["val_loss"]
-
-
-def _optimizer(model: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, config: RunConfig, total_steps: int) -> Any:
-    """transformers' schedules, as HF Trainer users know them, counted in optimizer steps."""
-    from transformers import get_scheduler
-
-    warmup_steps = math.ceil(config.warmup_ratio * total_steps)
-    name = "constant_with_warmup" if config.scheduler == "constant" else config.scheduler
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
 
 
 def checkpoint_root(url: str) -> Path:

@@ -71,6 +71,10 @@ class TextClassifier(nn.Module):
 
     def __init__(self, encoder: nn.Module, num_labels: int, dropout: float, pooling: str) -> None:
         super().__init__()
+        if getattr(encoder, "pooler", None) is not None:
+            # BERT's pooler (dense + tanh on [CLS]) is not part of the seed's head. Left in, it costs
+            # compute and gets no gradient, which DDP treats as an error.
+            encoder.pooler = None
         self.encoder = encoder
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from accumbench.accumulation import MicroBatch, OptimizerGroup, cut_group, epoch_order, groups_per_epoch, plan_epoch
+from accumbench.accumulation import cut_group, cut_group_naively, epoch_order, groups_per_epoch, plan_epoch
 
 
 def test_groups_of_an_epoch_with_a_ragged_tail():
@@ -38,6 +38,16 @@ def test_order_is_seeded_per_epoch_and_stable_across_versions():
     assert epoch_order(50, seed=3, epoch=1) != epoch_order(50, seed=4, epoch=1)
     # A known answer: if this changes, recorded runs can no longer be reproduced.
     assert epoch_order(10, seed=0, epoch=1) == [6, 8, 9, 7, 5, 3, 0, 4, 1, 2]
+
+
+def test_two_ranks_share_a_ragged_group_exactly():
+    group = cut_group(list(range(40)), 16, world_size=2)  # chunks 16, 16, 8 -> rank 0: 16, 8; rank 1: 16, empty
+    assert [[len(mb) for mb in group.for_rank(r)] for r in (0, 1)] == [[16, 8], [16, 0]]
+    assert [mb.indices[0] for mb in group.for_rank(0)] == [0, 32]
+    # DDP averages the two ranks, so each weight is 2 * n / 40 and the averaged sum is exactly 1.
+    assert sum(mb.weight for step in group.micro_steps for mb in step) / 2 == pytest.approx(1.0, abs=1e-15)
+    assert group.for_rank(1)[1].weight == 0.0
+    assert group.indices == tuple(range(40))
 
 
 def test_cut_group_weights_are_each_micro_batch_share():
@@ -74,17 +84,19 @@ def _full_batch_gradient(model, batch_for, indices):
     model.zero_grad(set_to_none=True)
     batch = batch_for(indices)
     F.cross_entropy(model(batch["input_ids"], batch["attention_mask"]), batch["labels"]).backward()
-    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])  # BERT's pooler is unused
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 def _accumulated_gradient(model, group, batch_for):
     import torch
 
-    from accumbench.backends.torch_loop import accumulate_group
+    from accumbench.backends.torch_loop import TorchBackend
 
+    backend = TorchBackend(model, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="constant",
+                           warmup_ratio=0.0, total_steps=1)
     model.zero_grad(set_to_none=True)
-    accumulate_group(model, group, batch_for, torch.device("cpu"))
-    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])  # BERT's pooler is unused
+    backend.accumulate(group, batch_for)
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
 
 
 def _relative_error(a, b) -> float:
@@ -106,6 +118,5 @@ def test_ragged_group_of_50_is_exact_and_the_naive_one_over_k_rule_is_not(tiny_b
     group = cut_group(indices, 16)  # 16/16/16/2
     assert _relative_error(_accumulated_gradient(model, group, batch_for), full) < 1e-12
 
-    k = len(group.micro_batches)
-    naive = OptimizerGroup(tuple(MicroBatch(mb.indices, 1 / k) for mb in group.micro_batches))
+    naive = cut_group_naively(indices, 16, accumulation_steps=4)
     assert _relative_error(_accumulated_gradient(model, naive, batch_for), full) > 1e-2

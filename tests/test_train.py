@@ -220,32 +220,33 @@ def test_schedule_and_clipping_count_optimizer_steps(tiny_bert, monkeypatch):
     import torch
 
     from accumbench import accumulation, data
-    from accumbench.backends import torch_loop
+    from accumbench.backends.torch_loop import TorchBackend
     from accumbench.demo_data import generate_demo_reviews
-    from accumbench.engine import _scheduler
     from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 
     tokenizer, encoder = load_tokenizer_and_encoder(tiny_bert)
     reviews = generate_demo_reviews(n=50, seed=1)
     split = data.tokenize(data.TextSplit(reviews["text"], reviews["label"]), tokenizer, 24)
     model = TextClassifier(encoder, 2, 0.0, "cls")
-    config = RunConfig(model=tiny_bert, scheduler="linear", warmup_ratio=0.25, effective_batch_size=16,
-                       micro_batch_size=4, epochs=2, grad_clip=0.5)
-    steps = accumulation.groups_per_epoch(50, 16) * config.epochs  # 4 groups (16, 16, 16, 2) x 2 epochs
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = _scheduler(optimizer, config, total_steps=steps)
+    steps = accumulation.groups_per_epoch(50, 16) * 2  # 4 groups (16, 16, 16, 2) x 2 epochs
+    lr = 1e-3
+    backend = TorchBackend(model, optimizer="adam", lr=lr, weight_decay=0.0, scheduler="linear",
+                           warmup_ratio=0.25, total_steps=steps)
 
     clips = []
     real_clip = torch.nn.utils.clip_grad_norm_
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, norm: clips.append(norm) or real_clip(params, norm))
-    lrs = []
+    rows = []
     for epoch in (1, 2):
         groups = accumulation.plan_epoch(50, 16, 4, seed=0, epoch=epoch)
-        torch_loop.train_epoch(model, optimizer, scheduler, groups,
-                               lambda idx: data.collate(split, idx, tokenizer.pad_token_id), torch.device("cpu"),
-                               config.grad_clip, on_step=lambda *_: lrs.append(optimizer.param_groups[0]["lr"]))
+        stats = backend.train_epoch(groups, lambda idx: data.collate(split, idx, tokenizer.pad_token_id), epoch,
+                                    grad_clip=0.5, steps_before=len(rows), samples_before=50 * (epoch - 1))
+        rows += stats.steps
     assert clips == [0.5] * 8  # once per optimizer step, never per micro-batch
-    assert lrs[0] == pytest.approx(config.lr / 2)  # warmup: ceil(0.25 * 8) = 2 steps
-    assert lrs[1] == pytest.approx(config.lr)
-    assert lrs[-1] == 0.0  # the linear decay ends exactly at the last optimizer step
-    assert len(lrs) == 8
+    lrs = [r["lr"] for r in rows]
+    # The rate each step used: warmup over ceil(0.25 * 8) = 2 steps from 0, then linear decay over 6.
+    assert lrs == pytest.approx([0.0, lr / 2, lr, lr * 5 / 6, lr * 4 / 6, lr * 3 / 6, lr * 2 / 6, lr / 6])
+    assert backend.optimizer.param_groups[0]["lr"] == 0.0  # ...ends exactly after the last optimizer step
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["samples_seen"] for r in rows] == [16, 32, 48, 50, 66, 82, 98, 100]
+    assert all(r["grad_norm"] > 0 for r in rows)

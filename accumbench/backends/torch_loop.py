@@ -1,78 +1,94 @@
-"""The plain PyTorch backend: for each optimizer group of the plan, backward every micro-batch's
-weighted loss, clip once, then take exactly one optimizer step and one scheduler step."""
+"""The plain PyTorch backend. For each optimizer group of the plan: backward every micro-batch's
+weighted loss (under DDP's no_sync() except at the group's last micro-step), then unscale, clip
+once, take exactly one optimizer step and one scheduler step.
+
+Several processes: `torchrun --nproc_per_node N -m accumbench train --backend torch ...`.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+import contextlib
+import os
+from typing import Iterator, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
+import torch.distributed as dist
 
 from accumbench.accumulation import OptimizerGroup
-
-BatchFn = Callable[[Sequence[int]], dict[str, torch.Tensor]]
-
-
-@dataclass
-class EpochStats:
-    loss_sum: float  # sum over samples of the per-sample training loss
-    correct: int
-    samples: int
-    optimizer_steps: int
-
-    @property
-    def loss(self) -> float:
-        return self.loss_sum / self.samples
-
-    @property
-    def accuracy(self) -> float:
-        return self.correct / self.samples
+from accumbench.backends.base import (
+    AUTOCAST_DTYPES, Backend, BatchFn, make_optimizer, make_scheduler, micro_batch_loss, rank_inputs,
+)
 
 
-def accumulate_group(model: torch.nn.Module, group: OptimizerGroup, batch_for: BatchFn,
-                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Backward the group's micro-batches so that .grad holds the gradient of the group's mean loss.
+class TorchBackend(Backend):
+    name = "torch"
 
-    Returns (sum of per-sample losses, number correct) as tensors, so the GPU is not synced per micro-batch.
-    """
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    correct = torch.zeros((), device=device, dtype=torch.long)
-    for micro in group.micro_batches:
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch_for(micro.indices).items()}
-        logits = model(batch["input_ids"], batch["attention_mask"])
-        loss = F.cross_entropy(logits, batch["labels"])  # mean over this micro-batch
-        # weight = n_micro / n_group: the weighted sum over the group is the group's mean loss.
-        (loss * micro.weight).backward()
-        loss_sum += loss.detach().double() * len(micro)
-        correct += (logits.detach().argmax(dim=-1) == batch["labels"]).sum()
-    return loss_sum, correct
+    def __init__(self, model: torch.nn.Module, *, optimizer: str, lr: float, weight_decay: float, scheduler: str,
+                 warmup_ratio: float, total_steps: int, precision: str = "no") -> None:
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        if self.world_size > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self._module = model.to(self.device)
+        self.model: torch.nn.Module = self._module
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
+            self.model = DistributedDataParallel(self._module, device_ids=[local_rank] if self.device.type == "cuda" else None)
+        self.optimizer = make_optimizer(self._module, optimizer, lr, weight_decay)
+        self.scheduler = make_scheduler(self.optimizer, scheduler, warmup_ratio, total_steps)
+        self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
+        # fp16 needs loss scaling; with enabled=False the scaler is a no-op pass-through.
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
 
-def train_epoch(
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    groups: Sequence[OptimizerGroup],
-    batch_for: BatchFn,
-    device: torch.device,
-    grad_clip: Optional[float],
-    on_step: Callable[[int, float], None] = lambda samples_done, loss: None,
-) -> EpochStats:
-    model.train()
-    loss_total = torch.zeros((), device=device, dtype=torch.float64)
-    correct_total = torch.zeros((), device=device, dtype=torch.long)
-    samples = 0
-    for group in groups:
-        loss_sum, correct = accumulate_group(model, group, batch_for, device)
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)  # once, on the accumulated gradient
-        optimizer.step()
-        scheduler.step()  # schedulers are sized in optimizer steps
-        optimizer.zero_grad(set_to_none=True)
-        loss_total += loss_sum
-        correct_total += correct
-        samples += len(group)
-        on_step(samples, loss_sum.item() / len(group))
-    return EpochStats(loss_sum=loss_total.item(), correct=int(correct_total.item()), samples=samples,
-                      optimizer_steps=len(groups))
+    def unwrapped_model(self) -> torch.nn.Module:
+        return self._module
+
+    def accumulated(self, groups: Sequence[OptimizerGroup], batch_for: BatchFn
+                    ) -> Iterator[tuple[OptimizerGroup, torch.Tensor, torch.Tensor]]:
+        for group in groups:
+            yield (group, *self.accumulate(group, batch_for))
+
+    def accumulate(self, group: OptimizerGroup, batch_for: BatchFn) -> tuple[torch.Tensor, torch.Tensor]:
+        """Leave the gradient of the group's mean loss in .grad; return this rank's (loss sum, correct)."""
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        micro_batches = group.for_rank(self.rank)
+        for i, micro in enumerate(micro_batches):
+            at_boundary = i == len(micro_batches) - 1
+            # DDP all-reduces on every backward unless told not to: only the last micro-step syncs.
+            sync = contextlib.nullcontext() if at_boundary or self.world_size == 1 else self.model.no_sync()
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch_for(rank_inputs(micro, group)).items()}
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                    loss, n_correct = micro_batch_loss(self.model, batch)
+                # weight = world_size * n_micro / n_group (0 for a stand-in): see accumulation.py.
+                self.scaler.scale(loss * micro.weight).backward()
+            if len(micro):
+                loss_sum += loss.detach().double() * len(micro)
+                correct += n_correct
+        return loss_sum, correct
+
+    def optimizer_step(self, grad_clip: Optional[float]) -> tuple[float, bool]:
+        self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._module.parameters(), grad_clip or float("inf"))
+        scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        self.scaler.step(self.optimizer)  # skips the step when fp16 gradients hold inf/NaN
+        self.scaler.update()
+        skipped = scale_before is not None and self.scaler.get_scale() < scale_before
+        if not skipped:
+            self.scheduler.step()  # schedules count optimizer steps actually taken
+        self.optimizer.zero_grad(set_to_none=True)
+        return grad_norm.item(), skipped
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            tensor = tensor.clone()
+            dist.all_reduce(tensor)
+        return tensor
+
+    def close(self) -> None:
+        if self.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()

@@ -1,0 +1,145 @@
+"""The Hugging Face Accelerate backend, in step with the PyTorch loop.
+
+It is stock Accelerate usage (Accelerator(gradient_accumulation_steps=k), prepare() on the model,
+optimizer, scheduler and dataloader, `with accelerator.accumulate(model)`), with three corrections
+for what stock Accelerate gets wrong:
+
+1. accelerator.backward() divides every micro-batch loss by k. A ragged group's micro-batches
+   need n_micro / n_group instead, so we pass loss * weight * k and the division cancels.
+2. The dataloader yields the shared accumulation plan (same order, same groups as the PyTorch
+   backend), and is prepared, so that Accelerate syncs at the end of the epoch; an unprepared one
+   never flushes the short last group. Every boundary Accelerate picks is checked against the plan.
+3. A prepared scheduler steps num_processes times per optimizer step; ours is stepped once per
+   optimizer step actually taken (step_scheduler_with_optimizer=False).
+
+Several processes: `accelerate launch --multi_gpu --num_processes N -m accumbench train --backend accelerate ...`
+(on a CPU-only machine too: the processes then talk over gloo).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+
+from accumbench.accumulation import OptimizerGroup
+from accumbench.backends.base import Backend, BatchFn, make_optimizer, make_scheduler, micro_batch_loss, rank_inputs
+
+
+class _PlanBatches:
+    """A batch sampler that yields the plan's micro-batches, all ranks' in turn per micro-step.
+
+    Accelerate shards a batch sampler round-robin (batch i goes to rank i % W), which is exactly the
+    plan's dealing. It has no batch_size attribute on purpose: Accelerate then accepts batches of
+    different lengths instead of padding short ones with samples from the epoch's start."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+        self.groups: Sequence[OptimizerGroup] = ()
+
+    def __iter__(self) -> Iterator[list[tuple[int, float, bool]]]:
+        for group in self.groups:
+            for step in group.micro_steps:
+                for micro in step:
+                    # (sample, weight, real): a stand-in sample for an empty micro-batch has real=False.
+                    yield [(i, micro.weight, bool(len(micro))) for i in rank_inputs(micro, group)]
+
+    def __len__(self) -> int:
+        return sum(len(g.micro_steps) * self.world_size for g in self.groups)
+
+
+class _Keys(torch.utils.data.Dataset):
+    """The sampler's keys are the items; collate turns them into a padded batch."""
+
+    def __getitem__(self, key: Any) -> Any:
+        return key
+
+    def __len__(self) -> int:  # only for DataLoader's bookkeeping
+        return 0
+
+
+class AccelerateBackend(Backend):
+    name = "accelerate"
+
+    def __init__(self, model: torch.nn.Module, *, optimizer: str, lr: float, weight_decay: float, scheduler: str,
+                 warmup_ratio: float, total_steps: int, precision: str = "no", accumulation_steps: int,
+                 collate: BatchFn) -> None:
+        from accelerate import Accelerator
+        from accelerate.state import AcceleratorState, GradientState
+        from accelerate.utils import DataLoaderConfiguration
+
+        # Accelerate keeps process-wide singletons; a second run in the same process (tests, sweeps)
+        # must not inherit the first one's accumulation steps or precision. The process group stays.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+        self.accelerator = Accelerator(
+            # Without CUDA, cpu=True is what makes a multi-process launch use gloo over the CPU
+            # (otherwise each process would quietly train alone).
+            cpu=not torch.cuda.is_available(),
+            gradient_accumulation_steps=accumulation_steps, mixed_precision=precision,
+            step_scheduler_with_optimizer=False,
+            dataloader_config=DataLoaderConfiguration(even_batches=False),
+        )
+        self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
+        self._plan = _PlanBatches(self.world_size)
+
+        def collate_keys(keys: list[tuple[int, float, bool]]) -> dict[str, Any]:
+            batch: dict[str, Any] = dict(collate([k[0] for k in keys]))
+            batch["weight"], batch["real"] = keys[0][1], keys[0][2]
+            batch["indices"] = [k[0] for k in keys]
+            return batch
+
+        loader = torch.utils.data.DataLoader(_Keys(), batch_sampler=self._plan, collate_fn=collate_keys)
+        opt = make_optimizer(model, optimizer, lr, weight_decay)
+        sched = make_scheduler(opt, scheduler, warmup_ratio, total_steps)
+        self.model, self.optimizer, self.scheduler, self.loader = self.accelerator.prepare(model, opt, sched, loader)
+
+    def unwrapped_model(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def accumulated(self, groups: Sequence[OptimizerGroup], batch_for: BatchFn
+                    ) -> Iterator[tuple[OptimizerGroup, torch.Tensor, torch.Tensor]]:
+        del batch_for  # the prepared dataloader collates; it was given the same collate function
+        self._plan.groups = groups
+        expected = ((g, m, s == len(g.micro_steps) - 1)
+                    for g in groups for s, m in enumerate(g.for_rank(self.rank)))
+        loss_sum = correct = None
+        for batch in self.loader:
+            group, micro, at_boundary = next(expected)
+            if loss_sum is None:
+                loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+                correct = torch.zeros((), device=self.device, dtype=torch.long)
+            if batch["indices"] != list(micro.indices or group.indices[:1]):
+                raise RuntimeError("Accelerate's dataloader reordered the accumulation plan")
+            with self.accelerator.accumulate(self.model):
+                loss, n_correct = micro_batch_loss(self.model, batch)
+                # backward() divides by k; multiplying by k leaves the exact weight n_micro / n_group (x W).
+                self.accelerator.backward(loss * batch["weight"] * self.accelerator.gradient_accumulation_steps)
+                if batch["real"]:
+                    loss_sum += loss.detach().double() * len(micro)
+                    correct += n_correct
+                if self.accelerator.sync_gradients != at_boundary:
+                    raise RuntimeError(
+                        f"Accelerate synced gradients at micro-step boundary={self.accelerator.sync_gradients}, "
+                        f"but the plan says {at_boundary}: refusing to take a wrong step"
+                    )
+                if at_boundary:
+                    yield group, loss_sum, correct
+                    loss_sum = correct = None
+
+    def optimizer_step(self, grad_clip: Optional[float]) -> tuple[float, bool]:
+        # Only reached when sync_gradients is true. clip_grad_norm_ unscales fp16 gradients first.
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), grad_clip or float("inf"))
+        self.optimizer.step()
+        skipped = self.optimizer.step_was_skipped
+        if not skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm), skipped
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return self.accelerator.reduce(tensor, reduction="sum") if self.world_size > 1 else tensor
+
+    def close(self) -> None:
+        self.accelerator.end_training()

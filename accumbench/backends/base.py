@@ -1,0 +1,124 @@
+"""What both backends share: the epoch loop over the accumulation plan, the micro-batch loss, and
+the step log. A backend only says how micro-batches are backpropagated (`accumulated`), how one
+optimizer step is taken (`optimizer_step`) and how ranks add up numbers (`all_reduce_sum`).
+
+Keeping the loop here, once, is what keeps the two backends in step: they differ only where
+PyTorch and Accelerate really differ.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from accumbench.accumulation import MicroBatch, OptimizerGroup
+
+BatchFn = Callable[[Sequence[int]], dict[str, torch.Tensor]]
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class EpochStats:
+    loss_sum: float  # sum over samples of the per-sample training loss (all ranks)
+    correct: int
+    samples: int
+    optimizer_steps: int
+    skipped_steps: int = 0  # fp16 steps the GradScaler skipped (inf/NaN gradients)
+    steps: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step, for the store
+
+    @property
+    def loss(self) -> float:
+        return self.loss_sum / self.samples
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.samples
+
+
+def micro_batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean cross-entropy over the micro-batch, number correct). The loss is computed in at least
+    fp32 even when the forward ran in bf16/fp16, and in fp64 when the model is fp64 (the exactness tests)."""
+    logits = model(batch["input_ids"], batch["attention_mask"])
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    loss = F.cross_entropy(logits, batch["labels"])
+    return loss, (logits.detach().argmax(dim=-1) == batch["labels"]).sum()
+
+
+def rank_inputs(micro: MicroBatch, group: OptimizerGroup) -> tuple[int, ...]:
+    """The samples a rank feeds forward: its micro-batch, or for an empty one (weight 0) a stand-in
+    sample, so that the rank still joins the gradient all-reduce at the group's boundary."""
+    return micro.indices or group.indices[:1]
+
+
+def make_optimizer(model: torch.nn.Module, optimizer: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, scheduler: str, warmup_ratio: float, total_steps: int) -> Any:
+    """transformers' schedules, as HF Trainer users know them, counted in optimizer steps."""
+    from transformers import get_scheduler
+
+    warmup_steps = math.ceil(warmup_ratio * total_steps)
+    name = "constant_with_warmup" if scheduler == "constant" else scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
+
+
+class Backend:
+    """One training process's view of a run. Subclasses: TorchBackend, AccelerateBackend."""
+
+    name: str
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def unwrapped_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def accumulated(self, groups: Sequence[OptimizerGroup], batch_for: BatchFn
+                    ) -> Iterator[tuple[OptimizerGroup, torch.Tensor, torch.Tensor]]:
+        """Backpropagate every micro-batch of each group; yield (group, loss sum, correct) for this
+        rank at each group boundary, when .grad holds the whole group's (all-reduced) gradient."""
+        raise NotImplementedError
+
+    def optimizer_step(self, grad_clip: Optional[float]) -> tuple[float, bool]:
+        """Unscale, measure (and clip) the gradient norm, step, zero the gradients.
+        Returns (gradient norm before clipping, whether the step was skipped)."""
+        raise NotImplementedError
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def close(self) -> None:
+        pass
+
+    def train_epoch(self, groups: Sequence[OptimizerGroup], batch_for: BatchFn, epoch: int, grad_clip: Optional[float],
+                    steps_before: int, samples_before: int,
+                    on_step: Callable[[int, float], None] = lambda samples_done, loss: None) -> EpochStats:
+        self.unwrapped_model().train()
+        stats = EpochStats(loss_sum=0.0, correct=0, samples=0, optimizer_steps=0)
+        for group, loss_sum, correct in self.accumulated(groups, batch_for):
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+            grad_norm, skipped = self.optimizer_step(grad_clip)
+            # One small all-reduce per step: the group's loss and accuracy over every rank.
+            loss_sum, correct = self.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)])).tolist()
+            stats.loss_sum += loss_sum
+            stats.correct += round(correct)
+            stats.samples += len(group)
+            stats.optimizer_steps += 1
+            stats.skipped_steps += int(skipped)
+            stats.steps.append(dict(
+                step=steps_before + stats.optimizer_steps, epoch=epoch, samples_seen=samples_before + stats.samples,
+                loss=loss_sum / len(group), grad_norm=grad_norm, lr=lr,
+            ))
+            on_step(stats.samples, loss_sum / len(group))
+        return stats

@@ -1,0 +1,128 @@
+"""The two backends compute the same thing: the same steps, the same losses, the same validation
+curve, also with a ragged last group, and also spread over two processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from accumbench.cli import app
+from conftest import query
+
+COMMON = ["--dataset", "demo", "--max-train-samples", "200", "--max-eval-samples", "64", "--max-length", "32",
+          "--epochs", "2", "--dropout", "0", "--effective-batch-size", "32", "--lr", "1e-3", "--no-checkpoint"]
+
+
+def _train(db: Path, *args) -> None:
+    result = CliRunner().invoke(app, ["train", *COMMON, "--db", str(db), *map(str, args)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+
+
+def _steps(db: Path, run_id: int) -> list:
+    return query(db, "SELECT step, epoch, samples_seen, loss, grad_norm, lr FROM steps WHERE run_id = ? ORDER BY step", run_id)
+
+
+def _epochs(db: Path, run_id: int) -> list:
+    return query(db, "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", run_id)
+
+
+def test_torch_and_accelerate_take_the_same_steps(tiny_bert, tmp_path):
+    """200 samples at EBS 32 = 4 x 8: six full groups and a ragged one of 8 every epoch."""
+    db = tmp_path / "runs.db"
+    _train(db, "--model", tiny_bert, "--backend", "torch", "--micro-batch-size", "8")
+    _train(db, "--model", tiny_bert, "--backend", "accelerate", "--micro-batch-size", "8")
+    torch_steps, accelerate_steps = _steps(db, 1), _steps(db, 2)
+    assert len(torch_steps) == len(accelerate_steps) == 2 * 7
+    assert [s["samples_seen"] for s in torch_steps][:7] == [32, 64, 96, 128, 160, 192, 200]
+    for a, b in zip(torch_steps, accelerate_steps):
+        assert (a["step"], a["epoch"], a["samples_seen"]) == (b["step"], b["epoch"], b["samples_seen"])
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+        assert b["lr"] == a["lr"]
+    for a, b in zip(_epochs(db, 1), _epochs(db, 2)):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+        assert b["optimizer_steps"] == a["optimizer_steps"]
+    runs = query(db, "SELECT backend, accumulation_steps, world_size, precision FROM runs ORDER BY id")
+    assert [tuple(r) for r in runs] == [("torch", 4, 1, "no"), ("accelerate", 4, 1, "no")]
+
+
+def test_the_ragged_tail_is_exact_in_both_backends(tiny_bert, tmp_path):
+    """The tail group of 8 is one micro-batch of 8 at micro 8 (stock Accelerate would weight it 1/4),
+    and one of 8 at micro 32: both backends at both micro-batch sizes agree."""
+    db = tmp_path / "runs.db"
+    for backend in ("torch", "accelerate"):
+        for micro in (32, 8):
+            _train(db, "--model", tiny_bert, "--backend", backend, "--micro-batch-size", micro)
+    reference = [e["val_loss"] for e in _epochs(db, 1)]
+    for run_id in (2, 3, 4):
+        assert [e["val_loss"] for e in _epochs(db, run_id)] == pytest.approx(reference, rel=1e-4)
+    tail_losses = [[s["loss"] for s in _steps(db, run_id) if s["samples_seen"] in (200, 400)] for run_id in (1, 2, 3, 4)]
+    for losses in tail_losses[1:]:
+        assert losses == pytest.approx(tail_losses[0], rel=1e-5)
+
+
+def test_bf16_runs_in_both_backends(tiny_bert, tmp_path):
+    db = tmp_path / "runs.db"
+    for backend in ("torch", "accelerate"):
+        _train(db, "--model", tiny_bert, "--backend", backend, "--micro-batch-size", "8", "--precision", "bf16")
+    a, b = (_epochs(db, i) for i in (1, 2))
+    assert b[-1]["val_loss"] == pytest.approx(a[-1]["val_loss"], rel=5e-2)  # bf16 rounding, not exactness
+    assert [r[0] for r in query(db, "SELECT precision FROM runs")] == ["bf16", "bf16"]
+
+
+# --- two processes on the CPU (gloo) --------------------------------------------------------------
+
+
+def _free_port() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
+def _launch(kind: str, db: Path, model: str) -> subprocess.CompletedProcess:
+    """The launchers users run: torchrun for the torch backend, accelerate launch for Accelerate."""
+    train = ["train", *COMMON, "--model", model, "--micro-batch-size", "8", "--db", str(db)]
+    if kind == "torch":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
+               "-m", "accumbench", *train, "--backend", "torch"]
+    else:
+        # --multi_gpu, not --cpu: accelerate's --cpu launcher starts several processes only through
+        # mpirun. On a machine without CUDA the processes still run on the CPU, over gloo.
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", _free_port(), "-m", "accumbench", *train, "--backend", "accelerate"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("backend", ["torch", "accelerate"])
+def test_two_processes_match_one_process(tiny_bert, tmp_path, backend):
+    """EBS 32 = 2 processes x 8 x 2: the ragged group of 8 lands on rank 0 only, rank 1 joins the
+    all-reduce with a zero-weight stand-in, and the curve matches one process at EBS 32 = 8 x 4."""
+    db = tmp_path / "runs.db"
+    _train(db, "--model", tiny_bert, "--backend", backend, "--micro-batch-size", "8")
+    done = _launch(backend, db, tiny_bert)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("run id 2 recorded") == 1  # only the main process reports
+    runs = query(db, "SELECT status, world_size, accumulation_steps FROM runs ORDER BY id")
+    assert [tuple(r) for r in runs] == [("FINISHED", 1, 4), ("FINISHED", 2, 2)]  # one run row, from rank 0 only
+    for a, b in zip(_epochs(db, 1), _epochs(db, 2)):
+        assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
+        assert (b["optimizer_steps"], b["samples_seen"]) == (a["optimizer_steps"], a["samples_seen"])
+    for a, b in zip(_steps(db, 1), _steps(db, 2)):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+
+
+def test_ebs_must_divide_over_the_processes(tiny_bert, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    result = CliRunner().invoke(app, ["train", "--model", tiny_bert, "--effective-batch-size", "32",
+                                      "--micro-batch-size", "8", "--db", str(tmp_path / "runs.db")])
+    assert result.exit_code == 2
+    assert "is not a multiple of 3 processes x micro-batch size 8 = 24" in result.stderr
+    assert not (tmp_path / "runs.db").exists()
