@@ -108,5 +108,48 @@ def train(
         reporter.summary(result, db_label=str(sqlite_path(url) or url))
 
 
+@app.command("check-ga")
+def check_ga(
+    model: str = typer.Option("minilm", help="Alias (bert, modernbert, minilm), hub id or local directory."),
+    samples: int = typer.Option(50, help="Size of the one optimizer group to check."),
+    micro_batch_size: int = typer.Option(16, help="Micro-batch size; a group of 50 in 16s leaves a ragged 2."),
+    backend: str = typer.Option("both", help="torch, accelerate or both."),
+    precision: str = typer.Option("no", help="no, bf16 or fp16 (fp16 needs a CUDA GPU)."),
+    dataset: str = typer.Option("demo", help="Where the examples come from (as in train)."),
+    max_length: int = typer.Option(128, help="Truncate token sequences to this length."),
+) -> None:
+    """Prove that gradient accumulation is exact on your model: one group's accumulated gradient
+    against its full-batch gradient, per backend. Exit 0 when every backend passes, 1 otherwise.
+
+    Example:
+
+        accumbench check-ga --model minilm --samples 50 --micro-batch-size 16 --backend both
+    """
+    choices = {"torch": ("torch",), "accelerate": ("accelerate",), "both": ("torch", "accelerate")}
+    try:
+        if backend not in choices:
+            raise UserError(f"unknown --backend '{backend}'; choose one of: torch, accelerate, both")
+        from accumbench.check_ga import check_gradient_accumulation
+
+        checks = check_gradient_accumulation(model, samples, micro_batch_size, choices[backend], precision,
+                                             dataset, max_length)
+    except UserError as exc:
+        fail(str(exc))
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"one group of {samples} in micro-batches of {micro_batch_size}, precision {precision}",
+                  box=None, header_style="bold")
+    for column in ("gradient", "max |g-ref|", "relative", "|g|/|ref|", "tolerance", "result"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for check in checks:
+        verdict = "[green]PASS[/]" if check.tolerance and check.passed else "[red]FAIL[/]" if check.tolerance else "(contrast)"
+        table.add_row(check.name, f"{check.max_abs_deviation:.2e}", f"{check.relative_deviation:.2e}",
+                      f"{check.norm_ratio:.4f}", f"{check.tolerance:.0e}" if check.tolerance else "-", verdict)
+    Console().print(table)
+    if not all(check.passed for check in checks):
+        raise typer.Exit(1)
+
+
 def main(argv: Optional[list[str]] = None) -> Any:
     return app(args=argv if argv is not None else sys.argv[1:], prog_name="accumbench")

@@ -1,0 +1,100 @@
+"""`accumbench check-ga`: the user's own proof that gradient accumulation is exact on their model.
+
+One group of real tokenized examples, dropout off, no optimizer step. The full-batch gradient of
+the group's mean loss (one pass, fp32) is the reference; each backend's accumulated gradient over
+micro-batches must match it, and the naive 1/k rule is shown beside them for contrast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from accumbench import accumulation, data
+from accumbench.errors import UserError
+from accumbench.model import TextClassifier, load_tokenizer_and_encoder
+
+# Relative max deviation allowed per precision: fp32 differs only by summation order; bf16 and
+# fp16 forward passes round activations, so accumulated and full-batch gradients drift apart more.
+TOLERANCES = {"no": 1e-5, "bf16": 5e-2, "fp16": 1e-2}
+
+
+@dataclass
+class GradientCheck:
+    name: str
+    max_abs_deviation: float
+    relative_deviation: float  # max |g - ref| / max |ref|
+    norm_ratio: float  # |g| / |ref|
+    tolerance: Optional[float]  # None: shown for contrast, not judged
+
+    @property
+    def passed(self) -> bool:
+        return self.tolerance is None or self.relative_deviation <= self.tolerance
+
+
+def _gradient(model: torch.nn.Module) -> torch.Tensor:
+    grads = [p.grad.detach().float().flatten() for p in model.parameters() if p.grad is not None]
+    model.zero_grad(set_to_none=True)
+    return torch.cat(grads)
+
+
+def _compare(name: str, grad: torch.Tensor, reference: torch.Tensor, tolerance: Optional[float]) -> GradientCheck:
+    deviation = (grad - reference).abs().max().item()
+    return GradientCheck(name, deviation, deviation / reference.abs().max().item(),
+                         (grad.norm() / reference.norm()).item(), tolerance)
+
+
+def check_gradient_accumulation(model: str = "minilm", samples: int = 50, micro_batch_size: int = 16,
+                                backends: tuple[str, ...] = ("torch", "accelerate"), precision: str = "no",
+                                dataset: str = "demo", max_length: int = 128, seed: int = 0) -> list[GradientCheck]:
+    """Checks for each backend, then the naive 1/k rule (not judged)."""
+    if samples < 2 or micro_batch_size < 1:
+        raise UserError("--samples must be >= 2 and --micro-batch-size >= 1; e.g. --samples 50 --micro-batch-size 16")
+    if micro_batch_size >= samples:
+        raise UserError(f"--micro-batch-size {micro_batch_size} >= --samples {samples} leaves nothing to accumulate; "
+                        "use a micro-batch smaller than the group")
+    if precision not in TOLERANCES:
+        raise UserError(f"unknown --precision '{precision}'; choose one of: {', '.join(TOLERANCES)}")
+    if precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("--precision fp16 needs a CUDA GPU (loss scaling); on CPU use --precision bf16 or no")
+    texts = data.load_text_dataset(dataset, seed=seed, max_train_samples=samples).train
+    if len(texts) < samples:
+        raise UserError(f"dataset '{dataset}' has only {len(texts)} training examples; lower --samples")
+    tokenizer, encoder = load_tokenizer_and_encoder(model)
+    split = data.tokenize(texts, tokenizer, max_length)
+    torch.manual_seed(seed)
+    classifier = TextClassifier(encoder, num_labels=max(2, max(split.labels) + 1), dropout=0.0, pooling="cls")
+    classifier.eval()  # dropout off everywhere, so every pass computes the same function
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    classifier.to(device)
+    batch_for = lambda indices: data.collate(split, indices, tokenizer.pad_token_id)  # noqa: E731
+
+    # The reference: the mean loss over the whole group, in one fp32 pass.
+    batch = {k: v.to(device) for k, v in batch_for(range(samples)).items()}
+    F.cross_entropy(classifier(batch["input_ids"], batch["attention_mask"]), batch["labels"]).backward()
+    reference = _gradient(classifier)
+
+    group = accumulation.cut_group(list(range(samples)), micro_batch_size)
+    k = math.ceil(samples / micro_batch_size)
+    options = dict(optimizer="adam", lr=1e-5, weight_decay=0.0, scheduler="constant", warmup_ratio=0.0,
+                   total_steps=1, precision=precision)
+    checks = []
+    from accumbench.backends.torch_loop import TorchBackend
+
+    torch_backend = TorchBackend(classifier, **options)
+    if "torch" in backends:
+        torch_backend.accumulate(group, batch_for)
+        checks.append(_compare("torch", _gradient(classifier), reference, TOLERANCES[precision]))
+    if "accelerate" in backends:
+        from accumbench.backends.accelerate_loop import AccelerateBackend
+
+        accelerate_backend = AccelerateBackend(classifier, **options, accumulation_steps=k, collate=batch_for)
+        next(iter(accelerate_backend.accumulated([group], batch_for)))  # stops at the group's boundary
+        checks.append(_compare("accelerate", _gradient(classifier), reference, TOLERANCES[precision]))
+    torch_backend.accumulate(accumulation.cut_group_naively(range(samples), micro_batch_size, k), batch_for)
+    checks.append(_compare(f"naive 1/{k} rule", _gradient(classifier), reference, None))
+    return checks
