@@ -85,9 +85,13 @@ def _free_port() -> str:
         return str(sock.getsockname()[1])
 
 
+# A warmup-and-decay schedule, so a scheduler that advances once per process (stock Accelerate) shows.
+SCHEDULE = ["--scheduler", "linear", "--warmup-ratio", "0.2"]
+
+
 def _launch(kind: str, db: Path, model: str) -> subprocess.CompletedProcess:
     """The launchers users run: torchrun for the torch backend, accelerate launch for Accelerate."""
-    train = ["train", *COMMON, "--model", model, "--micro-batch-size", "8", "--db", str(db)]
+    train = ["train", *COMMON, *SCHEDULE, "--model", model, "--micro-batch-size", "8", "--db", str(db)]
     if kind == "torch":
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", _free_port(),
                "-m", "accumbench", *train, "--backend", "torch"]
@@ -106,7 +110,7 @@ def test_two_processes_match_one_process(tiny_bert, tmp_path, backend):
     """EBS 32 = 2 processes x 8 x 2: the ragged group of 8 lands on rank 0 only, rank 1 joins the
     all-reduce with a zero-weight stand-in, and the curve matches one process at EBS 32 = 8 x 4."""
     db = tmp_path / "runs.db"
-    _train(db, "--model", tiny_bert, "--backend", backend, "--micro-batch-size", "8")
+    _train(db, "--model", tiny_bert, "--backend", backend, "--micro-batch-size", "8", *SCHEDULE)
     done = _launch(backend, db, tiny_bert)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("run id 2 recorded") == 1  # only the main process reports
@@ -115,8 +119,11 @@ def test_two_processes_match_one_process(tiny_bert, tmp_path, backend):
     for a, b in zip(_epochs(db, 1), _epochs(db, 2)):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
         assert (b["optimizer_steps"], b["samples_seen"]) == (a["optimizer_steps"], a["samples_seen"])
-    for a, b in zip(_steps(db, 1), _steps(db, 2)):
+    one, two = _steps(db, 1), _steps(db, 2)
+    assert len(one) == len(two) == 14
+    for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-12)  # the schedule counts optimizer steps, once
 
 
 def test_ebs_must_divide_over_the_processes(tiny_bert, tmp_path, monkeypatch):
@@ -126,3 +133,36 @@ def test_ebs_must_divide_over_the_processes(tiny_bert, tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert "is not a multiple of 3 processes x micro-batch size 8 = 24" in result.stderr
     assert not (tmp_path / "runs.db").exists()
+
+
+def test_fp16_steps_with_inf_gradients_are_skipped_and_counted(tiny_bert):
+    """The GradScaler path on CPU (the CLI asks for CUDA for fp16; the mechanism is the same)."""
+    import torch
+
+    from accumbench import accumulation, data
+    from accumbench.backends.torch_loop import TorchBackend
+    from accumbench.demo_data import generate_demo_reviews
+    from accumbench.model import TextClassifier, load_tokenizer_and_encoder
+
+    tokenizer, encoder = load_tokenizer_and_encoder(tiny_bert)
+    reviews = generate_demo_reviews(n=32, seed=2)
+    split = data.tokenize(data.TextSplit(reviews["text"], reviews["label"]), tokenizer, 24)
+    model = TextClassifier(encoder, 2, 0.0, "cls")
+    backend = TorchBackend(model, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="linear", warmup_ratio=0.0,
+                           total_steps=4, precision="fp16")
+    poisoned = {"left": 1}
+
+    def poison(grad):  # the first optimizer step's gradient overflows
+        if poisoned["left"]:
+            poisoned["left"] -= 1
+            return torch.full_like(grad, float("inf"))
+        return grad
+
+    model.head.weight.register_hook(poison)
+    before = model.head.weight.detach().clone()
+    groups = accumulation.plan_epoch(32, 16, 16, seed=0, epoch=1)  # 2 groups of one micro-batch each
+    stats = backend.train_epoch(groups, lambda idx: data.collate(split, idx, tokenizer.pad_token_id), 1,
+                                grad_clip=None, steps_before=0, samples_before=0)
+    assert stats.skipped_steps == 1 and stats.optimizer_steps == 2
+    assert [s["lr"] for s in stats.steps] == [1e-3, 1e-3]  # the skipped step did not advance the schedule
+    assert not torch.equal(model.head.weight, before)  # the second step was taken

@@ -18,6 +18,7 @@ Several processes: `accelerate launch --multi_gpu --num_processes N -m accumbenc
 
 from __future__ import annotations
 
+import gc
 from typing import Any, Iterator, Optional, Sequence
 
 import torch
@@ -93,10 +94,11 @@ class AccelerateBackend(Backend):
         loader = torch.utils.data.DataLoader(_Keys(), batch_sampler=self._plan, collate_fn=collate_keys)
         opt = make_optimizer(model, optimizer, lr, weight_decay)
         sched = make_scheduler(opt, scheduler, warmup_ratio, total_steps)
+        self._module = model
         self.model, self.optimizer, self.scheduler, self.loader = self.accelerator.prepare(model, opt, sched, loader)
 
     def unwrapped_model(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
+        return self._module
 
     def accumulated(self, groups: Sequence[OptimizerGroup], batch_for: BatchFn
                     ) -> Iterator[tuple[OptimizerGroup, torch.Tensor, torch.Tensor]]:
@@ -142,4 +144,9 @@ class AccelerateBackend(Backend):
         return self.accelerator.reduce(tensor, reduction="sum") if self.world_size > 1 else tensor
 
     def close(self) -> None:
+        # As in TorchBackend.close: free the DDP wrapper while the process group is alive.
+        self.accelerator.wait_for_everyone()
+        self.model = self._module
+        self.accelerator.free_memory()
+        gc.collect()
         self.accelerator.end_training()

@@ -8,6 +8,7 @@ Several processes: `torchrun --nproc_per_node N -m accumbench train --backend to
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from typing import Iterator, Optional, Sequence
 
@@ -91,4 +92,9 @@ class TorchBackend(Backend):
 
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
+            # Free DDP's reducer while its process group is still alive: freed after
+            # destroy_process_group(), gloo's destructor waits forever on its worker threads.
+            self.model = self._module
+            gc.collect()
+            dist.barrier()
             dist.destroy_process_group()
