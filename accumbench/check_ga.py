@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation, data
+from accumbench.backends.base import require_supported_precision
 from accumbench.errors import UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 
@@ -59,8 +60,7 @@ def check_gradient_accumulation(model: str = "minilm", samples: int = 50, micro_
                         "use a micro-batch smaller than the group")
     if precision not in TOLERANCES:
         raise UserError(f"unknown --precision '{precision}'; choose one of: {', '.join(TOLERANCES)}")
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("--precision fp16 needs a CUDA GPU (loss scaling); on CPU use --precision bf16 or no")
+    require_supported_precision(precision)
     texts = data.load_text_dataset(dataset, seed=seed, max_train_samples=samples).train
     if len(texts) < samples:
         raise UserError(f"dataset '{dataset}' has only {len(texts)} training examples; lower --samples")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from accumbench.errors import UserError
+from accumbench.errors import UserError, first_line
 
 SPLITS = ("train", "validation", "test")
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
@@ -156,7 +156,7 @@ def _load_file(path: Path) -> dict[str, list]:
     try:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     except Exception as exc:  # the loaders raise many types for malformed files
-        raise UserError(f"cannot read {path} as {fmt} ({type(exc).__name__}: {_first_line(exc)}); fix the file") from None
+        raise UserError(f"cannot read {path} as {fmt} ({type(exc).__name__}: {first_line(exc)}); fix the file") from None
     return ds.to_dict()
 
 
@@ -181,7 +181,7 @@ def _load_hub(name: str) -> dict[str, dict[str, list]]:
     except Exception as exc:  # offline, unknown id, gated, ...: all mean "cannot use this name"
         raise UserError(
             f"dataset '{name}' is not 'demo', a local file or directory, or a hub dataset that could be loaded "
-            f"({type(exc).__name__}: {_first_line(exc)}); check the name, or run once with internet to cache it"
+            f"({type(exc).__name__}: {first_line(exc)}); check the name, or run once with internet to cache it"
         ) from None
     if name == "imdb":
         # The seed study: train + test pooled (the unlabelled 'unsupervised' split left out), then 8:1:1.
@@ -198,11 +198,6 @@ def _unlabelled(ds: Any) -> bool:
         if col in ds.column_names:
             return all(y is None or y == -1 for y in ds[col][:1000])
     return False
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no details"
 
 
 # --- tokenization and micro-batches -------------------------------------------------------------

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation, data
-from accumbench.backends.base import Backend
+from accumbench.backends.base import Backend, require_supported_precision
 from accumbench.config import RunConfig
 from accumbench.errors import Terminated, UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
@@ -62,8 +62,7 @@ def world_size() -> int:
 def prepare(config: RunConfig) -> Prepared:
     """Load data and model and tokenize once. Raises UserError on bad input; writes nothing."""
     config.accumulation_steps_for(world_size())  # checks EBS = world x micro x k before any loading
-    if config.precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("--precision fp16 needs a CUDA GPU (loss scaling); on CPU use --precision bf16 or no")
+    require_supported_precision(config.precision)
     dataset = data.load_text_dataset(
         config.dataset, seed=config.seed, text_column=config.text_column, label_column=config.label_column,
         max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,

@@ -1,6 +1,12 @@
 """The one exception type that the CLI turns into a one-line message and exit code 2."""
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message: enough to say why, short enough for one error line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "no details"
+
+
 class UserError(Exception):
     """Bad input from the user: the message names the problem and the fix."""
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from accumbench.errors import UserError
+from accumbench.errors import UserError, first_line
 
 HUB_ALIASES = {"bert": "bert-base-uncased", "modernbert": "answerdotai/ModernBERT-base"}
 ALIASES = (*HUB_ALIASES, "minilm")
@@ -51,17 +51,12 @@ def load_tokenizer_and_encoder(name: str) -> tuple[Any, Any]:
         encoder = AutoModel.from_pretrained(source)
     except (OSError, ValueError, KeyError) as exc:
         raise UserError(
-            f"model '{name}' could not be loaded ({type(exc).__name__}: {_first_line(exc)}); use an alias "
+            f"model '{name}' could not be loaded ({type(exc).__name__}: {first_line(exc)}); use an alias "
             f"({', '.join(ALIASES)}), a local save_pretrained directory, or a hub id (offline, only cached ones work)"
         ) from None
     if tokenizer.pad_token_id is None:
         raise UserError(f"the tokenizer of model '{name}' has no padding token; pick a model whose tokenizer has one")
     return tokenizer, encoder
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else "no details"
 
 
 class TextClassifier(nn.Module):

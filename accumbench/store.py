@@ -23,6 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+from accumbench.config import PRECISIONS  # runs.precision (accelerate's mixed_precision names)
 from accumbench.errors import UserError
 
 SCHEMA_VERSION = 2
@@ -30,7 +31,6 @@ SCHEMA_VERSION = 2
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 STATUSES = (RUNNING, FINISHED, FAILED, KILLED)
 TERMINAL_STATUSES = (FINISHED, FAILED, KILLED)
-PRECISIONS = ("no", "bf16", "fp16")  # runs.precision (accelerate's mixed_precision names)
 
 
 class NonFiniteFloat(TypeDecorator):

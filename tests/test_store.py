@@ -237,26 +237,36 @@ def test_data_survives_reopen(db_url):
         assert len(s.epochs(run_id)) == 1
 
 
+def run_at_once(worker, n: int) -> list[BaseException]:
+    """Start n threads on `worker` together (a barrier) and return what they raised:
+    pytest can't see exceptions raised in threads."""
+    barrier, errors = threading.Barrier(n), []
+
+    def guarded():
+        barrier.wait()
+        try:
+            worker()
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
 def test_parallel_first_open(tmp_path):
     # Parallel workers of a sweep may all open a fresh database at once.
     for trial in range(3):
         url = resolve_db_url(str(tmp_path / f"runs{trial}.db"))
-        barrier, errors = threading.Barrier(6), []
 
         def worker():
-            barrier.wait()
-            try:
-                with Store.open(url) as s:
-                    s.create_run(**RUN_KWARGS)
-            except Exception as exc:  # collected: pytest can't see thread exceptions
-                errors.append(exc)
+            with Store.open(url) as s:
+                s.create_run(**RUN_KWARGS)
 
-        threads = [threading.Thread(target=worker) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert errors == []
+        assert run_at_once(worker, 6) == []
         with Store.open(url) as s:
             assert len(s.list_runs()) == 6
 
@@ -676,23 +686,13 @@ def test_parallel_open_of_v1_database(tmp_path):
     path = tmp_path / "v1.db"
     make_v1_db(path)
     url = resolve_db_url(str(path))
-    barrier, errors = threading.Barrier(6), []
 
     def worker():
-        barrier.wait()
-        try:
-            with Store.open(url) as s:
-                run_id = s.create_run(**RUN_KWARGS, precision="no", world_size=1)
-                s.add_steps(run_id, [step_row(1)])
-        except Exception as exc:  # collected: pytest can't see thread exceptions
-            errors.append(exc)
+        with Store.open(url) as s:
+            run_id = s.create_run(**RUN_KWARGS, precision="no", world_size=1)
+            s.add_steps(run_id, [step_row(1)])
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert run_at_once(worker, 6) == []
     with Store.open(url) as s:
         assert len(s.list_runs()) == 7
     conn = sqlite3.connect(path)

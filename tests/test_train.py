@@ -113,8 +113,7 @@ def test_best_validation_checkpoint_is_saved_as_safetensors(tiny_bert, tmp_path)
     from safetensors.torch import load_file
 
     db = tmp_path / "runs.db"
-    args = [a for a in ("--checkpoint",)]
-    train_cli(tiny_bert, db, *args)
+    train_cli(tiny_bert, db, "--checkpoint")
     (run,) = query(db, "SELECT id, best_epoch, checkpoint_path FROM runs")
     directory = tmp_path / "checkpoints" / str(run["id"])
     assert Path(run["checkpoint_path"]) == directory

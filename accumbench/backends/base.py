@@ -54,6 +54,14 @@ def rank_inputs(micro: MicroBatch, group: OptimizerGroup) -> tuple[int, ...]:
     return micro.indices or group.indices[:1]
 
 
+def require_supported_precision(precision: str) -> None:
+    """fp16 needs loss scaling, which Accelerate only does on GPUs; refuse it on CPU in both backends."""
+    if precision == "fp16" and not torch.cuda.is_available():
+        from accumbench.errors import UserError
+
+        raise UserError("--precision fp16 needs a CUDA GPU (loss scaling); on CPU use --precision bf16 or no")
+
+
 def make_optimizer(model: torch.nn.Module, optimizer: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
     cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=lr, weight_decay=weight_decay)
