@@ -76,6 +76,20 @@ def groups_per_epoch(num_samples: int, effective_batch_size: int, drop_last: boo
     return math.ceil(num_samples / effective_batch_size)
 
 
+def training_length(num_samples: int, effective_batch_size: int, drop_last: bool, epochs: int,
+                    train_steps: int | None = None) -> tuple[int, int]:
+    """(epochs, optimizer steps) of a whole run.
+
+    The epochs budget runs `epochs` full epochs. The steps budget (train_steps) runs exactly that
+    many optimizer steps at every EBS, so a larger EBS sees more epochs, the last one cut short:
+    e.g. 1000 samples at EBS 256 is 4 steps an epoch, and 10 steps is 3 epochs of 4 + 4 + 2.
+    """
+    per_epoch = groups_per_epoch(num_samples, effective_batch_size, drop_last)
+    if train_steps is None:
+        return epochs, epochs * per_epoch
+    return math.ceil(train_steps / per_epoch), train_steps
+
+
 def cut_group(indices: list[int] | tuple[int, ...], micro_batch_size: int, world_size: int = 1) -> OptimizerGroup:
     """Cut one optimizer group into micro-batches weighted by their share of the group, and deal
     them round-robin to `world_size` ranks, padding the last micro-step with empty micro-batches."""

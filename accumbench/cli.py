@@ -61,6 +61,10 @@ def train(
     micro_batch_size: Optional[int] = typer.Option(None, help=_help("micro_batch_size")),
     epochs: Optional[int] = typer.Option(None, help=_help("epochs")),
     lr: Optional[float] = typer.Option(None, help=_help("lr")),
+    lr_scaling: Optional[str] = typer.Option(None, help=_help("lr_scaling")),
+    base_batch_size: Optional[int] = typer.Option(None, help=_help("base_batch_size")),
+    budget: Optional[str] = typer.Option(None, help=_help("budget")),
+    train_steps: Optional[int] = typer.Option(None, help=_help("train_steps")),
     optimizer: Optional[str] = typer.Option(None, help=_help("optimizer")),
     scheduler: Optional[str] = typer.Option(None, help=_help("scheduler")),
     warmup_ratio: Optional[float] = typer.Option(None, help=_help("warmup_ratio")),
@@ -71,6 +75,7 @@ def train(
     pooling: Optional[str] = typer.Option(None, help=_help("pooling")),
     precision: Optional[str] = typer.Option(None, help=_help("precision")),
     seed: Optional[int] = typer.Option(None, help=_help("seed")),
+    data_seed: Optional[int] = typer.Option(None, help=_help("data_seed")),
     max_train_samples: Optional[int] = typer.Option(None, help=_help("max_train_samples")),
     max_eval_samples: Optional[int] = typer.Option(None, help=_help("max_eval_samples")),
     text_column: Optional[str] = typer.Option(None, help=_help("text_column")),
@@ -93,10 +98,16 @@ def train(
         from accumbench.progress import RichReporter
         from accumbench.store import resolve_db_url, sqlite_path
 
+        from accumbench.engine import RunDiverged
+
         reporter = RichReporter()
         result = run_training(run_config, db=db, reporter=reporter)
     except UserError as exc:
         fail(str(exc))
+    except RunDiverged as exc:
+        # Not bad input (exit 2): the run happened and is recorded, as FAILED.
+        typer.echo(f"error: {exc}; recorded as FAILED. Lower --lr or use --lr-scaling sqrt", err=True)
+        raise typer.Exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted: the run is recorded as KILLED", err=True)
         raise typer.Exit(130)

@@ -21,9 +21,15 @@ PRECISIONS = ("no", "bf16", "fp16")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "linear", "cosine")
 POOLINGS = ("cls", "mean")
+LR_SCALINGS = ("none", "linear", "sqrt")
+BUDGETS = ("epochs", "steps")
 
 # Fields that never change what a run computes, so they stay out of config_hash.
 _NOT_HASHED = frozenset({"checkpoint"})
+# Fields added after runs were first recorded: left out of config_hash at their default, so the
+# hash of an earlier run (which had no such field) still names the same configuration.
+_HASHED_ONLY_WHEN_SET = {"lr_scaling": "none", "base_batch_size": 64, "budget": "epochs", "train_steps": None,
+                         "data_seed": None}
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,11 @@ class RunConfig:
     effective_batch_size: int = field(default=64, metadata={"help": "Samples per optimizer step (EBS)."})
     micro_batch_size: int = field(default=16, metadata={"help": "Samples per forward/backward pass; EBS must be a multiple."})
     epochs: int = field(default=5, metadata={"help": "Passes over the training split."})
-    lr: float = field(default=5e-5, metadata={"help": "Peak learning rate."})
+    lr: float = field(default=5e-5, metadata={"help": "Peak learning rate at --base-batch-size (all EBS when --lr-scaling none)."})
+    lr_scaling: str = field(default="none", metadata={"help": "Scale --lr with EBS/--base-batch-size: none, linear or sqrt."})
+    base_batch_size: int = field(default=64, metadata={"help": "The EBS at which --lr applies unscaled."})
+    budget: str = field(default="epochs", metadata={"help": "epochs (every EBS runs --epochs) or steps (every EBS runs --train-steps)."})
+    train_steps: Optional[int] = field(default=None, metadata={"help": "Optimizer steps to run with --budget steps."})
     optimizer: str = field(default="adam", metadata={"help": "adam or adamw."})
     scheduler: str = field(default="constant", metadata={"help": "constant, linear or cosine (sized in optimizer steps)."})
     warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of optimizer steps spent warming up."})
@@ -46,7 +56,8 @@ class RunConfig:
     dropout: float = field(default=0.1, metadata={"help": "Dropout before the linear head."})
     pooling: str = field(default="cls", metadata={"help": "cls or mean pooling of the encoder output."})
     precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (fp16 needs a CUDA GPU)."})
-    seed: int = field(default=42, metadata={"help": "Seeds the split, the sample order and the head."})
+    seed: int = field(default=42, metadata={"help": "Seeds the sample order and the head (and the split, unless --data-seed)."})
+    data_seed: Optional[int] = field(default=None, metadata={"help": "Seeds the 8:1:1 split alone (default: --seed)."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training samples."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N validation and test samples."})
     text_column: Optional[str] = field(default=None, metadata={"help": "Text column (default: auto-detect)."})
@@ -58,6 +69,21 @@ class RunConfig:
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
         self._validate()
+
+    @property
+    def scaled_lr(self) -> float:
+        """The learning rate the run uses: --lr scaled by EBS / --base-batch-size under the rule.
+
+        linear (Goyal et al. 2017) keeps the per-sample step size; sqrt (Krizhevsky 2014, Hoffer et al.
+        2017) keeps the update's noise scale, and is the usual choice for Adam."""
+        ratio = self.effective_batch_size / self.base_batch_size
+        factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
+        return self.lr * factor
+
+    @property
+    def split_seed(self) -> int:
+        """The seed of the train/validation/test split."""
+        return self.seed if self.data_seed is None else self.data_seed
 
     @property
     def accumulation_steps(self) -> int:
@@ -79,7 +105,9 @@ class RunConfig:
         for name in ("effective_batch_size", "micro_batch_size", "epochs", "max_length"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{_flag(name)} must be a positive integer, got {getattr(self, name)}; pass a value >= 1")
-        for name in ("max_train_samples", "max_eval_samples"):
+        if self.base_batch_size <= 0:
+            raise UserError(f"--base-batch-size must be a positive integer, got {self.base_batch_size}; pass e.g. 64")
+        for name in ("max_train_samples", "max_eval_samples", "train_steps"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"{_flag(name)} must be a positive integer, got {value}; pass a value >= 1 or leave it out")
@@ -93,9 +121,14 @@ class RunConfig:
                 f"{self.micro_batch_size}; use --effective-batch-size {lower} or {upper}, or change --micro-batch-size"
             )
         for name, choices in (("backend", BACKENDS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
-                              ("pooling", POOLINGS), ("precision", PRECISIONS)):
+                              ("pooling", POOLINGS), ("precision", PRECISIONS), ("lr_scaling", LR_SCALINGS),
+                              ("budget", BUDGETS)):
             if getattr(self, name) not in choices:
                 raise UserError(f"unknown {_flag(name)} '{getattr(self, name)}'; choose one of: {', '.join(choices)}")
+        if self.budget == "steps" and self.train_steps is None:
+            raise UserError("--budget steps needs the number of optimizer steps; pass e.g. --train-steps 200")
+        if self.budget == "epochs" and self.train_steps is not None:
+            raise UserError("--train-steps only applies with --budget steps; add --budget steps or drop --train-steps")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UserError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}; pass e.g. --warmup-ratio 0.1")
         if not 0.0 <= self.dropout < 1.0:
@@ -106,20 +139,36 @@ class RunConfig:
             raise UserError(f"--grad-clip must be a positive norm, got {self.grad_clip}; leave it out to disable clipping")
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields plus the derived accumulation_steps, as stored in runs.config_json."""
-        return {**dataclasses.asdict(self), "accumulation_steps": self.accumulation_steps}
+        """All fields plus the derived accumulation_steps and scaled_lr, as stored in runs.config_json."""
+        return {**dataclasses.asdict(self), "accumulation_steps": self.accumulation_steps, "scaled_lr": self.scaled_lr}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> RunConfig:
+        """The config back from to_dict() output (runs.config_json, a checkpoint's accumbench.json)."""
+        return cls(**{k: v for k, v in stored.items() if k not in _DERIVED})
 
     @property
     def config_hash(self) -> str:
         """Stable across processes and versions: sha256 of the sorted JSON of the result-changing fields."""
         hashed = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_HASHED}
+        # Settings that cannot change the run say nothing: the same run must have one hash.
+        if self.lr_scaling == "none":
+            del hashed["base_batch_size"]
+        if self.budget == "steps":
+            del hashed["epochs"]
+        if self.data_seed == self.seed:
+            hashed["data_seed"] = None
+        for name, default in _HASHED_ONLY_WHEN_SET.items():
+            if name in hashed and hashed[name] == default:
+                del hashed[name]
         return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 CONFIG_KEYS = tuple(f.name for f in fields(RunConfig))
+_DERIVED = ("accumulation_steps", "scaled_lr")  # in to_dict() for readers, not fields
 
 
 def _flag(name: str) -> str:

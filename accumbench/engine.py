@@ -3,9 +3,10 @@ RUNNING run, train epoch by epoch, evaluate, time, measure memory, and close the
 terminal status whatever happens.
 
     setup (data, model: every UserError happens here, before the store is written)
-      -> store.create_run (RUNNING)
-      -> for each epoch: plan -> backend.train_epoch -> evaluate val/test -> store.add_steps, add_epoch
-      -> FINISHED | FAILED (exception) | KILLED (Ctrl-C, SIGTERM)
+      -> store.create_run (RUNNING; a sweep claims the run in the store instead, see sweep.py)
+      -> execute: for each epoch: plan -> backend.train_epoch -> evaluate val/test -> store.add_steps, add_epoch
+         (a heartbeat thread beats meanwhile)
+      -> FINISHED | FAILED (exception; "diverged at step S") | KILLED (Ctrl-C, SIGTERM)
 """
 
 from __future__ import annotations
@@ -27,12 +28,20 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation, data
-from accumbench.backends.base import Backend, require_supported_precision
+from accumbench.backends.base import Backend, Diverged, require_supported_precision
 from accumbench.config import RunConfig
 from accumbench.errors import Terminated, UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 from accumbench.progress import Reporter
 from accumbench.store import FAILED, FINISHED, KILLED, Store, resolve_db_url, sqlite_path
+
+
+# A running run says it is alive this often (and at every epoch end), so a sweep can tell a
+# crashed worker's run from a slow one. Sweeps shorten it to a quarter of their --stale-after.
+HEARTBEAT_SECONDS = 15.0
+
+INTERRUPTED = "interrupted (Ctrl-C)"
+TERMINATED = "terminated (SIGTERM)"
 
 
 @dataclass
@@ -41,6 +50,23 @@ class TrainResult:
     epochs: list[dict[str, Any]]
     best_epoch: int
     checkpoint_path: Optional[str]
+
+
+class RunDiverged(Exception):
+    """The run's loss became NaN or infinite. It is recorded as FAILED with 'diverged at step S'."""
+
+    def __init__(self, run_id: Optional[int], step: int, loss: float) -> None:
+        super().__init__(f"run {run_id} diverged at step {step} (loss {loss})")
+        self.run_id, self.step, self.loss = run_id, step, loss
+
+
+class RunLost(Exception):
+    """Another worker marked this run KILLED (its heartbeat looked stale), so its result is not ours
+    to record: the cell has been handed to someone else."""
+
+    def __init__(self, run_id: int) -> None:
+        super().__init__(f"run {run_id} was marked KILLED by another worker (stale heartbeat); its result is discarded")
+        self.run_id = run_id
 
 
 @dataclass
@@ -52,6 +78,8 @@ class Prepared:
     splits: dict[str, data.EncodedSplit]
     model: TextClassifier
     pad_token_id: int
+    epochs: int  # planned, from the budget: config.epochs, or enough for config.train_steps
+    total_steps: int  # optimizer steps of the whole run
 
 
 def world_size() -> int:
@@ -59,37 +87,50 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def prepare(config: RunConfig) -> Prepared:
-    """Load data and model and tokenize once. Raises UserError on bad input; writes nothing."""
+def prepare(config: RunConfig, cache: Optional[dict[Any, Any]] = None) -> Prepared:
+    """Load data and model and tokenize once. Raises UserError on bad input; writes nothing.
+
+    `cache` (a sweep passes one dict for all its cells) keeps loaded datasets and tokenized splits,
+    so cells that share them load and tokenize once. The model is always loaded afresh."""
+    cache = {} if cache is None else cache
     config.accumulation_steps_for(world_size())  # checks EBS = world x micro x k before any loading
     require_supported_precision(config.precision)
-    dataset = data.load_text_dataset(
-        config.dataset, seed=config.seed, text_column=config.text_column, label_column=config.label_column,
-        max_train_samples=config.max_train_samples, max_eval_samples=config.max_eval_samples,
-    )
+    data_key = (config.dataset, config.split_seed, config.text_column, config.label_column,
+                config.max_train_samples, config.max_eval_samples)
+    if data_key not in cache:
+        cache[data_key] = data.load_text_dataset(
+            config.dataset, seed=config.split_seed, text_column=config.text_column,
+            label_column=config.label_column, max_train_samples=config.max_train_samples,
+            max_eval_samples=config.max_eval_samples,
+        )
+    dataset = cache[data_key]
     if config.drop_last and len(dataset.train) < config.effective_batch_size:
         raise UserError(
             f"--drop-last with {len(dataset.train)} training samples and effective batch size "
             f"{config.effective_batch_size} leaves no optimizer step; lower --effective-batch-size or use --keep-last"
         )
     tokenizer, encoder = load_tokenizer_and_encoder(config.model)
-    splits = {
-        name: data.tokenize(getattr(dataset, name), tokenizer, config.max_length)
-        for name in ("train", "validation", "test")
-    }
+    token_key = (data_key, config.model, config.max_length)
+    if token_key not in cache:
+        cache[token_key] = {
+            name: data.tokenize(getattr(dataset, name), tokenizer, config.max_length)
+            for name in ("train", "validation", "test")
+        }
+    splits = cache[token_key]
     torch.manual_seed(config.seed)  # the head's init depends on the seed only
     model = TextClassifier(encoder, dataset.num_labels, config.dropout, config.pooling)
-    return Prepared(config, dataset, splits, model, tokenizer.pad_token_id)
+    epochs, total_steps = accumulation.training_length(
+        len(splits["train"]), config.effective_batch_size, config.drop_last, config.epochs,
+        config.train_steps if config.budget == "steps" else None)
+    return Prepared(config, dataset, splits, model, tokenizer.pad_token_id, epochs, total_steps)
 
 
 def make_backend(prepared: Prepared) -> Backend:
     """The training loop the config names, set up for this process (and its process group)."""
     config = prepared.config
-    steps_per_epoch = accumulation.groups_per_epoch(len(prepared.splits["train"]), config.effective_batch_size,
-                                                    config.drop_last)
-    common = dict(optimizer=config.optimizer, lr=config.lr, weight_decay=config.weight_decay,
+    common = dict(optimizer=config.optimizer, lr=config.scaled_lr, weight_decay=config.weight_decay,
                   scheduler=config.scheduler, warmup_ratio=config.warmup_ratio,
-                  total_steps=steps_per_epoch * config.epochs, precision=config.precision)
+                  total_steps=prepared.total_steps, precision=config.precision)
     if config.backend == "accelerate":
         from accumbench.backends.accelerate_loop import AccelerateBackend
 
@@ -101,6 +142,31 @@ def make_backend(prepared: Prepared) -> Backend:
     return TorchBackend(prepared.model, **common)
 
 
+def run_columns(config: RunConfig) -> dict[str, Any]:
+    """The run's columns that follow from its configuration alone (known before anything loads)."""
+    return dict(
+        config_json=config.to_json(), config_hash=config.config_hash, backend=config.backend,
+        model=config.model, dataset=config.dataset, seed=config.seed,
+        lr=config.scaled_lr, base_lr=config.lr, lr_scaling=config.lr_scaling, base_batch_size=config.base_batch_size,
+        budget=config.budget, train_steps=config.train_steps,
+        effective_batch_size=config.effective_batch_size, micro_batch_size=config.micro_batch_size,
+        accumulation_steps=config.accumulation_steps, epochs=config.epochs, max_length=config.max_length,
+        optimizer=config.optimizer, scheduler=config.scheduler, precision=config.precision,
+    )
+
+
+def loaded_columns(prepared: Prepared, backend: Backend) -> dict[str, Any]:
+    """The run's columns known once data, model and backend are set up."""
+    return dict(
+        accumulation_steps=prepared.config.accumulation_steps_for(backend.world_size), world_size=backend.world_size,
+        epochs=prepared.epochs, train_steps=prepared.total_steps,
+        torch_version=_version("torch"), transformers_version=_version("transformers"),
+        accelerate_version=_version("accelerate"), device=_device_name(backend.device),
+        num_train_samples=len(prepared.splits["train"]), num_val_samples=len(prepared.splits["validation"]),
+        num_test_samples=len(prepared.splits["test"]), num_labels=prepared.dataset.num_labels,
+    )
+
+
 class _NoStore:
     """What ranks other than the main one write to: nothing. Only the main process records."""
 
@@ -109,7 +175,9 @@ class _NoStore:
 
 
 def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Reporter] = None) -> TrainResult:
-    """Run one configuration and record it. Returns the run id and its epoch rows."""
+    """Run one configuration and record it. Returns the run id and its epoch rows.
+
+    Raises RunDiverged (after recording the run as FAILED) when the loss becomes NaN or infinite."""
     url = resolve_db_url(db)
     Store.check_compatible(url)  # refuse a newer or foreign database before the slow loading
     prepared = prepare(config)
@@ -117,65 +185,116 @@ def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Report
     if not backend.is_main:
         try:
             return _fit(None, prepared, backend, _NoStore(), Reporter(), checkpoint_root(url))
+        except Diverged as exc:
+            raise RunDiverged(None, exc.step, exc.loss) from None
         finally:
             backend.close()
-    reporter = reporter or Reporter()
     store = Store.open(url)
     try:
         with _sigterm_as_exception():
-            run_id = store.create_run(
-                config_json=config.to_json(), config_hash=config.config_hash, backend=config.backend,
-                model=config.model, dataset=config.dataset, seed=config.seed, lr=config.lr,
-                effective_batch_size=config.effective_batch_size, micro_batch_size=config.micro_batch_size,
-                accumulation_steps=config.accumulation_steps_for(backend.world_size), epochs=config.epochs,
-                max_length=config.max_length, optimizer=config.optimizer, scheduler=config.scheduler,
-                precision=config.precision, world_size=backend.world_size,
-                torch_version=_version("torch"), transformers_version=_version("transformers"),
-                accelerate_version=_version("accelerate"), device=_device_name(backend.device),
-                num_train_samples=len(prepared.splits["train"]), num_val_samples=len(prepared.splits["validation"]),
-                num_test_samples=len(prepared.splits["test"]), num_labels=prepared.dataset.num_labels,
-            )
-            try:
-                sizes = {name: len(split) for name, split in prepared.splits.items()}
-                reporter.run_started(run_id, config, sizes, _device_name(backend.device), backend.world_size)
-                result = _fit(run_id, prepared, backend, store, reporter, checkpoint_root(url))
-            except KeyboardInterrupt:
-                store.finish_run(run_id, KILLED, "interrupted (Ctrl-C)")
-                raise
-            except Terminated:
-                store.finish_run(run_id, KILLED, "terminated (SIGTERM)")
-                raise
-            except BaseException as exc:
-                store.finish_run(run_id, FAILED, f"{type(exc).__name__}: {exc}")
-                raise
-            store.finish_run(run_id, FINISHED)
-        return result
+            run_id = store.create_run(**{**run_columns(config), **loaded_columns(prepared, backend)})
+            return execute(run_id, prepared, backend, store, reporter, checkpoint_root(url))
     finally:
         store.close()
         backend.close()
 
 
+def execute(run_id: int, prepared: Prepared, backend: Backend, store: Store, reporter: Optional[Reporter],
+            checkpoints: Path, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> TrainResult:
+    """Train a recorded RUNNING run to its end and close it whatever happens: FINISHED; FAILED on an
+    error or a divergence; KILLED on Ctrl-C or SIGTERM (re-raised). A heartbeat thread keeps the run's
+    heartbeat_at fresh meanwhile; if another worker gives the run up for dead, RunLost is raised."""
+    reporter = reporter or Reporter()
+    try:
+        with Heartbeat(store, run_id, heartbeat_seconds) as heartbeat:
+            sizes = {name: len(split) for name, split in prepared.splits.items()}
+            reporter.run_started(run_id, prepared.config, sizes, _device_name(backend.device), backend.world_size,
+                                 epochs=prepared.epochs, total_steps=prepared.total_steps)
+            result = _fit(run_id, prepared, backend, store, reporter, checkpoints, heartbeat)
+    except RunLost:
+        raise  # not ours to close: another worker has marked it KILLED
+    except Diverged as exc:
+        store.add_steps(run_id, exc.steps)  # the steps up to and including the one that diverged
+        store.finish_run(run_id, FAILED, f"diverged at step {exc.step}")
+        raise RunDiverged(run_id, exc.step, exc.loss) from None
+    except KeyboardInterrupt:
+        store.finish_run(run_id, KILLED, INTERRUPTED)
+        raise
+    except Terminated:
+        store.finish_run(run_id, KILLED, TERMINATED)
+        raise
+    except BaseException as exc:
+        store.finish_run(run_id, FAILED, f"{type(exc).__name__}: {exc}")
+        raise
+    if not store.finish_run(run_id, FINISHED):
+        raise RunLost(run_id)
+    return result
+
+
+class Heartbeat:
+    """A daemon thread that sets the run's heartbeat_at every `seconds` while it trains.
+
+    A killed process (SIGKILL, OOM, a lost machine) stops beating, which is how a sweep tells its
+    run from a live one. If the store says the run is no longer RUNNING, another worker has
+    given it up for dead: `lost` is set and the training loop stops at its next step."""
+
+    def __init__(self, store: Store, run_id: int, seconds: float) -> None:
+        self.store, self.run_id, self.seconds = store, run_id, seconds
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-run-{run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.seconds):
+            try:
+                alive = self.store.heartbeat(self.run_id)
+            except Exception:  # e.g. the database busy for longer than busy_timeout: try again next beat
+                continue
+            if not alive:
+                self.lost = True
+                return
+
+    def raise_if_lost(self) -> None:
+        if self.lost:
+            raise RunLost(self.run_id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _fit(run_id: Optional[int], prepared: Prepared, backend: Backend, store: Any, reporter: Reporter,
-         checkpoints: Path) -> TrainResult:
+         checkpoints: Path, heartbeat: Optional[Heartbeat] = None) -> TrainResult:
     config, splits = prepared.config, prepared.splits
     train_split = splits["train"]
     device = backend.device
     batch_for = lambda indices: data.collate(train_split, indices, prepared.pad_token_id)  # noqa: E731
 
+    def on_step(samples_done: int, loss: float) -> None:
+        if heartbeat is not None:
+            heartbeat.raise_if_lost()
+        reporter.step(samples_done, loss)
+
     rows: list[dict[str, Any]] = []
     best: Optional[dict[str, Any]] = None
     checkpoint_path: Optional[str] = None
     optimizer_steps = samples_seen = 0
-    for epoch in range(1, config.epochs + 1):
+    for epoch in range(1, prepared.epochs + 1):
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         groups = accumulation.plan_epoch(len(train_split), config.effective_batch_size, config.micro_batch_size,
                                          seed=config.seed, epoch=epoch, drop_last=config.drop_last,
                                          world_size=backend.world_size)
+        # The steps budget cuts the last epoch short; evaluation still follows, as at every epoch end.
+        groups = groups[: prepared.total_steps - optimizer_steps]
         reporter.epoch_started(epoch, sum(len(g) for g in groups))
         epoch_start = time.perf_counter()
         stats = backend.train_epoch(groups, batch_for, epoch, config.grad_clip, optimizer_steps, samples_seen,
-                                    on_step=reporter.step)
+                                    on_step=on_step)
         _sync(device)
         train_seconds = time.perf_counter() - epoch_start
 

@@ -9,7 +9,8 @@ from typing import Any, Optional
 class Reporter:
     """Progress hooks called by the engine. The base class stays silent (library use, tests)."""
 
-    def run_started(self, run_id: int, config: Any, sizes: dict[str, int], device: str, world_size: int = 1) -> None: ...
+    def run_started(self, run_id: int, config: Any, sizes: dict[str, int], device: str, world_size: int = 1,
+                    epochs: int = 0, total_steps: int = 0) -> None: ...
     def epoch_started(self, epoch: int, num_samples: int) -> None: ...
     def step(self, samples_done: int, loss: float) -> None: ...
     def epoch_finished(self, row: dict[str, Any]) -> None: ...
@@ -25,15 +26,19 @@ class RichReporter(Reporter):
         self._progress: Optional[Any] = None
         self._epochs = 0
 
-    def run_started(self, run_id: int, config: Any, sizes: dict[str, int], device: str, world_size: int = 1) -> None:
-        self._epochs = config.epochs
+    def run_started(self, run_id: int, config: Any, sizes: dict[str, int], device: str, world_size: int = 1,
+                    epochs: int = 0, total_steps: int = 0) -> None:
+        self._epochs = epochs
         processes = f"{world_size} processes x " if world_size > 1 else ""
+        lr = f"lr {config.scaled_lr:.3g}"
+        if config.lr_scaling != "none":
+            lr += f" ({config.lr_scaling} scaling of {config.lr:g} at EBS {config.base_batch_size})"
+        length = f"{total_steps} steps over {epochs} epochs" if config.budget == "steps" else f"{epochs} epochs ({total_steps} steps)"
         self.console.print(
             f"run [bold]{run_id}[/]: {config.model} on {config.dataset} "
             f"(train/val/test {sizes['train']}/{sizes['validation']}/{sizes['test']})\n"
             f"EBS {config.effective_batch_size} = {processes}{config.accumulation_steps_for(world_size)} x "
-            f"{config.micro_batch_size}, "
-            f"lr {config.lr:g}, {config.epochs} epochs, {config.backend} backend on {device}"
+            f"{config.micro_batch_size}, {lr}, {length}, {config.backend} backend on {device}"
         )
 
     def epoch_started(self, epoch: int, num_samples: int) -> None:

@@ -1,7 +1,9 @@
 """The run database: the only module in accumbench that speaks SQL.
 
 Every training run is one row in ``runs``, one row per finished epoch in
-``epochs`` and one row per optimizer step in ``steps``. Callers get plain dicts back, never ORM objects, so they need no
+``epochs`` and one row per optimizer step in ``steps``. A sweep is a row in
+``sweeps``; its runs point to it, and a worker claims a cell of the sweep by
+inserting its RUNNING run inside one write transaction (see ``claim``). Callers get plain dicts back, never ORM objects, so they need no
 session. Column names are a public contract (people query the file with the
 ``sqlite3`` CLI), so rename nothing without bumping SCHEMA_VERSION.
 """
@@ -13,24 +15,28 @@ import os
 import pathlib
 import sqlite3
 import time
-from datetime import datetime, timezone
-from typing import Any
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable, Iterator, Optional
 
 from sqlalchemy import (
-    DateTime, Float, ForeignKey, Text, TypeDecorator, UniqueConstraint,
-    create_engine, delete, event, func, insert, inspect, make_url, select,
+    DateTime, Float, ForeignKey, Index, Text, TypeDecorator, UniqueConstraint,
+    create_engine, delete, event, func, insert, inspect, make_url, select, text, update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from accumbench.config import PRECISIONS  # runs.precision (accelerate's mixed_precision names)
 from accumbench.errors import UserError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 STATUSES = (RUNNING, FINISHED, FAILED, KILLED)
 TERMINAL_STATUSES = (FINISHED, FAILED, KILLED)
+LIVE_STATUSES = (RUNNING, FINISHED)  # at most one such run per sweep cell
+STALE_ERROR = "stale heartbeat"  # how a run begins its error when another worker gave it up for dead
 
 
 class NonFiniteFloat(TypeDecorator):
@@ -74,11 +80,35 @@ class SchemaVersion(Base):
     version: Mapped[int] = mapped_column(primary_key=True)
 
 
+class Sweep(Base):
+    """A named grid of cells. Added in schema version 3."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(unique=True)
+    grid_hash: Mapped[str]  # sha256 of the cells' sorted config hashes: the same name must mean the same grid
+    spec_json: Mapped[str] = mapped_column(Text)  # the grid as the user gave it (axes and shared options)
+    num_cells: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+_LIVE = "status IN (" + ", ".join(f"'{status}'" for status in LIVE_STATUSES) + ")"
+
+
 class Run(Base):
     __tablename__ = "runs"
-    # AUTOINCREMENT: ids of deleted runs are never handed out again, so a
-    # checkpoint directory or a note that names "run 7" can't be mistaken.
-    __table_args__ = {"sqlite_autoincrement": True}
+    __table_args__ = (
+        # The guard behind claiming: one live (RUNNING or FINISHED) run per sweep cell, enforced by
+        # the database itself, so no interleaving of workers can run a cell twice. Runs of
+        # `accumbench train` (sweep_id NULL) are free to repeat a configuration.
+        Index("uq_runs_live_sweep_cell", "sweep_id", "config_hash", unique=True,
+              sqlite_where=text(f"sweep_id IS NOT NULL AND {_LIVE}"),
+              postgresql_where=text(f"sweep_id IS NOT NULL AND {_LIVE}")),
+        # AUTOINCREMENT: ids of deleted runs are never handed out again, so a
+        # checkpoint directory or a note that names "run 7" can't be mistaken.
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     status: Mapped[str]
@@ -116,6 +146,14 @@ class Run(Base):
     # fresh and migrated databases have the same column order).
     precision: Mapped[str | None]  # one of PRECISIONS
     world_size: Mapped[int | None]  # number of processes (GPUs) training together
+    # Added in schema version 3. lr (above) is the rate actually used; base_lr is --lr before scaling.
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    attempt: Mapped[int | None]  # 1-based try of this sweep cell
+    base_lr: Mapped[float | None]
+    lr_scaling: Mapped[str | None]  # none, linear or sqrt
+    base_batch_size: Mapped[int | None]
+    budget: Mapped[str | None]  # epochs or steps
+    train_steps: Mapped[int | None]  # optimizer steps planned for the whole run
 
 
 class Epoch(Base):
@@ -159,6 +197,7 @@ class Step(Base):
     lr: Mapped[float]  # learning rate used for this step
 
 
+SWEEP_COLUMNS = tuple(c.key for c in inspect(Sweep).column_attrs)
 RUN_COLUMNS = tuple(c.key for c in inspect(Run).column_attrs)
 EPOCH_COLUMNS = tuple(c.key for c in inspect(Epoch).column_attrs)
 STEP_COLUMNS = tuple(c.key for c in inspect(Step).column_attrs)
@@ -235,9 +274,13 @@ def _add_missing_columns(conn: Connection, table: Any, names: tuple[str, ...]) -
             continue
         column = table.c[name]
         assert column.nullable and column.server_default is None, column
+        references = ""
+        for fk in column.foreign_keys:  # SQLite allows REFERENCES on ADD COLUMN when the default is NULL
+            references = (f" REFERENCES {preparer.format_table(fk.column.table)} "
+                          f"({preparer.format_column(fk.column)})")
         conn.exec_driver_sql(
             f"ALTER TABLE {preparer.format_table(table)} "
-            f"ADD COLUMN {preparer.format_column(column)} {column.type.compile(dialect=conn.dialect)}"
+            f"ADD COLUMN {preparer.format_column(column)} {column.type.compile(dialect=conn.dialect)}{references}"
         )
 
 
@@ -248,6 +291,15 @@ def _migrate_to_2(conn: Connection) -> None:
     _add_missing_columns(conn, Epoch.__table__, ("skipped_steps",))
 
 
+def _migrate_to_3(conn: Connection) -> None:
+    """2 -> 3: sweeps (table sweeps, made by create_all), the runs' sweep columns and lr/budget
+    columns, and the one-live-run-per-cell index (create_all skips indexes of existing tables)."""
+    _add_missing_columns(conn, Run.__table__, ("sweep_id", "attempt", "base_lr", "lr_scaling", "base_batch_size",
+                                               "budget", "train_steps"))
+    for index in Run.__table__.indexes:
+        index.create(conn, checkfirst=True)
+
+
 # Why migrations rather than "delete the old file": a run database holds results
 # that took GPU-hours to produce, so a new accumbench upgrades it in place.
 # Store.open runs these in order (found+1 .. SCHEMA_VERSION) inside its single
@@ -255,7 +307,7 @@ def _migrate_to_2(conn: Connection) -> None:
 # upgrade is all-or-nothing and parallel workers can't both run it. Each function
 # takes the database from version N-1 to N and must be idempotent (inspect before
 # altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
-_MIGRATIONS = {2: _migrate_to_2}
+_MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3}
 assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
 
 
@@ -285,6 +337,29 @@ def _set_sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+# Any constant: the key of the PostgreSQL advisory lock that serialises schema creation and upgrades.
+_SCHEMA_LOCK_KEY = 0x616363756D  # "accum"
+
+
+def _lock_for_schema(conn: Connection) -> None:
+    """Begin the transaction that creates or upgrades the schema, holding a database-wide lock."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    elif conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+
+
+def _begin_write(conn: Connection) -> None:
+    """Begin a transaction that takes the write lock at once rather than at its first write.
+
+    SQLite's default deferred BEGIN lets two workers both read "cell 3 is free" and then race to
+    write; BEGIN IMMEDIATE makes the second wait (busy_timeout) until the first commits, and then
+    read the first one's claim. On PostgreSQL the claim locks the sweep's row instead (FOR UPDATE).
+    """
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 class Store:
     """A handle on one run database. Each write is its own short transaction."""
 
@@ -307,10 +382,9 @@ class Store:
             event.listen(engine, "connect", _set_sqlite_pragmas)
         try:
             with engine.connect() as conn:
-                if is_sqlite:
-                    # Take the write lock up front: parallel workers opening a fresh
-                    # file would otherwise race to create the same tables.
-                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # Take the write lock up front: parallel workers opening a fresh
+                # database would otherwise race to create the same tables.
+                _lock_for_schema(conn)
                 # Same check for non-sqlite databases, before create_all touches anything.
                 found = None
                 if inspect(conn).has_table(SchemaVersion.__tablename__):
@@ -374,8 +448,11 @@ class Store:
         num_train_samples: int | None = None, num_val_samples: int | None = None,
         num_test_samples: int | None = None, num_labels: int | None = None,
         precision: str | None = None, world_size: int | None = None,
+        base_lr: float | None = None, lr_scaling: str | None = None, base_batch_size: int | None = None,
+        budget: str | None = None, train_steps: int | None = None,
     ) -> int:
-        """Insert a run with status RUNNING; created/started/heartbeat = now. Returns its id."""
+        """Insert a run with status RUNNING; created/started/heartbeat = now. Returns its id.
+        (Runs of a sweep are inserted by claim() instead.)"""
         fields = dict(locals())  # exactly the keyword arguments above: all run columns
         del fields["self"]
         if precision is not None and precision not in PRECISIONS:
@@ -425,11 +502,104 @@ class Store:
             for name, value in fields.items():
                 setattr(run, name, value)
 
-    def finish_run(self, run_id: int, status: str, error: str | None = None) -> None:
-        """Set a terminal status (FINISHED, FAILED or KILLED), finished_at=now and error."""
+    def finish_run(self, run_id: int, status: str, error: str | None = None) -> bool:
+        """Move a RUNNING run to a terminal status (FINISHED, FAILED or KILLED), with finished_at=now
+        and error. Returns False, changing nothing, when the run had already ended: e.g. another
+        worker marked it KILLED because its heartbeat had gone stale. KeyError if there is no such run."""
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"finish_run: status must be one of {TERMINAL_STATUSES}, not {status!r}")
-        self.update_run(run_id, status=status, finished_at=_now(), error=error)
+        with self._session.begin() as session:
+            self._get(session, run_id)
+            result = session.execute(
+                update(Run).where(Run.id == run_id, Run.status == RUNNING)
+                .values(status=status, finished_at=_now(), error=error)
+            )
+            return result.rowcount == 1
+
+    def heartbeat(self, run_id: int) -> bool:
+        """Say the run is alive (heartbeat_at=now). False when it is no longer RUNNING, i.e. another
+        worker has given it up for dead: the caller should stop training it."""
+        with self._session.begin() as session:
+            result = session.execute(
+                update(Run).where(Run.id == run_id, Run.status == RUNNING).values(heartbeat_at=_now())
+            )
+            return result.rowcount == 1
+
+    # --- sweeps ---------------------------------------------------------------------------------
+
+    def open_sweep(self, name: str, grid_hash: str, spec_json: str, num_cells: int) -> dict[str, Any]:
+        """The sweep called `name`, created if new. Every worker of a sweep calls this with the same
+        grid; a different grid under an existing name is refused (UserError), as cells would be mixed."""
+        for _ in range(2):  # a second try reads the row that a concurrent worker just inserted
+            try:
+                with self.engine.connect() as conn:
+                    _begin_write(conn)
+                    row = conn.execute(select(Sweep).where(Sweep.name == name)).first()
+                    if row is None:
+                        conn.execute(insert(Sweep).values(name=name, grid_hash=grid_hash, spec_json=spec_json,
+                                                          num_cells=num_cells, created_at=_now()))
+                        row = conn.execute(select(Sweep).where(Sweep.name == name)).first()
+                    conn.commit()
+            except IntegrityError:
+                continue
+            sweep = dict(row._mapping)
+            if sweep["grid_hash"] != grid_hash:
+                raise UserError(
+                    f"sweep '{name}' already exists with a different grid ({sweep['num_cells']} cells); "
+                    "rerun it with its own options, or pass a new --name"
+                )
+            return sweep
+        raise RuntimeError(f"open_sweep: could not create or read sweep {name!r}")
+
+    def get_sweep(self, name: str) -> dict[str, Any] | None:
+        with self._session() as session:
+            sweep = session.scalars(select(Sweep).where(Sweep.name == name)).first()
+            return None if sweep is None else _as_dict(sweep, SWEEP_COLUMNS)
+
+    def sweep_runs(self, sweep_id: int) -> list[dict[str, Any]]:
+        """Every run of the sweep, oldest first."""
+        query = select(Run).where(Run.sweep_id == sweep_id).order_by(Run.id)
+        with self._session() as session:
+            return [_as_dict(run, RUN_COLUMNS) for run in session.scalars(query)]
+
+    def claim(self, sweep_id: int, choose: Callable[[list[dict[str, Any]]], Optional[dict[str, Any]]],
+              stale_after: float) -> tuple[Optional[int], list[int]]:
+        """Claim the next cell of a sweep for this worker, atomically.
+
+        In one write transaction: mark the sweep's RUNNING runs whose heartbeat is older than
+        `stale_after` seconds as KILLED (their worker died), read all its runs, and let `choose`
+        (the sweep's policy: which cell, which attempt) return the run columns of the cell to run
+        next, or None when nothing is left. That run is inserted as RUNNING. Returns (run id or
+        None, ids of the runs marked KILLED). The one-live-run-per-cell index backs this up: a
+        second live run of a cell raises IntegrityError rather than running the cell twice.
+        """
+        now = _now()
+        with self.engine.connect() as conn:
+            _begin_write(conn)
+            conn.execute(select(Sweep.id).where(Sweep.id == sweep_id).with_for_update())  # PostgreSQL: the lock
+            stale = conn.execute(
+                select(Run.id, Run.heartbeat_at).where(
+                    Run.sweep_id == sweep_id, Run.status == RUNNING,
+                    Run.heartbeat_at < now - timedelta(seconds=stale_after))
+            ).all()
+            for run_id, beat in stale:
+                silent = (now - beat).total_seconds()
+                conn.execute(update(Run).where(Run.id == run_id).values(
+                    status=KILLED, finished_at=now,
+                    error=f"{STALE_ERROR}: no heartbeat for {silent:.0f} s (its worker died or lost the database)"))
+            runs = [dict(row._mapping) for row in
+                    conn.execute(select(Run).where(Run.sweep_id == sweep_id).order_by(Run.id))]
+            columns = choose(runs)
+            run_id = None
+            if columns is not None:
+                unknown = set(columns) - set(RUN_COLUMNS)
+                if unknown:
+                    raise TypeError(f"claim: not a run column: {', '.join(sorted(unknown))}")
+                result = conn.execute(insert(Run).values(
+                    **columns, sweep_id=sweep_id, status=RUNNING, created_at=now, started_at=now, heartbeat_at=now))
+                run_id = result.inserted_primary_key[0]
+            conn.commit()
+        return run_id, [run_id for run_id, _ in stale]
 
     def get_run(self, run_id: int) -> dict[str, Any]:
         """All columns of one run; KeyError if there is no such run."""

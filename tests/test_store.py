@@ -103,6 +103,7 @@ EXPECTED_COLUMNS = {
         "accelerate_version", "device", "num_train_samples", "num_val_samples",
         "num_test_samples", "num_labels", "best_epoch", "checkpoint_path",
         "precision", "world_size",
+        "sweep_id", "attempt", "base_lr", "lr_scaling", "base_batch_size", "budget", "train_steps",
     },
     "epochs": {
         "id", "run_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -111,6 +112,7 @@ EXPECTED_COLUMNS = {
         "skipped_steps",
     },
     "steps": {"id", "run_id", "step", "epoch", "samples_seen", "loss", "grad_norm", "lr"},
+    "sweeps": {"id", "name", "grid_hash", "spec_json", "num_cells", "created_at"},
 }
 
 
@@ -700,19 +702,19 @@ def test_parallel_open_of_v1_database(tmp_path):
     conn.close()
 
 
-def test_version_3_refused_untouched(tmp_path):
+def test_newer_version_with_data_refused_untouched(tmp_path):
     # A database written by a future accumbench, with data: refused by both entry points,
     # and neither migrates, rewrites nor adds -wal/-shm files.
-    path = tmp_path / "v3.db"
+    path = tmp_path / "future.db"
     make_v1_db(path)
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE schema_version SET version = 3")
+    conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     conn.commit()
     conn.close()
     before = path.read_bytes()
     url = resolve_db_url(str(path))
     for check in (Store.open, Store.check_compatible):
-        with pytest.raises(UserError, match="schema version 3.*upgrade accumbench"):
+        with pytest.raises(UserError, match=f"schema version {SCHEMA_VERSION + 1}.*upgrade accumbench"):
             check(url)
     assert path.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v3.db"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["future.db"]

@@ -39,6 +39,15 @@ class EpochStats:
         return self.correct / self.samples
 
 
+class Diverged(Exception):
+    """The training loss became NaN or infinite: the run is over, and more steps cannot help."""
+
+    def __init__(self, step: int, loss: float, steps: list[dict[str, Any]]) -> None:
+        super().__init__(f"diverged at step {step}")
+        self.step, self.loss = step, loss
+        self.steps = steps  # this epoch's step rows, up to and including the diverged one
+
+
 def micro_batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean cross-entropy over the micro-batch, number correct). The loss is computed in at least
     fp32 even when the forward ran in bf16/fp16, and in fp64 when the model is fp64 (the exactness tests)."""
@@ -128,5 +137,7 @@ class Backend:
                 step=steps_before + stats.optimizer_steps, epoch=epoch, samples_seen=samples_before + stats.samples,
                 loss=loss_sum / len(group), grad_norm=grad_norm, lr=lr,
             ))
+            if not math.isfinite(loss_sum):  # every rank sees the same all-reduced loss, so all stop together
+                raise Diverged(stats.steps[-1]["step"], loss_sum / len(group), stats.steps)
             on_step(stats.samples, loss_sum / len(group))
         return stats
