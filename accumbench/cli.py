@@ -6,10 +6,11 @@ Nothing heavy is imported at module level (torch, transformers, datasets, pandas
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 
@@ -37,6 +38,8 @@ def _root() -> None:
 
 
 _CONFIG_FIELDS = {f.name: f for f in fields(RunConfig)}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+_BOOLEAN_FLAGS = {"drop_last": "--drop-last/--keep-last", "checkpoint": "--checkpoint/--no-checkpoint"}
 
 
 def _help(name: str) -> str:
@@ -46,59 +49,53 @@ def _help(name: str) -> str:
     return f"{f.metadata['help']} (default: {f.default})"
 
 
+def run_options(skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per RunConfig field (its help from the field), passed to the command
+    as **options. train and sweep thus take the same options, and neither can drift from the config."""
+
+    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
+        added = []
+        for name, f in _CONFIG_FIELDS.items():
+            if name in skip:
+                continue
+            base = _TYPES[f.type.removeprefix("Optional[").removesuffix("]")]
+            declarations = (_BOOLEAN_FLAGS[name],) if name in _BOOLEAN_FLAGS else ()
+            added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[base],
+                                           default=typer.Option(None, *declarations, help=_help(name))))
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for p in inspect.signature(command, eval_str=True).parameters.values()
+               if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        command.__signature__ = inspect.Signature(added + own)  # type: ignore[attr-defined]
+        return command
+
+    return decorate
+
+
 def fail(message: str) -> None:
     """One line naming the problem and the fix, on stderr, then exit code 2."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(2)
 
 
+_CONFIG_OPTION = typer.Option(None, "--config", help="YAML file of options (underscored names); flags override it.")
+_DB_OPTION = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db).")
+
+
 @app.command()
-def train(
-    model: Optional[str] = typer.Option(None, help=_help("model")),
-    dataset: Optional[str] = typer.Option(None, help=_help("dataset")),
-    backend: Optional[str] = typer.Option(None, help=_help("backend")),
-    effective_batch_size: Optional[int] = typer.Option(None, help=_help("effective_batch_size")),
-    micro_batch_size: Optional[int] = typer.Option(None, help=_help("micro_batch_size")),
-    epochs: Optional[int] = typer.Option(None, help=_help("epochs")),
-    lr: Optional[float] = typer.Option(None, help=_help("lr")),
-    lr_scaling: Optional[str] = typer.Option(None, help=_help("lr_scaling")),
-    base_batch_size: Optional[int] = typer.Option(None, help=_help("base_batch_size")),
-    budget: Optional[str] = typer.Option(None, help=_help("budget")),
-    train_steps: Optional[int] = typer.Option(None, help=_help("train_steps")),
-    optimizer: Optional[str] = typer.Option(None, help=_help("optimizer")),
-    scheduler: Optional[str] = typer.Option(None, help=_help("scheduler")),
-    warmup_ratio: Optional[float] = typer.Option(None, help=_help("warmup_ratio")),
-    weight_decay: Optional[float] = typer.Option(None, help=_help("weight_decay")),
-    grad_clip: Optional[float] = typer.Option(None, help=_help("grad_clip")),
-    max_length: Optional[int] = typer.Option(None, help=_help("max_length")),
-    dropout: Optional[float] = typer.Option(None, help=_help("dropout")),
-    pooling: Optional[str] = typer.Option(None, help=_help("pooling")),
-    precision: Optional[str] = typer.Option(None, help=_help("precision")),
-    seed: Optional[int] = typer.Option(None, help=_help("seed")),
-    data_seed: Optional[int] = typer.Option(None, help=_help("data_seed")),
-    max_train_samples: Optional[int] = typer.Option(None, help=_help("max_train_samples")),
-    max_eval_samples: Optional[int] = typer.Option(None, help=_help("max_eval_samples")),
-    text_column: Optional[str] = typer.Option(None, help=_help("text_column")),
-    label_column: Optional[str] = typer.Option(None, help=_help("label_column")),
-    drop_last: Optional[bool] = typer.Option(None, "--drop-last/--keep-last", help=_help("drop_last")),
-    checkpoint: Optional[bool] = typer.Option(None, "--checkpoint/--no-checkpoint", help=_help("checkpoint")),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of options (underscored names); flags override it."),
-    db: Optional[str] = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db)."),
-) -> None:
+@run_options()
+def train(config: Optional[Path] = _CONFIG_OPTION, db: Optional[str] = _DB_OPTION, **options: Any) -> None:
     """Train one model at one effective batch size and record every epoch in the run store.
 
     Example:
 
         accumbench train --model minilm --dataset demo --effective-batch-size 64 --micro-batch-size 16 --epochs 2
     """
-    options = {k: v for k, v in locals().items() if k in _CONFIG_FIELDS}
     try:
         run_config = build_config(config, **options)
+        from accumbench.engine import RunDiverged
         from accumbench.engine import train as run_training
         from accumbench.progress import RichReporter
         from accumbench.store import resolve_db_url, sqlite_path
-
-        from accumbench.engine import RunDiverged
 
         reporter = RichReporter()
         result = run_training(run_config, db=db, reporter=reporter)
@@ -117,6 +114,65 @@ def train(
     if result.run_id is not None:  # None on the other processes of a multi-process run
         url = resolve_db_url(db)
         reporter.summary(result, db_label=str(sqlite_path(url) or url))
+
+
+@app.command()
+@run_options(skip=("model", "effective_batch_size", "backend", "seed", "lr_scaling"))
+def sweep(
+    models: Optional[str] = typer.Option(None, "--models", "--model", help="Comma-separated models (default: minilm)."),
+    effective_batch_sizes: Optional[str] = typer.Option(
+        None, "--effective-batch-sizes", "--effective-batch-size", help="Comma-separated EBS values (default: 64)."),
+    backends: Optional[str] = typer.Option(None, "--backends", "--backend", help="Comma-separated: torch, accelerate (default: torch)."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", "--seed", help="Comma-separated seeds (default: 42)."),
+    lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="Comma-separated rules: none, linear, sqrt (default: none)."),
+    preset: Optional[str] = typer.Option(None, help="seed-study (the original study; GPU and hub) or demo (offline, ~4 min on CPU)."),
+    name: Optional[str] = typer.Option(None, help="Label of the sweep (default: the preset or 'sweep', plus a hash of the grid)."),
+    max_retries: Optional[int] = typer.Option(None, help="Retries of a failed or crashed cell (default: 1)."),
+    stale_after: Optional[float] = typer.Option(
+        None, help="Seconds without a heartbeat after which another worker's RUNNING run counts as dead (default: 600)."),
+    fail_fast: Optional[bool] = typer.Option(None, "--fail-fast/--keep-going", help="Stop at the first failed run (default: keep going)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and exit; touches no database."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML sweep file: grid axes as lists, then any option; flags override it."),
+    db: Optional[str] = _DB_OPTION,
+    **options: Any,
+) -> None:
+    """Train every cell of a grid (models x EBS x backends x seeds x lr rules) once, resumably.
+
+    Finished cells are skipped; failed or crashed ones are retried. Start the same command in several
+    terminals, on several GPUs or machines against one --db, and each cell still runs once.
+
+    Example:
+
+        accumbench sweep --models minilm --effective-batch-sizes 16,32,64 --micro-batch-size 16 --epochs 2 --max-train-samples 480
+    """
+    try:
+        from accumbench.sweep import build_spec
+
+        spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
+                          seeds=seeds, lr_scaling=lr_scaling, preset=preset, name=name, max_retries=max_retries,
+                          stale_after=stale_after, fail_fast=fail_fast, **options)
+        from accumbench.progress import RichSweepReporter
+
+        reporter = RichSweepReporter()
+        if dry_run:
+            reporter.dry_run(spec)
+            return
+        from accumbench.store import resolve_db_url, sqlite_path
+        from accumbench.sweep import run_sweep
+
+        result = run_sweep(spec, db=db, reporter=reporter)
+    except UserError as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the current run is recorded as KILLED; run the same command to resume", err=True)
+        raise typer.Exit(130)
+    except Terminated:
+        typer.echo("terminated: the current run is recorded as KILLED; run the same command to resume", err=True)
+        raise typer.Exit(143)
+    url = resolve_db_url(db)
+    reporter.summary(spec, result, db_label=str(sqlite_path(url) or url))
+    if not result.ok:
+        raise typer.Exit(1)
 
 
 @app.command("check-ga")

@@ -171,6 +171,11 @@ CONFIG_KEYS = tuple(f.name for f in fields(RunConfig))
 _DERIVED = ("accumulation_steps", "scaled_lr")  # in to_dict() for readers, not fields
 
 
+def coerce_field(name: str, value: Any) -> Any:
+    """One value for the RunConfig field `name`, converted as flags and YAML values are."""
+    return _coerce(name, value, next(f.type for f in fields(RunConfig) if f.name == name))
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 

@@ -4,7 +4,7 @@ terminal status whatever happens.
 
     setup (data, model: every UserError happens here, before the store is written)
       -> store.create_run (RUNNING; a sweep claims the run in the store instead, see sweep.py)
-      -> execute: for each epoch: plan -> backend.train_epoch -> evaluate val/test -> store.add_steps, add_epoch
+      -> recorded_run + fit: for each epoch: plan -> backend.train_epoch -> evaluate val/test -> store.add_steps, add_epoch
          (a heartbeat thread beats meanwhile)
       -> FINISHED | FAILED (exception; "diverged at step S") | KILLED (Ctrl-C, SIGTERM)
 """
@@ -19,10 +19,11 @@ import resource
 import signal
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -33,15 +34,14 @@ from accumbench.config import RunConfig
 from accumbench.errors import Terminated, UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 from accumbench.progress import Reporter
-from accumbench.store import FAILED, FINISHED, KILLED, Store, resolve_db_url, sqlite_path
+from accumbench.store import (
+    FAILED, FINISHED, INTERRUPTED, KILLED, TERMINATED, Store, resolve_db_url, sqlite_path,
+)
 
 
 # A running run says it is alive this often (and at every epoch end), so a sweep can tell a
 # crashed worker's run from a slow one. Sweeps shorten it to a quarter of their --stale-after.
 HEARTBEAT_SECONDS = 15.0
-
-INTERRUPTED = "interrupted (Ctrl-C)"
-TERMINATED = "terminated (SIGTERM)"
 
 
 @dataclass
@@ -193,24 +193,23 @@ def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Report
     try:
         with _sigterm_as_exception():
             run_id = store.create_run(**{**run_columns(config), **loaded_columns(prepared, backend)})
-            return execute(run_id, prepared, backend, store, reporter, checkpoint_root(url))
+            with recorded_run(store, run_id) as heartbeat:
+                result = fit(run_id, prepared, backend, store, reporter, checkpoint_root(url), heartbeat)
+            return result
     finally:
         store.close()
         backend.close()
 
 
-def execute(run_id: int, prepared: Prepared, backend: Backend, store: Store, reporter: Optional[Reporter],
-            checkpoints: Path, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> TrainResult:
-    """Train a recorded RUNNING run to its end and close it whatever happens: FINISHED; FAILED on an
-    error or a divergence; KILLED on Ctrl-C or SIGTERM (re-raised). A heartbeat thread keeps the run's
-    heartbeat_at fresh meanwhile; if another worker gives the run up for dead, RunLost is raised."""
-    reporter = reporter or Reporter()
+@contextmanager
+def recorded_run(store: Store, run_id: int, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> Iterator[Heartbeat]:
+    """Keep a RUNNING run's heartbeat fresh while the block trains it, then close the run whatever
+    happened: FINISHED; FAILED on an error, or 'diverged at step S' (raised as RunDiverged); KILLED on
+    Ctrl-C or SIGTERM (re-raised). If another worker gave the run up for dead meanwhile, RunLost is
+    raised and the run is left as that worker recorded it."""
     try:
         with Heartbeat(store, run_id, heartbeat_seconds) as heartbeat:
-            sizes = {name: len(split) for name, split in prepared.splits.items()}
-            reporter.run_started(run_id, prepared.config, sizes, _device_name(backend.device), backend.world_size,
-                                 epochs=prepared.epochs, total_steps=prepared.total_steps)
-            result = _fit(run_id, prepared, backend, store, reporter, checkpoints, heartbeat)
+            yield heartbeat
     except RunLost:
         raise  # not ours to close: another worker has marked it KILLED
     except Diverged as exc:
@@ -228,7 +227,16 @@ def execute(run_id: int, prepared: Prepared, backend: Backend, store: Store, rep
         raise
     if not store.finish_run(run_id, FINISHED):
         raise RunLost(run_id)
-    return result
+
+
+def fit(run_id: int, prepared: Prepared, backend: Backend, store: Store, reporter: Optional[Reporter],
+        checkpoints: Path, heartbeat: Optional[Heartbeat] = None) -> TrainResult:
+    """Train a recorded run epoch by epoch, recording as it goes (inside recorded_run)."""
+    reporter = reporter or Reporter()
+    sizes = {name: len(split) for name, split in prepared.splits.items()}
+    reporter.run_started(run_id, prepared.config, sizes, _device_name(backend.device), backend.world_size,
+                         epochs=prepared.epochs, total_steps=prepared.total_steps)
+    return _fit(run_id, prepared, backend, store, reporter, checkpoints, heartbeat)
 
 
 class Heartbeat:
@@ -323,6 +331,10 @@ def _fit(run_id: Optional[int], prepared: Prepared, backend: Backend, store: Any
         store.add_epoch(run_id, **row)
         rows.append(row)
         reporter.epoch_finished(row)
+        # The training loss can stay finite while the weights have blown up: a NaN evaluation is divergence too.
+        for loss in (val_loss, test_loss):
+            if not math.isfinite(loss):
+                raise Diverged(optimizer_steps, loss, steps=[])  # this epoch's steps are recorded above
     assert best is not None
     return TrainResult(run_id=run_id, epochs=rows, best_epoch=best["epoch"], checkpoint_path=checkpoint_path)
 

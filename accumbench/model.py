@@ -38,6 +38,28 @@ def resolve_model_source(name: str) -> str:
     return name
 
 
+def _load_error(name: str, exc: Exception) -> UserError:
+    return UserError(
+        f"model '{name}' could not be loaded ({type(exc).__name__}: {first_line(exc)}); use an alias "
+        f"({', '.join(ALIASES)}), a local save_pretrained directory, or a hub id (offline, only cached ones work)"
+    )
+
+
+def check_model(name: str, local_files_only: bool = False) -> None:
+    """Raise the UserError that loading `--model name` would, without loading its weights: a sweep
+    checks every model of its grid this way before it claims its first cell."""
+    source = resolve_model_source(name)
+    from transformers import AutoConfig, AutoTokenizer
+
+    try:
+        AutoConfig.from_pretrained(source, local_files_only=local_files_only)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(name, exc) from None
+    if tokenizer.pad_token_id is None:
+        raise UserError(f"the tokenizer of model '{name}' has no padding token; pick a model whose tokenizer has one")
+
+
 def load_tokenizer_and_encoder(name: str) -> tuple[Any, Any]:
     """(tokenizer, encoder) for `--model name`, or a UserError that says why it cannot be had."""
     source = resolve_model_source(name)
@@ -50,10 +72,7 @@ def load_tokenizer_and_encoder(name: str) -> tuple[Any, Any]:
         tokenizer = AutoTokenizer.from_pretrained(source)
         encoder = AutoModel.from_pretrained(source)
     except (OSError, ValueError, KeyError) as exc:
-        raise UserError(
-            f"model '{name}' could not be loaded ({type(exc).__name__}: {first_line(exc)}); use an alias "
-            f"({', '.join(ALIASES)}), a local save_pretrained directory, or a hub id (offline, only cached ones work)"
-        ) from None
+        raise _load_error(name, exc) from None
     if tokenizer.pad_token_id is None:
         raise UserError(f"the tokenizer of model '{name}' has no padding token; pick a model whose tokenizer has one")
     return tokenizer, encoder

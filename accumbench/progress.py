@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any, Optional
 
 
@@ -95,3 +96,101 @@ class RichReporter(Reporter):
             f"* best validation epoch {result.best_epoch}: val acc {best['val_accuracy']:.3f}, "
             f"test acc {best['test_accuracy']:.3f}{saved}\nrun id {result.run_id} recorded in {db_label}"
         )
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
+
+
+class RichSweepReporter:
+    """An overall line per cell (cells done / total, the cell, ETA from finished cells), the run's own
+    progress bar under it, and a table of every cell at the end."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self.console = Console()
+        self._total = 0
+
+    def run_reporter(self) -> RichReporter:
+        reporter = RichReporter()
+        reporter.console = self.console
+        return reporter
+
+    def dry_run(self, spec: Any) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"sweep {spec.sweep_name}: {len(spec.cells)} cells (dry run, nothing trained)",
+                      box=None, header_style="bold")
+        for column in ("#", "model", "EBS", "micro x k", "backend", "seed", "lr rule", "lr", "budget", "config hash"):
+            table.add_column(column, justify="right" if column in ("#", "EBS", "seed", "lr") else "left")
+        for index, cell in enumerate(spec.cells, 1):
+            budget = f"{cell.train_steps} steps" if cell.budget == "steps" else f"{cell.epochs} epochs"
+            table.add_row(str(index), cell.model, str(cell.effective_batch_size),
+                          f"{cell.micro_batch_size} x {cell.accumulation_steps}", cell.backend, str(cell.seed),
+                          cell.lr_scaling, f"{cell.scaled_lr:.3g}", budget, cell.config_hash)
+        self.console.print(table)
+
+    def sweep_started(self, spec: Any, sweep: dict[str, Any], statuses: list[Any]) -> None:
+        from accumbench.sweep import DONE, PENDING, RUNNING_ELSEWHERE
+
+        self._total = len(statuses)
+        count = lambda state: sum(s.state == state for s in statuses)  # noqa: E731
+        self.console.print(
+            f"sweep [bold]{sweep['name']}[/]: {self._total} cells, {count(DONE)} finished, "
+            f"{count(RUNNING_ELSEWHERE)} running elsewhere, {count(PENDING)} to run"
+        )
+
+    def reaped(self, run_ids: list[int]) -> None:
+        runs = ", ".join(map(str, run_ids))
+        self.console.print(f"[yellow]run {runs}: heartbeat stale, marked KILLED; the cell goes back to the queue[/]")
+
+    def cell_started(self, spec: Any, status: Any, run_id: int, done: int, eta: Optional[float]) -> None:
+        from accumbench.sweep import describe
+
+        attempt = f" · attempt {status.attempts + 1}" if status.attempts else ""
+        left = f" · ETA {_duration(eta)}" if eta is not None else ""
+        self.console.rule(f"[bold][{done}/{self._total} done][/] {describe(status.config, spec)}{attempt}{left}",
+                          align="left")
+
+    def cell_ended(self, run_id: int, outcome: str, detail: str) -> None:
+        colour = {"FINISHED": "green", "FAILED": "red"}.get(outcome, "yellow")
+        self.console.print(f"run {run_id} [{colour}]{outcome}[/]: {detail}")
+
+    def summary(self, spec: Any, result: Any, db_label: str) -> None:
+        from rich.table import Table
+
+        from accumbench.sweep import DONE, GAVE_UP, RUNNING_ELSEWHERE
+
+        # The axes that vary, then the outcome: fits 80 columns for the usual 2-3 varying axes.
+        axes = [name for name in ("model", "backend", "lr_scaling", "seed") if len(spec.axes[name]) > 1]
+        table = Table(title=f"sweep {result.sweep['name']}", box=None, header_style="bold")
+        for column in (*axes, "EBS", "lr", "state", "tries", "run", "best\nepoch", "val\nacc", "test\nacc", "optim\nsteps"):
+            table.add_column(column.replace("lr_scaling", "lr rule"),
+                             justify="left" if column in ("model", "backend", "lr_scaling", "state") else "right")
+        for status in result.statuses:
+            cell, run = status.config, status.run
+            best = result.summaries.get(run["id"]) if run else None
+            state = "[green]finished[/]" if status.state == DONE else status.state
+            if status.state not in (DONE, RUNNING_ELSEWHERE) and run and run["error"]:
+                state = f"[red]{status.state}[/]: {run['error'][:32]}"
+            values = {"model": Path(cell.model).name or cell.model, "backend": cell.backend,
+                      "lr_scaling": cell.lr_scaling, "seed": str(cell.seed)}
+            table.add_row(
+                *(values[name] for name in axes), str(cell.effective_batch_size), f"{cell.scaled_lr:.3g}",
+                state, str(status.attempts), str(run["id"]) if run else "-",
+                str(best["epoch"]) if best else "-", f"{best['val_accuracy']:.3f}" if best else "-",
+                f"{best['test_accuracy']:.3f}" if best else "-", str(best["optimizer_steps"]) if best else "-",
+            )
+        self.console.print(table)
+        done, running = result.count(DONE), result.count(RUNNING_ELSEWHERE)
+        line = f"{done}/{len(result.statuses)} cells finished ({result.ran} run by this worker)"
+        if running:
+            line += f"; {running} still running on other workers"
+        if result.count(GAVE_UP):
+            line += f"; {result.count(GAVE_UP)} gave up after {spec.max_retries + 1} tries"
+        if result.stopped_early:
+            line += "; stopped at the first failure (--fail-fast)"
+        self.console.print(f"{line}\nrecorded in {db_label} as sweep '{result.sweep['name']}'")

@@ -36,7 +36,12 @@ RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 STATUSES = (RUNNING, FINISHED, FAILED, KILLED)
 TERMINAL_STATUSES = (FINISHED, FAILED, KILLED)
 LIVE_STATUSES = (RUNNING, FINISHED)  # at most one such run per sweep cell
-STALE_ERROR = "stale heartbeat"  # how a run begins its error when another worker gave it up for dead
+# The error of a run that ended KILLED says why. A user's stop (Ctrl-C, SIGTERM) is not the run's
+# fault, so a sweep resumes such cells without counting a failed attempt; a stale heartbeat is
+# (a crash, the OOM killer), so it counts.
+INTERRUPTED = "interrupted (Ctrl-C)"
+TERMINATED = "terminated (SIGTERM)"
+STALE_ERROR = "stale heartbeat"  # how a run's error begins when another worker gave it up for dead
 
 
 class NonFiniteFloat(TypeDecorator):

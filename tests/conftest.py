@@ -69,3 +69,40 @@ def query(db_path: Path, sql: str, *args) -> list[sqlite3.Row]:
         return con.execute(sql, args).fetchall()
     finally:
         con.close()
+
+
+POSTGRES_ENV = "ACCUMBENCH_TEST_POSTGRES_URL"
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh, empty PostgreSQL database on the server that $ACCUMBENCH_TEST_POSTGRES_URL points to
+    (`export ACCUMBENCH_TEST_POSTGRES_URL=$(.ci/start-postgres)`), dropped afterwards. Skipped without
+    a server, except in CI, where .ci/run starts one and a missing server is a failure."""
+    import uuid
+
+    from sqlalchemy import create_engine, make_url, text
+
+    admin_url = os.environ.get(POSTGRES_ENV)
+    if not admin_url:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must test PostgreSQL: set {POSTGRES_ENV} (see .ci/start-postgres)")
+        pytest.skip(f"no PostgreSQL server: export {POSTGRES_ENV}=$(.ci/start-postgres)")
+    name = f"accumbench_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_db(request, tmp_path):
+    """The same test on an SQLite file and on a PostgreSQL database."""
+    if request.param == "sqlite":
+        return str(tmp_path / "runs.db")
+    return request.getfixturevalue("postgres_url")

@@ -35,6 +35,12 @@ def test_accumulation_steps_are_derived():
         (dict(warmup_ratio=1.5), "--warmup-ratio must be in [0, 1)"),
         (dict(grad_clip=0.0), "--grad-clip must be a positive norm"),
         (dict(epochs="five"), "--epochs must be int, got 'five'"),
+        (dict(lr_scaling="cubic"), "unknown --lr-scaling 'cubic'; choose one of: none, linear, sqrt"),
+        (dict(base_batch_size=0), "--base-batch-size must be a positive integer"),
+        (dict(budget="steps"), "--budget steps needs the number of optimizer steps; pass e.g. --train-steps 200"),
+        (dict(train_steps=100), "--train-steps only applies with --budget steps"),
+        (dict(budget="steps", train_steps=0), "--train-steps must be a positive integer"),
+        (dict(budget="tokens"), "unknown --budget 'tokens'; choose one of: epochs, steps"),
     ],
 )
 def test_invalid_values_are_refused_with_the_fix(overrides, fragment):
@@ -98,3 +104,35 @@ def test_config_hash_is_stable_across_processes():
         for seed in ("1", "2")
     }
     assert outputs == {RunConfig(lr=2e-5).config_hash}
+
+
+def test_lr_scaling_known_answers():
+    assert RunConfig(lr=5e-5, effective_batch_size=256, lr_scaling="sqrt").scaled_lr == pytest.approx(1e-4, rel=1e-12)
+    assert RunConfig(lr=5e-5, effective_batch_size=1024, lr_scaling="linear").scaled_lr == pytest.approx(8e-4, rel=1e-12)
+    assert RunConfig(lr=5e-5, effective_batch_size=1024, lr_scaling="none").scaled_lr == 5e-5
+    assert RunConfig(lr=1e-3, effective_batch_size=16, micro_batch_size=16, lr_scaling="linear",
+                     base_batch_size=64).scaled_lr == pytest.approx(2.5e-4, rel=1e-12)  # scales down too
+    assert json.loads(RunConfig(effective_batch_size=256, lr_scaling="sqrt").to_json())["scaled_lr"] == pytest.approx(1e-4)
+
+
+def test_config_hash_of_earlier_runs_is_unchanged_by_later_fields():
+    """Known answers computed by the accumbench that had no lr_scaling/budget/data_seed fields: a
+    configuration that leaves them at their defaults must keep its hash, or sweeps would rerun it."""
+    assert RunConfig().config_hash == "1b1878494661cbde"
+    assert RunConfig(lr=2e-5, model="bert", effective_batch_size=256).config_hash == "51b0240246335c22"
+
+
+def test_config_hash_ignores_settings_that_cannot_change_the_run():
+    base = RunConfig()
+    assert RunConfig(base_batch_size=256).config_hash == base.config_hash  # no scaling: the base is unused
+    assert RunConfig(data_seed=42).config_hash == base.config_hash  # the split seed defaults to --seed
+    assert RunConfig(data_seed=7).config_hash != base.config_hash
+    steps = RunConfig(budget="steps", train_steps=100)
+    assert RunConfig(budget="steps", train_steps=100, epochs=9).config_hash == steps.config_hash  # epochs unused
+    assert RunConfig(lr_scaling="sqrt").config_hash != base.config_hash
+    assert RunConfig(lr_scaling="sqrt", base_batch_size=32).config_hash != RunConfig(lr_scaling="sqrt").config_hash
+
+
+def test_from_dict_round_trips_the_stored_config():
+    config = RunConfig(lr_scaling="linear", budget="steps", train_steps=50, data_seed=3)
+    assert RunConfig.from_dict(json.loads(config.to_json())) == config

@@ -17,7 +17,11 @@ ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [cmd.name or cmd.callback.__name__.replace("_", "-") for cmd in app.registered_commands]
 TRAIN_FLAGS = """--model --dataset --backend --effective-batch-size --micro-batch-size --epochs --lr --optimizer
 --scheduler --warmup-ratio --weight-decay --grad-clip --max-length --dropout --pooling --seed --max-train-samples
---max-eval-samples --text-column --label-column --drop-last --no-checkpoint --config --db""".split()
+--max-eval-samples --text-column --label-column --drop-last --no-checkpoint --config --db --lr-scaling
+--base-batch-size --budget --train-steps --data-seed --precision""".split()
+# The issue's sweep contract: the grid axes, the sweep's own options, and every train option.
+SWEEP_FLAGS = """--models --effective-batch-sizes --backends --seeds --lr-scaling --name --max-retries --stale-after
+--fail-fast --preset --base-batch-size --budget --train-steps --warmup-ratio --config --db --dry-run""".split()
 HEAVY = ("torch", "transformers", "datasets", "accelerate", "pandas", "sqlalchemy")
 
 
@@ -48,7 +52,16 @@ def test_train_flags_contract():
         assert flag in text, flag
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"]])
+def test_sweep_takes_the_grid_and_every_train_option():
+    text = _help("sweep")
+    for flag in SWEEP_FLAGS:
+        assert flag in text, flag
+    singular_axes = {"--model", "--effective-batch-size", "--backend", "--seed"}  # spelled as their plurals' aliases
+    for flag in TRAIN_FLAGS:
+        assert flag in text or flag in singular_axes, flag
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["sweep", "--help"]])
 def test_help_does_not_import_heavy_libraries(args):
     code = (
         "import sys\n"

@@ -718,3 +718,30 @@ def test_newer_version_with_data_refused_untouched(tmp_path):
             check(url)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["future.db"]
+
+
+# --- schema version 3: sweeps, the runs' sweep and lr/budget columns, the live-cell index ------
+
+
+def test_migrated_database_guards_sweep_cells_like_a_fresh_one(tmp_path):
+    path = tmp_path / "v1.db"
+    make_v1_db(path)
+    with Store.open(resolve_db_url(str(path))) as s:
+        old = s.get_run(1)
+        assert (old["sweep_id"], old["attempt"], old["lr_scaling"], old["budget"]) == (None, None, None, None)
+        sweep_id = s.open_sweep("s", "grid", "{}", 1)["id"]
+        columns = {**RUN_KWARGS, "attempt": 1}
+        run_id, _ = s.claim(sweep_id, lambda runs: columns, stale_after=600)
+        with pytest.raises(sqlalchemy.exc.IntegrityError):  # the index made by the migration
+            s.claim(sweep_id, lambda runs: columns, stale_after=600)
+        assert s.get_run(run_id)["sweep_id"] == sweep_id
+    conn = sqlite3.connect(path)
+    try:
+        indexes = {row[1]: row for row in conn.execute("PRAGMA index_list(runs)")}
+        assert indexes["uq_runs_live_sweep_cell"][2] == 1 and indexes["uq_runs_live_sweep_cell"][4] == 1  # unique, partial
+        assert ("sweeps", "sweep_id", "id") in {(r[2], r[3], r[4]) for r in conn.execute("PRAGMA foreign_key_list(runs)")}
+        with pytest.raises(sqlite3.IntegrityError):  # the foreign key holds on the migrated column too
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("UPDATE runs SET sweep_id = 999 WHERE id = 1")
+    finally:
+        conn.close()

@@ -1,0 +1,427 @@
+"""`accumbench sweep`: a grid of runs that any number of workers can share, stop and resume.
+
+    spec (preset < YAML file < flags) -> cells (one RunConfig per grid point, named by config_hash)
+      -> preflight: every cell valid, every dataset and model loadable (bad input: exit 2, nothing written)
+      -> store.open_sweep (the same name must mean the same grid)
+      -> loop: store.claim (stale RUNNING runs -> KILLED; choose the next cell; insert it RUNNING)
+               -> prepare -> fit (heartbeat) -> FINISHED | FAILED | KILLED
+      -> summary of every cell
+
+A worker claims a cell inside one write transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: a lock
+on the sweep's row), and the database refuses a second live run of a cell (a partial unique
+index), so the same command started in many terminals, on many GPUs or machines, runs every cell
+once. What "next cell" means lives here, in `cell_statuses`; the SQL lives in store.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any, Optional
+
+from accumbench.config import CONFIG_KEYS, RunConfig, coerce_field
+from accumbench.errors import UserError
+from accumbench.store import FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, TERMINATED
+
+# The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary,
+# outermost first. Cells are ordered so that one model/backend's EBS comparison completes early.
+AXES = {"models": "model", "backends": "backend", "lr_scaling": "lr_scaling", "seeds": "seed",
+        "effective_batch_sizes": "effective_batch_size"}
+SWEEP_OPTIONS = {"name": None, "preset": None, "max_retries": 1, "stale_after": 600.0, "fail_fast": False}
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The original study (see README): IMDB pooled and split 8:1:1 once with seed 42; the grid's
+    # seeds vary only the training order and the head. Needs the Hugging Face Hub and a CUDA GPU.
+    "seed-study": dict(
+        dataset="imdb", data_seed=42, max_length=128, models=["bert", "modernbert"], dropout=0.1,
+        effective_batch_sizes=[64, 256, 1024], micro_batch_size=64, epochs=5, optimizer="adam", lr=5e-5,
+        scheduler="constant", backends=["torch", "accelerate"], seeds=[42, 43, 44], lr_scaling=["none"],
+        checkpoint=False,
+    ),
+    # Offline, on the packaged MiniLM and the synthetic reviews: about 4 minutes on 2 CPU cores.
+    "demo": dict(
+        models=["minilm"], dataset="demo", effective_batch_sizes=[16, 32, 64], micro_batch_size=16,
+        backends=["torch"], seeds=[42], lr_scaling=["none"], epochs=2, lr=1e-4, max_train_samples=480,
+        max_eval_samples=120, checkpoint=False,
+    ),
+}
+NEEDS_GPU_AND_HUB = ("seed-study",)
+
+# Cell states, from the runs recorded for the cell.
+PENDING, RUNNING_ELSEWHERE, DONE, DIVERGED, GAVE_UP = "pending", "running", "finished", "diverged", "gave up"
+DIVERGED_PREFIX = "diverged at step"
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sweep as the user asked for it: grid axes, the options every cell shares, and how to run it."""
+
+    axes: dict[str, tuple[Any, ...]]  # RunConfig field -> values
+    options: dict[str, Any]  # RunConfig field -> value, the same for every cell
+    name: Optional[str] = None
+    preset: Optional[str] = None
+    max_retries: int = 1
+    stale_after: float = 600.0
+    fail_fast: bool = False
+    cells: tuple[RunConfig, ...] = field(default=(), compare=False)
+
+    @property
+    def grid_hash(self) -> str:
+        """Names the set of cells: the same grid however it was spelled (preset, YAML, flags, order)."""
+        hashes = sorted(cell.config_hash for cell in self.cells)
+        return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
+
+    @property
+    def sweep_name(self) -> str:
+        """--name, or one derived from the grid: rerunning the same command resumes the same sweep."""
+        return self.name or f"{self.preset or 'sweep'}-{self.grid_hash[:8]}"
+
+    def to_json(self) -> str:
+        return json.dumps({"preset": self.preset, "axes": {k: list(v) for k, v in self.axes.items()},
+                           "options": self.options}, sort_keys=True)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """Beat four times per --stale-after (at most every 15 s), so a live run is never taken for dead."""
+        return min(15.0, self.stale_after / 4)
+
+
+def split_list(value: Any) -> list[Any]:
+    """'64,256, 1024' -> ['64', '256', '1024']; a YAML list or a single value -> a list."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [value]
+
+
+def read_sweep_yaml(path: Path) -> dict[str, Any]:
+    """A sweep file: grid axes (lists), shared run options, and sweep options, all as top-level keys."""
+    import yaml
+
+    if not path.is_file():
+        raise UserError(f"sweep file {path} does not exist; check the --config path")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"sweep file {path} is not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
+    if not isinstance(values, dict):
+        raise UserError(f"sweep file {path} must be a mapping of option: value; found {type(values).__name__}")
+    known = (*AXES, *SWEEP_OPTIONS, *CONFIG_KEYS)
+    for key in values:
+        if key not in known:
+            import difflib
+
+            close = difflib.get_close_matches(str(key).replace("-", "_"), known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"grid keys: {', '.join(AXES)}"
+            raise UserError(f"unknown key '{key}' in {path}; {hint}")
+    return values
+
+
+def build_spec(config_file: Optional[Path] = None, **given: Any) -> SweepSpec:
+    """Preset, then the YAML file, then the flags that were given (not None). Expands and validates
+    every cell, so a bad value fails here, before anything is written."""
+    values: dict[str, Any] = {}
+    from_file = read_sweep_yaml(config_file) if config_file else {}
+    preset = given.get("preset") or from_file.get("preset")
+    if preset is not None:
+        if preset not in PRESETS:
+            raise UserError(f"unknown --preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+        values.update(PRESETS[preset], preset=preset)
+    for source in (from_file, {k: v for k, v in given.items() if v is not None}):
+        for key, value in source.items():
+            # The singular spelling of an axis (model: bert in YAML) sets a one-value axis.
+            plural = next((axis for axis, name in AXES.items() if name == key), key)
+            values[plural] = value
+
+    axes: dict[str, tuple[Any, ...]] = {}
+    for axis, name in AXES.items():
+        items = split_list(values.pop(axis, getattr(RunConfig, name)))
+        if not items:
+            raise UserError(f"--{axis.replace('_', '-')} is empty; give at least one value, e.g. --{axis.replace('_', '-')} "
+                            f"{getattr(RunConfig, name)}")
+        coerced = [coerce_field(name, item) for item in items]
+        axes[name] = tuple(dict.fromkeys(coerced))  # duplicates dropped, order kept
+    sweep_options = {key: values.pop(key, default) for key, default in SWEEP_OPTIONS.items()}
+    for key, value in values.items():
+        if isinstance(value, (list, tuple)):
+            raise UserError(
+                f"'{key}' takes one value in a sweep, got {value!r}; the grid axes are: {', '.join(AXES)}"
+            )
+    options = values
+    max_retries, stale_after = sweep_options["max_retries"], sweep_options["stale_after"]
+    try:
+        max_retries, stale_after = int(max_retries), float(stale_after)
+    except (TypeError, ValueError):
+        raise UserError("--max-retries must be an integer and --stale-after a number of seconds") from None
+    if max_retries < 0:
+        raise UserError(f"--max-retries must be >= 0, got {max_retries}; 0 never retries a failed cell")
+    if not stale_after > 0:
+        raise UserError(f"--stale-after must be a positive number of seconds, got {stale_after}; the default is 600")
+
+    cells: dict[str, RunConfig] = {}
+    for point in product(*axes.values()):
+        cell_values = {**options, **dict(zip(axes, point))}
+        try:
+            cell = RunConfig(**cell_values)
+        except UserError as exc:
+            where = ", ".join(f"{name}={value}" for name, value in zip(axes, point) if len(axes[name]) > 1)
+            raise UserError(f"{exc} (in the cell {where})" if where else str(exc)) from None
+        cells.setdefault(cell.config_hash, cell)
+    return SweepSpec(axes=axes, options=options, name=sweep_options["name"], preset=sweep_options["preset"],
+                     max_retries=max_retries, stale_after=stale_after, fail_fast=bool(sweep_options["fail_fast"]),
+                     cells=tuple(cells.values()))
+
+
+# --- which cell next --------------------------------------------------------------------------
+
+
+@dataclass
+class CellStatus:
+    config: RunConfig
+    state: str  # PENDING, RUNNING_ELSEWHERE, DONE, DIVERGED or GAVE_UP
+    attempts: int  # runs recorded for the cell
+    failures: int  # of them, the ones that count against --max-retries
+    run: Optional[dict[str, Any]]  # the deciding run: the FINISHED or RUNNING one, else the latest
+
+
+def counts_as_failure(run: dict[str, Any]) -> bool:
+    """A failed attempt: an error, or a death (stale heartbeat). Not a user's Ctrl-C or SIGTERM:
+    stopping a sweep and resuming it later must not use up a cell's retries."""
+    if run["status"] == FAILED:
+        return True
+    return run["status"] == KILLED and run["error"] not in (INTERRUPTED, TERMINATED)
+
+
+def cell_statuses(cells: tuple[RunConfig, ...], runs: list[dict[str, Any]], max_retries: int) -> list[CellStatus]:
+    """Each cell's state from its recorded runs.
+
+    A cell is done once it has a FINISHED run, and busy while it has a RUNNING one. A run that
+    diverged is a result (the same config diverges again), so the cell is not retried. Otherwise
+    it is pending until it has failed max_retries + 1 times."""
+    by_hash: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_hash.setdefault(run["config_hash"], []).append(run)
+    statuses = []
+    for cell in cells:
+        cell_runs = by_hash.get(cell.config_hash, [])
+        failures = sum(counts_as_failure(run) for run in cell_runs)
+        finished = [run for run in cell_runs if run["status"] == FINISHED]
+        running = [run for run in cell_runs if run["status"] == RUNNING]
+        diverged = [run for run in cell_runs if run["status"] == FAILED and (run["error"] or "").startswith(DIVERGED_PREFIX)]
+        if finished:
+            state, deciding = DONE, finished[-1]
+        elif running:
+            state, deciding = RUNNING_ELSEWHERE, running[-1]
+        elif diverged:
+            state, deciding = DIVERGED, diverged[-1]
+        elif failures > max_retries:
+            state, deciding = GAVE_UP, cell_runs[-1]
+        else:
+            state, deciding = PENDING, cell_runs[-1] if cell_runs else None
+        statuses.append(CellStatus(cell, state, len(cell_runs), failures, deciding))
+    return statuses
+
+
+def describe(config: RunConfig, spec: Optional[SweepSpec] = None) -> str:
+    """A cell in a few words: the values of the axes that vary (all of them without a spec)."""
+    parts = {"model": config.model, "effective_batch_size": f"EBS {config.effective_batch_size}",
+             "backend": config.backend, "seed": f"seed {config.seed}", "lr_scaling": f"lr {config.scaled_lr:.3g}"}
+    if config.lr_scaling != "none":
+        parts["lr_scaling"] += f" ({config.lr_scaling})"
+    shown = [name for name in parts if spec is None or len(spec.axes[name]) > 1] or ["model", "effective_batch_size"]
+    return ", ".join(parts[name] for name in shown)
+
+
+# --- preflight --------------------------------------------------------------------------------
+
+
+def require_resources(spec: SweepSpec) -> None:
+    """A preset that needs a GPU and the hub says so, naming everything missing, before any work."""
+    if spec.preset not in NEEDS_GPU_AND_HUB:
+        return
+    import torch
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch sees none)")
+    from accumbench.model import check_model
+
+    not_cached = []
+    for model in spec.axes["model"]:
+        try:
+            check_model(model, local_files_only=True)
+        except UserError:
+            not_cached.append(model)
+    if not_cached:
+        reachable, why = _hub_reachable()
+        if not reachable:
+            missing.append(f"the Hugging Face Hub ({', '.join(not_cached)} not cached, and {why})")
+    if missing:
+        raise UserError(
+            f"--preset {spec.preset} needs {' and '.join(missing)}; run it on a GPU machine with internet access, "
+            "or try --preset demo"
+        )
+
+
+def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """(whether the hub answers, why not). One TCP connect rather than a download: huggingface_hub
+    retries a failing download for about a minute before it gives up."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False, "HF_HUB_OFFLINE=1"
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        return False, f"{endpoint.hostname} is unreachable: {exc}"
+    return True, ""
+
+
+def preflight(spec: SweepSpec, cache: dict[Any, Any]) -> None:
+    """Everything that could be the user's mistake, checked for every cell before the first claim:
+    models and datasets load (datasets stay in `cache` for the cells), and the sizes fit together."""
+    from accumbench import data
+    from accumbench.backends.base import require_supported_precision
+    from accumbench.model import check_model
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("accumbench sweep runs one process per worker; instead of torchrun, start one sweep per GPU "
+                        "with CUDA_VISIBLE_DEVICES=<i> (see the README)")
+    for model in dict.fromkeys(cell.model for cell in spec.cells):
+        check_model(model)
+    for cell in spec.cells:
+        require_supported_precision(cell.precision)
+        key = (cell.dataset, cell.split_seed, cell.text_column, cell.label_column, cell.max_train_samples,
+               cell.max_eval_samples)
+        if key not in cache:
+            cache[key] = data.load_text_dataset(
+                cell.dataset, seed=cell.split_seed, text_column=cell.text_column, label_column=cell.label_column,
+                max_train_samples=cell.max_train_samples, max_eval_samples=cell.max_eval_samples)
+        if cell.drop_last and len(cache[key].train) < cell.effective_batch_size:
+            raise UserError(
+                f"--drop-last with {len(cache[key].train)} training samples and effective batch size "
+                f"{cell.effective_batch_size} leaves no optimizer step; lower the EBS or use --keep-last")
+
+
+# --- the worker loop ---------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    sweep: dict[str, Any]
+    statuses: list[CellStatus]
+    ran: int  # cells this worker trained (any outcome)
+    stopped_early: bool  # --fail-fast stopped this worker
+    summaries: dict[int, dict[str, Any]]  # run id -> best epoch row, for finished cells
+
+    def count(self, state: str) -> int:
+        return sum(status.state == state for status in self.statuses)
+
+    @property
+    def ok(self) -> bool:
+        """Every cell finished or still running on another worker; nothing failed for good."""
+        return not self.stopped_early and all(s.state in (DONE, RUNNING_ELSEWHERE) for s in self.statuses)
+
+
+class SweepReporter:
+    """Progress hooks of a sweep; this base stays silent (library use, tests)."""
+
+    def sweep_started(self, spec: SweepSpec, sweep: dict[str, Any], statuses: list[CellStatus]) -> None: ...
+    def reaped(self, run_ids: list[int]) -> None: ...
+    def cell_started(self, spec: SweepSpec, status: CellStatus, run_id: int, done: int, eta: Optional[float]) -> None: ...
+    def cell_ended(self, run_id: int, outcome: str, detail: str) -> None: ...
+    def run_reporter(self) -> Any:
+        from accumbench.progress import Reporter
+
+        return Reporter()
+
+
+def run_sweep(spec: SweepSpec, db: Optional[str] = None, reporter: Optional[SweepReporter] = None) -> SweepResult:
+    """Work on the sweep until no cell is left to claim. Safe to run in many processes at once."""
+    from accumbench import engine
+    from accumbench.store import Store, resolve_db_url
+
+    reporter = reporter or SweepReporter()
+    url = resolve_db_url(db)
+    Store.check_compatible(url)
+    require_resources(spec)
+    cache: dict[Any, Any] = {}
+    preflight(spec, cache)
+
+    store = Store.open(url)
+    try:
+        sweep = store.open_sweep(spec.sweep_name, spec.grid_hash, spec.to_json(), len(spec.cells))
+        reporter.sweep_started(spec, sweep, cell_statuses(spec.cells, store.sweep_runs(sweep["id"]), spec.max_retries))
+        ran, stopped_early, durations = 0, False, []
+        with engine._sigterm_as_exception():
+            while not stopped_early:
+                picked: list[CellStatus] = []
+                counts: dict[str, int] = {}
+
+                def choose(runs: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+                    statuses = cell_statuses(spec.cells, runs, spec.max_retries)
+                    counts.update({state: sum(s.state == state for s in statuses) for state in (PENDING, DONE)})
+                    for status in statuses:
+                        if status.state == PENDING:
+                            picked.append(status)
+                            return {**engine.run_columns(status.config), "attempt": status.attempts + 1}
+                    return None
+
+                run_id, reaped = store.claim(sweep["id"], choose, spec.stale_after)
+                if reaped:
+                    reporter.reaped(reaped)
+                if run_id is None:
+                    break
+                status = picked[0]
+                eta = sum(durations) / len(durations) * counts[PENDING] if durations else None
+                reporter.cell_started(spec, status, run_id, counts[DONE], eta)
+                started = time.perf_counter()
+                ran += 1
+                outcome, detail = _train_cell(engine, store, url, status.config, run_id, cache, spec, reporter)
+                durations.append(time.perf_counter() - started)
+                reporter.cell_ended(run_id, outcome, detail)
+                if outcome == FAILED and spec.fail_fast:
+                    stopped_early = True
+        statuses = cell_statuses(spec.cells, store.sweep_runs(sweep["id"]), spec.max_retries)
+        summaries = {}
+        for status in statuses:
+            if status.state == DONE and status.run["best_epoch"]:
+                epochs = store.epochs(status.run["id"])
+                summaries[status.run["id"]] = next(e for e in epochs if e["epoch"] == status.run["best_epoch"])
+        return SweepResult(sweep, statuses, ran, stopped_early, summaries)
+    finally:
+        store.close()
+
+
+def _train_cell(engine: Any, store: Any, url: str, config: RunConfig, run_id: int, cache: dict[Any, Any],
+                spec: SweepSpec, reporter: SweepReporter) -> tuple[str, str]:
+    """Train one claimed cell to its end. Returns (FINISHED | FAILED | lost, detail). Ctrl-C and
+    SIGTERM are re-raised after the run is recorded as KILLED."""
+    try:
+        with engine.recorded_run(store, run_id, spec.heartbeat_seconds) as heartbeat:
+            prepared = engine.prepare(config, cache)
+            backend = engine.make_backend(prepared)
+            try:
+                store.update_run(run_id, **engine.loaded_columns(prepared, backend))
+                result = engine.fit(run_id, prepared, backend, store, reporter.run_reporter(),
+                                    engine.checkpoint_root(url), heartbeat)
+            finally:
+                backend.close()
+    except engine.RunDiverged as exc:
+        return FAILED, f"diverged at step {exc.step}"
+    except engine.RunLost as exc:
+        return "lost", str(exc)
+    except Exception as exc:  # recorded as FAILED by recorded_run; the sweep goes on (or stops: --fail-fast)
+        return FAILED, f"{type(exc).__name__}: {exc}"
+    best = result.epochs[result.best_epoch - 1]
+    return FINISHED, f"val acc {best['val_accuracy']:.3f}, test acc {best['test_accuracy']:.3f}"
