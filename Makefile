@@ -1,5 +1,5 @@
 # Two commands do all the setup on a fresh machine:
-#   make demo   installs into .venv and trains MiniLM on the offline demo data (~3 min on 2 CPU cores)
+#   make demo   installs into .venv and sweeps MiniLM over EBS 16/32/64 on the offline demo data (~4 min on 2 CPU cores)
 #   make test   installs into .venv and runs the test suite offline
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,12 +20,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first: a bare "torch" requirement would otherwise pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q -e ".[test,postgres]"
 	touch $@
 
 demo: install
-	$(BIN)/accumbench train --model minilm --dataset demo --epochs 2 --max-train-samples 960 \
-		--effective-batch-size 32 --micro-batch-size 16 --lr 1e-4
+	$(BIN)/accumbench sweep --preset demo
 
 test: install
 	$(BIN)/python -m pytest -q
