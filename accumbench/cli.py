@@ -49,9 +49,10 @@ def _help(name: str) -> str:
     return f"{f.metadata['help']} (default: {f.default})"
 
 
-def run_options(skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def run_options(skip: tuple[str, ...] = (), own_first: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command one option per RunConfig field (its help from the field), passed to the command
-    as **options. train and sweep thus take the same options, and neither can drift from the config."""
+    as **options. train and sweep thus take the same options, and neither can drift from the config.
+    The command's own options come after them in --help, or before with own_first."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         added = []
@@ -65,7 +66,7 @@ def run_options(skip: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Ca
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
                for p in inspect.signature(command, eval_str=True).parameters.values()
                if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        command.__signature__ = inspect.Signature(added + own)  # type: ignore[attr-defined]
+        command.__signature__ = inspect.Signature(own + added if own_first else added + own)  # type: ignore[attr-defined]
         return command
 
     return decorate
@@ -117,7 +118,7 @@ def train(config: Optional[Path] = _CONFIG_OPTION, db: Optional[str] = _DB_OPTIO
 
 
 @app.command()
-@run_options(skip=("model", "effective_batch_size", "backend", "seed", "lr_scaling"))
+@run_options(skip=("model", "effective_batch_size", "backend", "seed", "lr_scaling"), own_first=True)
 def sweep(
     models: Optional[str] = typer.Option(None, "--models", "--model", help="Comma-separated models (default: minilm)."),
     effective_batch_sizes: Optional[str] = typer.Option(
