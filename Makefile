@@ -20,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first: a bare "torch" requirement would otherwise pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[test,postgres]"
+	$(BIN)/python -m pip install -q -e ".[test,postgres,plot,tensorboard]"
 	touch $@
 
 demo: install

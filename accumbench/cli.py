@@ -176,6 +176,119 @@ def sweep(
         raise typer.Exit(1)
 
 
+_FILTERS = dict(
+    sweep=typer.Option(None, help="Only the runs of this sweep (its name)."),
+    model=typer.Option(None, help="Only this model (as recorded, e.g. minilm)."),
+    backend=typer.Option(None, help="Only this backend: torch or accelerate."),
+)
+
+
+def _open_for_reading(db: Optional[str]) -> Any:
+    from accumbench.store import Store, resolve_db_url
+
+    return Store.open_readonly(resolve_db_url(db))
+
+
+@app.command()
+def report(
+    sweep: Optional[str] = _FILTERS["sweep"],
+    model: Optional[str] = _FILTERS["model"],
+    backend: Optional[str] = _FILTERS["backend"],
+    status: str = typer.Option("FINISHED", help="Runs with this status (RUNNING, FINISHED, FAILED, KILLED) or 'any'."),
+    fmt: str = typer.Option("table", "--format", help="table, markdown, csv, json or html."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of the terminal."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write PNG figures per model into this directory."),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
+) -> None:
+    """The study's table: one row per model x EBS x backend x lr rule, mean ± std over seeds, with the
+    backend comparison and learning curves. Opens the database read-only.
+
+    Example:
+
+        accumbench report --sweep demo-3bf97179 --format markdown -o report.md --plot figures/
+    """
+    try:
+        from accumbench import report as reporting
+        from accumbench.store import STATUSES
+
+        if fmt not in reporting.FORMATS:
+            raise UserError(f"unknown --format '{fmt}'; choose one of: {', '.join(reporting.FORMATS)}")
+        if status != "any" and status not in STATUSES:
+            raise UserError(f"unknown --status '{status}'; choose one of: {', '.join(STATUSES)}, any")
+        if output is not None and not output.parent.is_dir():
+            raise UserError(f"directory {output.parent} does not exist; create it or choose another --output")
+        with _open_for_reading(db) as store:
+            data = reporting.load_runs(store, sweep=sweep, model=model, backend=backend,
+                                       status=None if status == "any" else status)
+            cells, comparison = reporting.cell_table(data), reporting.backend_comparison(data)
+            figures = []
+            if plot is not None:
+                from accumbench.plots import write_figures
+
+                figures = write_figures(*reporting.plot_frames(store, data), plot)
+            title = f"accumbench report: {len(data.runs)} runs in {len(cells)} cells" + (f", sweep {sweep}" if sweep else "")
+            text = None if fmt == "table" and output is None else reporting.render(
+                cells, comparison, "markdown" if fmt == "table" else fmt, title)
+    except UserError as exc:
+        fail(str(exc))
+    if text is None:
+        from accumbench.progress import print_report
+
+        print_report(title, reporting.display_table(cells), reporting.display_comparison(comparison))
+    elif output is not None:
+        output.write_text(text)
+        typer.echo(f"wrote {output} ({fmt})")
+    else:
+        typer.echo(text, nl=False)
+    for figure in figures:
+        typer.echo(f"wrote {figure}")
+
+
+@app.command("pick-best")
+def pick_best(
+    sweep: Optional[str] = _FILTERS["sweep"],
+    model: Optional[str] = _FILTERS["model"],
+    backend: Optional[str] = _FILTERS["backend"],
+    metric: str = typer.Option("val_accuracy", help="Selection metric, on validation only: val_accuracy or val_loss."),
+    by: str = typer.Option("model", help="model (one pick per model) or none (one pick over all runs)."),
+    alpha: float = typer.Option(0.05, help="Significance level: candidates with p >= alpha count as not worse."),
+    as_json: bool = typer.Option(False, "--json", help="Print the picks, candidates and p-values as JSON."),
+    db: Optional[str] = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
+) -> None:
+    """Pick the effective batch size per model on validation only, test it, and say how sure it is:
+    candidates not significantly worse than the best (Welch across seeds, or exact McNemar) compete on
+    training time. Reports the pick's test accuracy with a 95% interval.
+
+    Example:
+
+        accumbench pick-best --sweep demo-3bf97179 --metric val_accuracy --alpha 0.05
+    """
+    try:
+        from accumbench import pick, report as reporting
+
+        if metric not in pick.METRICS:
+            raise UserError(f"unknown --metric '{metric}'; choose one of: {', '.join(pick.METRICS)} (selection is on validation)")
+        if by not in ("model", "none"):
+            raise UserError(f"unknown --by '{by}'; choose one of: model, none")
+        if not 0 < alpha < 1:
+            raise UserError(f"--alpha must be between 0 and 1, got {alpha}; e.g. --alpha 0.05")
+        with _open_for_reading(db) as store:
+            data = reporting.load_runs(store, sweep=sweep, model=model, backend=backend)
+            run_ids = data.runs["run_id"].tolist()
+            predictions = {split: store.predictions(run_ids, split) for split in ("validation", "test")}
+        picks = pick.pick_best(data, predictions, metric=metric, alpha=alpha, by=by)
+    except UserError as exc:
+        fail(str(exc))
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(pick.as_json(picks), indent=2))
+        return
+    from accumbench.progress import print_picks
+
+    print_picks(picks)
+
+
 @app.command("check-ga")
 def check_ga(
     model: str = typer.Option("minilm", help="Alias (bert, modernbert, minilm), hub id or local directory."),

@@ -25,7 +25,7 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 BUDGETS = ("epochs", "steps")
 
 # Fields that never change what a run computes, so they stay out of config_hash.
-_NOT_HASHED = frozenset({"checkpoint"})
+_NOT_HASHED = frozenset({"checkpoint", "log_with"})
 # Fields added after runs were first recorded: left out of config_hash at their default, so the
 # hash of an earlier run (which had no such field) still names the same configuration.
 _HASHED_ONLY_WHEN_SET = {"lr_scaling": "none", "base_batch_size": 64, "budget": "epochs", "train_steps": None,
@@ -64,6 +64,7 @@ class RunConfig:
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (default: auto-detect)."})
     drop_last: bool = field(default=False, metadata={"help": "Drop the short last optimizer group of each epoch."})
     checkpoint: bool = field(default=True, metadata={"help": "Save the best-validation model as safetensors."})
+    log_with: Optional[str] = field(default=None, metadata={"help": "Also log to a tracker: wandb, tensorboard or mlflow (default: off)."})
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -129,6 +130,9 @@ class RunConfig:
             raise UserError("--budget steps needs the number of optimizer steps; pass e.g. --train-steps 200")
         if self.budget == "epochs" and self.train_steps is not None:
             raise UserError("--train-steps only applies with --budget steps; add --budget steps or drop --train-steps")
+        from accumbench.tracking import require_tracker
+
+        require_tracker(self.log_with)
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise UserError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}; pass e.g. --warmup-ratio 0.1")
         if not 0.0 <= self.dropout < 1.0:

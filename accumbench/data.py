@@ -7,6 +7,7 @@ would. `datasets`, `torch` and tokenizers are imported inside functions so the C
 
 from __future__ import annotations
 
+import functools
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,16 @@ class TextSplit:
 
     def head(self, n: Optional[int]) -> "TextSplit":
         return self if n is None else TextSplit(self.texts[:n], self.labels[:n])
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Names exactly these examples in this order: runs are paired (McNemar) only on equal fingerprints."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for text, label in zip(self.texts, self.labels):
+            digest.update(f"{label}\t{text}\n".encode())
+        return digest.hexdigest()[:16]
 
 
 @dataclass

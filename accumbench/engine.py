@@ -135,11 +135,17 @@ def make_backend(prepared: Prepared) -> Backend:
         from accumbench.backends.accelerate_loop import AccelerateBackend
 
         train_split = prepared.splits["train"]
-        return AccelerateBackend(prepared.model, **common, accumulation_steps=config.accumulation_steps_for(world_size()),
-                                 collate=lambda indices: data.collate(train_split, indices, prepared.pad_token_id))
-    from accumbench.backends.torch_loop import TorchBackend
+        backend: Backend = AccelerateBackend(
+            prepared.model, **common, accumulation_steps=config.accumulation_steps_for(world_size()),
+            collate=lambda indices: data.collate(train_split, indices, prepared.pad_token_id))
+    else:
+        from accumbench.backends.torch_loop import TorchBackend
 
-    return TorchBackend(prepared.model, **common)
+        backend = TorchBackend(prepared.model, **common)
+    # Both backends start training from the same generator state, whatever their setup drew from it,
+    # so that they draw the same dropout masks (the parity test with dropout checks this).
+    torch.manual_seed(config.seed + 1)
+    return backend
 
 
 def run_columns(config: RunConfig) -> dict[str, Any]:
@@ -277,9 +283,8 @@ class Heartbeat:
 
 def _fit(run_id: Optional[int], prepared: Prepared, backend: Backend, store: Any, reporter: Reporter,
          checkpoints: Path, heartbeat: Optional[Heartbeat] = None) -> TrainResult:
-    config, splits = prepared.config, prepared.splits
-    train_split = splits["train"]
-    device = backend.device
+    config = prepared.config
+    train_split = prepared.splits["train"]
     batch_for = lambda indices: data.collate(train_split, indices, prepared.pad_token_id)  # noqa: E731
 
     def on_step(samples_done: int, loss: float) -> None:
@@ -287,6 +292,22 @@ def _fit(run_id: Optional[int], prepared: Prepared, backend: Backend, store: Any
             heartbeat.raise_if_lost()
         reporter.step(samples_done, loss)
 
+    tracker = None
+    if config.log_with:  # after the backend: Accelerate's trackers need its process state
+        from accumbench.tracking import RunTracker
+
+        tracker = RunTracker(config.log_with, f"run-{run_id}", checkpoints.parent / "tracking", config.to_dict())
+    try:
+        return _epochs(run_id, prepared, backend, store, reporter, checkpoints, on_step, batch_for, tracker)
+    finally:
+        if tracker is not None:
+            tracker.finish()
+
+
+def _epochs(run_id: Optional[int], prepared: Prepared, backend: Backend, store: Any, reporter: Reporter,
+            checkpoints: Path, on_step: Any, batch_for: Any, tracker: Any) -> TrainResult:
+    config, splits = prepared.config, prepared.splits
+    train_split, device = splits["train"], backend.device
     rows: list[dict[str, Any]] = []
     best: Optional[dict[str, Any]] = None
     checkpoint_path: Optional[str] = None
@@ -307,8 +328,9 @@ def _fit(run_id: Optional[int], prepared: Prepared, backend: Backend, store: Any
         train_seconds = time.perf_counter() - epoch_start
 
         eval_start = time.perf_counter()
-        val_loss, val_accuracy = evaluate(backend, splits["validation"], prepared.pad_token_id, config.micro_batch_size)
-        test_loss, test_accuracy = evaluate(backend, splits["test"], prepared.pad_token_id, config.micro_batch_size)
+        val = evaluate(backend, splits["validation"], prepared.pad_token_id, config.micro_batch_size)
+        test = evaluate(backend, splits["test"], prepared.pad_token_id, config.micro_batch_size)
+        val_loss, val_accuracy, test_loss, test_accuracy = val.loss, val.accuracy, test.loss, test.accuracy
         eval_seconds = time.perf_counter() - eval_start
 
         optimizer_steps += stats.optimizer_steps
@@ -323,12 +345,20 @@ def _fit(run_id: Optional[int], prepared: Prepared, backend: Backend, store: Any
         if best is None or _better(row, best):
             best = row
             store.update_run(run_id, best_epoch=epoch)
+            # The best epoch's predictions, for paired tests between runs (pick-best's McNemar tests).
+            for name, evaluation in (("validation", val), ("test", test)):
+                text_split = getattr(prepared.dataset, name)
+                store.save_predictions(run_id, name, epoch, text_split.fingerprint, list(text_split.labels),
+                                       evaluation.predicted)
             if config.checkpoint and backend.is_main:
                 checkpoint_path = str(_save_checkpoint(backend.unwrapped_model(), prepared, checkpoints / str(run_id), epoch))
                 store.update_run(run_id, checkpoint_path=checkpoint_path)
         row["epoch_seconds"] = time.perf_counter() - epoch_start  # includes the checkpoint write
         store.add_steps(run_id, stats.steps)
         store.add_epoch(run_id, **row)
+        if tracker is not None:
+            tracker.log_steps(stats.steps)
+            tracker.log_epoch(row)
         rows.append(row)
         reporter.epoch_finished(row)
         # The training loss can stay finite while the weights have blown up: a NaN evaluation is divergence too.
@@ -339,24 +369,35 @@ def _fit(run_id: Optional[int], prepared: Prepared, backend: Backend, store: Any
     return TrainResult(run_id=run_id, epochs=rows, best_epoch=best["epoch"], checkpoint_path=checkpoint_path)
 
 
+@dataclass
+class Evaluation:
+    loss: float  # mean cross-entropy
+    accuracy: float
+    predicted: list[int]  # the predicted class of every example, in split order
+
+
 @torch.inference_mode()
-def evaluate(backend: Backend, split: data.EncodedSplit, pad_token_id: int, batch_size: int) -> tuple[float, float]:
-    """(mean loss, accuracy) over the split. Samples are batched by length only to cut padding;
-    with several processes each rank takes every W-th batch and the sums are all-reduced."""
+def evaluate(backend: Backend, split: data.EncodedSplit, pad_token_id: int, batch_size: int) -> Evaluation:
+    """Loss, accuracy and predictions over the split. Samples are batched by length only to cut
+    padding; with several processes each rank takes every W-th batch and the sums are all-reduced
+    (each rank fills in its own examples' predictions, zeros elsewhere, so their sum is all of them)."""
     model, device = backend.unwrapped_model(), backend.device
     model.eval()
     order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.float64)
+    predicted = torch.zeros(len(split), device=device, dtype=torch.float64)  # float64: exact for class ids
     for indices in batches[backend.rank :: backend.world_size]:
         batch = {k: v.to(device) for k, v in data.collate(split, indices, pad_token_id).items()}
         logits = model(batch["input_ids"], batch["attention_mask"]).double()
         loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum")
-        correct += (logits.argmax(dim=-1) == batch["labels"]).sum()
+        guess = logits.argmax(dim=-1)
+        correct += (guess == batch["labels"]).sum()
+        predicted[torch.as_tensor(indices, device=device)] = guess.double()
     model.train()
-    loss_sum, correct = backend.all_reduce_sum(torch.stack([loss_sum, correct])).tolist()
-    return loss_sum / len(split), correct / len(split)
+    totals = backend.all_reduce_sum(torch.cat([torch.stack([loss_sum, correct]), predicted])).tolist()
+    return Evaluation(totals[0] / len(split), totals[1] / len(split), [round(p) for p in totals[2:]])
 
 
 def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:

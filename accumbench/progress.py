@@ -194,3 +194,54 @@ class RichSweepReporter:
         if result.stopped_early:
             line += "; stopped at the first failure (--fail-fast)"
         self.console.print(f"{line}\nrecorded in {db_label} as sweep '{result.sweep['name']}'")
+
+
+def print_report(title: str, table: Any, comparison: Any) -> None:
+    """`accumbench report` in the terminal: the cell table, then the backend comparison if any."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for frame, heading in ((table, title), (comparison, "backends: accelerate against torch, same cell and seed")):
+        if frame.empty:
+            continue
+        out = Table(title=heading, box=None, header_style="bold", title_justify="left")
+        for column in frame.columns:
+            out.add_column(str(column).replace(" ", "\n", 1) if len(str(column)) > 12 else str(column),
+                           justify="left" if column in ("model", "backend", "lr rule", "variant") else "right")
+        for row in frame.itertuples(index=False):
+            out.add_row(*(str(value) for value in row))
+        console.print(out)
+
+
+def print_picks(picks: list[Any]) -> None:
+    """`accumbench pick-best` in the terminal: per model, the candidates with their p-values, the pick,
+    its test accuracy with a 95% interval, and the justification in words."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for pick in picks:
+        words = {"val_accuracy": "val acc", "val_loss": "val loss"}[pick.metric]
+        table = Table(title=f"{pick.group}: candidates, best {words} first", box=None, header_style="bold",
+                      title_justify="left")
+        for column in ("candidate", f"{words}\nmean ± std", "seeds", "train\ntime s", "p vs best\n(validation)",
+                       "not\nworse", "test McNemar\np (report only)"):
+            table.add_column(column, justify="left" if column == "candidate" else "right")
+        for c in pick.candidates:
+            spread = "" if c.metric_std != c.metric_std else f" ± {c.metric_std:.4f}"
+            screen = "best" if c is pick.best else (
+                f"{c.screen_p:.3g} ({'Welch' if c.screen_test == 'welch' else 'McNemar val'})" if c.screen_p is not None
+                else "untested")
+            mark = " [bold green]<- pick[/]" if c is pick.chosen else ""
+            table.add_row(f"{c.label}{mark}", f"{c.metric_mean:.4f}{spread}", str(len(c.runs)), f"{c.train_seconds:.0f}",
+                          screen, "yes" if c.not_worse else "no",
+                          "-" if c.mcnemar_test_p is None else f"{c.mcnemar_test_p:.3g}")
+        console.print(table)
+        low, high = pick.test_ci
+        console.print(f"[bold]pick: {pick.chosen.label}[/] (chosen on validation; alpha {pick.alpha:g})\n"
+                      f"test accuracy {pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} "
+                      f"test examples x {len(pick.chosen.runs)} seed(s)\n{pick.justification}")
+        for warning in pick.warnings:
+            console.print(f"[yellow]warning: {warning}[/]")
+        console.print()

@@ -14,13 +14,14 @@ import math
 import os
 import pathlib
 import sqlite3
+import sys
 import time
-from contextlib import contextmanager
+from array import array
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from sqlalchemy import (
-    DateTime, Float, ForeignKey, Index, Text, TypeDecorator, UniqueConstraint,
+    DateTime, Float, ForeignKey, Index, LargeBinary, Text, TypeDecorator, UniqueConstraint,
     create_engine, delete, event, func, insert, inspect, make_url, select, text, update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -30,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from accumbench.config import PRECISIONS  # runs.precision (accelerate's mixed_precision names)
 from accumbench.errors import UserError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 STATUSES = (RUNNING, FINISHED, FAILED, KILLED)
@@ -202,6 +203,27 @@ class Step(Base):
     lr: Mapped[float]  # learning rate used for this step
 
 
+class Prediction(Base):
+    """A run's predicted labels on one split (validation or test) at its best-validation epoch, for
+    paired tests between runs (McNemar). Added in schema version 4.
+
+    Compact: labels and predictions are little-endian uint16 arrays, one entry per example in split
+    order (2 bytes each: 10 kB for a 5,000-example test set). split_hash fingerprints the split's
+    texts and labels, so runs are only ever paired on the very same examples."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("run_id", "split"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    split: Mapped[str]  # validation or test
+    epoch: Mapped[int]  # the best-validation epoch they come from
+    num_examples: Mapped[int]
+    split_hash: Mapped[str]
+    labels: Mapped[bytes] = mapped_column(LargeBinary)
+    predicted: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 SWEEP_COLUMNS = tuple(c.key for c in inspect(Sweep).column_attrs)
 RUN_COLUMNS = tuple(c.key for c in inspect(Run).column_attrs)
 EPOCH_COLUMNS = tuple(c.key for c in inspect(Epoch).column_attrs)
@@ -210,6 +232,22 @@ STEP_COLUMNS = tuple(c.key for c in inspect(Step).column_attrs)
 
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _pack(values: list[int]) -> bytes:
+    """Class ids as little-endian uint16, whatever this machine's byte order."""
+    packed = array("H", values)  # OverflowError beyond 65,535 classes
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpack(blob: bytes) -> list[int]:
+    values = array("H")
+    values.frombytes(blob)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
 
 
 def _as_dict(obj: Base, columns: tuple[str, ...]) -> dict[str, Any]:
@@ -305,6 +343,10 @@ def _migrate_to_3(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _migrate_to_4(conn: Connection) -> None:
+    """3 -> 4: the predictions table only, which create_all makes."""
+
+
 # Why migrations rather than "delete the old file": a run database holds results
 # that took GPU-hours to produce, so a new accumbench upgrades it in place.
 # Store.open runs these in order (found+1 .. SCHEMA_VERSION) inside its single
@@ -312,7 +354,7 @@ def _migrate_to_3(conn: Connection) -> None:
 # upgrade is all-or-nothing and parallel workers can't both run it. Each function
 # takes the database from version N-1 to N and must be idempotent (inspect before
 # altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
-_MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3}
+_MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
 assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
 
 
@@ -632,6 +674,90 @@ class Store:
         query = select(Step).where(Step.run_id == run_id).order_by(Step.step)
         with self._session() as session:
             return [_as_dict(row, STEP_COLUMNS) for row in session.scalars(query)]
+
+    def save_predictions(self, run_id: int, split: str, epoch: int, split_hash: str,
+                         labels: list[int], predicted: list[int]) -> None:
+        """Record (replacing any earlier ones) the run's predictions on `split` at `epoch`."""
+        if len(labels) != len(predicted):
+            raise ValueError("save_predictions: labels and predicted differ in length")
+        with self._session.begin() as session:
+            self._get(session, run_id)
+            session.execute(delete(Prediction).where(Prediction.run_id == run_id, Prediction.split == split))
+            session.add(Prediction(run_id=run_id, split=split, epoch=epoch, num_examples=len(labels),
+                                   split_hash=split_hash, labels=_pack(labels), predicted=_pack(predicted)))
+
+    def predictions(self, run_ids: list[int], split: str) -> dict[int, dict[str, Any]]:
+        """{run id: {epoch, split_hash, labels, predicted}} for the runs that have predictions on `split`."""
+        query = select(Prediction).where(Prediction.run_id.in_(run_ids), Prediction.split == split)
+        with self._session() as session:
+            return {p.run_id: dict(epoch=p.epoch, split_hash=p.split_hash, labels=_unpack(p.labels),
+                                   predicted=_unpack(p.predicted)) for p in session.scalars(query)}
+
+    # --- reading for reports (report and pick-best open the store with open_readonly) -------------
+
+    def find_runs(self, status: str | None = FINISHED, sweep: str | None = None, model: str | None = None,
+                  backend: str | None = None) -> list[dict[str, Any]]:
+        """Runs matching every filter given, oldest first. `sweep` is a sweep's name."""
+        query = select(Run).order_by(Run.id)
+        if status is not None:
+            query = query.where(Run.status == status)
+        if sweep is not None:
+            query = query.join(Sweep, Sweep.id == Run.sweep_id).where(Sweep.name == sweep)
+        if model is not None:
+            query = query.where(Run.model == model)
+        if backend is not None:
+            query = query.where(Run.backend == backend)
+        with self._session() as session:
+            return [_as_dict(run, RUN_COLUMNS) for run in session.scalars(query)]
+
+    def epochs_of(self, run_ids: list[int]) -> list[dict[str, Any]]:
+        query = select(Epoch).where(Epoch.run_id.in_(run_ids)).order_by(Epoch.run_id, Epoch.epoch)
+        with self._session() as session:
+            return [_as_dict(row, EPOCH_COLUMNS) for row in session.scalars(query)]
+
+    def steps_of(self, run_ids: list[int]) -> list[dict[str, Any]]:
+        query = select(Step).where(Step.run_id.in_(run_ids)).order_by(Step.run_id, Step.step)
+        with self._session() as session:
+            return [_as_dict(row, STEP_COLUMNS) for row in session.scalars(query)]
+
+    def list_sweeps(self) -> list[dict[str, Any]]:
+        with self._session() as session:
+            return [_as_dict(sweep, SWEEP_COLUMNS) for sweep in session.scalars(select(Sweep).order_by(Sweep.id))]
+
+    @classmethod
+    def open_readonly(cls, url: str) -> Store:
+        """A store that can only read: for report and pick-best, which must never change (or create,
+        or upgrade) a database that training runs may be writing to. UserError when there is nothing
+        to read, or the schema is not this accumbench's."""
+        path = sqlite_path(url)
+        if path is not None:
+            if not path.is_file():
+                raise UserError(f"no run database at {path}; train first (accumbench train or sweep) or pass --db")
+            cls.check_compatible(url)
+            uri = _readonly_uri(path)
+            engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(uri, uri=True, check_same_thread=False))
+        elif make_url(url).get_backend_name() == "postgresql":
+            engine = create_engine(url, connect_args={"options": "-c default_transaction_read_only=on"})
+        else:
+            engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                found = None
+                if inspect(conn).has_table(SchemaVersion.__tablename__):
+                    found = conn.scalar(select(func.max(SchemaVersion.version)))
+        except BaseException:
+            engine.dispose()
+            raise
+        if found != SCHEMA_VERSION:
+            engine.dispose()
+            where = path or url
+            if found is None:
+                raise UserError(f"{where} has no accumbench runs yet; train first (accumbench train or sweep)")
+            if found > SCHEMA_VERSION:
+                raise _newer_schema_error(where, found)
+            raise UserError(f"{where} has schema version {found}, older than this accumbench's {SCHEMA_VERSION}; "
+                            "any accumbench train or sweep on it upgrades it in place")
+        return cls(url, engine)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -52,6 +52,18 @@ def test_torch_and_accelerate_take_the_same_steps(tiny_bert, tmp_path):
     assert [tuple(r) for r in runs] == [("torch", 4, 1, "no"), ("accelerate", 4, 1, "no")]
 
 
+def test_with_dropout_both_backends_draw_the_same_masks(tiny_bert, tmp_path):
+    """Dropout on (in the head, 0.3): the backends must consume torch's generator identically, or
+    every step after the first differs. (Iterating a DataLoader draws a seed from the global
+    generator; the Accelerate backend's loader has its own.)"""
+    db = tmp_path / "runs.db"
+    for backend in ("torch", "accelerate"):
+        _train(db, "--model", tiny_bert, "--backend", backend, "--micro-batch-size", "8", "--dropout", "0.3")
+    torch_steps, accelerate_steps = _steps(db, 1), _steps(db, 2)
+    assert [s["loss"] for s in accelerate_steps] == pytest.approx([s["loss"] for s in torch_steps], rel=1e-6)
+    assert [e["val_loss"] for e in _epochs(db, 2)] == pytest.approx([e["val_loss"] for e in _epochs(db, 1)], rel=1e-6)
+
+
 def test_the_ragged_tail_is_exact_in_both_backends(tiny_bert, tmp_path):
     """The tail group of 8 is one micro-batch of 8 at micro 8 (stock Accelerate would weight it 1/4),
     and one of 8 at micro 32: both backends at both micro-batch sizes agree."""

@@ -32,7 +32,7 @@ def _help(*args: str) -> str:
 
 
 def test_every_command_help_shows_an_example():
-    assert "train" in COMMANDS
+    assert {"train", "sweep", "report", "pick-best"} <= set(COMMANDS)
     assert "Example:" in _help()
     for command in COMMANDS:
         text = _help(command)
@@ -61,7 +61,8 @@ def test_sweep_takes_the_grid_and_every_train_option():
         assert flag in text or flag in singular_axes, flag
 
 
-@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["sweep", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["sweep", "--help"], ["report", "--help"],
+                                  ["pick-best", "--help"]])
 def test_help_does_not_import_heavy_libraries(args):
     code = (
         "import sys\n"

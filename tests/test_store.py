@@ -113,6 +113,7 @@ EXPECTED_COLUMNS = {
     },
     "steps": {"id", "run_id", "step", "epoch", "samples_seen", "loss", "grad_norm", "lr"},
     "sweeps": {"id", "name", "grid_hash", "spec_json", "num_cells", "created_at"},
+    "predictions": {"id", "run_id", "split", "epoch", "num_examples", "split_hash", "labels", "predicted"},
 }
 
 
@@ -745,3 +746,51 @@ def test_migrated_database_guards_sweep_cells_like_a_fresh_one(tmp_path):
             conn.execute("UPDATE runs SET sweep_id = 999 WHERE id = 1")
     finally:
         conn.close()
+
+
+
+# --- schema version 4: predictions; reading for reports --------------------------------------------
+
+
+def test_predictions_round_trip_compactly_and_are_replaced(store):
+    run_id = store.create_run(**RUN_KWARGS)
+    labels = [0, 1, 2, 1] * 250
+    store.save_predictions(run_id, "test", 1, "hash1", labels, [1] * 1000)
+    store.save_predictions(run_id, "test", 3, "hash1", labels, labels)  # a better epoch replaces it
+    store.save_predictions(run_id, "validation", 3, "hashv", [0, 1], [1, 1])
+    got = store.predictions([run_id], "test")[run_id]
+    assert (got["epoch"], got["split_hash"], got["labels"], got["predicted"]) == (3, "hash1", labels, labels)
+    assert store.predictions([run_id], "validation")[run_id]["predicted"] == [1, 1]
+    assert store.predictions([run_id + 1], "test") == {}
+    conn = sqlite3.connect(sqlite_path(store.url))
+    (blob_size,) = conn.execute("SELECT LENGTH(predicted) FROM predictions WHERE split = 'test'").fetchone()
+    (rows,) = conn.execute("SELECT COUNT(*) FROM predictions").fetchone()
+    conn.close()
+    assert blob_size == 2000 and rows == 2  # 2 bytes per example; one row per (run, split)
+
+
+def test_open_readonly_reads_and_never_writes(tmp_path):
+    path = tmp_path / "runs.db"
+    url = resolve_db_url(str(path))
+    with pytest.raises(UserError, match="no run database at .*train first"):
+        Store.open_readonly(url)
+    assert not path.exists()
+    with Store.open(url) as s:
+        run_id = s.create_run(**RUN_KWARGS)
+        s.add_epoch(run_id, **epoch_metrics(1))
+        s.finish_run(run_id, FINISHED)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with Store.open_readonly(url) as s:
+        assert [r["id"] for r in s.find_runs()] == [run_id]
+        assert [e["epoch"] for e in s.epochs_of([run_id])] == [1]
+        assert s.find_runs(model="other") == [] and s.find_runs(status=None, sweep="none") == []
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="readonly"):
+            s.update_run(run_id, best_epoch=1)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_open_readonly_refuses_an_older_schema_with_the_fix(tmp_path):
+    path = tmp_path / "v1.db"
+    make_v1_db(path)
+    with pytest.raises(UserError, match="schema version 1, older than .* any accumbench train or sweep on it upgrades it"):
+        Store.open_readonly(resolve_db_url(str(path)))

@@ -91,7 +91,10 @@ class AccelerateBackend(Backend):
             batch["indices"] = [k[0] for k in keys]
             return batch
 
-        loader = torch.utils.data.DataLoader(_Keys(), batch_sampler=self._plan, collate_fn=collate_keys)
+        # Its own generator: iterating a DataLoader draws a worker base seed, by default from torch's global
+        # generator, which would shift the dropout masks away from the PyTorch backend's every epoch.
+        loader = torch.utils.data.DataLoader(_Keys(), batch_sampler=self._plan, collate_fn=collate_keys,
+                                             generator=torch.Generator())
         opt = make_optimizer(model, optimizer, lr, weight_decay)
         sched = make_scheduler(opt, scheduler, warmup_ratio, total_steps)
         self._module = model

@@ -1,0 +1,204 @@
+"""Figures of recorded runs (`--plot`): per model, validation per epoch and training loss per step.
+
+    epochs (one row per run and epoch) -> <slug>-validation.png: accuracy | loss against epoch
+    steps  (one row per optimizer step) -> <slug>-train-loss.png: smoothed loss against samples seen
+
+Each series is one label (an EBS, with its LR rule), drawn as the mean over its runs (one run per
+seed) with a shaded min-max band where it has two or more. Non-finite values (a diverged run's NaN
+or inf) are dropped point by point: a diverged run is a result to show, not a reason to crash.
+
+matplotlib is an optional extra (`accumbench[plot]`) and, like pandas, is imported inside the
+functions, so that `accumbench --help` stays fast. Figures are built with `Figure` and the Agg
+canvas directly, not pyplot: no global backend switch, no figure registry to leak into, and safe
+from threads.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from accumbench.errors import UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+DPI = 120
+MISSING = "--plot needs matplotlib; pip install 'accumbench[plot]'"
+
+
+def slugify(model: str) -> str:
+    """A file-name-safe stem for a model name.
+
+    A local directory ("/tmp/x/tiny-bert", "./ckpt/", "~/m") is named by its last component
+    ("tiny-bert"): its parents say where it lives, not what it is. A hub id keeps its organisation
+    ("answerdotai/ModernBERT-base" -> "answerdotai_ModernBERT-base"), which tells models apart.
+    Anything but letters, digits, '.', '_' and '-' then becomes '_'."""
+    name = model.strip().replace("\\", "/")
+    if name.startswith(("/", ".", "~")):
+        name = PurePosixPath(name).name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return slug or "model"
+
+
+def unique_slugs(models: list[str]) -> dict[str, str]:
+    """slugify for each model, with -2, -3, ... appended where two models (in the order given) would
+    share a file. Compared case-insensitively, as on macOS and Windows file systems."""
+    taken: set[str] = set()
+    slugs = {}
+    for model in models:
+        base = slug = slugify(model)
+        n = 1
+        while slug.casefold() in taken:
+            n += 1
+            slug = f"{base}-{n}"
+        taken.add(slug.casefold())
+        slugs[model] = slug
+    return slugs
+
+
+def _require_matplotlib() -> None:
+    # The top-level package first: a missing (or blocked) matplotlib fails here, with the fix.
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise UserError(MISSING) from exc
+
+
+def _finite(frame: "pd.DataFrame", column: str) -> "pd.DataFrame":
+    import numpy as np
+
+    values = frame[column].astype(float)
+    return frame[np.isfinite(values)].assign(**{column: values})
+
+
+def _label_order(*frames: "pd.DataFrame") -> list[str]:
+    """Every label, sorted by its `order` (then name): the legend order, and the colour index, so a
+    label has the same colour in every figure of one call."""
+    import pandas as pd
+
+    rows = pd.concat([f[["label", "order"]] for f in frames if not f.empty])
+    if rows.empty:
+        return []
+    first = rows.groupby("label")["order"].min()
+    return sorted(first.index, key=lambda label: (first[label], label))
+
+
+def _band(ax: "Axes", x, stats: "pd.DataFrame", color, label: str, marker: str | None = None) -> None:
+    """The mean as a line, and the min-max band around it where more than one run contributes."""
+    ax.plot(x, stats["mean"], color=color, label=label, marker=marker, markersize=4)
+    if (stats["count"] > 1).any():
+        ax.fill_between(x, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
+
+
+def _seed_phrase(frame: "pd.DataFrame") -> str:
+    per_label = frame.groupby("label")["run_id"].nunique()
+    low, high = int(per_label.min()), int(per_label.max())
+    count = f"{low}" if low == high else f"{low}-{high}"
+    band = ", band: min-max" if high > 1 else ""
+    return f"mean over {count} seed{'s' if high > 1 else ''}{band}"
+
+
+def _validation_figure(model: str, frame: "pd.DataFrame", labels: list[str], colors) -> "Figure":
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(10, 4.2), dpi=DPI, layout="tight")
+    axes = fig.subplots(1, 2)
+    for ax, metric, name in zip(axes, ("val_accuracy", "val_loss"), ("validation accuracy", "validation loss")):
+        points = _finite(frame, metric)
+        for label in (lab for lab in labels if lab in set(points["label"])):
+            # Mean over the runs that have a finite value at that epoch: a run that diverged in
+            # epoch 3 still counts in epochs 1 and 2.
+            stats = points[points["label"] == label].groupby("epoch")[metric].agg(["mean", "min", "max", "count"])
+            _band(ax, stats.index, stats, colors[label], label, marker="o")
+        ax.set(xlabel="epoch", ylabel=name, title=name)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if axes[0].lines:
+        axes[0].legend(title="series", fontsize="small")
+    fig.suptitle(f"{model}: validation per epoch ({_seed_phrase(frame)})")
+    return fig
+
+
+def _smoothed_mean(frame: "pd.DataFrame") -> "pd.DataFrame":
+    """One label's training loss: each run smoothed by a centred rolling mean (window ~1/20 of its
+    steps: per-step losses are noisy), then the runs averaged on the union of their samples_seen
+    grid. A run is interpolated only inside its own span, never extrapolated, so a run that
+    diverged early stops counting where its finite losses stop."""
+    import numpy as np
+    import pandas as pd
+
+    curves = {}
+    for run_id, run in frame.groupby("run_id"):
+        run = run.sort_values("samples_seen")
+        window = max(1, len(run) // 20)
+        loss = run["loss"].rolling(window, center=True, min_periods=1).mean()
+        curves[run_id] = (run["samples_seen"].to_numpy(float), loss.to_numpy(float))
+    grid = np.unique(np.concatenate([x for x, _ in curves.values()]))
+    on_grid = pd.DataFrame({run_id: np.interp(grid, x, y, left=np.nan, right=np.nan)
+                            for run_id, (x, y) in curves.items()}, index=grid)
+    return pd.DataFrame({"mean": on_grid.mean(axis=1), "min": on_grid.min(axis=1),
+                         "max": on_grid.max(axis=1), "count": on_grid.count(axis=1)})
+
+
+def _train_loss_figure(model: str, frame: "pd.DataFrame", labels: list[str], colors) -> "Figure":
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
+
+    fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="tight")
+    ax = fig.subplots()
+    for label in (lab for lab in labels if lab in set(frame["label"])):
+        stats = _smoothed_mean(frame[frame["label"] == label])
+        _band(ax, stats.index, stats, colors[label], label)
+    ax.set(xlabel="samples seen", ylabel="training loss (per optimizer step)",
+           title=f"{model}: training loss (smoothed; {_seed_phrase(frame)})")
+    ax.xaxis.set_major_formatter(EngFormatter())  # 12k, not 12000 or an offset
+    ax.grid(alpha=0.3)
+    ax.legend(title="series", fontsize="small")
+    return fig
+
+
+def build_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path) -> dict[Path, "Figure"]:
+    """The figures write_figures saves, keyed by their path, in a stable order: models sorted, and
+    for each its validation figure, then its training-loss figure (left out without finite steps)."""
+    _require_matplotlib()
+    from matplotlib import colormaps
+
+    import pandas as pd
+
+    out_dir = Path(out_dir)
+    epochs = epochs if not epochs.empty else pd.DataFrame(columns=["model", "label", "order"])
+    steps = _finite(steps, "loss") if not steps.empty else pd.DataFrame(columns=["model", "label", "order"])
+    labels = _label_order(epochs, steps)
+    palette = colormaps["tab10"]
+    colors = {label: palette(i % palette.N) for i, label in enumerate(labels)}
+    models = sorted(set(epochs["model"]) | set(steps["model"]), key=str)
+    figures: dict[Path, Figure] = {}
+    for model, slug in unique_slugs([str(m) for m in models]).items():
+        model_epochs = epochs[epochs["model"].astype(str) == model]
+        model_steps = steps[steps["model"].astype(str) == model]
+        if not model_epochs.empty:
+            figures[out_dir / f"{slug}-validation.png"] = _validation_figure(model, model_epochs, labels, colors)
+        if not model_steps.empty:
+            figures[out_dir / f"{slug}-train-loss.png"] = _train_loss_figure(model, model_steps, labels, colors)
+    return figures
+
+
+def write_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path) -> list[Path]:
+    """Write each model's figures as PNG files into out_dir (created if needed); return their paths.
+
+    The files are `<slug>-validation.png` and `<slug>-train-loss.png`, slug as in `slugify`, made
+    unique within one call. Raises UserError when matplotlib is not installed."""
+    figures = build_figures(epochs, steps, out_dir)  # first: it raises the UserError without matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for path, fig in figures.items():
+        FigureCanvasAgg(fig)  # attaches itself to the figure: PNG output without pyplot's backend
+        fig.savefig(path, dpi=DPI)
+        fig.clear()  # no pyplot registry holds it: clearing frees its artists now, not at the next GC
+    return list(figures)

@@ -1,0 +1,134 @@
+"""`accumbench pick-best` on databases built to a known answer: selection happens on validation even
+when the test set disagrees, candidates that are not significantly worse compete on training time,
+the reported statistics are the known ones, and one seed per cell gets its warning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from accumbench import stats
+from accumbench.cli import app
+from accumbench.config import RunConfig
+from accumbench.engine import run_columns
+from accumbench.store import FINISHED, Store, resolve_db_url
+
+N = 200  # validation and test examples
+
+
+def predictions(accuracy: float, offset: int) -> tuple[list[int], list[int]]:
+    """Labels all 1; correct on a window of accuracy*N examples starting at `offset` (mod N), so
+    that two candidates' errors overlap as much or as little as their offsets say."""
+    right = round(accuracy * N)
+    correct = {(offset + i) % N for i in range(right)}
+    return [1] * N, [1 if i in correct else 0 for i in range(N)]
+
+
+def add_run(store: Store, ebs: int, seed: int, val: float, test: float, seconds: float,
+            val_offset: int = 0, test_offset: int = 0, val_loss: float | None = None) -> int:
+    config = RunConfig(model="m", effective_batch_size=ebs, micro_batch_size=8, seed=seed, data_seed=42, epochs=1)
+    run_id = store.create_run(**run_columns(config), num_test_samples=N, num_val_samples=N)
+    store.add_epoch(run_id, epoch=1, train_loss=0.3, train_accuracy=0.9, val_loss=val_loss if val_loss is not None else 1 - val,
+                    val_accuracy=val, test_loss=1 - test, test_accuracy=test, optimizer_steps=10, samples_seen=100,
+                    epoch_seconds=seconds + 1, train_seconds=seconds, eval_seconds=1, samples_per_second=100 / seconds,
+                    peak_memory_mb=100.0)
+    store.update_run(run_id, best_epoch=1)
+    for split, accuracy, offset in (("validation", val, val_offset), ("test", test, test_offset)):
+        labels, predicted = predictions(accuracy, offset)
+        store.save_predictions(run_id, split, 1, f"{split}-42", labels, predicted)
+    store.finish_run(run_id, FINISHED)
+    return run_id
+
+
+def pick(db: Path, *args: str, code: int = 0):
+    result = CliRunner().invoke(app, ["pick-best", "--db", str(db), *args], env={"COLUMNS": "200"})
+    assert result.exit_code == code, result.output + repr(result.exception)
+    return result
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return tmp_path / "runs.db"
+
+
+def test_selection_is_on_validation_even_when_test_disagrees(db):
+    """EBS 64 is clearly best on validation and worst on test; EBS 256 the reverse, and faster.
+    Picking on test would say 256; picking on validation says 64."""
+    with Store.open(resolve_db_url(str(db))) as store:
+        for seed, wobble in ((1, 0.0), (2, 0.01), (3, -0.01)):
+            add_run(store, 64, seed, val=0.90 + wobble, test=0.70, seconds=100)
+            add_run(store, 256, seed, val=0.70 + wobble, test=0.95, seconds=30, val_offset=100, test_offset=5)
+    out = json.loads(pick(db, "--json").stdout)["picks"][0]
+    assert out["pick"] == "EBS 64" and out["best_on_validation"] == "EBS 64"
+    assert out["test_accuracy"] == pytest.approx(0.70)  # reported, never used to choose
+    other = next(c for c in out["candidates"] if c["label"] == "EBS 256")
+    assert other["screen_test"] == "welch" and other["not_significantly_worse"] is False
+    _, _, welch_p = stats.welch_t_test([0.90, 0.91, 0.89], [0.70, 0.71, 0.69])
+    assert other["welch_p"] == pytest.approx(welch_p) and welch_p < 1e-4
+    # The test McNemar is there for the record: 256 is better on test, and that changes nothing.
+    b, c = other["mcnemar_test_discordant"]
+    assert c > b and other["mcnemar_test_p"] == pytest.approx(stats.mcnemar_exact(b, c))
+
+
+def test_the_cheapest_of_the_not_worse_wins_and_a_tie_goes_to_the_larger_ebs(db):
+    with Store.open(resolve_db_url(str(db))) as store:
+        for seed, wobble in ((1, 0.0), (2, 0.02), (3, -0.02)):
+            add_run(store, 64, seed, val=0.90 + wobble, test=0.90, seconds=300)
+            add_run(store, 256, seed, val=0.895 + wobble, test=0.89, seconds=100)
+            add_run(store, 1024, seed, val=0.893 - wobble, test=0.88, seconds=101)  # within 2% of 256: a tie
+            add_run(store, 16, seed, val=0.60 + wobble / 10, test=0.60, seconds=10)  # fastest, but clearly worse
+    result = pick(db)
+    assert "pick: EBS 1024" in result.stdout
+    assert "not significantly better" in result.stdout and "16 is significantly worse" in result.stdout
+    out = json.loads(pick(db, "--json").stdout)["picks"][0]
+    assert out["pick"] == "EBS 1024" and out["best_on_validation"] == "EBS 64"
+    assert {c["label"]: c["not_significantly_worse"] for c in out["candidates"]} == {
+        "EBS 64": True, "EBS 256": True, "EBS 1024": True, "EBS 16": False}
+    # Its test accuracy with a 95% interval: binomial noise on 200 examples plus the spread over seeds.
+    mean, low, high = stats.mean_accuracy_ci([0.88, 0.88, 0.88], N)
+    assert out["test_accuracy"] == pytest.approx(mean) and out["test_accuracy_ci95"] == pytest.approx([low, high])
+    assert high - low == pytest.approx(2 * 1.959964 * stats.accuracy_se(0.88, N), rel=1e-5)
+    # A smaller alpha asks for more evidence before ruling a candidate out: EBS 16's difference
+    # (Welch p around 1e-3) no longer counts, and the fastest candidate wins.
+    p16 = next(c["screen_p"] for c in out["candidates"] if c["label"] == "EBS 16")
+    assert 1e-4 < p16 < 0.05
+    assert json.loads(pick(db, "--json", "--alpha", "0.0001").stdout)["picks"][0]["pick"] == "EBS 16"
+
+
+def test_one_seed_uses_mcnemar_on_validation_and_warns(db):
+    with Store.open(resolve_db_url(str(db))) as store:
+        add_run(store, 64, 1, val=0.90, test=0.90, seconds=100)
+        add_run(store, 256, 1, val=0.88, test=0.91, seconds=50, val_offset=0)  # errors nested in 64's: b=4, c=0
+    out = json.loads(pick(db, "--json").stdout)["picks"][0]
+    other = next(c for c in out["candidates"] if c["label"] == "EBS 256")
+    assert other["screen_test"] == "mcnemar-validation" and other["welch_p"] is None
+    assert other["mcnemar_validation_p"] == pytest.approx(stats.mcnemar_exact(4, 0)) == 0.125
+    assert out["pick"] == "EBS 256"  # p = 0.125 >= 0.05: not significantly worse, and twice as fast
+    assert any("one seed per cell" in w for w in out["warnings"])
+    text = pick(db).stdout
+    assert "warning: one seed per cell" in text and "rests on exact McNemar" in text
+
+
+def test_val_loss_metric_selects_the_lowest_loss(db):
+    with Store.open(resolve_db_url(str(db))) as store:
+        for seed, wobble in ((1, 0.0), (2, 0.01), (3, -0.01)):
+            add_run(store, 64, seed, val=0.90, test=0.9, seconds=100, val_loss=0.50 + wobble)
+            add_run(store, 256, seed, val=0.85, test=0.9, seconds=100, val_loss=0.30 + wobble)
+    assert json.loads(pick(db, "--json").stdout)["picks"][0]["best_on_validation"] == "EBS 64"
+    out = json.loads(pick(db, "--json", "--metric", "val_loss").stdout)["picks"][0]
+    assert out["best_on_validation"] == "EBS 256" and out["metric"] == "val_loss"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--metric", "test_accuracy"], "unknown --metric 'test_accuracy'; choose one of: val_accuracy, val_loss"),
+    (["--by", "seed"], "unknown --by 'seed'"),
+    (["--alpha", "1.5"], "--alpha must be between 0 and 1"),
+])
+def test_bad_pick_input_is_one_line_and_exit_2(db, args, fragment):
+    with Store.open(resolve_db_url(str(db))) as store:
+        add_run(store, 64, 1, val=0.9, test=0.9, seconds=1)
+    result = pick(db, *args, code=2)
+    assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -1,0 +1,153 @@
+"""`accumbench report` on a real multi-seed sweep of a tiny BERT (2 EBS x 2 seeds x 2 backends):
+the stored predictions agree with the recorded accuracies, every format round-trips, the numbers are
+the database's, the backends compare, figures are written, and the database is never touched."""
+
+from __future__ import annotations
+
+import html.parser
+import io
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from accumbench.cli import app
+from accumbench.store import Store, resolve_db_url
+from accumbench.sweep import build_spec, run_sweep
+from conftest import query
+
+
+@pytest.fixture(scope="module")
+def swept(tiny_bert, tmp_path_factory) -> Path:
+    db = tmp_path_factory.mktemp("report") / "runs.db"
+    spec = build_spec(models=tiny_bert, effective_batch_sizes="8,32", seeds="1,2", backends="torch,accelerate",
+                      dataset="demo", max_train_samples=200, max_eval_samples=100, max_length=32, epochs=2,
+                      micro_batch_size=8, lr=1e-3, checkpoint=False, name="tiny-study")
+    assert run_sweep(spec, db=str(db)).ok
+    return db
+
+
+def report(db: Path, *args: str, code: int = 0):
+    result = CliRunner().invoke(app, ["report", "--db", str(db), *args], env={"COLUMNS": "250"})
+    assert result.exit_code == code, result.output + repr(result.exception)
+    return result
+
+
+def test_stored_predictions_match_the_recorded_accuracies(swept):
+    runs = query(swept, "SELECT * FROM runs ORDER BY id")
+    with Store.open_readonly(resolve_db_url(str(swept))) as store:
+        for split, column in (("validation", "val_accuracy"), ("test", "test_accuracy")):
+            predictions = store.predictions([r["id"] for r in runs], split)
+            for run in runs:
+                p = predictions[run["id"]]
+                assert p["epoch"] == run["best_epoch"] and len(p["labels"]) == 100
+                accuracy = sum(a == b for a, b in zip(p["labels"], p["predicted"])) / len(p["labels"])
+                (recorded,) = query(swept, f"SELECT {column} FROM epochs WHERE run_id = ? AND epoch = ?",
+                                    run["id"], run["best_epoch"])
+                assert accuracy == pytest.approx(recorded[0], abs=1e-12)
+            # The split is seeded by --seed here (no --data-seed): same seed, same examples.
+            by_seed = {}
+            for run in runs:
+                by_seed.setdefault(run["seed"], set()).add(predictions[run["id"]]["split_hash"])
+            assert all(len(hashes) == 1 for hashes in by_seed.values()) and by_seed[1] != by_seed[2]
+
+
+def test_csv_has_one_row_per_cell_with_the_databases_numbers(swept):
+    table = pd.read_csv(io.StringIO(report(swept, "--format", "csv").stdout))
+    assert len(table) == 4 and set(table["n"]) == {2} and set(table["seeds"]) == {"1,2"}
+    assert sorted(zip(table["effective_batch_size"], table["backend"])) == [
+        (8, "accelerate"), (8, "torch"), (32, "accelerate"), (32, "torch")]
+    for row in table.itertuples():
+        at_best = query(swept, "SELECT e.val_accuracy, e.test_accuracy FROM runs r JOIN epochs e ON e.run_id = r.id "
+                               "AND e.epoch = r.best_epoch WHERE r.effective_batch_size = ? AND r.backend = ?",
+                        row.effective_batch_size, row.backend)
+        vals = [r["val_accuracy"] for r in at_best]
+        assert row.val_accuracy_mean == pytest.approx(sum(vals) / 2)
+        assert row.val_accuracy_std == pytest.approx(pd.Series(vals).std())
+        assert row.test_accuracy_mean == pytest.approx(sum(r["test_accuracy"] for r in at_best) / 2)
+        assert row.best_test_accuracy_mean >= row.test_accuracy_mean  # the oracle column is never lower
+        times = query(swept, "SELECT SUM(e.train_seconds) AS t FROM runs r JOIN epochs e ON e.run_id = r.id "
+                             "WHERE r.effective_batch_size = ? AND r.backend = ? GROUP BY r.id",
+                      row.effective_batch_size, row.backend)
+        assert row.train_seconds_mean == pytest.approx(sum(t["t"] for t in times) / 2)
+        assert row.optimizer_steps_mean == 2 * math.ceil(200 / row.effective_batch_size)
+
+
+def test_json_and_the_backend_comparison(swept):
+    payload = json.loads(report(swept, "--format", "json").stdout)
+    assert len(payload["cells"]) == 4
+    comparison = payload["backend_comparison"]
+    assert sorted(c["effective_batch_size"] for c in comparison) == [8, 32]
+    for cell in comparison:
+        # On the CPU the two backends train bit for bit alike, dropout included.
+        assert cell["pairs"] == 2 and cell["val_accuracy_diff"] == 0 and cell["test_accuracy_diff"] == 0
+        assert abs(cell["val_loss_diff"]) < 1e-9 and cell["time_ratio"] > 0
+
+
+def test_markdown_html_and_the_terminal_table(swept, tmp_path):
+    markdown = report(swept, "--format", "markdown").stdout
+    assert "| model | EBS | backend | lr rule | seeds (n) | best train acc |" in markdown
+    assert "test acc at best val" in markdown and "best test acc (picked on test)" in markdown
+    assert "## Backends: accelerate against torch" in markdown and markdown.count("\n| ") >= 4 + 2
+
+    out = tmp_path / "report.html"
+    assert f"wrote {out}" in report(swept, "--format", "html", "-o", str(out)).stdout
+
+    class Tables(html.parser.HTMLParser):
+        tables = cells = 0
+
+        def handle_starttag(self, tag, attrs):
+            self.tables += tag == "table"
+            self.cells += tag == "td"
+
+    parser = Tables()
+    parser.feed(out.read_text())
+    assert parser.tables == 2 and parser.cells > 4 * 10
+
+    terminal = report(swept).stdout
+    assert "accumbench report: 8 runs in 4 cells" in terminal and "1,2 (2)" in terminal
+
+
+def test_filters_and_plots(swept, tmp_path):
+    torch_only = pd.read_csv(io.StringIO(report(swept, "--format", "csv", "--backend", "torch",
+                                                "--sweep", "tiny-study").stdout))
+    assert set(torch_only["backend"]) == {"torch"} and len(torch_only) == 2
+    result = report(swept, "--format", "csv", "--plot", str(tmp_path / "figures"))
+    written = sorted((tmp_path / "figures").iterdir())
+    assert [p.name for p in written] == ["tiny-bert0-train-loss.png", "tiny-bert0-validation.png"]
+    for png in written:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"wrote {png}" in result.stdout
+
+
+def test_the_database_is_opened_read_only(swept):
+    before = {p.name: p.read_bytes() for p in swept.parent.iterdir()}
+    report(swept, "--format", "json")
+    CliRunner().invoke(app, ["pick-best", "--db", str(swept)])
+    assert {p.name: p.read_bytes() for p in swept.parent.iterdir()} == before
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--sweep", "nope"], "no runs match (status FINISHED, sweep nope)"),
+    (["--format", "pdf"], "unknown --format 'pdf'; choose one of: table, markdown, csv, json, html"),
+    (["--status", "DONE"], "unknown --status 'DONE'"),
+    (["-o", "/no/such/dir/r.md"], "directory /no/such/dir does not exist"),
+])
+def test_bad_report_input_is_one_line_and_exit_2(swept, args, fragment):
+    result = report(swept, *args, code=2)
+    assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    if "nope" in args:
+        assert "sweeps there: tiny-study" in result.stderr
+
+
+def test_missing_and_empty_databases_say_so(tmp_path):
+    missing = tmp_path / "missing.db"
+    result = report(missing, code=2)
+    assert "no run database at" in result.stderr and not missing.exists()
+    empty = tmp_path / "empty.db"
+    Store.open(resolve_db_url(str(empty))).close()
+    result = report(empty, code=2)
+    assert "no runs match (status FINISHED)" in result.stderr and "sweeps there: none" in result.stderr
