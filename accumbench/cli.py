@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import inspect
 import sys
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import typer
 
@@ -78,6 +79,27 @@ def fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+@contextmanager
+def _stops_as_exit_codes(what: str) -> Iterator[None]:
+    """Ctrl-C and SIGTERM, after the engine has recorded the run as KILLED: say so, exit 130 / 143."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {what}", err=True)
+        raise typer.Exit(130)
+    except Terminated:
+        typer.echo(f"terminated: {what}", err=True)
+        raise typer.Exit(143)
+
+
+def _db_label(db: Optional[str]) -> str:
+    """Where the runs went, as the user would name it: the SQLite file, or the URL."""
+    from accumbench.store import resolve_db_url, sqlite_path
+
+    url = resolve_db_url(db)
+    return str(sqlite_path(url) or url)
+
+
 _CONFIG_OPTION = typer.Option(None, "--config", help="YAML file of options (underscored names); flags override it.")
 _DB_OPTION = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db).")
 
@@ -91,30 +113,23 @@ def train(config: Optional[Path] = _CONFIG_OPTION, db: Optional[str] = _DB_OPTIO
 
         accumbench train --model minilm --dataset demo --effective-batch-size 64 --micro-batch-size 16 --epochs 2
     """
-    try:
-        run_config = build_config(config, **options)
-        from accumbench.engine import RunDiverged
-        from accumbench.engine import train as run_training
-        from accumbench.progress import RichReporter
-        from accumbench.store import resolve_db_url, sqlite_path
+    with _stops_as_exit_codes("the run is recorded as KILLED"):
+        try:
+            run_config = build_config(config, **options)
+            from accumbench.engine import RunDiverged
+            from accumbench.engine import train as run_training
+            from accumbench.progress import RichReporter
 
-        reporter = RichReporter()
-        result = run_training(run_config, db=db, reporter=reporter)
-    except UserError as exc:
-        fail(str(exc))
-    except RunDiverged as exc:
-        # Not bad input (exit 2): the run happened and is recorded, as FAILED.
-        typer.echo(f"error: {exc}; recorded as FAILED. Lower --lr or use --lr-scaling sqrt", err=True)
-        raise typer.Exit(1)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: the run is recorded as KILLED", err=True)
-        raise typer.Exit(130)
-    except Terminated:
-        typer.echo("terminated: the run is recorded as KILLED", err=True)
-        raise typer.Exit(143)
+            reporter = RichReporter()
+            result = run_training(run_config, db=db, reporter=reporter)
+        except UserError as exc:
+            fail(str(exc))
+        except RunDiverged as exc:
+            # Not bad input (exit 2): the run happened and is recorded, as FAILED.
+            typer.echo(f"error: {exc}; recorded as FAILED. Lower --lr or use --lr-scaling sqrt", err=True)
+            raise typer.Exit(1)
     if result.run_id is not None:  # None on the other processes of a multi-process run
-        url = resolve_db_url(db)
-        reporter.summary(result, db_label=str(sqlite_path(url) or url))
+        reporter.summary(result, db_label=_db_label(db))
 
 
 @app.command()
@@ -146,32 +161,25 @@ def sweep(
 
         accumbench sweep --models minilm --effective-batch-sizes 16,32,64 --micro-batch-size 16 --epochs 2 --max-train-samples 480
     """
-    try:
-        from accumbench.sweep import build_spec
+    with _stops_as_exit_codes("the current run is recorded as KILLED; run the same command to resume"):
+        try:
+            from accumbench.sweep import build_spec
 
-        spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
-                          seeds=seeds, lr_scaling=lr_scaling, preset=preset, name=name, max_retries=max_retries,
-                          stale_after=stale_after, fail_fast=fail_fast, **options)
-        from accumbench.progress import RichSweepReporter
+            spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
+                              seeds=seeds, lr_scaling=lr_scaling, preset=preset, name=name, max_retries=max_retries,
+                              stale_after=stale_after, fail_fast=fail_fast, **options)
+            from accumbench.progress import RichSweepReporter
 
-        reporter = RichSweepReporter()
-        if dry_run:
-            reporter.dry_run(spec)
-            return
-        from accumbench.store import resolve_db_url, sqlite_path
-        from accumbench.sweep import run_sweep
+            reporter = RichSweepReporter()
+            if dry_run:
+                reporter.dry_run(spec)
+                return
+            from accumbench.sweep import run_sweep
 
-        result = run_sweep(spec, db=db, reporter=reporter)
-    except UserError as exc:
-        fail(str(exc))
-    except KeyboardInterrupt:
-        typer.echo("interrupted: the current run is recorded as KILLED; run the same command to resume", err=True)
-        raise typer.Exit(130)
-    except Terminated:
-        typer.echo("terminated: the current run is recorded as KILLED; run the same command to resume", err=True)
-        raise typer.Exit(143)
-    url = resolve_db_url(db)
-    reporter.summary(spec, result, db_label=str(sqlite_path(url) or url))
+            result = run_sweep(spec, db=db, reporter=reporter)
+        except UserError as exc:
+            fail(str(exc))
+    reporter.summary(spec, result, db_label=_db_label(db))
     if not result.ok:
         raise typer.Exit(1)
 

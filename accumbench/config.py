@@ -214,25 +214,31 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
     raise UserError(f"{_flag(name)} must be {base}, got {value!r}; fix the value in the flag or the YAML file")
 
 
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a run YAML file: a mapping whose keys are RunConfig field names."""
+def read_yaml_mapping(path: Path, what: str, known: tuple[str, ...], unknown_hint: str) -> dict[str, Any]:
+    """Read a YAML file that must be a mapping whose keys are all in `known` (run and sweep files).
+    An unknown key is named with a "did you mean" suggestion, or else `unknown_hint`."""
     import yaml
 
     if not path.is_file():
-        raise UserError(f"config file {path} does not exist; check the --config path")
+        raise UserError(f"{what} {path} does not exist; check the --config path")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         first_line = str(exc).splitlines()[0]
-        raise UserError(f"config file {path} is not valid YAML ({first_line}); fix the syntax") from None
+        raise UserError(f"{what} {path} is not valid YAML ({first_line}); fix the syntax") from None
     if not isinstance(data, dict):
-        raise UserError(f"config file {path} must be a mapping of option: value; found {type(data).__name__}")
+        raise UserError(f"{what} {path} must be a mapping of option: value; found {type(data).__name__}")
     for key in data:
-        if key not in CONFIG_KEYS:
-            close = difflib.get_close_matches(str(key).replace("-", "_"), CONFIG_KEYS, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"valid keys: {', '.join(CONFIG_KEYS)}"
+        if key not in known:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else unknown_hint
             raise UserError(f"unknown key '{key}' in {path}; {hint}")
     return data
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a run YAML file: a mapping whose keys are RunConfig field names."""
+    return read_yaml_mapping(path, "config file", CONFIG_KEYS, f"valid keys: {', '.join(CONFIG_KEYS)}")
 
 
 def build_config(config_file: Optional[Path] = None, **overrides: Any) -> RunConfig:

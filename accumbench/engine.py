@@ -95,22 +95,9 @@ def prepare(config: RunConfig, cache: Optional[dict[Any, Any]] = None) -> Prepar
     cache = {} if cache is None else cache
     config.accumulation_steps_for(world_size())  # checks EBS = world x micro x k before any loading
     require_supported_precision(config.precision)
-    data_key = (config.dataset, config.split_seed, config.text_column, config.label_column,
-                config.max_train_samples, config.max_eval_samples)
-    if data_key not in cache:
-        cache[data_key] = data.load_text_dataset(
-            config.dataset, seed=config.split_seed, text_column=config.text_column,
-            label_column=config.label_column, max_train_samples=config.max_train_samples,
-            max_eval_samples=config.max_eval_samples,
-        )
-    dataset = cache[data_key]
-    if config.drop_last and len(dataset.train) < config.effective_batch_size:
-        raise UserError(
-            f"--drop-last with {len(dataset.train)} training samples and effective batch size "
-            f"{config.effective_batch_size} leaves no optimizer step; lower --effective-batch-size or use --keep-last"
-        )
+    dataset = load_dataset(config, cache)
     tokenizer, encoder = load_tokenizer_and_encoder(config.model)
-    token_key = (data_key, config.model, config.max_length)
+    token_key = (_data_key(config), config.model, config.max_length)
     if token_key not in cache:
         cache[token_key] = {
             name: data.tokenize(getattr(dataset, name), tokenizer, config.max_length)
@@ -123,6 +110,30 @@ def prepare(config: RunConfig, cache: Optional[dict[Any, Any]] = None) -> Prepar
         len(splits["train"]), config.effective_batch_size, config.drop_last, config.epochs,
         config.train_steps if config.budget == "steps" else None)
     return Prepared(config, dataset, splits, model, tokenizer.pad_token_id, epochs, total_steps)
+
+
+def _data_key(config: RunConfig) -> tuple[Any, ...]:
+    """Everything that decides which examples a run gets: runs with equal keys share a loaded dataset."""
+    return (config.dataset, config.split_seed, config.text_column, config.label_column,
+            config.max_train_samples, config.max_eval_samples)
+
+
+def load_dataset(config: RunConfig, cache: dict[Any, Any]) -> data.TextDataset:
+    """The run's dataset, loaded once per `cache`, and checked against the batch plan (UserError)."""
+    key = _data_key(config)
+    if key not in cache:
+        cache[key] = data.load_text_dataset(
+            config.dataset, seed=config.split_seed, text_column=config.text_column,
+            label_column=config.label_column, max_train_samples=config.max_train_samples,
+            max_eval_samples=config.max_eval_samples,
+        )
+    dataset = cache[key]
+    if config.drop_last and len(dataset.train) < config.effective_batch_size:
+        raise UserError(
+            f"--drop-last with {len(dataset.train)} training samples and effective batch size "
+            f"{config.effective_batch_size} leaves no optimizer step; lower --effective-batch-size or use --keep-last"
+        )
+    return dataset
 
 
 def make_backend(prepared: Prepared) -> Backend:

@@ -21,7 +21,7 @@ from typing import Any, Optional
 import pandas as pd
 
 from accumbench import stats
-from accumbench.report import RunData
+from accumbench.report import RunData, cell_label, varying
 
 METRICS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}
 TIME_TIE = 0.02  # training times within 2% of each other are a tie: the larger EBS wins it
@@ -82,13 +82,12 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
 
 
 def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:
-    vary = [c for c in ("model", "lr_scaling", "variant") if group[c].nunique() > 1]
+    vary = varying(group, ("model", "lr_scaling", "variant"))
     out = []
     for cell, runs in group.groupby("cell", sort=False):
         first = runs.iloc[0]
-        label = f"EBS {first['effective_batch_size']}" + "".join(f" {first[c]}" for c in vary if first[c])
         values = runs[metric].astype(float)
-        out.append(Candidate(cell=cell, label=label, effective_batch_size=int(first["effective_batch_size"]),
+        out.append(Candidate(cell=cell, label=cell_label(first, vary), effective_batch_size=int(first["effective_batch_size"]),
                              runs=runs, metric_mean=values.mean(), metric_std=values.std(),
                              train_seconds=runs["train_seconds"].mean()))
     higher_is_better = metric == "val_accuracy"

@@ -98,6 +98,11 @@ class RichReporter(Reporter):
         )
 
 
+def short_model(model: str) -> str:
+    """A local model directory by its last path component; aliases and hub ids as they are."""
+    return Path(model).name if model.startswith(("/", ".", "~")) else model
+
+
 def _duration(seconds: float) -> str:
     minutes, seconds = divmod(round(seconds), 60)
     hours, minutes = divmod(minutes, 60)
@@ -176,7 +181,7 @@ class RichSweepReporter:
             state = "[green]finished[/]" if status.state == DONE else status.state
             if status.state not in (DONE, RUNNING_ELSEWHERE) and run and run["error"]:
                 state = f"[red]{status.state}[/]: {run['error'][:32]}"
-            values = {"model": Path(cell.model).name or cell.model, "backend": cell.backend,
+            values = {"model": short_model(cell.model), "backend": cell.backend,
                       "lr_scaling": cell.lr_scaling, "seed": str(cell.seed)}
             table.add_row(
                 *(values[name] for name in axes), str(cell.effective_batch_size), f"{cell.scaled_lr:.3g}",

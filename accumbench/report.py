@@ -21,6 +21,7 @@ import pandas as pd
 
 from accumbench.config import RunConfig
 from accumbench.errors import UserError
+from accumbench.progress import short_model
 
 # The columns that name a cell in the study's table; any other setting that differs between cells
 # is listed in a "variant" column rather than silently averaged over.
@@ -78,13 +79,12 @@ def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] =
         best_train_accuracy=("train_accuracy", "max"), best_test_accuracy=("test_accuracy", "max"),
         train_seconds=("train_seconds", "sum"), samples_seen=("samples_seen", "max"),
         optimizer_steps=("optimizer_steps", "max"), peak_memory_mb=("peak_memory_mb", "max"),
-        epochs_done=("epoch", "max"),
     )
     per_run["samples_per_second"] = per_run["samples_seen"] / per_run["train_seconds"]
     at_best = epochs.merge(frame[["run_id", "best_epoch"]], left_on=["run_id", "epoch"],
                            right_on=["run_id", "best_epoch"])
     at_best = at_best.set_index("run_id")[["val_accuracy", "val_loss", "test_accuracy", "test_loss"]]
-    frame = frame.drop(columns=[c for c in ("epochs",) if c in frame]).join(per_run, on="run_id").join(at_best, on="run_id")
+    frame = frame.join(per_run, on="run_id").join(at_best, on="run_id")
     frame = frame[frame["best_epoch"].notna()]  # e.g. a FAILED run that never finished an epoch
     if frame.empty:
         raise UserError(f"none of the matching runs in {store.url} finished an epoch; nothing to report")
@@ -170,13 +170,6 @@ def display_table(cells: pd.DataFrame) -> pd.DataFrame:
     return shown
 
 
-def short_model(model: str) -> str:
-    """A local model directory by its last path component; aliases and hub ids as they are."""
-    from pathlib import Path
-
-    return Path(model).name if model.startswith(("/", ".", "~")) else model
-
-
 def display_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "model": comparison["model"].map(short_model), "EBS": comparison["effective_batch_size"], "lr rule": comparison["lr_scaling"],
@@ -230,6 +223,16 @@ def _escape(text: str) -> str:
     return html.escape(text)
 
 
+def varying(runs: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
+    """The columns among `columns` whose value differs between the runs."""
+    return [c for c in columns if runs[c].nunique() > 1]
+
+
+def cell_label(run: dict[str, Any], vary: list[str]) -> str:
+    """A cell named for people: 'EBS 256', plus the values of the columns that vary, e.g. 'EBS 256 sqrt'."""
+    return f"EBS {run['effective_batch_size']}" + "".join(f" {run[c]}" for c in vary if run[c])
+
+
 # --- figures -------------------------------------------------------------------------------------
 
 
@@ -239,10 +242,9 @@ def plot_frames(store: Any, data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
     labels = {}
     for model, group in runs.groupby("model"):
         cells = group.drop_duplicates("cell").sort_values(["effective_batch_size", "lr_scaling", "backend", "variant"])
-        vary = [c for c in ("lr_scaling", "backend", "variant") if group[c].nunique() > 1]
-        for order, row in enumerate(cells.itertuples()):
-            extra = " ".join(str(getattr(row, c)) for c in vary)
-            labels[row.cell] = (f"EBS {row.effective_batch_size}" + (f" {extra}" if extra else ""), order)
+        vary = varying(group, ("lr_scaling", "backend", "variant"))
+        for order, row in enumerate(cells.to_dict("records")):
+            labels[row["cell"]] = (cell_label(row, vary), order)
     keys = runs[["run_id", "model", "cell", "seed"]].copy()
     keys["label"] = keys["cell"].map(lambda c: labels[c][0])
     keys["order"] = keys["cell"].map(lambda c: labels[c][1])

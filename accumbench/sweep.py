@@ -24,7 +24,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any, Optional
 
-from accumbench.config import CONFIG_KEYS, RunConfig, coerce_field
+from accumbench.config import CONFIG_KEYS, RunConfig, coerce_field, read_yaml_mapping
 from accumbench.errors import UserError
 from accumbench.store import FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, TERMINATED
 
@@ -103,25 +103,8 @@ def split_list(value: Any) -> list[Any]:
 
 def read_sweep_yaml(path: Path) -> dict[str, Any]:
     """A sweep file: grid axes (lists), shared run options, and sweep options, all as top-level keys."""
-    import yaml
-
-    if not path.is_file():
-        raise UserError(f"sweep file {path} does not exist; check the --config path")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"sweep file {path} is not valid YAML ({str(exc).splitlines()[0]}); fix the syntax") from None
-    if not isinstance(values, dict):
-        raise UserError(f"sweep file {path} must be a mapping of option: value; found {type(values).__name__}")
-    known = (*AXES, *SWEEP_OPTIONS, *CONFIG_KEYS)
-    for key in values:
-        if key not in known:
-            import difflib
-
-            close = difflib.get_close_matches(str(key).replace("-", "_"), known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"grid keys: {', '.join(AXES)}"
-            raise UserError(f"unknown key '{key}' in {path}; {hint}")
-    return values
+    return read_yaml_mapping(path, "sweep file", (*AXES, *SWEEP_OPTIONS, *CONFIG_KEYS),
+                             f"grid keys: {', '.join(AXES)}")
 
 
 def build_spec(config_file: Optional[Path] = None, **given: Any) -> SweepSpec:
@@ -291,27 +274,18 @@ def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
 def preflight(spec: SweepSpec, cache: dict[Any, Any]) -> None:
     """Everything that could be the user's mistake, checked for every cell before the first claim:
     models and datasets load (datasets stay in `cache` for the cells), and the sizes fit together."""
-    from accumbench import data
     from accumbench.backends.base import require_supported_precision
+    from accumbench.engine import load_dataset, world_size
     from accumbench.model import check_model
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if world_size() > 1:
         raise UserError("accumbench sweep runs one process per worker; instead of torchrun, start one sweep per GPU "
                         "with CUDA_VISIBLE_DEVICES=<i> (see the README)")
     for model in dict.fromkeys(cell.model for cell in spec.cells):
         check_model(model)
     for cell in spec.cells:
         require_supported_precision(cell.precision)
-        key = (cell.dataset, cell.split_seed, cell.text_column, cell.label_column, cell.max_train_samples,
-               cell.max_eval_samples)
-        if key not in cache:
-            cache[key] = data.load_text_dataset(
-                cell.dataset, seed=cell.split_seed, text_column=cell.text_column, label_column=cell.label_column,
-                max_train_samples=cell.max_train_samples, max_eval_samples=cell.max_eval_samples)
-        if cell.drop_last and len(cache[key].train) < cell.effective_batch_size:
-            raise UserError(
-                f"--drop-last with {len(cache[key].train)} training samples and effective batch size "
-                f"{cell.effective_batch_size} leaves no optimizer step; lower the EBS or use --keep-last")
+        load_dataset(cell, cache)
 
 
 # --- the worker loop ---------------------------------------------------------------------------
