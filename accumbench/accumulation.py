@@ -5,6 +5,7 @@ The plan is plain data, computed once per epoch, and every backend iterates the 
 
     epoch order (seeded shuffle, independent of the micro-batch size and the number of processes)
       -> optimizer groups of EBS samples (the last one may be short)
+        -> (group_by_length) the group's samples sorted longest first
         -> micro-batches of at most micro_batch_size samples, each with weight n_micro / n_group
           -> dealt round-robin to the processes: micro-step s of rank r is micro-batch s * W + r
 
@@ -19,11 +20,18 @@ With W processes, DDP averages the ranks' gradients (divides their sum by W), so
 multiplied by W: the sum over all ranks and micro-steps is again the group's mean loss. A rank
 that has no samples left in a ragged group's last micro-step gets an empty micro-batch (weight 0):
 it must still take part in the gradient all-reduce, or the other ranks would wait forever.
+
+Why sort inside a group: each micro-batch is padded to its own longest sample, and random
+micro-batches of short, varied texts (SST-2) are mostly padding. Sorting the group by length first
+puts similar lengths together, which cuts the padding (62% -> 11% on SST-2 at micro-batch 16 in
+groups of 256) without changing which samples form the group, so the step's gradient is the same.
+Unlike HF's group_by_length, which regroups the whole epoch, the groups stay the random ones.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional, Sequence
 import random
 from dataclasses import dataclass
 
@@ -115,11 +123,15 @@ def plan_epoch(
     epoch: int,
     drop_last: bool = False,
     world_size: int = 1,
+    lengths: Optional[Sequence[int]] = None,
 ) -> list[OptimizerGroup]:
-    """Every optimizer group of one (1-based) epoch, in training order."""
+    """Every optimizer group of one (1-based) epoch, in training order. With `lengths` (token
+    counts per sample), each group's samples are sorted longest first before they are cut."""
     order = epoch_order(num_samples, seed, epoch)
     n_groups = groups_per_epoch(num_samples, effective_batch_size, drop_last)
-    return [
-        cut_group(order[g * effective_batch_size : (g + 1) * effective_batch_size], micro_batch_size, world_size)
-        for g in range(n_groups)
-    ]
+    groups = [order[g * effective_batch_size : (g + 1) * effective_batch_size] for g in range(n_groups)]
+    if lengths is not None:
+        # Longest first: the first micro-batch is the largest, so a too-large one fails at once.
+        # sorted() is stable, so ties keep the shuffled order and the plan stays deterministic.
+        groups = [sorted(group, key=lambda i: -lengths[i]) for group in groups]
+    return [cut_group(group, micro_batch_size, world_size) for group in groups]

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import typer
 
-from accumbench.config import RunConfig, build_config
+from accumbench.config import RunConfig, base_type, build_config
 from accumbench.errors import Terminated, UserError
 
 app = typer.Typer(
@@ -39,8 +39,10 @@ def _root() -> None:
 
 
 _CONFIG_FIELDS = {f.name: f for f in fields(RunConfig)}
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
-_BOOLEAN_FLAGS = {"drop_last": "--drop-last/--keep-last", "checkpoint": "--checkpoint/--no-checkpoint"}
+# Union[int, str] is --micro-batch-size (a number or auto): read as text, RunConfig converts it.
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "Union[int, str]": str}
+_BOOLEAN_FLAGS = {"drop_last": "--drop-last/--keep-last", "checkpoint": "--checkpoint/--no-checkpoint",
+                  "group_by_length": "--group-by-length/--no-group-by-length", "compile": "--compile/--no-compile"}
 
 
 def _help(name: str) -> str:
@@ -60,7 +62,7 @@ def run_options(skip: tuple[str, ...] = (), own_first: bool = False) -> Callable
         for name, f in _CONFIG_FIELDS.items():
             if name in skip:
                 continue
-            base = _TYPES[f.type.removeprefix("Optional[").removesuffix("]")]
+            base = _TYPES[base_type(f.type)]
             declarations = (_BOOLEAN_FLAGS[name],) if name in _BOOLEAN_FLAGS else ()
             added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[base],
                                            default=typer.Option(None, *declarations, help=_help(name))))

@@ -12,12 +12,13 @@ import json
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 from accumbench.errors import UserError
 
 BACKENDS = ("torch", "accelerate")
-PRECISIONS = ("no", "bf16", "fp16")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+AUTO = "auto"  # --micro-batch-size auto: the largest power of two that fits in memory (see micro_batch.py)
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "linear", "cosine")
 POOLINGS = ("cls", "mean")
@@ -26,10 +27,11 @@ BUDGETS = ("epochs", "steps")
 
 # Fields that never change what a run computes, so they stay out of config_hash.
 _NOT_HASHED = frozenset({"checkpoint", "log_with"})
-# Fields added after runs were first recorded: left out of config_hash at their default, so the
-# hash of an earlier run (which had no such field) still names the same configuration.
-_HASHED_ONLY_WHEN_SET = {"lr_scaling": "none", "base_batch_size": 64, "budget": "epochs", "train_steps": None,
-                         "data_seed": None}
+# Fields added after runs were first recorded, with the value every earlier run implicitly had:
+# left out of config_hash at that value, so the hash of an earlier run still names the same
+# configuration. (group_by_length is on by default now, but earlier runs trained without it.)
+_EARLIER_RUNS_HAD = {"lr_scaling": "none", "base_batch_size": 64, "budget": "epochs", "train_steps": None,
+                     "data_seed": None, "group_by_length": False, "compile": False}
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,7 @@ class RunConfig:
     dataset: str = field(default="demo", metadata={"help": "demo, imdb, a hub dataset id, a local file or a directory."})
     backend: str = field(default="torch", metadata={"help": "Training loop: torch or accelerate."})
     effective_batch_size: int = field(default=64, metadata={"help": "Samples per optimizer step (EBS)."})
-    micro_batch_size: int = field(default=16, metadata={"help": "Samples per forward/backward pass; EBS must be a multiple."})
+    micro_batch_size: Union[int, str] = field(default=16, metadata={"help": "Samples per forward/backward pass (EBS must be a multiple), or auto: the largest power of two that fits in memory, keeping EBS."})
     epochs: int = field(default=5, metadata={"help": "Passes over the training split."})
     lr: float = field(default=5e-5, metadata={"help": "Peak learning rate at --base-batch-size (all EBS when --lr-scaling none)."})
     lr_scaling: str = field(default="none", metadata={"help": "Scale --lr with EBS/--base-batch-size: none, linear or sqrt."})
@@ -55,7 +57,7 @@ class RunConfig:
     max_length: int = field(default=128, metadata={"help": "Truncate token sequences to this length."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout before the linear head."})
     pooling: str = field(default="cls", metadata={"help": "cls or mean pooling of the encoder output."})
-    precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (fp16 needs a CUDA GPU)."})
+    precision: str = field(default="auto", metadata={"help": "auto (bf16 on a GPU that has it, else fp32), no, bf16 or fp16 (fp16 needs a CUDA GPU)."})
     seed: int = field(default=42, metadata={"help": "Seeds the sample order and the head (and the split, unless --data-seed)."})
     data_seed: Optional[int] = field(default=None, metadata={"help": "Seeds the 8:1:1 split alone (default: --seed)."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N training samples."})
@@ -63,6 +65,8 @@ class RunConfig:
     text_column: Optional[str] = field(default=None, metadata={"help": "Text column (default: auto-detect)."})
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (default: auto-detect)."})
     drop_last: bool = field(default=False, metadata={"help": "Drop the short last optimizer group of each epoch."})
+    group_by_length: bool = field(default=True, metadata={"help": "Sort each optimizer group by length before cutting micro-batches: less padding, same gradient."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model (pays off on a GPU for long runs)."})
     checkpoint: bool = field(default=True, metadata={"help": "Save the best-validation model as safetensors."})
     log_with: Optional[str] = field(default=None, metadata={"help": "Also log to a tracker: wandb, tensorboard or mlflow (default: off)."})
 
@@ -87,23 +91,33 @@ class RunConfig:
         return self.seed if self.data_seed is None else self.data_seed
 
     @property
-    def accumulation_steps(self) -> int:
-        """Micro-batches per optimizer step in one process: EBS / micro-batch size."""
-        return self.effective_batch_size // self.micro_batch_size
+    def auto_micro_batch(self) -> bool:
+        return self.micro_batch_size == AUTO
 
-    def accumulation_steps_for(self, world_size: int) -> int:
+    @property
+    def accumulation_steps(self) -> Optional[int]:
+        """Micro-batches per optimizer step in one process: EBS / micro-batch size (None until auto is resolved)."""
+        return None if self.auto_micro_batch else self.effective_batch_size // self.micro_batch_size
+
+    def accumulation_steps_for(self, world_size: int) -> Optional[int]:
         """Micro-steps per optimizer step on each of `world_size` processes: EBS = world x micro x k."""
-        per_step = world_size * self.micro_batch_size
+        per_step = world_size * (1 if self.auto_micro_batch else self.micro_batch_size)
         if self.effective_batch_size % per_step:
+            micro = "" if self.auto_micro_batch else f" x micro-batch size {self.micro_batch_size} = {per_step}"
             raise UserError(
-                f"effective batch size {self.effective_batch_size} is not a multiple of {world_size} processes x "
-                f"micro-batch size {self.micro_batch_size} = {per_step}; use a multiple of {per_step} or change "
-                "--micro-batch-size"
+                f"effective batch size {self.effective_batch_size} is not a multiple of {world_size} processes"
+                f"{micro}; use a multiple of {per_step} or change --micro-batch-size"
             )
-        return self.effective_batch_size // per_step
+        return None if self.auto_micro_batch else self.effective_batch_size // per_step
+
+    def with_micro_batch_size(self, micro_batch_size: int) -> RunConfig:
+        """This configuration with --micro-batch-size auto replaced by the size it resolved to."""
+        return dataclasses.replace(self, micro_batch_size=micro_batch_size)
 
     def _validate(self) -> None:
         for name in ("effective_batch_size", "micro_batch_size", "epochs", "max_length"):
+            if name == "micro_batch_size" and self.auto_micro_batch:
+                continue
             if getattr(self, name) <= 0:
                 raise UserError(f"{_flag(name)} must be a positive integer, got {getattr(self, name)}; pass a value >= 1")
         if self.base_batch_size <= 0:
@@ -114,7 +128,7 @@ class RunConfig:
                 raise UserError(f"{_flag(name)} must be a positive integer, got {value}; pass a value >= 1 or leave it out")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise UserError(f"--lr must be a positive number, got {self.lr}; pass e.g. --lr 5e-5")
-        if self.effective_batch_size % self.micro_batch_size:
+        if not self.auto_micro_batch and self.effective_batch_size % self.micro_batch_size:
             lower = max(self.micro_batch_size, self.effective_batch_size // self.micro_batch_size * self.micro_batch_size)
             upper = lower + self.micro_batch_size
             raise UserError(
@@ -165,7 +179,7 @@ class RunConfig:
             del hashed["epochs"]
         if self.data_seed == self.seed:
             hashed["data_seed"] = None
-        for name, default in _HASHED_ONLY_WHEN_SET.items():
+        for name, default in _EARLIER_RUNS_HAD.items():
             if name in hashed and hashed[name] == default:
                 del hashed[name]
         return hashlib.sha256(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:16]
@@ -180,6 +194,13 @@ def coerce_field(name: str, value: Any) -> Any:
     return _coerce(name, value, next(f.type for f in fields(RunConfig) if f.name == name))
 
 
+def base_type(annotation: str) -> str:
+    """A field's type without Optional: "Optional[int]" -> "int"."""
+    if annotation.startswith("Optional["):
+        return annotation.removeprefix("Optional[").removesuffix("]")
+    return annotation
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -190,7 +211,11 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
         if annotation.startswith("Optional"):
             return None
         raise UserError(f"{_flag(name)} needs a value; remove the empty key or give one")
-    base = annotation.removeprefix("Optional[").removesuffix("]")
+    base = expected = base_type(annotation)
+    if base == "Union[int, str]":  # --micro-batch-size: a number, or auto
+        if isinstance(value, str) and value.strip().lower() == AUTO:
+            return AUTO
+        base, expected = "int", "int or auto"
     try:
         if base == "int":
             if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
@@ -211,7 +236,7 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
             return str(value)
     except (TypeError, ValueError):
         pass
-    raise UserError(f"{_flag(name)} must be {base}, got {value!r}; fix the value in the flag or the YAML file")
+    raise UserError(f"{_flag(name)} must be {expected}, got {value!r}; fix the value in the flag or the YAML file")
 
 
 def read_yaml_mapping(path: Path, what: str, known: tuple[str, ...], unknown_hint: str) -> dict[str, Any]:

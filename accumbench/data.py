@@ -8,10 +8,12 @@ would. `datasets`, `torch` and tokenizers are imported inside functions so the C
 from __future__ import annotations
 
 import functools
+import json
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterable, Optional, Sequence
 
 from accumbench.errors import UserError, first_line
 
@@ -224,7 +226,7 @@ class EncodedSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    @property
+    @functools.cached_property
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
 
@@ -236,16 +238,118 @@ def tokenize(split: TextSplit, tokenizer: Any, max_length: int) -> EncodedSplit:
     return EncodedSplit(input_ids=encoded["input_ids"], labels=list(split.labels))
 
 
+def cache_dir() -> Path:
+    """$ACCUMBENCH_CACHE, else $XDG_CACHE_HOME/accumbench, else ~/.cache/accumbench."""
+    if os.environ.get("ACCUMBENCH_CACHE"):
+        return Path(os.environ["ACCUMBENCH_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "accumbench"
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Names what the tokenizer does: its full serialised pipeline (vocabulary, normaliser, special
+    tokens), so a changed vocabulary or lower-casing never reuses stale tokens."""
+    import hashlib
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        # A call with truncation=True leaves truncation switched on in the backend: not part of what it is.
+        spec.pop("truncation", None)
+        spec.pop("padding", None)
+        text = json.dumps(spec, sort_keys=True)
+    else:  # a slow (Python) tokenizer: its class, vocabulary and settings
+        text = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()),
+                           str(tokenizer.init_kwargs)], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class TokenCache:
+    """Tokenized splits on disk, one .npz per (examples, tokenizer, max length).
+
+    The key is built from the splits' fingerprints (which examples, in which order: so the dataset,
+    its split seed and any --max-*-samples), the tokenizer's fingerprint and max_length. Writes go
+    to a temporary file renamed into place, so parallel workers never read half a file."""
+
+    VERSION = 1  # bump when the file layout changes
+
+    def __init__(self, root: Optional[Path] = None) -> None:
+        self.root = (root or cache_dir()) / "tokenized"
+
+    def key(self, dataset: TextDataset, tokenizer: Any, max_length: int) -> str:
+        import hashlib
+
+        parts = [str(self.VERSION), tokenizer_fingerprint(tokenizer), str(max_length),
+                 *(getattr(dataset, name).fingerprint for name in SPLITS)]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
+
+    def load_or_tokenize(self, dataset: TextDataset, tokenizer: Any, max_length: int
+                         ) -> tuple[dict[str, EncodedSplit], bool]:
+        """(split name -> tokens, whether they came from the cache)."""
+        path = self.root / f"{self.key(dataset, tokenizer, max_length)}.npz"
+        if path.is_file():
+            try:
+                return self._read(path, dataset), True
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable (a disk error, a foreign file): tokenize again and overwrite it
+        splits = {name: tokenize(getattr(dataset, name), tokenizer, max_length) for name in SPLITS}
+        try:
+            self._write(path, splits)
+        except OSError:
+            pass  # a read-only or full disk only costs the next run its tokenization time
+        return splits, False
+
+    @staticmethod
+    def _write(path: Path, splits: dict[str, EncodedSplit]) -> None:
+        import tempfile
+
+        import numpy as np
+
+        arrays = {}
+        for name, split in splits.items():
+            arrays[f"{name}_lengths"] = np.asarray(split.lengths, dtype=np.int32)
+            arrays[f"{name}_tokens"] = np.fromiter((t for ids in split.input_ids for t in ids), dtype=np.int32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
+            np.savez(tmp, **arrays)
+        os.replace(tmp.name, path)
+
+    @staticmethod
+    def _read(path: Path, dataset: TextDataset) -> dict[str, EncodedSplit]:
+        import numpy as np
+
+        splits = {}
+        with np.load(path) as arrays:
+            for name in SPLITS:
+                lengths, tokens = arrays[f"{name}_lengths"], arrays[f"{name}_tokens"].tolist()
+                ends = np.cumsum(lengths).tolist()
+                starts = [0, *ends[:-1]]
+                labels = list(getattr(dataset, name).labels)
+                if len(labels) != len(lengths) or (ends and ends[-1] != len(tokens)):
+                    raise ValueError(f"{path} does not match the dataset")
+                splits[name] = EncodedSplit([tokens[a:b] for a, b in zip(starts, ends)], labels)
+        return splits
+
+
 def collate(split: EncodedSplit, indices: Sequence[int], pad_token_id: int) -> dict[str, Any]:
     """Pad the selected samples to the longest among them (dynamic padding)."""
     import torch
 
     rows = [split.input_ids[i] for i in indices]
     width = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for r, ids in enumerate(rows):
-        input_ids[r, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[r, : len(ids)] = 1
+    # One tensor from nested lists: a copy per row into a preallocated tensor costs more in Python.
+    input_ids = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], dtype=torch.long)
+    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
     labels = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def token_counts(micro_batches: Iterable[Sequence[int]], lengths: Sequence[int]) -> tuple[int, int]:
+    """(real tokens, tokens after padding) of these micro-batches, each padded to its own longest
+    sample as `collate` does: the padding fraction is 1 - real / padded."""
+    real = padded = 0
+    for indices in micro_batches:
+        if indices:
+            sizes = [lengths[i] for i in indices]
+            real += sum(sizes)
+            padded += max(sizes) * len(sizes)
+    return real, padded

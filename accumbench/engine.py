@@ -11,6 +11,7 @@ terminal status whatever happens.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -29,7 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation, data
-from accumbench.backends.base import Backend, Diverged, require_supported_precision
+from accumbench.backends.base import (
+    AUTOCAST_DTYPES, Backend, Diverged, micro_batch_loss, require_supported_precision, resolve_precision,
+    training_device, use_fast_cuda_math,
+)
 from accumbench.config import RunConfig
 from accumbench.errors import Terminated, UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
@@ -73,13 +77,15 @@ class RunLost(Exception):
 class Prepared:
     """Everything a run needs, loaded and validated before anything is written."""
 
-    config: RunConfig
+    config: RunConfig  # as the run trains it: --micro-batch-size auto and --precision auto resolved
     dataset: data.TextDataset
     splits: dict[str, data.EncodedSplit]
     model: TextClassifier
     pad_token_id: int
     epochs: int  # planned, from the budget: config.epochs, or enough for config.train_steps
     total_steps: int  # optimizer steps of the whole run
+    tokenize_seconds: float  # spent tokenizing, or reading the tokens back from the cache
+    tokens_cached: bool  # whether the tokenized splits came from a cache (disk, or a sweep's memory)
 
 
 def world_size() -> int:
@@ -91,25 +97,44 @@ def prepare(config: RunConfig, cache: Optional[dict[Any, Any]] = None) -> Prepar
     """Load data and model and tokenize once. Raises UserError on bad input; writes nothing.
 
     `cache` (a sweep passes one dict for all its cells) keeps loaded datasets and tokenized splits,
-    so cells that share them load and tokenize once. The model is always loaded afresh."""
+    so cells that share them load and tokenize once; tokenized splits are also cached on disk
+    (data.TokenCache), so a second run of the same data and tokenizer skips tokenization. The
+    model is always loaded afresh."""
     cache = {} if cache is None else cache
     config.accumulation_steps_for(world_size())  # checks EBS = world x micro x k before any loading
+    if config.auto_micro_batch and world_size() > 1:
+        raise UserError("--micro-batch-size auto needs a single process (each would probe on its own); "
+                        "pass a number with torchrun or accelerate launch")
     require_supported_precision(config.precision)
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision))
     dataset = load_dataset(config, cache)
     tokenizer, encoder = load_tokenizer_and_encoder(config.model)
     token_key = (_data_key(config), config.model, config.max_length)
+    started, tokens_cached = time.perf_counter(), True
     if token_key not in cache:
-        cache[token_key] = {
-            name: data.tokenize(getattr(dataset, name), tokenizer, config.max_length)
-            for name in ("train", "validation", "test")
-        }
+        cache[token_key], tokens_cached = data.TokenCache().load_or_tokenize(dataset, tokenizer, config.max_length)
     splits = cache[token_key]
+    tokenize_seconds = time.perf_counter() - started
     torch.manual_seed(config.seed)  # the head's init depends on the seed only
     model = TextClassifier(encoder, dataset.num_labels, config.dropout, config.pooling)
+    if config.auto_micro_batch:
+        config = config.with_micro_batch_size(_probe_micro_batch_size(model, config))
     epochs, total_steps = accumulation.training_length(
         len(splits["train"]), config.effective_batch_size, config.drop_last, config.epochs,
         config.train_steps if config.budget == "steps" else None)
-    return Prepared(config, dataset, splits, model, tokenizer.pad_token_id, epochs, total_steps)
+    return Prepared(config, dataset, splits, model, tokenizer.pad_token_id, epochs, total_steps, tokenize_seconds,
+                    tokens_cached)
+
+
+def _probe_micro_batch_size(model: TextClassifier, config: RunConfig) -> int:
+    """--micro-batch-size auto, probed on the device the run will train on."""
+    from accumbench.micro_batch import auto_micro_batch_size
+
+    device = training_device()
+    use_fast_cuda_math()
+    model.to(device)
+    return auto_micro_batch_size(model, device, config.effective_batch_size, world_size(), config.max_length,
+                                 AUTOCAST_DTYPES.get(config.precision), lambda m, batch: micro_batch_loss(m, batch)[0])
 
 
 def _data_key(config: RunConfig) -> tuple[Any, ...]:
@@ -139,9 +164,10 @@ def load_dataset(config: RunConfig, cache: dict[Any, Any]) -> data.TextDataset:
 def make_backend(prepared: Prepared) -> Backend:
     """The training loop the config names, set up for this process (and its process group)."""
     config = prepared.config
+    use_fast_cuda_math()
     common = dict(optimizer=config.optimizer, lr=config.scaled_lr, weight_decay=config.weight_decay,
                   scheduler=config.scheduler, warmup_ratio=config.warmup_ratio,
-                  total_steps=prepared.total_steps, precision=config.precision)
+                  total_steps=prepared.total_steps, precision=config.precision, compile=config.compile)
     if config.backend == "accelerate":
         from accumbench.backends.accelerate_loop import AccelerateBackend
 
@@ -166,8 +192,10 @@ def run_columns(config: RunConfig) -> dict[str, Any]:
         model=config.model, dataset=config.dataset, seed=config.seed,
         lr=config.scaled_lr, base_lr=config.lr, lr_scaling=config.lr_scaling, base_batch_size=config.base_batch_size,
         budget=config.budget, train_steps=config.train_steps,
-        effective_batch_size=config.effective_batch_size, micro_batch_size=config.micro_batch_size,
-        accumulation_steps=config.accumulation_steps, epochs=config.epochs, max_length=config.max_length,
+        effective_batch_size=config.effective_batch_size,
+        # --micro-batch-size auto is probed once the model is loaded: 0 until loaded_columns fills it in.
+        micro_batch_size=0 if config.auto_micro_batch else config.micro_batch_size,
+        accumulation_steps=config.accumulation_steps or 0, epochs=config.epochs, max_length=config.max_length,
         optimizer=config.optimizer, scheduler=config.scheduler, precision=config.precision,
     )
 
@@ -175,7 +203,9 @@ def run_columns(config: RunConfig) -> dict[str, Any]:
 def loaded_columns(prepared: Prepared, backend: Backend) -> dict[str, Any]:
     """The run's columns known once data, model and backend are set up."""
     return dict(
+        micro_batch_size=prepared.config.micro_batch_size, precision=prepared.config.precision,
         accumulation_steps=prepared.config.accumulation_steps_for(backend.world_size), world_size=backend.world_size,
+        tokenize_seconds=prepared.tokenize_seconds, tokens_cached=prepared.tokens_cached,
         epochs=prepared.epochs, train_steps=prepared.total_steps,
         torch_version=_version("torch"), transformers_version=_version("transformers"),
         accelerate_version=_version("accelerate"), device=_device_name(backend.device),
@@ -328,9 +358,12 @@ def _epochs(run_id: Optional[int], prepared: Prepared, backend: Backend, store: 
             torch.cuda.reset_peak_memory_stats(device)
         groups = accumulation.plan_epoch(len(train_split), config.effective_batch_size, config.micro_batch_size,
                                          seed=config.seed, epoch=epoch, drop_last=config.drop_last,
-                                         world_size=backend.world_size)
+                                         world_size=backend.world_size,
+                                         lengths=train_split.lengths if config.group_by_length else None)
         # The steps budget cuts the last epoch short; evaluation still follows, as at every epoch end.
         groups = groups[: prepared.total_steps - optimizer_steps]
+        real_tokens, padded_tokens = data.token_counts((mb.indices for g in groups for mb in g.micro_batches),
+                                                       train_split.lengths)
         reporter.epoch_started(epoch, sum(len(g) for g in groups))
         epoch_start = time.perf_counter()
         stats = backend.train_epoch(groups, batch_for, epoch, config.grad_clip, optimizer_steps, samples_seen,
@@ -351,7 +384,8 @@ def _epochs(run_id: Optional[int], prepared: Prepared, backend: Backend, store: 
             val_loss=val_loss, val_accuracy=val_accuracy, test_loss=test_loss, test_accuracy=test_accuracy,
             optimizer_steps=optimizer_steps, samples_seen=samples_seen, skipped_steps=stats.skipped_steps,
             epoch_seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, eval_seconds=eval_seconds,
-            samples_per_second=stats.samples / train_seconds, peak_memory_mb=_peak_memory_mb(device),
+            samples_per_second=stats.samples / train_seconds, tokens_per_second=real_tokens / train_seconds,
+            padding_fraction=1 - real_tokens / padded_tokens, peak_memory_mb=_peak_memory_mb(device),
         )
         if best is None or _better(row, best):
             best = row

@@ -31,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from accumbench.config import PRECISIONS  # runs.precision (accelerate's mixed_precision names)
 from accumbench.errors import UserError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 STATUSES = (RUNNING, FINISHED, FAILED, KILLED)
@@ -160,6 +160,9 @@ class Run(Base):
     base_batch_size: Mapped[int | None]
     budget: Mapped[str | None]  # epochs or steps
     train_steps: Mapped[int | None]  # optimizer steps planned for the whole run
+    # Added in schema version 5.
+    tokenize_seconds: Mapped[float | None]  # tokenizing the splits, or reading them from the cache
+    tokens_cached: Mapped[bool | None]  # whether the tokenized splits came from the cache
 
 
 class Epoch(Base):
@@ -185,6 +188,10 @@ class Epoch(Base):
     # Added in schema version 2: optimizer steps the fp16 GradScaler skipped
     # (inf/NaN gradients) in this epoch; NULL when not measured (no fp16).
     skipped_steps: Mapped[int | None]
+    # Added in schema version 5: real (non-pad) tokens trained per second, and the share of padding
+    # in the epoch's micro-batches (pad tokens / all tokens fed).
+    tokens_per_second: Mapped[float | None]
+    padding_fraction: Mapped[float | None]
 
 
 class Step(Base):
@@ -347,6 +354,12 @@ def _migrate_to_4(conn: Connection) -> None:
     """3 -> 4: the predictions table only, which create_all makes."""
 
 
+def _migrate_to_5(conn: Connection) -> None:
+    """4 -> 5: tokenization time and cache use per run; tokens/s and padding per epoch."""
+    _add_missing_columns(conn, Run.__table__, ("tokenize_seconds", "tokens_cached"))
+    _add_missing_columns(conn, Epoch.__table__, ("tokens_per_second", "padding_fraction"))
+
+
 # Why migrations rather than "delete the old file": a run database holds results
 # that took GPU-hours to produce, so a new accumbench upgrades it in place.
 # Store.open runs these in order (found+1 .. SCHEMA_VERSION) inside its single
@@ -354,7 +367,7 @@ def _migrate_to_4(conn: Connection) -> None:
 # upgrade is all-or-nothing and parallel workers can't both run it. Each function
 # takes the database from version N-1 to N and must be idempotent (inspect before
 # altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
-_MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4}
+_MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5}
 assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
 
 
@@ -497,6 +510,7 @@ class Store:
         precision: str | None = None, world_size: int | None = None,
         base_lr: float | None = None, lr_scaling: str | None = None, base_batch_size: int | None = None,
         budget: str | None = None, train_steps: int | None = None,
+        tokenize_seconds: float | None = None, tokens_cached: bool | None = None,
     ) -> int:
         """Insert a run with status RUNNING; created/started/heartbeat = now. Returns its id.
         (Runs of a sweep are inserted by claim() instead.)"""

@@ -4,8 +4,11 @@ directory. Their tokenizer is the real one shipped with the packaged all-MiniLM-
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sqlite3
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+# Tokenized splits are cached on disk: keep the tests' cache out of ~/.cache, and shared by the session.
+os.environ["ACCUMBENCH_CACHE"] = tempfile.mkdtemp(prefix="accumbench-test-cache-")
+atexit.register(shutil.rmtree, os.environ["ACCUMBENCH_CACHE"], ignore_errors=True)
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
 

@@ -116,10 +116,15 @@ def test_lr_scaling_known_answers():
 
 
 def test_config_hash_of_earlier_runs_is_unchanged_by_later_fields():
-    """Known answers computed by the accumbench that had no lr_scaling/budget/data_seed fields: a
-    configuration that leaves them at their defaults must keep its hash, or sweeps would rerun it."""
-    assert RunConfig().config_hash == "1b1878494661cbde"
-    assert RunConfig(lr=2e-5, model="bert", effective_batch_size=256).config_hash == "51b0240246335c22"
+    """Known answers computed by the accumbench that had no lr_scaling/budget/data_seed/group_by_length/
+    compile fields and defaulted to precision "no": an earlier run's configuration must keep its hash,
+    or sweeps would rerun it."""
+    earlier = dict(precision="no", group_by_length=False)  # what every earlier run did
+    assert RunConfig(**earlier).config_hash == "1b1878494661cbde"
+    assert RunConfig(lr=2e-5, model="bert", effective_batch_size=256, **earlier).config_hash == "51b0240246335c22"
+    # The new defaults name a different computation (grouped micro-batches; precision chosen per device).
+    assert RunConfig().config_hash != RunConfig(**earlier).config_hash
+    assert RunConfig(compile=False, **earlier).config_hash == "1b1878494661cbde"
 
 
 def test_config_hash_ignores_settings_that_cannot_change_the_run():

@@ -64,7 +64,7 @@ class AccelerateBackend(Backend):
 
     def __init__(self, model: torch.nn.Module, *, optimizer: str, lr: float, weight_decay: float, scheduler: str,
                  warmup_ratio: float, total_steps: int, precision: str = "no", accumulation_steps: int,
-                 collate: BatchFn) -> None:
+                 collate: BatchFn, compile: bool = False) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState, GradientState
         from accelerate.utils import DataLoaderConfiguration
@@ -79,7 +79,9 @@ class AccelerateBackend(Backend):
             cpu=not torch.cuda.is_available(),
             gradient_accumulation_steps=accumulation_steps, mixed_precision=precision,
             step_scheduler_with_optimizer=False,
-            dataloader_config=DataLoaderConfiguration(even_batches=False),
+            # non_blocking: batches come from pinned memory (pin_memory below), so copies overlap compute.
+            dataloader_config=DataLoaderConfiguration(even_batches=False, non_blocking=True),
+            dynamo_backend="inductor" if compile else "no",
         )
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
@@ -94,7 +96,9 @@ class AccelerateBackend(Backend):
         # Its own generator: iterating a DataLoader draws a worker base seed, by default from torch's global
         # generator, which would shift the dropout masks away from the PyTorch backend's every epoch.
         loader = torch.utils.data.DataLoader(_Keys(), batch_sampler=self._plan, collate_fn=collate_keys,
-                                             generator=torch.Generator())
+                                             generator=torch.Generator(), pin_memory=self.device.type == "cuda")
+        # On the device before the optimizer is made, so that it can pick its fused CUDA kernel.
+        model.to(self.device)
         opt = make_optimizer(model, optimizer, lr, weight_decay)
         sched = make_scheduler(opt, scheduler, warmup_ratio, total_steps)
         self._module = model
@@ -133,7 +137,7 @@ class AccelerateBackend(Backend):
                     yield group, loss_sum, correct
                     loss_sum = correct = None
 
-    def optimizer_step(self, grad_clip: Optional[float]) -> tuple[float, bool]:
+    def optimizer_step(self, grad_clip: Optional[float]) -> tuple[torch.Tensor, bool]:
         # Only reached when sync_gradients is true. clip_grad_norm_ unscales fp16 gradients first.
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), grad_clip or float("inf"))
         self.optimizer.step()
@@ -141,7 +145,7 @@ class AccelerateBackend(Backend):
         if not skipped:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm), skipped
+        return grad_norm, skipped
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         return self.accelerator.reduce(tensor, reduction="sum") if self.world_size > 1 else tensor

@@ -17,7 +17,8 @@ import torch.distributed as dist
 
 from accumbench.accumulation import OptimizerGroup
 from accumbench.backends.base import (
-    AUTOCAST_DTYPES, Backend, BatchFn, make_optimizer, make_scheduler, micro_batch_loss, rank_inputs,
+    AUTOCAST_DTYPES, Backend, BatchFn, make_optimizer, make_scheduler, micro_batch_loss, rank_inputs, to_device,
+    training_device,
 )
 
 
@@ -25,19 +26,19 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, model: torch.nn.Module, *, optimizer: str, lr: float, weight_decay: float, scheduler: str,
-                 warmup_ratio: float, total_steps: int, precision: str = "no") -> None:
+                 warmup_ratio: float, total_steps: int, precision: str = "no", compile: bool = False) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        self.device = training_device()
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self._module = model.to(self.device)
-        self.model: torch.nn.Module = self._module
+        # torch.compile wraps the module; parameters, state dict and evaluation stay the plain module's.
+        self.model: torch.nn.Module = torch.compile(self._module) if compile else self._module
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
-            self.model = DistributedDataParallel(self._module, device_ids=[local_rank] if self.device.type == "cuda" else None)
+            self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = make_optimizer(self._module, optimizer, lr, weight_decay)
         self.scheduler = make_scheduler(self.optimizer, scheduler, warmup_ratio, total_steps)
         self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
@@ -61,7 +62,7 @@ class TorchBackend(Backend):
             at_boundary = i == len(micro_batches) - 1
             # DDP all-reduces on every backward unless told not to: only the last micro-step syncs.
             sync = contextlib.nullcontext() if at_boundary or self.world_size == 1 else self.model.no_sync()
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch_for(rank_inputs(micro, group)).items()}
+            batch = to_device(batch_for(rank_inputs(micro, group)), self.device)
             with sync:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                     loss, n_correct = micro_batch_loss(self.model, batch)
@@ -72,7 +73,7 @@ class TorchBackend(Backend):
                 correct += n_correct
         return loss_sum, correct
 
-    def optimizer_step(self, grad_clip: Optional[float]) -> tuple[float, bool]:
+    def optimizer_step(self, grad_clip: Optional[float]) -> tuple[torch.Tensor, bool]:
         self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(self._module.parameters(), grad_clip or float("inf"))
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
@@ -82,7 +83,7 @@ class TorchBackend(Backend):
         if not skipped:
             self.scheduler.step()  # schedules count optimizer steps actually taken
         self.optimizer.zero_grad(set_to_none=True)
-        return grad_norm.item(), skipped
+        return grad_norm, skipped
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:
