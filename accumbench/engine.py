@@ -109,7 +109,7 @@ def prepare(config: RunConfig, cache: Optional[dict[Any, Any]] = None) -> Prepar
     config = dataclasses.replace(config, precision=resolve_precision(config.precision))
     dataset = load_dataset(config, cache)
     tokenizer, encoder = load_tokenizer_and_encoder(config.model)
-    token_key = (_data_key(config), config.model, config.max_length)
+    token_key = (data_key(config), config.model, config.max_length)
     started, tokens_cached = time.perf_counter(), True
     if token_key not in cache:
         cache[token_key], tokens_cached = data.TokenCache().load_or_tokenize(dataset, tokenizer, config.max_length)
@@ -137,7 +137,7 @@ def _probe_micro_batch_size(model: TextClassifier, config: RunConfig) -> int:
                                  AUTOCAST_DTYPES.get(config.precision), lambda m, batch: micro_batch_loss(m, batch)[0])
 
 
-def _data_key(config: RunConfig) -> tuple[Any, ...]:
+def data_key(config: RunConfig) -> tuple[Any, ...]:
     """Everything that decides which examples a run gets: runs with equal keys share a loaded dataset."""
     return (config.dataset, config.split_seed, config.text_column, config.label_column,
             config.max_train_samples, config.max_eval_samples)
@@ -145,7 +145,7 @@ def _data_key(config: RunConfig) -> tuple[Any, ...]:
 
 def load_dataset(config: RunConfig, cache: dict[Any, Any]) -> data.TextDataset:
     """The run's dataset, loaded once per `cache`, and checked against the batch plan (UserError)."""
-    key = _data_key(config)
+    key = data_key(config)
     if key not in cache:
         cache[key] = data.load_text_dataset(
             config.dataset, seed=config.split_seed, text_column=config.text_column,
@@ -221,13 +221,16 @@ class _NoStore:
         return lambda *args, **kwargs: None
 
 
-def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Reporter] = None) -> TrainResult:
-    """Run one configuration and record it. Returns the run id and its epoch rows.
+def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Reporter] = None,
+          cache: Optional[dict[Any, Any]] = None) -> TrainResult:
+    """Run one configuration and record it. Returns the run id and its epoch rows. `cache` is
+    prepare()'s: runs that share one load their data once (a benchmark may seed it with its own
+    TextDataset under data_key(config)).
 
     Raises RunDiverged (after recording the run as FAILED) when the loss becomes NaN or infinite."""
     url = resolve_db_url(db)
     Store.check_compatible(url)  # refuse a newer or foreign database before the slow loading
-    prepared = prepare(config)
+    prepared = prepare(config, cache)
     backend = make_backend(prepared)
     if not backend.is_main:
         try:

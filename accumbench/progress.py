@@ -134,7 +134,8 @@ class RichSweepReporter:
         for index, cell in enumerate(spec.cells, 1):
             budget = f"{cell.train_steps} steps" if cell.budget == "steps" else f"{cell.epochs} epochs"
             table.add_row(str(index), cell.model, str(cell.effective_batch_size),
-                          f"{cell.micro_batch_size} x {cell.accumulation_steps}", cell.backend, str(cell.seed),
+                          "auto" if cell.auto_micro_batch else f"{cell.micro_batch_size} x {cell.accumulation_steps}",
+                          cell.backend, str(cell.seed),
                           cell.lr_scaling, f"{cell.scaled_lr:.3g}", budget, cell.config_hash)
         self.console.print(table)
 
