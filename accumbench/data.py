@@ -331,14 +331,21 @@ class TokenCache:
 
 
 def collate(split: EncodedSplit, indices: Sequence[int], pad_token_id: int) -> dict[str, Any]:
-    """Pad the selected samples to the longest among them (dynamic padding)."""
+    """Pad the selected samples to the longest among them (dynamic padding).
+
+    A micro-batch without padding (all samples equally long: common once groups are sorted by
+    length and long texts are truncated) gets attention_mask None. Given a mask, transformers'
+    SDPA path asks the GPU whether it is all ones (`mask.all()` in a Python `if`) on every forward,
+    a host-device sync that stalls the launch queue; None says the same without asking."""
     import torch
 
     rows = [split.input_ids[i] for i in indices]
     width = max(len(r) for r in rows)
     # One tensor from nested lists: a copy per row into a preallocated tensor costs more in Python.
     input_ids = torch.tensor([r + [pad_token_id] * (width - len(r)) for r in rows], dtype=torch.long)
-    attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
+    attention_mask = None
+    if any(len(r) < width for r in rows):
+        attention_mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.long)
     labels = torch.tensor([split.labels[i] for i in indices], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from accumbench import accumulation, data
 from accumbench.backends.base import (
     AUTOCAST_DTYPES, Backend, Diverged, micro_batch_loss, require_supported_precision, resolve_precision,
-    training_device, use_fast_cuda_math,
+    to_device, training_device, use_fast_cuda_math,
 )
 from accumbench.config import RunConfig
 from accumbench.errors import Terminated, UserError
@@ -437,7 +437,7 @@ def evaluate(backend: Backend, split: data.EncodedSplit, pad_token_id: int, batc
     correct = torch.zeros((), device=device, dtype=torch.float64)
     predicted = torch.zeros(len(split), device=device, dtype=torch.float64)  # float64: exact for class ids
     for indices in batches[backend.rank :: backend.world_size]:
-        batch = {k: v.to(device) for k, v in data.collate(split, indices, pad_token_id).items()}
+        batch = to_device(data.collate(split, indices, pad_token_id), device)
         logits = model(batch["input_ids"], batch["attention_mask"]).double()
         loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum")
         guess = logits.argmax(dim=-1)

@@ -62,7 +62,7 @@ def memory_probe(model: torch.nn.Module, device: torch.device, max_length: int, 
     def fits(size: int) -> bool:
         batch = {
             "input_ids": torch.ones((size, max_length), dtype=torch.long, device=device),
-            "attention_mask": torch.ones((size, max_length), dtype=torch.long, device=device),
+            "attention_mask": None,  # no padding, as collate sends a batch of equal lengths
             "labels": torch.zeros(size, dtype=torch.long, device=device),
         }
         if device.type == "cuda":

@@ -7,7 +7,7 @@ transformers' own Auto classes. The CLI imports this module only when it trains.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -94,10 +94,13 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
         self.pooling = pooling
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """attention_mask None: no padding in this batch (see data.collate)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
+        elif attention_mask is None:
+            pooled = hidden.mean(dim=1)
         else:  # mean over real tokens only, so padding never changes a sample's representation
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)

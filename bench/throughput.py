@@ -110,7 +110,8 @@ def run_bare(work: Workload) -> float:
     _sync(device)
     start = time.perf_counter()
     for i, indices in enumerate(batches):
-        batch = {key: v.to(device, non_blocking=True) for key, v in collate(work.train, indices, work.tokenizer.pad_token_id).items()}
+        batch = collate(work.train, indices, work.tokenizer.pad_token_id)  # the same padding as accumbench's
+        batch = {key: None if v is None else v.to(device, non_blocking=True) for key, v in batch.items()}
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(batch["input_ids"], batch["attention_mask"])
         loss = F.cross_entropy(logits.float(), batch["labels"]) / k

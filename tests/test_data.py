@@ -192,3 +192,26 @@ def test_a_glue_style_unlabelled_test_split_is_left_out(monkeypatch):
     ds = load_text_dataset("glue-like", seed=0)
     assert len(ds.train) + len(ds.validation) + len(ds.test) == 100  # train + validation pooled, then 8:1:1
     assert ds.label_names == ["0", "1"]
+
+
+@pytest.mark.parametrize("fixture", ["tiny_bert", "tiny_modernbert"])
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_a_batch_without_padding_carries_no_mask_and_means_the_same(fixture, pooling, request):
+    """No mask for equal lengths (so transformers never asks the GPU whether the mask is all ones);
+    the model computes the same as with an all-ones mask."""
+    import torch
+
+    from accumbench.data import TextSplit
+    from accumbench.model import TextClassifier, load_tokenizer_and_encoder
+
+    tokenizer, encoder = load_tokenizer_and_encoder(request.getfixturevalue(fixture))
+    split = tokenize(TextSplit(["word " * 40, "other words " * 30, "short"], [0, 1, 0]), tokenizer, 16)
+    batch = collate(split, [0, 1], tokenizer.pad_token_id)
+    assert batch["attention_mask"] is None and batch["input_ids"].shape == (2, 16)
+    assert collate(split, [0, 2], tokenizer.pad_token_id)["attention_mask"] is not None
+    torch.manual_seed(0)
+    model = TextClassifier(encoder, 2, dropout=0.0, pooling=pooling).eval()
+    with torch.no_grad():
+        unmasked = model(batch["input_ids"], None)
+        masked = model(batch["input_ids"], torch.ones_like(batch["input_ids"]))
+    torch.testing.assert_close(unmasked, masked, rtol=1e-5, atol=1e-6)

@@ -84,7 +84,7 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     asynchronous and overlaps the GPU's work instead of stalling the host."""
     if device.type != "cuda":
         return batch
-    return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v if v is None else v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def resolve_precision(precision: str) -> str:
