@@ -1,5 +1,5 @@
 # Two commands do all the setup on a fresh machine:
-#   make demo   installs into .venv and sweeps MiniLM over EBS 16/32/64 on the offline demo data (~4 min on 2 CPU cores)
+#   make demo   installs into .venv and sweeps MiniLM over EBS 16/32/64 on the offline demo data (~3 min on 2 CPU cores)
 #   make test   installs into .venv and runs the test suite offline
 PYTHON ?= python3
 VENV ?= .venv
@@ -30,7 +30,7 @@ test: install
 	$(BIN)/python -m pytest -q
 
 bench: install
-	$(BIN)/python bench/minilm_speed.py
+	$(BIN)/python bench/throughput.py
 
 clean:
 	rm -rf $(VENV) checkpoints runs.db runs.db-wal runs.db-shm

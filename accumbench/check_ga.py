@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation, data
-from accumbench.backends.base import require_supported_precision
+from accumbench.backends.base import require_supported_precision, to_device, training_device
 from accumbench.errors import UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 
@@ -69,12 +69,12 @@ def check_gradient_accumulation(model: str = "minilm", samples: int = 50, micro_
     torch.manual_seed(seed)
     classifier = TextClassifier(encoder, num_labels=max(2, max(split.labels) + 1), dropout=0.0, pooling="cls")
     classifier.eval()  # dropout off everywhere, so every pass computes the same function
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = training_device()
     classifier.to(device)
     batch_for = lambda indices: data.collate(split, indices, tokenizer.pad_token_id)  # noqa: E731
 
     # The reference: the mean loss over the whole group, in one fp32 pass.
-    batch = {k: v.to(device) for k, v in batch_for(range(samples)).items()}
+    batch = to_device(batch_for(range(samples)), device)
     F.cross_entropy(classifier(batch["input_ids"], batch["attention_mask"]), batch["labels"]).backward()
     reference = _gradient(classifier)
 

@@ -107,6 +107,7 @@ def prepare(config: RunConfig, cache: Optional[dict[Any, Any]] = None) -> Prepar
                         "pass a number with torchrun or accelerate launch")
     require_supported_precision(config.precision)
     config = dataclasses.replace(config, precision=resolve_precision(config.precision))
+    use_fast_cuda_math()  # before the auto micro-batch probe, which must run the training's own math
     dataset = load_dataset(config, cache)
     tokenizer, encoder = load_tokenizer_and_encoder(config.model)
     token_key = (data_key(config), config.model, config.max_length)
@@ -131,7 +132,6 @@ def _probe_micro_batch_size(model: TextClassifier, config: RunConfig) -> int:
     from accumbench.micro_batch import auto_micro_batch_size
 
     device = training_device()
-    use_fast_cuda_math()
     model.to(device)
     return auto_micro_batch_size(model, device, config.effective_batch_size, world_size(), config.max_length,
                                  AUTOCAST_DTYPES.get(config.precision), lambda m, batch: micro_batch_loss(m, batch)[0])
@@ -164,7 +164,6 @@ def load_dataset(config: RunConfig, cache: dict[Any, Any]) -> data.TextDataset:
 def make_backend(prepared: Prepared) -> Backend:
     """The training loop the config names, set up for this process (and its process group)."""
     config = prepared.config
-    use_fast_cuda_math()
     common = dict(optimizer=config.optimizer, lr=config.scaled_lr, weight_decay=config.weight_decay,
                   scheduler=config.scheduler, warmup_ratio=config.warmup_ratio,
                   total_steps=prepared.total_steps, precision=config.precision, compile=config.compile)
