@@ -11,6 +11,7 @@ import functools
 import json
 import os
 import random
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -289,8 +290,8 @@ class TokenCache:
         if path.is_file():
             try:
                 return self._read(path, dataset), True
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable (a disk error, a foreign file): tokenize again and overwrite it
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+                pass  # unreadable (a disk error, a truncated or foreign file): tokenize again and overwrite it
         splits = {name: tokenize(getattr(dataset, name), tokenizer, max_length) for name in SPLITS}
         try:
             self._write(path, splits)

@@ -52,11 +52,13 @@ def test_key_changes_with_examples_tokenizer_and_max_length(tiny_bert, tmp_path)
 def test_an_unreadable_cache_file_is_tokenized_again(tiny_bert, tmp_path):
     cache, dataset, tokenizer = data.TokenCache(tmp_path), _dataset(), _tokenizer(tiny_bert)
     path = tmp_path / "tokenized" / f"{cache.key(dataset, tokenizer, 32)}.npz"
-    path.parent.mkdir(parents=True)
-    path.write_bytes(b"not a numpy file")
-    splits, cached = cache.load_or_tokenize(dataset, tokenizer, 32)
-    assert not cached and splits["train"].input_ids == data.tokenize(dataset.train, tokenizer, 32).input_ids
-    assert cache.load_or_tokenize(dataset, tokenizer, 32)[1]  # rewritten, readable now
+    cache.load_or_tokenize(dataset, tokenizer, 32)
+    whole = path.read_bytes()
+    for broken in (b"not a numpy file", whole[: len(whole) // 2]):  # a foreign file, a truncated one
+        path.write_bytes(broken)
+        splits, cached = cache.load_or_tokenize(dataset, tokenizer, 32)
+        assert not cached and splits["train"].input_ids == data.tokenize(dataset.train, tokenizer, 32).input_ids
+        assert cache.load_or_tokenize(dataset, tokenizer, 32)[1]  # rewritten, readable now
 
 
 def test_the_second_run_skips_tokenization_and_records_it(tiny_bert, tmp_path, monkeypatch):
