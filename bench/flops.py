@@ -17,7 +17,9 @@ def training_flops_per_sample(encoder, length: int) -> float:
     the usual MFU convention (PaLM, nanoGPT)."""
     from torch import nn
 
-    linear_weights = sum(m.weight.numel() for m in encoder.modules() if isinstance(m, nn.Linear))
+    # BERT's pooler is a Linear too, but accumbench's classifier drops it (model.TextClassifier).
+    linear_weights = sum(m.weight.numel() for name, m in encoder.named_modules()
+                         if isinstance(m, nn.Linear) and not name.startswith("pooler"))
     config = encoder.config
     attention = config.num_hidden_layers * 4 * length * length * config.hidden_size
     return 6 * linear_weights * length + 3 * attention
