@@ -30,7 +30,7 @@ def candidate_sizes(effective_batch_size: int, world_size: int, cap: int | None 
     EBS 1024 on 1 process -> 1024, 512, ..., 1; EBS 96 -> 32, 16, 8, 4, 2, 1."""
     per_process = effective_batch_size // world_size
     sizes = [2**p for p in range(per_process.bit_length()) if per_process % 2**p == 0]
-    return sorted((s for s in sizes if cap is None or s <= cap), reverse=True) or [1]
+    return sorted((s for s in sizes if cap is None or s <= cap), reverse=True)
 
 
 def find_micro_batch_size(effective_batch_size: int, world_size: int, fits: Callable[[int], bool],
@@ -72,7 +72,7 @@ def memory_probe(model: torch.nn.Module, device: torch.device, max_length: int, 
                 loss = loss_fn(model, batch)
             loss.backward()
             ok = True
-        except (RuntimeError, torch.OutOfMemoryError) as exc:
+        except RuntimeError as exc:  # torch.OutOfMemoryError is one too
             if not is_out_of_memory(exc):
                 raise
             ok = False  # leave the except block first, so the traceback's tensors can be freed

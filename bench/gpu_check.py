@@ -104,12 +104,11 @@ class Check:
         from accumbench.config import RunConfig
         from accumbench.store import Store, resolve_db_url
 
+        samples = samples or self.samples
         config = RunConfig(model=model, dataset="gpu-check", backend=backend, effective_batch_size=ebs,
                            micro_batch_size=micro, epochs=epochs, max_length=128, precision="auto",
-                           max_train_samples=samples or self.samples, checkpoint=False, **extra)
-        self.cache[engine.data_key(config)] = self.dataset.__class__(
-            self.dataset.train.head(samples or self.samples), self.dataset.validation, self.dataset.test,
-            self.dataset.label_names, self.dataset.source)
+                           max_train_samples=samples, checkpoint=False, **extra)
+        self.cache[engine.data_key(config)] = dataclasses.replace(self.dataset, train=self.dataset.train.head(samples))
         started = time.perf_counter()
         try:
             result = engine.train(config, db=self.db, cache=self.cache)

@@ -20,28 +20,9 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-def training_flops_per_sample(config, length: int) -> float:
-    """~6 x (matmul params) x tokens for forward + backward, plus attention's L^2 terms."""
-    h, layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    matmul_params = layers * (4 * h * h + 2 * h * inter)
-    attention = layers * 4 * length * length * h  # QK^T and AV, forward
-    return 6 * matmul_params * length + 3 * attention
-
-
-def matmul_ceiling_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """This machine's fp32 matmul rate with torch's threads: the ceiling training is compared to."""
-    import time
-
-    import torch
-
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(a, b)
-    return 2 * size**3 * repeats / (time.perf_counter() - start) / 1e9
+from flops import matmul_rate, training_flops_per_sample  # noqa: E402
 
 
 def main() -> None:
@@ -56,10 +37,10 @@ def main() -> None:
     from accumbench.engine import train
     from accumbench.model import load_tokenizer_and_encoder
 
-    ceiling = matmul_ceiling_gflops()
+    ceiling = matmul_rate("cpu", "float32") / 1e9  # GFLOP/s with torch's threads
     print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s", flush=True)
     _, encoder = load_tokenizer_and_encoder("minilm")
-    flops = training_flops_per_sample(encoder.config, 128)
+    flops = training_flops_per_sample(encoder, 128)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "long.csv"

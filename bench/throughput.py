@@ -138,6 +138,8 @@ def run_trainer(work: Workload, out_dir: Path) -> float:
     from torch import nn
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
+    from accumbench.backends.base import training_device
+
     class WithLoss(nn.Module):
         """The same classifier, returning the loss as Trainer expects of a model."""
 
@@ -154,7 +156,7 @@ def run_trainer(work: Workload, out_dir: Path) -> float:
             self.start = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kwargs):
-            _sync(torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
+            _sync(training_device())
             self.seconds = time.perf_counter() - self.start
 
     train_set = datasets.Dataset.from_dict({"input_ids": work.train.input_ids, "labels": work.train.labels})
