@@ -42,7 +42,8 @@ _CONFIG_FIELDS = {f.name: f for f in fields(RunConfig)}
 # Union[int, str] is --micro-batch-size (a number or auto): read as text, RunConfig converts it.
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "Union[int, str]": str}
 _BOOLEAN_FLAGS = {"drop_last": "--drop-last/--keep-last", "checkpoint": "--checkpoint/--no-checkpoint",
-                  "group_by_length": "--group-by-length/--no-group-by-length", "compile": "--compile/--no-compile"}
+                  "group_by_length": "--group-by-length/--no-group-by-length", "compile": "--compile/--no-compile",
+                  "noise_scale": "--noise-scale/--no-noise-scale"}
 
 
 def _help(name: str) -> str:
@@ -244,7 +245,8 @@ def report(
     if text is None:
         from accumbench.progress import print_report
 
-        print_report(title, reporting.display_table(cells), reporting.display_comparison(comparison))
+        print_report(title, reporting.display_table(cells), reporting.display_comparison(comparison),
+                     reporting.noise_footnote(cells))
     elif output is not None:
         output.write_text(text)
         typer.echo(f"wrote {output} ({fmt})")
@@ -262,12 +264,15 @@ def pick_best(
     metric: str = typer.Option("val_accuracy", help="Selection metric, on validation only: val_accuracy or val_loss."),
     by: str = typer.Option("model", help="model (one pick per model) or none (one pick over all runs)."),
     alpha: float = typer.Option(0.05, help="Significance level: candidates with p >= alpha count as not worse."),
+    target: Optional[float] = typer.Option(
+        None, help="Validation accuracy that steps-to-target counts to, for the critical batch size (default: 99% of the best seen)."),
     as_json: bool = typer.Option(False, "--json", help="Print the picks, candidates and p-values as JSON."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
     """Pick the effective batch size per model on validation only, test it, and say how sure it is:
     candidates not significantly worse than the best (Welch across seeds, or exact McNemar) compete on
-    training time. Reports the pick's test accuracy with a 95% interval.
+    training time. Reports the pick's test accuracy with a 95% interval, and beside it what the measured
+    gradient noise scale B_simple and the critical batch size fitted from steps-to-target recommend.
 
     Example:
 
@@ -282,11 +287,13 @@ def pick_best(
             raise UserError(f"unknown --by '{by}'; choose one of: model, none")
         if not 0 < alpha < 1:
             raise UserError(f"--alpha must be between 0 and 1, got {alpha}; e.g. --alpha 0.05")
+        if target is not None and not 0 < target <= 1:
+            raise UserError(f"--target is a validation accuracy in (0, 1], got {target}; e.g. --target 0.85")
         with _open_for_reading(db) as store:
             data = reporting.load_runs(store, sweep=sweep, model=model, backend=backend)
             run_ids = data.runs["run_id"].tolist()
             predictions = {split: store.predictions(run_ids, split) for split in ("validation", "test")}
-        picks = pick.pick_best(data, predictions, metric=metric, alpha=alpha, by=by)
+        picks = pick.pick_best(data, predictions, metric=metric, alpha=alpha, by=by, target=target)
     except UserError as exc:
         fail(str(exc))
     if as_json:

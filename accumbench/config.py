@@ -26,7 +26,10 @@ LR_SCALINGS = ("none", "linear", "sqrt")
 BUDGETS = ("epochs", "steps")
 
 # Fields that never change what a run computes, so they stay out of config_hash.
-_NOT_HASHED = frozenset({"checkpoint", "log_with"})
+# The noise scale and evaluations between epochs' ends are measurements: they read the gradients and
+# the model, and change no number of the training.
+_NOT_HASHED = frozenset({"checkpoint", "log_with", "noise_scale", "noise_scale_every", "noise_scale_decay",
+                         "eval_every"})
 # Fields added after runs were first recorded, with the value every earlier run implicitly had:
 # left out of config_hash at that value, so the hash of an earlier run still names the same
 # configuration. (group_by_length is on by default now, but earlier runs trained without it.)
@@ -67,6 +70,10 @@ class RunConfig:
     drop_last: bool = field(default=False, metadata={"help": "Drop the short last optimizer group of each epoch."})
     group_by_length: bool = field(default=True, metadata={"help": "Sort each optimizer group by length before cutting micro-batches: less padding, same gradient."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (pays off on a GPU for long runs)."})
+    noise_scale: bool = field(default=True, metadata={"help": "Measure the gradient noise scale B_simple from the micro-batch gradients (runs of 2+ micro-batches per step)."})
+    noise_scale_every: int = field(default=1, metadata={"help": "Write the noise scale into the steps table every N optimizer steps."})
+    noise_scale_decay: float = field(default=0.99, metadata={"help": "EMA decay of the noise-scale averages, restarted every epoch."})
+    eval_every: Optional[int] = field(default=None, metadata={"help": "Also evaluate validation every N optimizer steps (table evals), for steps-to-target; default: at epoch ends only."})
     checkpoint: bool = field(default=True, metadata={"help": "Save the best-validation model as safetensors."})
     log_with: Optional[str] = field(default=None, metadata={"help": "Also log to a tracker: wandb, tensorboard or mlflow (default: off)."})
 
@@ -122,7 +129,7 @@ class RunConfig:
                 raise UserError(f"{_flag(name)} must be a positive integer, got {getattr(self, name)}; pass a value >= 1")
         if self.base_batch_size <= 0:
             raise UserError(f"--base-batch-size must be a positive integer, got {self.base_batch_size}; pass e.g. 64")
-        for name in ("max_train_samples", "max_eval_samples", "train_steps"):
+        for name in ("max_train_samples", "max_eval_samples", "train_steps", "eval_every"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise UserError(f"{_flag(name)} must be a positive integer, got {value}; pass a value >= 1 or leave it out")
@@ -151,6 +158,10 @@ class RunConfig:
             raise UserError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}; pass e.g. --warmup-ratio 0.1")
         if not 0.0 <= self.dropout < 1.0:
             raise UserError(f"--dropout must be in [0, 1), got {self.dropout}; pass e.g. --dropout 0.1")
+        if self.noise_scale_every <= 0:
+            raise UserError(f"--noise-scale-every must be a positive integer, got {self.noise_scale_every}; pass e.g. 10")
+        if not 0.0 <= self.noise_scale_decay < 1.0:
+            raise UserError(f"--noise-scale-decay must be in [0, 1), got {self.noise_scale_decay}; pass e.g. 0.99")
         if self.weight_decay < 0:
             raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.grad_clip is not None and not self.grad_clip > 0:

@@ -178,6 +178,9 @@ def make_backend(prepared: Prepared) -> Backend:
         from accumbench.backends.torch_loop import TorchBackend
 
         backend = TorchBackend(prepared.model, **common)
+    if config.noise_scale and config.effective_batch_size // config.micro_batch_size >= 2:
+        # Two batch sizes (micro-batch and group) are what the estimator needs: k = 1 has one.
+        backend.measure_noise_scale(config.noise_scale_decay, config.noise_scale_every)
     # Both backends start training from the same generator state, whatever their setup drew from it,
     # so that they draw the same dropout masks (the parity test with dropout checks this).
     torch.manual_seed(config.seed + 1)
@@ -367,17 +370,33 @@ def _epochs(run_id: Optional[int], prepared: Prepared, backend: Backend, store: 
         real_tokens, padded_tokens = data.token_counts((mb.indices for g in groups for mb in g.micro_batches),
                                                        train_split.lengths)
         reporter.epoch_started(epoch, sum(len(g) for g in groups))
+        evals: list[dict[str, Any]] = []
+        eval_seconds_between = 0.0
+
+        def after_step(step: int, samples: int, epoch: int = epoch) -> None:
+            nonlocal eval_seconds_between
+            # --eval-every: validation between epochs' ends, for steps-to-target (the epoch's last
+            # step is evaluated with the epoch, below). Its time is not training time.
+            if config.eval_every is None or step % config.eval_every or step == optimizer_steps + len(groups):
+                return
+            _sync(device)  # the training queued so far is training time, not evaluation time
+            started = time.perf_counter()
+            result = evaluate(backend, splits["validation"], prepared.pad_token_id, config.micro_batch_size)
+            evals.append(dict(step=step, epoch=epoch, samples_seen=samples, val_loss=result.loss,
+                              val_accuracy=result.accuracy))
+            eval_seconds_between += time.perf_counter() - started
+
         epoch_start = time.perf_counter()
         stats = backend.train_epoch(groups, batch_for, epoch, config.grad_clip, optimizer_steps, samples_seen,
-                                    on_step=on_step)
+                                    on_step=on_step, after_step=after_step)
         _sync(device)
-        train_seconds = time.perf_counter() - epoch_start
+        train_seconds = time.perf_counter() - epoch_start - eval_seconds_between
 
         eval_start = time.perf_counter()
         val = evaluate(backend, splits["validation"], prepared.pad_token_id, config.micro_batch_size)
         test = evaluate(backend, splits["test"], prepared.pad_token_id, config.micro_batch_size)
         val_loss, val_accuracy, test_loss, test_accuracy = val.loss, val.accuracy, test.loss, test.accuracy
-        eval_seconds = time.perf_counter() - eval_start
+        eval_seconds = time.perf_counter() - eval_start + eval_seconds_between
 
         optimizer_steps += stats.optimizer_steps
         samples_seen += stats.samples
@@ -388,6 +407,7 @@ def _epochs(run_id: Optional[int], prepared: Prepared, backend: Backend, store: 
             epoch_seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, eval_seconds=eval_seconds,
             samples_per_second=stats.samples / train_seconds, tokens_per_second=real_tokens / train_seconds,
             padding_fraction=1 - real_tokens / padded_tokens, peak_memory_mb=_peak_memory_mb(device),
+            **stats.noise_columns(),
         )
         if best is None or _better(row, best):
             best = row
@@ -402,6 +422,7 @@ def _epochs(run_id: Optional[int], prepared: Prepared, backend: Backend, store: 
                 store.update_run(run_id, checkpoint_path=checkpoint_path)
         row["epoch_seconds"] = time.perf_counter() - epoch_start  # includes the checkpoint write
         store.add_steps(run_id, stats.steps)
+        store.add_evals(run_id, evals)
         store.add_epoch(run_id, **row)
         if tracker is not None:
             tracker.log_steps(stats.steps)

@@ -21,7 +21,8 @@ from typing import Any, Optional
 import pandas as pd
 
 from accumbench import stats
-from accumbench.report import RunData, cell_label, varying
+from accumbench.noise_scale import CriticalBatchFit, fit_critical_batch_size, nearest_tried, steps_to_target
+from accumbench.report import NOISE_NOTES, RunData, cell_label, varying
 
 METRICS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}
 TIME_TIE = 0.02  # training times within 2% of each other are a tie: the larger EBS wins it
@@ -63,10 +64,38 @@ class Pick:
     test_examples: int
     justification: str
     warnings: list[str] = field(default_factory=list)
+    noise: Optional[NoiseAdvice] = None  # what the measured gradient noise scale recommends
+    critical: list[CriticalBatch] = field(default_factory=list)  # one per lr rule / variant with 2+ EBS
+
+
+@dataclass
+class NoiseAdvice:
+    """The gradient noise scale of a model's runs, beside the empirical pick (noise_scale.py)."""
+
+    runs: int  # runs that measured B_simple in their first epoch
+    first: Optional[float]  # mean B_simple of the first epoch over those runs
+    first_range: Optional[tuple[float, float]]
+    last: Optional[float]  # mean B_simple of the runs' last epochs
+    nearest: Optional[int]  # the tried EBS nearest `first` on a log scale
+    text: str
+
+
+@dataclass
+class CriticalBatch:
+    """Steps to a validation-accuracy target per EBS, and S(B) = S_min + E_min/B fitted to them."""
+
+    label: str  # the lr rule / variant these cells share ('' when the group has one)
+    target: float
+    target_rule: str  # how the target was set
+    points: list[tuple[int, float, int]]  # (EBS, mean steps to target over the seeds that reached it, seeds)
+    unreached: list[int]  # EBS where no seed reached the target
+    fit: Optional[CriticalBatchFit]
+    nearest: Optional[int]  # the tried EBS nearest B_crit
+    text: str
 
 
 def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
-              alpha: float = 0.05, by: str = "model") -> list[Pick]:
+              alpha: float = 0.05, by: str = "model", target: Optional[float] = None) -> list[Pick]:
     """One Pick per model (by='model') or one over everything (by='none').
     `predictions` is {'validation': {run_id: ...}, 'test': {run_id: ...}} as Store.predictions returns.
 
@@ -75,10 +104,104 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
     pooling their runs would count every seed twice. `accumbench report` compares the backends."""
     runs = data.runs
     keys = (["model"] if by == "model" else []) + (["backend"] if runs["backend"].nunique() > 1 else [])
-    if not keys:
-        return [_pick_group("all models", runs, predictions, metric, alpha)]
-    return [_pick_group(", ".join(map(str, name if isinstance(name, tuple) else (name,))), group, predictions,
-                        metric, alpha) for name, group in runs.groupby(keys, sort=True)]
+    groups = [("all models", runs)] if not keys else [
+        (", ".join(map(str, name if isinstance(name, tuple) else (name,))), group)
+        for name, group in runs.groupby(keys, sort=True)]
+    picks = []
+    for name, group in groups:
+        pick = _pick_group(name, group, predictions, metric, alpha)
+        tried = sorted({c.effective_batch_size for c in pick.candidates})
+        pick.noise = noise_advice(group, tried)
+        pick.critical = critical_batch_sizes(group, data, target)
+        picks.append(pick)
+    return picks
+
+
+# --- the noise scale and the critical batch size, beside the empirical pick -------------------------
+
+
+def noise_advice(runs: pd.DataFrame, tried: list[int]) -> NoiseAdvice:
+    """'measured B_simple ≈ 180 in epoch 1; EBS 256 is the tried size nearest it', from the runs that
+    measured it, or why none did."""
+    measured = runs[runs["noise_scale_first"].notna()]
+    if measured.empty:
+        notes = [n for n in dict.fromkeys(runs["noise_note"]) if n]
+        why = "; ".join(f"{n}: {NOISE_NOTES[n]}" for n in notes) or "no run measured it"
+        return NoiseAdvice(0, None, None, None, None, f"noise scale: not measured ({why})")
+    first = float(measured["noise_scale_first"].mean())
+    low, high = float(measured["noise_scale_first"].min()), float(measured["noise_scale_first"].max())
+    last_values = measured["noise_scale_last"].dropna()
+    last = float(last_values.mean()) if not last_values.empty else None
+    nearest = nearest_tried(first, tried)
+    n = len(measured)
+    spread = f" ({n} runs, {low:.3g}–{high:.3g})" if n > 1 else ""
+    later = f" and ≈ {last:.3g} in the last" if last is not None else ""
+    without = runs.loc[runs["noise_scale_first"].isna(), "noise_note"].value_counts()
+    unmeasured = "".join(f"; {count} run{'s' if count != 1 else ''} without it ({note})"
+                         for note, count in without.items())
+    # Length strata count their spread as noise (noise_scale.py): a few percent high on SST-2.
+    sorted_cut = any(config.group_by_length for config in measured["config"])
+    upper = " (from length-sorted micro-batches: an upper estimate)" if sorted_cut else ""
+    text = (f"noise scale: measured B_simple ≈ {first:.3g} in epoch 1{spread}{later}{upper}; "
+            f"EBS {nearest} is the tried size nearest it{unmeasured}")
+    return NoiseAdvice(n, first, (low, high), last, nearest, text)
+
+
+def _accuracy_curve(run_id: int, epochs: pd.DataFrame, evals: pd.DataFrame) -> list[tuple[int, float]]:
+    """(optimizer step, validation accuracy) of every evaluation of a run: --eval-every and epoch ends."""
+    points = {int(e.optimizer_steps): float(e.val_accuracy) for e in epochs[epochs["run_id"] == run_id].itertuples()}
+    if not evals.empty:
+        points.update({int(e.step): float(e.val_accuracy) for e in evals[evals["run_id"] == run_id].itertuples()})
+    return sorted(points.items())
+
+
+def critical_batch_sizes(runs: pd.DataFrame, data: RunData, target: Optional[float]) -> list[CriticalBatch]:
+    """Per lr rule / variant with 2+ EBS: the steps each EBS took to reach the validation-accuracy
+    target (mean over seeds), S(B) = S_min + E_min/B fitted to them, and B_crit = E_min/S_min."""
+    curves = {run_id: _accuracy_curve(run_id, data.epochs, data.evals) for run_id in runs["run_id"]}
+    best_seen = max((acc for curve in curves.values() for _, acc in curve), default=math.nan)
+    if target is None:
+        target, rule = 0.99 * best_seen, f"99% of the best seen, {best_seen:.4f}"
+    else:
+        rule = "--target"
+    vary = varying(runs, ("lr_scaling", "variant"))
+    out = []
+    for key, group in runs.groupby(vary, sort=True) if vary else [((), runs)]:
+        label = " ".join(str(v) for v in (key if isinstance(key, tuple) else (key,)) if v)
+        if group["effective_batch_size"].nunique() < 2:
+            continue
+        points, unreached = [], []
+        for ebs, cell in group.groupby("effective_batch_size", sort=True):
+            reached = [s for s in (steps_to_target(curves[r], target) for r in cell["run_id"]) if s is not None]
+            if reached:
+                points.append((int(ebs), sum(reached) / len(reached), len(reached)))
+            else:
+                unreached.append(int(ebs))
+        out.append(_critical_batch(label, target, rule, points, unreached))
+    return out
+
+
+def _critical_batch(label: str, target: float, rule: str, points: list[tuple[int, float, int]],
+                    unreached: list[int]) -> CriticalBatch:
+    head = f"critical batch size{' (' + label + ')' if label else ''}"
+    goal = f"validation accuracy {target:.4f} ({rule})"
+    missed = f"; EBS {', '.join(map(str, unreached))} never reached it" if unreached else ""
+    if len(points) < 2:
+        return CriticalBatch(label, target, rule, points, unreached, None, None,
+                             f"{head}: needs steps to {goal} at two EBS at least{missed}")
+    fit = fit_critical_batch_size([(b, s) for b, s, _ in points])
+    tried = [b for b, _, _ in points]
+    shape = (f"S(B) = {fit.s_min:,.0f} + {fit.e_min:,.0f}/B steps to {goal}, fitted over EBS "
+             f"{', '.join(map(str, tried))} (rms residual {fit.relative_rms_residual:.1%})")
+    nearest = None
+    if fit.b_crit is None:
+        verdict = ("steps still fall at the largest EBS tried, so B_crit lies above it" if fit.s_min <= 0
+                   else "steps do not fall as the EBS grows, so B_crit lies below the smallest tried")
+    else:
+        nearest = nearest_tried(fit.b_crit, tried)
+        outside = "" if fit.b_crit_in_tried_range else " (outside the tried sizes: an extrapolation)"
+        verdict = f"B_crit ≈ {fit.b_crit:.3g}{outside}; EBS {nearest} is the tried size nearest it"
+    return CriticalBatch(label, target, rule, points, unreached, fit, nearest, f"{head}: {shape}: {verdict}{missed}")
 
 
 def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:
@@ -218,6 +341,17 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
         "test_accuracy": p.test_accuracy, "test_accuracy_ci95": list(p.test_ci), "test_examples": p.test_examples,
         "justification": p.justification, "warnings": p.warnings,
         "candidates": [candidate(c) for c in p.candidates],
+        "noise_scale": None if p.noise is None else {
+            "runs": p.noise.runs, "epoch_1": _num(p.noise.first), "epoch_1_range": p.noise.first_range,
+            "last_epoch": _num(p.noise.last), "nearest_tried": p.noise.nearest, "text": p.noise.text},
+        "critical_batch_size": [{
+            "label": c.label, "target": _num(c.target), "target_rule": c.target_rule,
+            "steps_to_target": [{"effective_batch_size": b, "steps": s, "seeds": n} for b, s, n in c.points],
+            "unreached": c.unreached,
+            "s_min": _num(c.fit.s_min) if c.fit else None, "e_min": _num(c.fit.e_min) if c.fit else None,
+            "b_crit": _num(c.fit.b_crit) if c.fit else None,
+            "relative_rms_residual": _num(c.fit.relative_rms_residual) if c.fit else None,
+            "nearest_tried": c.nearest, "text": c.text} for c in p.critical],
     } for p in picks]}
 
 

@@ -69,7 +69,7 @@ class RichReporter(Reporter):
         self.console.print(
             f"epoch {row['epoch']}/{self._epochs}  loss/acc: train {row['train_loss']:.3f}/{row['train_accuracy']:.3f}"
             f"  val {row['val_loss']:.3f}/{row['val_accuracy']:.3f}  {row['samples_per_second']:.1f} samples/s"
-            f"  {row['epoch_seconds']:.0f}s"
+            f"  {row['epoch_seconds']:.0f}s" + (f"  B_simple {row['noise_scale']:.3g}" if row.get("noise_scale") is not None else "")
         )
 
     def summary(self, result: Any, db_label: str) -> None:
@@ -202,8 +202,9 @@ class RichSweepReporter:
         self.console.print(f"{line}\nrecorded in {db_label} as sweep '{result.sweep['name']}'")
 
 
-def print_report(title: str, table: Any, comparison: Any) -> None:
-    """`accumbench report` in the terminal: the cell table, then the backend comparison if any."""
+def print_report(title: str, table: Any, comparison: Any, footnote: str = "") -> None:
+    """`accumbench report` in the terminal: the cell table (and why a B_simple is missing), then the
+    backend comparison if any."""
     from rich.console import Console
     from rich.table import Table
 
@@ -218,6 +219,8 @@ def print_report(title: str, table: Any, comparison: Any) -> None:
         for row in frame.itertuples(index=False):
             out.add_row(*(str(value) for value in row))
         console.print(out)
+        if frame is table and footnote:
+            console.print(footnote)
 
 
 def print_picks(picks: list[Any]) -> None:
@@ -248,6 +251,10 @@ def print_picks(picks: list[Any]) -> None:
         console.print(f"[bold]pick: {pick.chosen.label}[/] (chosen on validation; alpha {pick.alpha:g})\n"
                       f"test accuracy {pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} "
                       f"test examples x {len(pick.chosen.runs)} seed(s)\n{pick.justification}")
+        if pick.noise is not None:
+            console.print(pick.noise.text)
+        for critical in pick.critical:
+            console.print(critical.text)
         for warning in pick.warnings:
             console.print(f"[yellow]warning: {warning}[/]")
         console.print()

@@ -41,7 +41,10 @@ METRICS = {
     "samples_per_second": "samples/s",
     "optimizer_steps": "optim steps",
     "peak_memory_mb": "peak memory MB",
+    "noise_scale_first": "B_simple epoch 1",
+    "noise_scale_last": "B_simple last epoch",
 }
+NOISE_METRICS = ("noise_scale_first", "noise_scale_last")
 
 
 def cell_key(config: RunConfig) -> str:
@@ -55,6 +58,28 @@ def cell_key(config: RunConfig) -> str:
 class RunData:
     runs: pd.DataFrame  # one row per run: its columns, its config, and its summary metrics
     epochs: pd.DataFrame  # one row per (run, epoch)
+    evals: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # --eval-every rows, (run, step)
+
+
+def noise_note(config: RunConfig, run: dict[str, Any], measured: bool, value: float) -> str:
+    """Why a run's B_simple is missing, in a few words ('' when it has one)."""
+    if measured:
+        return "" if pd.notna(value) else "beyond resolution"  # EMA(|G|²) <= 0: noise swamps the signal
+    if not config.noise_scale:
+        return "off"
+    micro = run.get("micro_batch_size") or config.micro_batch_size
+    if isinstance(micro, int) and micro and run["effective_batch_size"] // micro < 2:
+        return "k = 1"
+    return "not recorded"  # e.g. a run recorded before accumbench measured it
+
+
+# What each note means, for the sentence under the report's table.
+NOISE_NOTES = {
+    "k = 1": "one micro-batch per optimizer step gives one batch size, and the estimator needs two",
+    "off": "trained with --no-noise-scale",
+    "beyond resolution": "the |G|² average came out <= 0: the noise swamps the signal at these batch sizes",
+    "not recorded": "recorded before accumbench measured the noise scale",
+}
 
 
 def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] = None,
@@ -81,6 +106,12 @@ def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] =
         optimizer_steps=("optimizer_steps", "max"), peak_memory_mb=("peak_memory_mb", "max"),
     )
     per_run["samples_per_second"] = per_run["samples_seen"] / per_run["train_seconds"]
+    # B_simple of the first and the last epoch (noise_steps says whether it was measured at all).
+    ordered = epochs.sort_values(["run_id", "epoch"])
+    for name, keep in (("first", "first"), ("last", "last")):
+        rows = ordered.drop_duplicates("run_id", keep=keep).set_index("run_id")
+        per_run[f"noise_scale_{name}"] = rows["noise_scale"].astype(float)
+        per_run[f"noise_measured_{name}"] = rows["noise_steps"].notna()
     at_best = epochs.merge(frame[["run_id", "best_epoch"]], left_on=["run_id", "epoch"],
                            right_on=["run_id", "best_epoch"])
     at_best = at_best.set_index("run_id")[["val_accuracy", "val_loss", "test_accuracy", "test_loss"]]
@@ -89,7 +120,11 @@ def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] =
     if frame.empty:
         raise UserError(f"none of the matching runs in {store.url} finished an epoch; nothing to report")
     frame["variant"] = _variants(frame)
-    return RunData(frame.reset_index(drop=True), epochs)
+    frame["noise_note"] = [noise_note(config, run, measured, value) for config, run, measured, value in zip(
+        frame["config"], frame.to_dict("records"), frame["noise_measured_first"], frame["noise_scale_first"])]
+    evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
+                         columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
+    return RunData(frame.reset_index(drop=True), epochs, evals)
 
 
 def _variants(frame: pd.DataFrame) -> pd.Series:
@@ -113,6 +148,8 @@ def cell_table(data: RunData) -> pd.DataFrame:
     for metric in METRICS:
         table[f"{metric}_mean"] = group[metric].mean()
         table[f"{metric}_std"] = group[metric].std()  # NaN for one seed: no spread to report
+    # Why a cell has no B_simple; the seeds of a cell share their config, so they share the reason.
+    table["noise_note"] = group["noise_note"].agg(lambda notes: max(set(notes), key=list(notes).count))
     table = table.sort_values(["model", "lr_scaling", "backend", "variant", "effective_batch_size"])
     return table.reset_index(drop=True)
 
@@ -154,7 +191,8 @@ def _mean_std(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-_DIGITS = {"best_epoch": 1, "train_seconds": 0, "samples_per_second": 1, "optimizer_steps": 0, "peak_memory_mb": 0}
+_DIGITS = {"best_epoch": 1, "train_seconds": 0, "samples_per_second": 1, "optimizer_steps": 0, "peak_memory_mb": 0,
+           "noise_scale_first": 1, "noise_scale_last": 1}
 
 
 def display_table(cells: pd.DataFrame) -> pd.DataFrame:
@@ -167,7 +205,17 @@ def display_table(cells: pd.DataFrame) -> pd.DataFrame:
     for metric, heading in METRICS.items():
         shown[heading] = [_mean_std(m, s, _DIGITS.get(metric, 4))
                           for m, s in zip(cells[f"{metric}_mean"], cells[f"{metric}_std"])]
+    for metric in NOISE_METRICS:  # a missing B_simple says why
+        heading = METRICS[metric]
+        shown[heading] = [f"- ({note})" if pd.isna(m) and note else text
+                          for m, note, text in zip(cells[f"{metric}_mean"], cells["noise_note"], shown[heading])]
     return shown
+
+
+def noise_footnote(cells: pd.DataFrame) -> str:
+    """One sentence per reason a B_simple is missing from the table, e.g. 'k = 1: one micro-batch ...'."""
+    notes = [note for note in dict.fromkeys(cells["noise_note"]) if note]
+    return "; ".join(f"B_simple {note}: {NOISE_NOTES[note]}" for note in notes)
 
 
 def display_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
@@ -191,16 +239,20 @@ def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str) 
         return cells.to_csv(index=False)
     if fmt == "json":
         payload = {"title": title, "cells": json.loads(cells.to_json(orient="records")),
+                   "noise_scale_notes": {note: NOISE_NOTES[note] for note in dict.fromkeys(cells["noise_note"]) if note},
                    "backend_comparison": json.loads(comparison.to_json(orient="records"))}
         return json.dumps(payload, indent=2) + "\n"
     shown, compared = display_table(cells), display_comparison(comparison)
+    footnote = noise_footnote(cells)
     if fmt == "markdown":
-        text = f"# {title}\n\n{_markdown(shown)}\n"
+        text = f"# {title}\n\n{_markdown(shown)}\n" + (f"\n{footnote}\n" if footnote else "")
         if not compared.empty:
             text += f"\n## Backends: accelerate against torch, same cell and seed\n\n{_markdown(compared)}\n"
         return text
     if fmt == "html":
         parts = [f"<h1>{_escape(title)}</h1>", shown.to_html(index=False, border=0)]
+        if footnote:
+            parts.append(f"<p>{_escape(footnote)}</p>")
         if not compared.empty:
             parts += ["<h2>Backends: accelerate against torch, same cell and seed</h2>",
                       compared.to_html(index=False, border=0)]

@@ -31,7 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from accumbench.config import PRECISIONS  # runs.precision (accelerate's mixed_precision names)
 from accumbench.errors import UserError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
 STATUSES = (RUNNING, FINISHED, FAILED, KILLED)
@@ -192,6 +192,13 @@ class Epoch(Base):
     # in the epoch's micro-batches (pad tokens / all tokens fed).
     tokens_per_second: Mapped[float | None]
     padding_fraction: Mapped[float | None]
+    # Added in schema version 6: the gradient noise scale B_simple = tr(Σ)/|G|² at the epoch's end
+    # (noise_scale.py), and its bias-corrected EMA components tr(Σ) and |G|² over noise_steps steps.
+    # NULL when not measured (k = 1, --no-noise-scale); NaN when EMA(|G|²) <= 0 (noise swamps signal).
+    noise_scale: Mapped[float | None]
+    noise_trace: Mapped[float | None]
+    noise_grad_sq: Mapped[float | None]
+    noise_steps: Mapped[int | None]
 
 
 class Step(Base):
@@ -208,6 +215,29 @@ class Step(Base):
     loss: Mapped[float]  # mean training loss of the step's group (NaN kept)
     grad_norm: Mapped[float | None]  # total gradient norm before clipping
     lr: Mapped[float]  # learning rate used for this step
+    # Added in schema version 6, every --noise-scale-every steps when the noise scale is measured:
+    # mean |g_j|² over the micro-batches, this step's unbiased |G|² and tr(Σ) estimates, and B_simple
+    # from the epoch's EMAs so far (the step's grad_norm² is the group's |G_big|²).
+    micro_grad_sq: Mapped[float | None]
+    noise_grad_sq: Mapped[float | None]
+    noise_trace: Mapped[float | None]
+    noise_scale: Mapped[float | None]
+
+
+class StepEvaluation(Base):
+    """A validation evaluation between epochs' ends (--eval-every N steps), for steps-to-target.
+    Added in schema version 6; the evaluation at each epoch's end is in epochs."""
+
+    __tablename__ = "evals"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int]  # optimizer steps taken, cumulative over the run
+    epoch: Mapped[int]  # 1-based: the epoch the step belongs to
+    samples_seen: Mapped[int]
+    val_loss: Mapped[float]
+    val_accuracy: Mapped[float]
 
 
 class Prediction(Base):
@@ -235,6 +265,7 @@ SWEEP_COLUMNS = tuple(c.key for c in inspect(Sweep).column_attrs)
 RUN_COLUMNS = tuple(c.key for c in inspect(Run).column_attrs)
 EPOCH_COLUMNS = tuple(c.key for c in inspect(Epoch).column_attrs)
 STEP_COLUMNS = tuple(c.key for c in inspect(Step).column_attrs)
+EVAL_COLUMNS = tuple(c.key for c in inspect(StepEvaluation).column_attrs)
 
 
 def _now() -> datetime:
@@ -360,6 +391,12 @@ def _migrate_to_5(conn: Connection) -> None:
     _add_missing_columns(conn, Epoch.__table__, ("tokens_per_second", "padding_fraction"))
 
 
+def _migrate_to_6(conn: Connection) -> None:
+    """5 -> 6: the gradient noise scale per epoch and per step; evals (made by create_all)."""
+    _add_missing_columns(conn, Epoch.__table__, ("noise_scale", "noise_trace", "noise_grad_sq", "noise_steps"))
+    _add_missing_columns(conn, Step.__table__, ("micro_grad_sq", "noise_grad_sq", "noise_trace", "noise_scale"))
+
+
 # Why migrations rather than "delete the old file": a run database holds results
 # that took GPU-hours to produce, so a new accumbench upgrades it in place.
 # Store.open runs these in order (found+1 .. SCHEMA_VERSION) inside its single
@@ -367,7 +404,7 @@ def _migrate_to_5(conn: Connection) -> None:
 # upgrade is all-or-nothing and parallel workers can't both run it. Each function
 # takes the database from version N-1 to N and must be idempotent (inspect before
 # altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
-_MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5}
+_MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5, 6: _migrate_to_6}
 assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
 
 
@@ -553,6 +590,18 @@ class Store:
                 session.execute(insert(Step), [{**row, "run_id": run_id} for row in rows])
             run.heartbeat_at = _now()
 
+    def add_evals(self, run_id: int, rows: list[dict[str, Any]]) -> None:
+        """Record validation evaluations (step, epoch, samples_seen, val_loss, val_accuracy), in one transaction."""
+        allowed = set(EVAL_COLUMNS) - {"id", "run_id"}
+        for row in rows:
+            if set(row) != allowed:
+                raise TypeError(f"add_evals: an evaluation has exactly the columns {', '.join(sorted(allowed))}")
+        if not rows:
+            return
+        with self._session.begin() as session:
+            self._get(session, run_id)
+            session.execute(insert(StepEvaluation), [{**row, "run_id": run_id} for row in rows])
+
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set arbitrary run columns, e.g. best_epoch=3, checkpoint_path='...'."""
         unknown = set(fields) - (set(RUN_COLUMNS) - {"id"})
@@ -733,6 +782,11 @@ class Store:
         query = select(Step).where(Step.run_id.in_(run_ids)).order_by(Step.run_id, Step.step)
         with self._session() as session:
             return [_as_dict(row, STEP_COLUMNS) for row in session.scalars(query)]
+
+    def evals_of(self, run_ids: list[int]) -> list[dict[str, Any]]:
+        query = select(StepEvaluation).where(StepEvaluation.run_id.in_(run_ids)).order_by(StepEvaluation.run_id, StepEvaluation.step)
+        with self._session() as session:
+            return [_as_dict(row, EVAL_COLUMNS) for row in session.scalars(query)]
 
     def list_sweeps(self) -> list[dict[str, Any]]:
         with self._session() as session:

@@ -145,7 +145,8 @@ class RunTracker:
         """Step rows as stored by Store.add_steps, each at its optimizer step."""
         for row in rows:
             self._log({"train/loss": row.get("loss"), "train/lr": row.get("lr"),
-                       "train/grad_norm": row.get("grad_norm"), "train/samples_seen": row.get("samples_seen")},
+                       "train/grad_norm": row.get("grad_norm"), "train/samples_seen": row.get("samples_seen"),
+                       "train/noise_scale": row.get("noise_scale")},
                       step=row["step"])
 
     def log_epoch(self, row: dict[str, Any]) -> None:

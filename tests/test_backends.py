@@ -28,6 +28,11 @@ def _steps(db: Path, run_id: int) -> list:
     return query(db, "SELECT step, epoch, samples_seen, loss, grad_norm, lr FROM steps WHERE run_id = ? ORDER BY step", run_id)
 
 
+def _floats(values) -> list:
+    """Floats from raw sqlite3 values: NaN is stored as the text 'NaN' (B_simple beyond resolution)."""
+    return [float(v) for v in values]
+
+
 def _epochs(db: Path, run_id: int) -> list:
     return query(db, "SELECT * FROM epochs WHERE run_id = ? ORDER BY epoch", run_id)
 
@@ -45,9 +50,20 @@ def test_torch_and_accelerate_take_the_same_steps(tiny_bert, tmp_path):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
         assert b["lr"] == a["lr"]
+    # The gradient noise scale: the same micro-batch norms in both loops (the ragged tail group of
+    # one micro-batch has none: k = 1 there).
+    noise = "micro_grad_sq, noise_grad_sq, noise_trace, noise_scale"
+    torch_noise, accelerate_noise = ([tuple(r) for r in query(db, f"SELECT {noise} FROM steps WHERE run_id = ? "
+                                                                  "ORDER BY step", run_id)] for run_id in (1, 2))
+    assert [row[0] is None for row in torch_noise] == [False] * 6 + [True] + [False] * 6 + [True]
+    for a, b in zip(torch_noise, accelerate_noise):
+        assert b == a if a[0] is None else _floats(b) == pytest.approx(_floats(a), rel=1e-4, nan_ok=True)
     for a, b in zip(_epochs(db, 1), _epochs(db, 2)):
         assert b["val_loss"] == pytest.approx(a["val_loss"], rel=1e-4)
         assert b["optimizer_steps"] == a["optimizer_steps"]
+        assert a["noise_steps"] == b["noise_steps"] == 6
+        noise = ("noise_scale", "noise_trace", "noise_grad_sq")
+        assert _floats(b[c] for c in noise) == pytest.approx(_floats(a[c] for c in noise), rel=1e-4, nan_ok=True)
     runs = query(db, "SELECT backend, accumulation_steps, world_size, precision FROM runs ORDER BY id")
     assert [tuple(r) for r in runs] == [("torch", 4, 1, "no"), ("accelerate", 4, 1, "no")]
 
@@ -136,6 +152,16 @@ def test_two_processes_match_one_process(tiny_bert, tmp_path, backend):
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
         assert b["lr"] == pytest.approx(a["lr"], rel=1e-12)  # the schedule counts optimizer steps, once
+    # The noise scale over two processes: each rank's micro-batch norms are summed in the step's
+    # all-reduce (the stand-in of the ragged group counts for nothing), so it matches one process.
+    for a, b in zip(_epochs(db, 1), _epochs(db, 2)):
+        assert _floats([b["noise_scale"]]) == pytest.approx(_floats([a["noise_scale"]]), rel=1e-4, nan_ok=True)
+        assert b["noise_steps"] == a["noise_steps"] == 6  # the tail group of 8 is one micro-batch: k = 1
+    traces = [[r[0] for r in query(db, "SELECT noise_trace FROM steps WHERE run_id = ? ORDER BY step", run_id)]
+              for run_id in (1, 2)]
+    assert [t is None for t in traces[0]] == [t is None for t in traces[1]] == ([False] * 6 + [True]) * 2
+    measured = [[t for t in trace if t is not None] for trace in traces]
+    assert measured[1] == pytest.approx(measured[0], rel=1e-4) and min(measured[0]) > 0
 
 
 def test_ebs_must_divide_over_the_processes(tiny_bert, tmp_path, monkeypatch):

@@ -68,7 +68,8 @@ def test_ebs_not_a_multiple_of_the_micro_batch(tmp_path):
 
 @pytest.mark.parametrize("flag, value", [
     ("--effective-batch-size", "0"), ("--micro-batch-size", "-4"), ("--epochs", "0"), ("--lr", "0"),
-    ("--lr", "-0.001"), ("--max-length", "0"), ("--max-train-samples", "0"),
+    ("--lr", "-0.001"), ("--max-length", "0"), ("--max-train-samples", "0"), ("--eval-every", "0"),
+    ("--noise-scale-every", "0"),
 ])
 def test_non_positive_sizes_epochs_or_lr(tmp_path, flag, value):
     db = tmp_path / "runs.db"
@@ -107,3 +108,8 @@ def test_drop_last_that_would_leave_no_step(tmp_path):
     line = _refused(tmp_path, "--drop-last", "--max-train-samples", "10", "--effective-batch-size", "16",
                     "--micro-batch-size", "8")
     assert "--drop-last with 10 training samples and effective batch size 16 leaves no optimizer step" in line
+
+
+def test_noise_scale_decay_out_of_range(tmp_path):
+    line = _refused(tmp_path, "--noise-scale-decay", "1")
+    assert line == "error: --noise-scale-decay must be in [0, 1), got 1.0; pass e.g. 0.99"

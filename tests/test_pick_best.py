@@ -28,13 +28,18 @@ def predictions(accuracy: float, offset: int) -> tuple[list[int], list[int]]:
 
 
 def add_run(store: Store, ebs: int, seed: int, val: float, test: float, seconds: float,
-            val_offset: int = 0, test_offset: int = 0, val_loss: float | None = None) -> int:
+            val_offset: int = 0, test_offset: int = 0, val_loss: float | None = None,
+            noise_scale: float | None = None, evals: tuple[tuple[int, float], ...] = (), steps: int = 10) -> int:
     config = RunConfig(model="m", effective_batch_size=ebs, micro_batch_size=8, seed=seed, data_seed=42, epochs=1)
     run_id = store.create_run(**run_columns(config), num_test_samples=N, num_val_samples=N)
+    noise = {} if noise_scale is None else dict(noise_scale=noise_scale, noise_trace=noise_scale / 2, noise_grad_sq=0.5,
+                                                 noise_steps=steps)
     store.add_epoch(run_id, epoch=1, train_loss=0.3, train_accuracy=0.9, val_loss=val_loss if val_loss is not None else 1 - val,
-                    val_accuracy=val, test_loss=1 - test, test_accuracy=test, optimizer_steps=10, samples_seen=100,
+                    val_accuracy=val, test_loss=1 - test, test_accuracy=test, optimizer_steps=steps, samples_seen=100,
                     epoch_seconds=seconds + 1, train_seconds=seconds, eval_seconds=1, samples_per_second=100 / seconds,
-                    peak_memory_mb=100.0)
+                    peak_memory_mb=100.0, **noise)
+    store.add_evals(run_id, [dict(step=step, epoch=1, samples_seen=step * ebs, val_loss=1 - accuracy,
+                                  val_accuracy=accuracy) for step, accuracy in evals])
     store.update_run(run_id, best_epoch=1)
     for split, accuracy, offset in (("validation", val, val_offset), ("test", test, test_offset)):
         labels, predicted = predictions(accuracy, offset)
@@ -132,3 +137,56 @@ def test_bad_pick_input_is_one_line_and_exit_2(db, args, fragment):
         add_run(store, 64, 1, val=0.9, test=0.9, seconds=1)
     result = pick(db, *args, code=2)
     assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# --- beside the empirical pick: the noise scale and the critical batch size ---------------------------
+
+
+def test_noise_scale_and_critical_batch_size_beside_the_pick(db):
+    """Steps to validation accuracy 0.9 follow S(B) = 100·(1 + 64/B) exactly: 500, 200 and 125 steps at
+    EBS 16, 64 and 256, so B_crit = 64; the measured B_simple of epoch 1 is 50, 60 and 70 (mean 60)."""
+    with Store.open(resolve_db_url(str(db))) as store:
+        for ebs, noise in ((16, 50.0), (64, 60.0), (256, 70.0)):
+            s_of_b = 100 * (1 + 64 / ebs)
+            # Evaluations at S/2 and S (--eval-every), then the epoch's end at 2S.
+            add_run(store, ebs, 1, val=0.9, test=0.9, seconds=100, noise_scale=noise,
+                    evals=((round(s_of_b / 2), 0.5), (round(s_of_b), 0.9)), steps=round(2 * s_of_b))
+    out = json.loads(pick(db, "--json", "--target", "0.9").stdout)["picks"][0]
+    noise = out["noise_scale"]
+    assert (noise["runs"], noise["epoch_1"], noise["epoch_1_range"], noise["nearest_tried"]) == (3, 60.0, [50.0, 70.0], 64)
+    assert "measured B_simple ≈ 60 in epoch 1 (3 runs, 50–70)" in noise["text"]
+    assert "EBS 64 is the tried size nearest it" in noise["text"]
+    assert "(from length-sorted micro-batches: an upper estimate)" in noise["text"]  # --group-by-length, the default
+    [critical] = out["critical_batch_size"]
+    assert [p["steps"] for p in critical["steps_to_target"]] == pytest.approx([500, 200, 125])
+    assert critical["b_crit"] == pytest.approx(64) and critical["s_min"] == pytest.approx(100)
+    assert critical["e_min"] == pytest.approx(6400) and critical["nearest_tried"] == 64
+    text = pick(db, "--target", "0.9").stdout
+    assert "B_crit ≈ 64; EBS 64 is the tried size nearest it" in text
+    assert "noise scale: measured B_simple ≈ 60" in text
+
+    # The default target is 99% of the best validation accuracy seen (0.9 -> 0.891), interpolated
+    # between evaluations: S/2 + (0.391 / 0.4)·S/2 = 0.98875·S, so B_crit stays 64.
+    default = json.loads(pick(db, "--json").stdout)["picks"][0]["critical_batch_size"][0]
+    assert default["target"] == pytest.approx(0.891) and "99% of the best seen, 0.9000" in default["target_rule"]
+    assert default["b_crit"] == pytest.approx(64, rel=1e-3)
+
+
+def test_without_a_measurement_pick_best_says_why(db):
+    """EBS 8 at micro-batch 8 is k = 1: no B_simple, and the pick says it could not be measured, and why."""
+    with Store.open(resolve_db_url(str(db))) as store:
+        add_run(store, 8, 1, val=0.9, test=0.9, seconds=100)
+        add_run(store, 16, 1, val=0.9, test=0.9, seconds=90)
+    text = pick(db).stdout
+    assert "noise scale: not measured" in text and "k = 1: one micro-batch per optimizer step" in text
+    assert "not recorded" in text  # EBS 16 has k = 2 but no measurement: a run from before it was measured
+    assert "never reached" not in text and "critical batch size" in text  # both reach 0.891 at the epoch end
+
+
+def test_a_target_out_of_range_is_bad_input(db):
+    with Store.open(resolve_db_url(str(db))) as store:
+        add_run(store, 8, 1, val=0.9, test=0.9, seconds=100)
+    before = db.read_bytes()
+    result = pick(db, "--target", "90", code=2)
+    assert "--target is a validation accuracy in (0, 1], got 90.0" in result.stderr
+    assert db.read_bytes() == before

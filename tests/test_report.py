@@ -87,6 +87,34 @@ def test_json_and_the_backend_comparison(swept):
         assert abs(cell["val_loss_diff"]) < 1e-9 and cell["time_ratio"] > 0
 
 
+def test_b_simple_per_cell_and_why_it_is_missing(swept):
+    """EBS 32 = 4 x 8 measures B_simple; EBS 8 = 1 x 8 cannot (k = 1), and the report says so. The
+    cell's numbers are the database's first- and last-epoch values, averaged over the seeds."""
+    payload = json.loads(report(swept, "--format", "json").stdout)
+    assert payload["noise_scale_notes"] == {"k = 1": "one micro-batch per optimizer step gives one batch size, "
+                                                     "and the estimator needs two"}
+    def noise(run_id: int, epoch: int):
+        (value,) = query(swept, "SELECT noise_scale FROM epochs WHERE run_id = ? AND epoch = ?", run_id, epoch)[0]
+        return float(value) if value is not None else None  # 'NaN' (stored as text): beyond resolution
+
+    for cell in payload["cells"]:
+        runs = [int(r) for r in cell["run_ids"].split(",")]
+        first, last = ([noise(r, epoch) for r in runs] for epoch in (1, 2))
+        if cell["effective_batch_size"] == 8:
+            assert first == [None, None] and cell["noise_scale_first_mean"] is None and cell["noise_note"] == "k = 1"
+            continue
+        # Measured: B_simple > 0, or NaN where the |G|² average came out <= 0; the cell's mean is over
+        # the seeds that resolved it.
+        assert all(value > 0 or math.isnan(value) for value in first + last)
+        for values, mean in ((first, cell["noise_scale_first_mean"]), (last, cell["noise_scale_last_mean"])):
+            resolved = [v for v in values if not math.isnan(v)]
+            assert mean == (pytest.approx(sum(resolved) / len(resolved)) if resolved else None)
+        assert cell["noise_note"] in ("", "beyond resolution")
+    markdown = report(swept, "--format", "markdown").stdout
+    assert "B_simple epoch 1 | B_simple last epoch |" in markdown and "| - (k = 1) | - (k = 1) |" in markdown
+    assert "B_simple k = 1: one micro-batch per optimizer step" in markdown
+
+
 def test_markdown_html_and_the_terminal_table(swept, tmp_path):
     markdown = report(swept, "--format", "markdown").stdout
     assert "| model | EBS | backend | lr rule | seeds (n) | best train acc |" in markdown

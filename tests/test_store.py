@@ -111,8 +111,11 @@ EXPECTED_COLUMNS = {
         "test_loss", "test_accuracy", "optimizer_steps", "samples_seen", "epoch_seconds",
         "train_seconds", "eval_seconds", "samples_per_second", "peak_memory_mb",
         "skipped_steps", "tokens_per_second", "padding_fraction",
+        "noise_scale", "noise_trace", "noise_grad_sq", "noise_steps",
     },
-    "steps": {"id", "run_id", "step", "epoch", "samples_seen", "loss", "grad_norm", "lr"},
+    "steps": {"id", "run_id", "step", "epoch", "samples_seen", "loss", "grad_norm", "lr",
+              "micro_grad_sq", "noise_grad_sq", "noise_trace", "noise_scale"},
+    "evals": {"id", "run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"},
     "sweeps": {"id", "name", "grid_hash", "spec_json", "num_cells", "created_at"},
     "predictions": {"id", "run_id", "split", "epoch", "num_examples", "split_hash", "labels", "predicted"},
 }
@@ -795,3 +798,28 @@ def test_open_readonly_refuses_an_older_schema_with_the_fix(tmp_path):
     make_v1_db(path)
     with pytest.raises(UserError, match="schema version 1, older than .* any accumbench train or sweep on it upgrades it"):
         Store.open_readonly(resolve_db_url(str(path)))
+
+
+# --- noise scale and evaluations between epochs (schema version 6) ---------------------------------
+
+
+def test_noise_columns_keep_nan_and_evals_round_trip(store):
+    """B_simple is NaN when the |G|² average is <= 0 (noise swamps signal): kept as NaN, not NULL."""
+    run_id = store.create_run(**RUN_KWARGS)
+    store.add_steps(run_id, [step_row(1, micro_grad_sq=2.0, noise_grad_sq=-0.1, noise_trace=30.0,
+                                      noise_scale=float("nan")), step_row(2)])
+    store.add_epoch(run_id, **epoch_metrics(1, noise_scale=180.5, noise_trace=90.25, noise_grad_sq=0.5, noise_steps=2))
+    first, second = store.steps(run_id)
+    assert math.isnan(first["noise_scale"]) and first["noise_grad_sq"] == -0.1
+    assert second["noise_scale"] is None  # not measured at this step (--noise-scale-every, or k = 1)
+    [epoch] = store.epochs(run_id)
+    assert (epoch["noise_scale"], epoch["noise_steps"]) == (180.5, 2)
+
+    rows = [dict(step=s, epoch=1, samples_seen=64 * s, val_loss=0.7 - s / 100, val_accuracy=0.5 + s / 100)
+            for s in (5, 10)]
+    store.add_evals(run_id, rows)
+    assert [(e["step"], e["val_accuracy"]) for e in store.evals_of([run_id])] == [(5, 0.55), (10, 0.6)]
+    with pytest.raises(TypeError, match="add_evals"):
+        store.add_evals(run_id, [dict(step=15, val_accuracy=0.7)])
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        store.add_evals(run_id, rows[:1])  # one evaluation per step

@@ -125,6 +125,8 @@ class AccelerateBackend(Backend):
                 loss, n_correct = micro_batch_loss(self.model, batch)
                 # backward() divides by k; multiplying by k leaves the exact weight n_micro / n_group (x W).
                 self.accelerator.backward(loss * batch["weight"] * self.accelerator.gradient_accumulation_steps)
+                if self.noise_norms is not None:
+                    self.noise_norms.micro_batch_done(len(micro), batch["weight"])
                 if batch["real"]:
                     loss_sum += loss.detach().double() * len(micro)
                     correct += n_correct
@@ -136,6 +138,10 @@ class AccelerateBackend(Backend):
                 if at_boundary:
                     yield group, loss_sum, correct
                     loss_sum = correct = None
+
+    def grad_scale(self) -> float:
+        scaler = self.accelerator.scaler  # fp16 only
+        return scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
 
     def optimizer_step(self, grad_clip: Optional[float]) -> tuple[torch.Tensor, bool]:
         # Only reached when sync_gradients is true. clip_grad_norm_ unscales fp16 gradients first.
@@ -151,6 +157,7 @@ class AccelerateBackend(Backend):
         return self.accelerator.reduce(tensor, reduction="sum") if self.world_size > 1 else tensor
 
     def close(self) -> None:
+        super().close()
         # As in TorchBackend.close: free the DDP wrapper while the process group is alive.
         self.accelerator.wait_for_everyone()
         self.model = self._module

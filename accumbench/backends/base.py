@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from accumbench.accumulation import MicroBatch, OptimizerGroup
+from accumbench.noise_scale import DEFAULT_DECAY, GroupNorms, MicroBatchGradNorms, NoiseScaleEMA
 
 BatchFn = Callable[[Sequence[int]], dict[str, torch.Tensor]]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -30,6 +31,14 @@ class EpochStats:
     optimizer_steps: int
     skipped_steps: int = 0  # fp16 steps the GradScaler skipped (inf/NaN gradients)
     steps: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step, for the store
+    noise: Optional[NoiseScaleEMA] = None  # the epoch's gradient noise scale, when measured
+
+    def noise_columns(self) -> dict[str, Any]:
+        """The epoch row's noise-scale columns: B_simple and its EMA components at the epoch's end."""
+        if self.noise is None or not self.noise.steps:
+            return {}
+        return dict(noise_scale=self.noise.noise_scale, noise_trace=self.noise.trace,
+                    noise_grad_sq=self.noise.grad_sq, noise_steps=self.noise.steps)
 
     @property
     def loss(self) -> float:
@@ -127,10 +136,25 @@ class Backend:
     world_size: int = 1
     device: torch.device
     optimizer: torch.optim.Optimizer
+    # Set by measure_noise_scale(): the micro-batch gradient norms, and how to average and log them.
+    noise_norms: Optional[MicroBatchGradNorms] = None
+    noise_decay: float = DEFAULT_DECAY
+    noise_every: int = 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    def measure_noise_scale(self, decay: float = DEFAULT_DECAY, every: int = 1) -> None:
+        """Measure the gradient noise scale from the micro-batches (see noise_scale.py): each
+        micro-batch's gradient norm is read in its backward pass, and B_simple is averaged over each
+        epoch with EMA `decay`; steps rows carry it every `every` steps."""
+        self.noise_norms = MicroBatchGradNorms(self.unwrapped_model().parameters(), self.device)
+        self.noise_decay, self.noise_every = decay, every
+
+    def grad_scale(self) -> float:
+        """The fp16 loss scale the group's backward passes ran at (1 without loss scaling)."""
+        return 1.0
 
     def unwrapped_model(self) -> torch.nn.Module:
         raise NotImplementedError
@@ -150,25 +174,38 @@ class Backend:
         return tensor
 
     def close(self) -> None:
-        pass
+        if self.noise_norms is not None:
+            self.noise_norms.close()
 
     def train_epoch(self, groups: Sequence[OptimizerGroup], batch_for: BatchFn, epoch: int, grad_clip: Optional[float],
                     steps_before: int, samples_before: int,
-                    on_step: Callable[[int, float], None] = lambda samples_done, loss: None) -> EpochStats:
+                    on_step: Callable[[int, float], None] = lambda samples_done, loss: None,
+                    after_step: Callable[[int, int], None] = lambda step, samples_seen: None) -> EpochStats:
+        """Train one epoch's groups. on_step(samples done this epoch, loss) is called for each step once
+        its numbers are read (one step late); after_step(step, samples seen) right after each
+        optimizer step, with the model as that step left it (for evaluations between epochs' ends)."""
         self.unwrapped_model().train()
-        stats = EpochStats(loss_sum=0.0, correct=0, samples=0, optimizer_steps=0)
+        measuring = self.noise_norms is not None
+        stats = EpochStats(loss_sum=0.0, correct=0, samples=0, optimizer_steps=0,
+                           noise=NoiseScaleEMA(self.noise_decay) if measuring else None)
 
         def record(group: OptimizerGroup, lr: float, totals: torch.Tensor, grad_norm: torch.Tensor, skipped: bool) -> None:
-            loss_sum, correct = totals.tolist()  # the one read from the device per optimizer step
+            # The one read from the device per optimizer step: loss, correct and (when measuring) the
+            # micro-batch norms, all in one tensor.
+            loss_sum, correct, *micro = totals.tolist()
             stats.loss_sum += loss_sum
             stats.correct += round(correct)
             stats.samples += len(group)
             stats.optimizer_steps += 1
             stats.skipped_steps += int(skipped)
-            stats.steps.append(dict(
-                step=steps_before + stats.optimizer_steps, epoch=epoch, samples_seen=samples_before + stats.samples,
-                loss=loss_sum / len(group), grad_norm=float(grad_norm), lr=lr,
-            ))
+            row = dict(step=steps_before + stats.optimizer_steps, epoch=epoch,
+                       samples_seen=samples_before + stats.samples, loss=loss_sum / len(group),
+                       grad_norm=float(grad_norm), lr=lr)
+            if micro and not skipped:
+                row.update(self._noise_update(stats.noise, GroupNorms(
+                    micro_sq_sum=micro[0], inverse_size_sum=micro[1], micro_batches=round(micro[2]),
+                    group_size=len(group), group_sq=row["grad_norm"] ** 2), row["step"]))
+            stats.steps.append(row)
             if not math.isfinite(loss_sum):  # every rank sees the same all-reduced loss, so all stop together
                 raise Diverged(stats.steps[-1]["step"], loss_sum / len(group), stats.steps)
             on_step(stats.samples, loss_sum / len(group))
@@ -177,14 +214,35 @@ class Backend:
         # would make the host wait for the GPU to drain, and the GPU then idles while the host
         # collates and launches the next micro-batch. (Divergence is therefore seen one step late.)
         pending = None
+        taken = taken_samples = 0
         for group, loss_sum, correct in self.accumulated(groups, batch_for):
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
+            numbers = [loss_sum, correct.to(loss_sum.dtype)]
+            if measuring:
+                # Before the step: its unscaling leaves .grad, not the hooks' sums, divided by the scale.
+                micro_sq_sum, inverse_size_sum, micro_batches = self.noise_norms.take()
+                numbers += [micro_sq_sum / self.grad_scale() ** 2,
+                            torch.tensor(inverse_size_sum, dtype=loss_sum.dtype, device=loss_sum.device),
+                            torch.tensor(micro_batches, dtype=loss_sum.dtype, device=loss_sum.device)]
             grad_norm, skipped = self.optimizer_step(grad_clip)
-            # One small all-reduce per step: the group's loss and accuracy over every rank.
-            totals = self.all_reduce_sum(torch.stack([loss_sum, correct.to(loss_sum.dtype)]))
+            # One small all-reduce per step: the group's loss and accuracy (and micro-batch norms) over every rank.
+            totals = self.all_reduce_sum(torch.stack(numbers))
+            taken, taken_samples = taken + 1, taken_samples + len(group)
+            after_step(steps_before + taken, samples_before + taken_samples)
             if pending is not None:
                 record(*pending)
             pending = (group, lr, totals, grad_norm, skipped)
         if pending is not None:
             record(*pending)
         return stats
+
+    def _noise_update(self, ema: NoiseScaleEMA, norms: GroupNorms, step: int) -> dict[str, Any]:
+        """Feed one group's norms to the epoch's EMAs; the step row's noise columns (every noise_every steps)."""
+        if not norms.usable:
+            return {}
+        grad_sq, trace = norms.estimates()
+        ema.update(grad_sq, trace)
+        if step % self.noise_every:
+            return {}
+        return dict(micro_grad_sq=norms.micro_sq_sum / norms.micro_batches, noise_grad_sq=grad_sq,
+                    noise_trace=trace, noise_scale=ema.noise_scale)

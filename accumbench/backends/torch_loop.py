@@ -68,10 +68,15 @@ class TorchBackend(Backend):
                     loss, n_correct = micro_batch_loss(self.model, batch)
                 # weight = world_size * n_micro / n_group (0 for a stand-in): see accumulation.py.
                 self.scaler.scale(loss * micro.weight).backward()
+            if self.noise_norms is not None:
+                self.noise_norms.micro_batch_done(len(micro), micro.weight)
             if len(micro):
                 loss_sum += loss.detach().double() * len(micro)
                 correct += n_correct
         return loss_sum, correct
+
+    def grad_scale(self) -> float:
+        return self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
 
     def optimizer_step(self, grad_clip: Optional[float]) -> tuple[torch.Tensor, bool]:
         self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
@@ -92,6 +97,7 @@ class TorchBackend(Backend):
         return tensor
 
     def close(self) -> None:
+        super().close()
         if self.world_size > 1 and dist.is_initialized():
             # Free DDP's reducer while its process group is still alive: freed after
             # destroy_process_group(), gloo's destructor waits forever on its worker threads.

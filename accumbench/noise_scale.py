@@ -1,0 +1,254 @@
+"""The gradient noise scale, measured for free from the accumulation micro-batches, and the critical
+batch size fitted from a sweep (McCandlish et al. 2018, "An Empirical Model of Large-Batch Training").
+
+B_simple = tr(Σ) / |G|², where G is the true gradient and Σ the per-sample gradient covariance.
+Batches much smaller than B_simple waste steps (the update is mostly noise); much larger ones waste
+samples (the noise is already gone). Gradient accumulation computes what the estimator of App. A.1
+needs, for every optimizer group of k >= 2 micro-batches:
+
+    g_j      the gradient of micro-batch j's mean loss (b_j samples): read in the backward pass,
+             before it is added to .grad, by a hook on every parameter (MicroBatchGradNorms)
+    G_group  the accumulated gradient = the gradient of the group's mean loss (B samples): the
+             gradient norm the optimizer step measures anyway (before clipping, after unscaling)
+
+Since E|g_b|² = |G|² + tr(Σ)/b for a mean over b samples, two batch sizes give two equations:
+
+    |G|²_est = (B·|G_big|² − b·|G_small|²) / (B − b)
+    S_est    = (|G_small|² − |G_big|²) / (1/b − 1/B)
+    with |G_small|² = mean_j |g_j|², |G_big|² = |G_group|², and 1/b = mean_j 1/b_j (a ragged last
+    micro-batch keeps both estimates unbiased: the expectation of mean_j |g_j|² has mean_j 1/b_j in it)
+
+Both are unbiased but very noisy per step, and their ratio is not unbiased: a mean of per-step ratios
+lands ~4% high on the linear-regression known answer (tests/test_noise_scale.py). So each is averaged
+on its own, as bias-corrected exponential moving averages, and B_simple = EMA(S) / EMA(|G|²).
+
+Why micro-batches must be random subsets of their group: with --group-by-length the group is sorted
+by length before it is cut, so each micro-batch is one length stratum, and the spread *between*
+strata (short and long reviews pull the weights differently) is counted about b times over as noise.
+That biases tr(Σ), and B_simple, upward: by 6% ± 4% on SST-2 with MiniLM (bench/noise_scale.py cuts
+the same groups both ways), small beside the estimate's own noise, so pick-best calls it an upper
+estimate rather than refusing it; --no-group-by-length measures on random micro-batches.
+
+Everything here but MicroBatchGradNorms is plain Python on floats, so reports import it without torch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+DEFAULT_DECAY = 0.99  # EMA weight of the past: about the last 100 optimizer steps of an epoch
+
+
+@dataclass(frozen=True)
+class GroupNorms:
+    """What one optimizer group tells about the gradient noise (all ranks summed)."""
+
+    micro_sq_sum: float  # sum over the group's micro-batches of |g_j|²
+    inverse_size_sum: float  # sum over the group's micro-batches of 1 / b_j
+    micro_batches: int  # k: micro-batches of the group with samples in them
+    group_size: int  # B: samples of the group
+    group_sq: float  # |G_group|²: the accumulated gradient's squared norm
+
+    @property
+    def usable(self) -> bool:
+        """Two batch sizes are needed, so a group of one micro-batch (k = 1) tells nothing."""
+        return self.micro_batches >= 2 and math.isfinite(self.micro_sq_sum) and math.isfinite(self.group_sq)
+
+    def estimates(self) -> tuple[float, float]:
+        """(|G|²_est, S_est = tr(Σ)_est) of App. A.1 from this group alone; unbiased, noisy."""
+        if not self.usable:
+            raise ValueError("the noise scale needs a group of at least two micro-batches with finite gradients")
+        small_sq = self.micro_sq_sum / self.micro_batches
+        inverse_small = self.inverse_size_sum / self.micro_batches  # 1 / b, b the harmonic mean size
+        inverse_big = 1.0 / self.group_size
+        small, big = 1.0 / inverse_small, float(self.group_size)
+        grad_sq = (big * self.group_sq - small * small_sq) / (big - small)
+        trace = (small_sq - self.group_sq) / (inverse_small - inverse_big)
+        return grad_sq, trace
+
+
+class NoiseScaleEMA:
+    """Bias-corrected exponential moving averages of |G|²_est and S_est, kept apart: their ratio is
+    B_simple. (Dividing per step and then averaging is biased; see the module docstring.)"""
+
+    def __init__(self, decay: float = DEFAULT_DECAY) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay must be in [0, 1), got {decay}")
+        self.decay = decay
+        self.reset()
+
+    def reset(self) -> None:
+        self._grad_sq = self._trace = 0.0
+        self._weight = 0.0  # 1 - decay**steps: the bias correction (Adam's)
+        self.steps = 0
+
+    def update(self, grad_sq: float, trace: float) -> None:
+        self._grad_sq = self.decay * self._grad_sq + (1 - self.decay) * grad_sq
+        self._trace = self.decay * self._trace + (1 - self.decay) * trace
+        self._weight = self.decay * self._weight + (1 - self.decay)
+        self.steps += 1
+
+    @property
+    def grad_sq(self) -> Optional[float]:
+        """EMA of |G|²_est, bias-corrected; None before the first update."""
+        return self._grad_sq / self._weight if self.steps else None
+
+    @property
+    def trace(self) -> Optional[float]:
+        """EMA of S_est = tr(Σ)_est, bias-corrected; None before the first update."""
+        return self._trace / self._weight if self.steps else None
+
+    @property
+    def noise_scale(self) -> Optional[float]:
+        """B_simple = EMA(S) / EMA(|G|²). None before the first update, and NaN while EMA(|G|²) <= 0:
+        the noise swamps the signal (|G|² is estimated as a small difference), so B_simple is
+        beyond what these batch sizes can resolve."""
+        if not self.steps:
+            return None
+        if not self.grad_sq > 0:
+            return math.nan
+        return self.trace / self.grad_sq
+
+
+# --- why a run has no estimate ---------------------------------------------------------------------
+
+def skip_reason(config: Any, world_size: int) -> Optional[str]:
+    """Why a run of `config` on `world_size` processes measures no noise scale, or None if it does."""
+    if not config.noise_scale:
+        return "off (--no-noise-scale)"
+    micro = config.micro_batch_size
+    if not isinstance(micro, int):
+        return None  # auto: known once probed
+    if config.effective_batch_size // micro < 2:
+        return f"k = 1 (EBS {config.effective_batch_size} = one micro-batch of {micro}): two batch sizes are needed"
+    return None
+
+
+# --- the critical batch size from a sweep ----------------------------------------------------------
+
+def steps_to_target(points: Sequence[tuple[int, float]], target: float) -> Optional[float]:
+    """The optimizer step at which validation accuracy first reaches `target`, from (step, accuracy)
+    evaluations in step order, linearly interpolated between the evaluation before and the one at
+    the crossing (evaluations are sparse; a step count quantised to them would blur S(B)). None if
+    the target is never reached."""
+    previous = (0, None)
+    for step, accuracy in points:
+        if accuracy >= target:
+            before_step, before_accuracy = previous
+            if before_accuracy is None or accuracy == before_accuracy:
+                return float(step)
+            fraction = (target - before_accuracy) / (accuracy - before_accuracy)
+            return before_step + fraction * (step - before_step)
+        previous = (step, accuracy)
+    return None
+
+
+@dataclass(frozen=True)
+class CriticalBatchFit:
+    """S(B) = S_min + E_min / B (McCandlish et al. eq. 2.11 in steps), fitted over the tried EBS."""
+
+    s_min: float  # optimizer steps at an infinitely large batch
+    e_min: float  # samples at an infinitely small batch
+    points: tuple[tuple[int, float], ...]  # (EBS, steps to target)
+    relative_rms_residual: float  # sqrt(mean((S_fit / S - 1)²)): how well the model explains the points
+
+    @property
+    def b_crit(self) -> Optional[float]:
+        """E_min / S_min, the batch size where the trade-off turns; None when the fit is not of that
+        shape (S_min <= 0: steps still falling at the largest EBS; E_min <= 0: steps not falling, where
+        a term E_min/B under a millionth of S_min at the smallest EBS is rounding, not a fall)."""
+        smallest = min(b for b, _ in self.points)
+        if self.s_min <= 0 or self.e_min / smallest <= 1e-6 * self.s_min:
+            return None
+        return self.e_min / self.s_min
+
+    @property
+    def b_crit_in_tried_range(self) -> bool:
+        """Whether B_crit lies between the smallest and largest EBS tried; outside it is an extrapolation."""
+        sizes = [b for b, _ in self.points]
+        return self.b_crit is not None and min(sizes) <= self.b_crit <= max(sizes)
+
+
+def fit_critical_batch_size(points: Sequence[tuple[int, float]]) -> CriticalBatchFit:
+    """Least squares of S = S_min + E_min·x in x = 1/B, each point weighted by 1/S²: that minimises
+    relative residuals, as S spans orders of magnitude (13,500 steps at EBS 16 and 1,195 at EBS 1024
+    for B_crit 200) and its noise grows with it; plain residuals would let the smallest EBS decide
+    S_min alone. Needs two EBS at least; two fit exactly."""
+    points = tuple(sorted((int(b), float(s)) for b, s in points))
+    if len({b for b, _ in points}) < 2:
+        raise ValueError("the critical batch size needs steps-to-target at two effective batch sizes at least")
+    weights = [1.0 / s**2 for _, s in points]
+    xs = [1.0 / b for b, _ in points]
+    ys = [s for _, s in points]
+    total = sum(weights)
+    mean_x = sum(w * x for w, x in zip(weights, xs)) / total
+    mean_y = sum(w * y for w, y in zip(weights, ys)) / total
+    sxx = sum(w * (x - mean_x) ** 2 for w, x in zip(weights, xs))
+    sxy = sum(w * (x - mean_x) * (y - mean_y) for w, x, y in zip(weights, xs, ys))
+    e_min = sxy / sxx
+    s_min = mean_y - e_min * mean_x
+    residual = math.sqrt(sum(((s_min + e_min * x) / y - 1) ** 2 for x, y in zip(xs, ys)) / len(points))
+    return CriticalBatchFit(s_min, e_min, points, residual)
+
+
+def nearest_tried(value: float, tried: Sequence[int]) -> int:
+    """The tried batch size nearest `value` on a log scale (batch sizes go up in factors)."""
+    return min(tried, key=lambda b: (abs(math.log(b / value)), b))
+
+
+# --- in the backward pass (torch) --------------------------------------------------------------------
+
+class MicroBatchGradNorms:
+    """Squared norms of each micro-batch's own gradient, summed over the group.
+
+    A hook on every parameter sees that backward pass's gradient before autograd adds it to .grad.
+    The hook only keeps a reference; after the backward, one multi-tensor norm (the kernel
+    clip_grad_norm_ uses) measures them all and the references are dropped. Launching a norm kernel
+    per parameter instead would add ~200 launches per micro-batch to BERT-base, whose loop is
+    host-bound at micro-batch 64 on a GPU. The references cost at most one gradient's worth of
+    memory at the end of each backward; differencing .grad before and after each backward would
+    cost a gradient-sized buffer for the whole run, and an extra pass over it.
+
+    The hooks see d(scale · weight · loss_j)/dθ: the backend passes the weight here and the fp16
+    loss scale at the step, and both are divided out (squared) in float64. Norms are taken in fp32
+    (fp64 for an fp64 model) on the device, with no host sync per micro-batch: the backend reads
+    the sums once per optimizer step with its other numbers."""
+
+    def __init__(self, parameters: Any, device: Any) -> None:
+        import torch
+
+        self._params = [p for p in parameters if p.requires_grad]
+        self._dtype = torch.promote_types(self._params[0].dtype, torch.float32)
+        self._grads: list[Any] = []  # this backward's gradients, one per parameter that got one
+        self.sum_sq = torch.zeros((), device=device, dtype=torch.float64)  # the group's, weights divided out
+        self.inverse_size_sum = 0.0
+        self.micro_batches = 0
+        self._handles = [p.register_hook(self._grads.append) for p in self._params]
+
+    def micro_batch_done(self, size: int, weight: float) -> None:
+        """After a micro-batch's backward: its |weight · g|² becomes |g|². A stand-in (weight 0, an
+        empty micro-batch that only joins the all-reduce) counts for nothing."""
+        import torch
+
+        if size and weight and self._grads:
+            grads = [g.detach() if g.dtype == self._dtype else g.detach().to(self._dtype) for g in self._grads]
+            norm = torch.nn.utils.get_total_norm(grads, foreach=True)
+            self.sum_sq += norm.double().square() / weight**2
+            self.inverse_size_sum += 1.0 / size
+            self.micro_batches += 1
+        self._grads.clear()
+
+    def take(self) -> tuple[Any, float, int]:
+        """(sum of |g_j|² as a device tensor, sum of 1/b_j, k) of the group just backpropagated; reset."""
+        taken = (self.sum_sq.clone(), self.inverse_size_sum, self.micro_batches)
+        self.sum_sq.zero_()
+        self.inverse_size_sum, self.micro_batches = 0.0, 0
+        return taken
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._grads.clear()
