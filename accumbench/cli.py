@@ -239,7 +239,7 @@ def report(
                 figures = write_figures(*reporting.plot_frames(store, data), plot)
             title = f"accumbench report: {len(data.runs)} runs in {len(cells)} cells" + (f", sweep {sweep}" if sweep else "")
             text = None if fmt == "table" and output is None else reporting.render(
-                cells, comparison, "markdown" if fmt == "table" else fmt, title)
+                cells, comparison, "markdown" if fmt == "table" else fmt, title, reporting.noise_per_run(data))
     except UserError as exc:
         fail(str(exc))
     if text is None:

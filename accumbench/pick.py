@@ -73,9 +73,9 @@ class NoiseAdvice:
     """The gradient noise scale of a model's runs, beside the empirical pick (noise_scale.py)."""
 
     runs: int  # runs that measured B_simple in their first epoch
-    first: Optional[float]  # mean B_simple of the first epoch over those runs
+    first: Optional[float]  # median B_simple of the first epoch over those runs
     first_range: Optional[tuple[float, float]]
-    last: Optional[float]  # mean B_simple of the runs' last epochs
+    last: Optional[float]  # median B_simple of the runs' last epochs
     nearest: Optional[int]  # the tried EBS nearest `first` on a log scale
     text: str
 
@@ -125,18 +125,21 @@ def noise_advice(runs: pd.DataFrame, tried: list[int]) -> NoiseAdvice:
     measured it, or why none did."""
     measured = runs[runs["noise_scale_first"].notna()]
     if measured.empty:
-        notes = [n for n in dict.fromkeys(runs["noise_note"]) if n]
+        notes = [n for n in dict.fromkeys(runs["noise_note_first"]) if n]
         why = "; ".join(f"{n}: {NOISE_NOTES[n]}" for n in notes) or "no run measured it"
         return NoiseAdvice(0, None, None, None, None, f"noise scale: not measured ({why})")
-    first = float(measured["noise_scale_first"].mean())
+    # The median over runs: a run's epoch-1 value depends on how many of its steps fall in the first
+    # phase of fine-tuning, where a fresh head's gradient is weak and B_simple huge (a large EBS has
+    # few steps an epoch, most of them there), so one run can sit far above the others.
+    first = float(measured["noise_scale_first"].median())
     low, high = float(measured["noise_scale_first"].min()), float(measured["noise_scale_first"].max())
     last_values = measured["noise_scale_last"].dropna()
-    last = float(last_values.mean()) if not last_values.empty else None
+    last = float(last_values.median()) if not last_values.empty else None
     nearest = nearest_tried(first, tried)
     n = len(measured)
-    spread = f" ({n} runs, {low:.3g}–{high:.3g})" if n > 1 else ""
+    spread = f" (median of {n} runs, {low:.3g}–{high:.3g})" if n > 1 else ""
     later = f" and ≈ {last:.3g} in the last" if last is not None else ""
-    without = runs.loc[runs["noise_scale_first"].isna(), "noise_note"].value_counts()
+    without = runs.loc[runs["noise_scale_first"].isna(), "noise_note_first"].value_counts()
     unmeasured = "".join(f"; {count} run{'s' if count != 1 else ''} without it ({note})"
                          for note, count in without.items())
     # Length strata count their spread as noise (noise_scale.py): a few percent high on SST-2.

@@ -44,7 +44,8 @@ METRICS = {
     "noise_scale_first": "B_simple epoch 1",
     "noise_scale_last": "B_simple last epoch",
 }
-NOISE_METRICS = ("noise_scale_first", "noise_scale_last")
+# Each B_simple column, and the column that says why a run has none there.
+NOISE_METRICS = {"noise_scale_first": "noise_note_first", "noise_scale_last": "noise_note_last"}
 
 
 def cell_key(config: RunConfig) -> str:
@@ -120,8 +121,11 @@ def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] =
     if frame.empty:
         raise UserError(f"none of the matching runs in {store.url} finished an epoch; nothing to report")
     frame["variant"] = _variants(frame)
-    frame["noise_note"] = [noise_note(config, run, measured, value) for config, run, measured, value in zip(
-        frame["config"], frame.to_dict("records"), frame["noise_measured_first"], frame["noise_scale_first"])]
+    records = frame.to_dict("records")
+    for which in ("first", "last"):
+        frame[f"noise_note_{which}"] = [
+            noise_note(config, run, measured, value) for config, run, measured, value in zip(
+                frame["config"], records, frame[f"noise_measured_{which}"], frame[f"noise_scale_{which}"])]
     evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
                          columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
     return RunData(frame.reset_index(drop=True), epochs, evals)
@@ -148,8 +152,9 @@ def cell_table(data: RunData) -> pd.DataFrame:
     for metric in METRICS:
         table[f"{metric}_mean"] = group[metric].mean()
         table[f"{metric}_std"] = group[metric].std()  # NaN for one seed: no spread to report
-    # Why a cell has no B_simple; the seeds of a cell share their config, so they share the reason.
-    table["noise_note"] = group["noise_note"].agg(lambda notes: max(set(notes), key=list(notes).count))
+    # Why a cell has no B_simple: the reason most of its seeds give (they share their config).
+    for note in NOISE_METRICS.values():
+        table[note] = group[note].agg(lambda notes: max(sorted(set(notes)), key=list(notes).count))
     table = table.sort_values(["model", "lr_scaling", "backend", "variant", "effective_batch_size"])
     return table.reset_index(drop=True)
 
@@ -205,17 +210,20 @@ def display_table(cells: pd.DataFrame) -> pd.DataFrame:
     for metric, heading in METRICS.items():
         shown[heading] = [_mean_std(m, s, _DIGITS.get(metric, 4))
                           for m, s in zip(cells[f"{metric}_mean"], cells[f"{metric}_std"])]
-    for metric in NOISE_METRICS:  # a missing B_simple says why
+    for metric, note_column in NOISE_METRICS.items():  # a missing B_simple says why
         heading = METRICS[metric]
         shown[heading] = [f"- ({note})" if pd.isna(m) and note else text
-                          for m, note, text in zip(cells[f"{metric}_mean"], cells["noise_note"], shown[heading])]
+                          for m, note, text in zip(cells[f"{metric}_mean"], cells[note_column], shown[heading])]
     return shown
+
+
+def _noise_notes(cells: pd.DataFrame) -> list[str]:
+    return [note for note in dict.fromkeys(n for column in NOISE_METRICS.values() for n in cells[column]) if note]
 
 
 def noise_footnote(cells: pd.DataFrame) -> str:
     """One sentence per reason a B_simple is missing from the table, e.g. 'k = 1: one micro-batch ...'."""
-    notes = [note for note in dict.fromkeys(cells["noise_note"]) if note]
-    return "; ".join(f"B_simple {note}: {NOISE_NOTES[note]}" for note in notes)
+    return "; ".join(f"B_simple {note}: {NOISE_NOTES[note]}" for note in _noise_notes(cells))
 
 
 def display_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
@@ -233,13 +241,23 @@ def display_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
 
-def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str) -> str:
-    """The report as text in one of FORMATS (table is rendered by the CLI with rich)."""
+def noise_per_run(data: RunData) -> pd.DataFrame:
+    """Each run's B_simple in its first and last epoch, or why it has none."""
+    columns = ["run_id", "model", "effective_batch_size", "backend", "seed", "noise_scale_first", "noise_scale_last",
+               "noise_note_first", "noise_note_last"]
+    return data.runs[columns].sort_values("run_id").reset_index(drop=True)
+
+
+def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str,
+           runs: Optional[pd.DataFrame] = None) -> str:
+    """The report as text in one of FORMATS (table is rendered by the CLI with rich). `runs`
+    (noise_per_run) adds each run's B_simple to the JSON."""
     if fmt == "csv":
         return cells.to_csv(index=False)
     if fmt == "json":
         payload = {"title": title, "cells": json.loads(cells.to_json(orient="records")),
-                   "noise_scale_notes": {note: NOISE_NOTES[note] for note in dict.fromkeys(cells["noise_note"]) if note},
+                   "noise_scale_notes": {note: NOISE_NOTES[note] for note in _noise_notes(cells)},
+                   "noise_scale_runs": [] if runs is None else json.loads(runs.to_json(orient="records")),
                    "backend_comparison": json.loads(comparison.to_json(orient="records"))}
         return json.dumps(payload, indent=2) + "\n"
     shown, compared = display_table(cells), display_comparison(comparison)

@@ -53,3 +53,19 @@ def test_gpu_check_runs_on_cpu_with_tiny_shapes(tmp_path, monkeypatch, capsys):
     assert all(check["passed"] for check in results["check_ga"] if check["tolerance"] is not None)
     printed = capsys.readouterr().out
     assert "seed study projected, torch" in printed and "GA overhead bert-base torch" in printed
+
+
+def test_noise_scale_bench_runs_every_experiment(tiny_bert, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "noise.json"
+    _run_script("noise_scale.py", ["--tiny", tiny_bert, "--out", str(out)], monkeypatch)
+    results = json.loads(out.read_text())
+    [overhead] = results["overhead"]
+    assert overhead["samples_per_second_on"] > 0 and overhead["samples_per_second_off"] > 0
+    assert overhead["all_off_runs_unmeasured"] and len(overhead["b_simple_epoch_1"]) == 1
+    [hooks] = results["hooks"]
+    assert set(hooks["ms_per_micro_batch"]) == {"none", "norm in hook", "norm in hook, all embedding rows",
+                                                "batched norm"}
+    [partition] = results["partition"]
+    assert partition["random"]["trace"] != partition["sorted"]["trace"]  # the same groups, cut two ways
+    assert results["sweep"]["pick"].startswith("EBS ") and "noise scale" in results["sweep"]["noise_scale"]["text"]
+    assert "critical batch size" in capsys.readouterr().out

@@ -101,15 +101,29 @@ def test_b_simple_per_cell_and_why_it_is_missing(swept):
         runs = [int(r) for r in cell["run_ids"].split(",")]
         first, last = ([noise(r, epoch) for r in runs] for epoch in (1, 2))
         if cell["effective_batch_size"] == 8:
-            assert first == [None, None] and cell["noise_scale_first_mean"] is None and cell["noise_note"] == "k = 1"
+            assert first == [None, None] and cell["noise_scale_first_mean"] is None
+            assert cell["noise_note_first"] == cell["noise_note_last"] == "k = 1"
             continue
         # Measured: B_simple > 0, or NaN where the |G|² average came out <= 0; the cell's mean is over
         # the seeds that resolved it.
         assert all(value > 0 or math.isnan(value) for value in first + last)
-        for values, mean in ((first, cell["noise_scale_first_mean"]), (last, cell["noise_scale_last_mean"])):
+        for values, which in ((first, "first"), (last, "last")):
             resolved = [v for v in values if not math.isnan(v)]
+            mean = cell[f"noise_scale_{which}_mean"]
             assert mean == (pytest.approx(sum(resolved) / len(resolved)) if resolved else None)
-        assert cell["noise_note"] in ("", "beyond resolution")
+            # The note is the seeds' majority: "beyond resolution" when most did not resolve it.
+            assert cell[f"noise_note_{which}"] == ("beyond resolution" if len(resolved) < len(values) / 2 else "")
+    # And per run, as recorded.
+    per_run = {r["run_id"]: r for r in payload["noise_scale_runs"]}
+    assert len(per_run) == 8
+    for run_id, row in per_run.items():
+        for epoch, key in ((1, "noise_scale_first"), (2, "noise_scale_last")):
+            recorded = noise(run_id, epoch)
+            assert row[key] == (None if recorded is None or math.isnan(recorded) else pytest.approx(recorded))
+        assert (row["noise_note_first"] == "k = 1") == (row["effective_batch_size"] == 8)
+        for which in ("first", "last"):
+            value = row[f"noise_scale_{which}"]
+            assert (row[f"noise_note_{which}"] == "beyond resolution") == (value is None and row["effective_batch_size"] != 8)
     markdown = report(swept, "--format", "markdown").stdout
     assert "B_simple epoch 1 | B_simple last epoch |" in markdown and "| - (k = 1) | - (k = 1) |" in markdown
     assert "B_simple k = 1: one micro-batch per optimizer step" in markdown

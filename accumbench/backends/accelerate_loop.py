@@ -121,6 +121,8 @@ class AccelerateBackend(Backend):
                 correct = torch.zeros((), device=self.device, dtype=torch.long)
             if batch["indices"] != list(micro.indices or group.indices[:1]):
                 raise RuntimeError("Accelerate's dataloader reordered the accumulation plan")
+            if self.noise_norms is not None:
+                self.noise_norms.rows_used(batch["input_ids"])
             with self.accelerator.accumulate(self.model):
                 loss, n_correct = micro_batch_loss(self.model, batch)
                 # backward() divides by k; multiplying by k leaves the exact weight n_micro / n_group (x W).

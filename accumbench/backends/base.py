@@ -67,6 +67,17 @@ def micro_batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
     return loss, (logits.detach().argmax(dim=-1) == batch["labels"]).sum()
 
 
+def unshared_token_embedding(model: torch.nn.Module) -> Optional[torch.nn.Parameter]:
+    """The encoder's token-embedding matrix, if nothing else in the model uses it (not tied)."""
+    encoder = getattr(model, "encoder", None)
+    embeddings = encoder.get_input_embeddings() if hasattr(encoder, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    if not isinstance(embeddings, torch.nn.Embedding) or weight is None:
+        return None
+    uses = sum(p is weight for _, p in model.named_parameters(remove_duplicate=False))
+    return weight if uses == 1 else None
+
+
 def rank_inputs(micro: MicroBatch, group: OptimizerGroup) -> tuple[int, ...]:
     """The samples a rank feeds forward: its micro-batch, or for an empty one (weight 0) a stand-in
     sample, so that the rank still joins the gradient all-reduce at the group's boundary."""
@@ -149,7 +160,9 @@ class Backend:
         """Measure the gradient noise scale from the micro-batches (see noise_scale.py): each
         micro-batch's gradient norm is read in its backward pass, and B_simple is averaged over each
         epoch with EMA `decay`; steps rows carry it every `every` steps."""
-        self.noise_norms = MicroBatchGradNorms(self.unwrapped_model().parameters(), self.device)
+        model = self.unwrapped_model()
+        self.noise_norms = MicroBatchGradNorms(model.parameters(), self.device,
+                                               token_embedding=unshared_token_embedding(model))
         self.noise_decay, self.noise_every = decay, every
 
     def grad_scale(self) -> float:

@@ -63,6 +63,8 @@ class TorchBackend(Backend):
             # DDP all-reduces on every backward unless told not to: only the last micro-step syncs.
             sync = contextlib.nullcontext() if at_boundary or self.world_size == 1 else self.model.no_sync()
             batch = to_device(batch_for(rank_inputs(micro, group)), self.device)
+            if self.noise_norms is not None:
+                self.noise_norms.rows_used(batch["input_ids"])
             with sync:
                 with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                     loss, n_correct = micro_batch_loss(self.model, batch)
