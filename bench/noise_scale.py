@@ -15,7 +15,7 @@ micro-batches move it. Runs on MiniLM (the packaged all-MiniLM-L6-v2) on this ma
              pick-best`: the empirical pick beside the noise-scale recommendation and the fitted
              critical batch size
 
-    python bench/noise_scale.py                      # all three (~25 min here)
+    python bench/noise_scale.py                      # all four (~30 min here)
     python bench/noise_scale.py --only partition     # one of them
     python bench/noise_scale.py --tiny MODEL_DIR     # seconds, on a tiny model: the smoke test
 
