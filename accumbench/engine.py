@@ -37,6 +37,7 @@ from accumbench.backends.base import (
 from accumbench.config import RunConfig
 from accumbench.errors import Terminated, UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
+from accumbench.noise_scale import measurable
 from accumbench.progress import Reporter
 from accumbench.store import (
     FAILED, FINISHED, INTERRUPTED, KILLED, TERMINATED, Store, resolve_db_url, sqlite_path,
@@ -178,8 +179,7 @@ def make_backend(prepared: Prepared) -> Backend:
         from accumbench.backends.torch_loop import TorchBackend
 
         backend = TorchBackend(prepared.model, **common)
-    if config.noise_scale and config.effective_batch_size // config.micro_batch_size >= 2:
-        # Two batch sizes (micro-batch and group) are what the estimator needs: k = 1 has one.
+    if config.noise_scale and measurable(config.effective_batch_size, config.micro_batch_size):
         backend.measure_noise_scale(config.noise_scale_decay, config.noise_scale_every)
     # Both backends start training from the same generator state, whatever their setup drew from it,
     # so that they draw the same dropout masks (the parity test with dropout checks this).

@@ -61,12 +61,16 @@ class GroupNorms:
         if not self.usable:
             raise ValueError("the noise scale needs a group of at least two micro-batches with finite gradients")
         small_sq = self.micro_sq_sum / self.micro_batches
-        inverse_small = self.inverse_size_sum / self.micro_batches  # 1 / b, b the harmonic mean size
-        inverse_big = 1.0 / self.group_size
-        small, big = 1.0 / inverse_small, float(self.group_size)
+        small = self.micro_batches / self.inverse_size_sum  # b: the harmonic mean micro-batch size
+        big = float(self.group_size)
         grad_sq = (big * self.group_sq - small * small_sq) / (big - small)
-        trace = (small_sq - self.group_sq) / (inverse_small - inverse_big)
+        trace = (small_sq - self.group_sq) / (1 / small - 1 / big)
         return grad_sq, trace
+
+
+def measurable(effective_batch_size: int, micro_batch_size: int) -> bool:
+    """Whether a step has the two batch sizes the estimator needs: 2+ micro-batches (over all processes)."""
+    return effective_batch_size // micro_batch_size >= 2
 
 
 class NoiseScaleEMA:
@@ -77,9 +81,6 @@ class NoiseScaleEMA:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay must be in [0, 1), got {decay}")
         self.decay = decay
-        self.reset()
-
-    def reset(self) -> None:
         self._grad_sq = self._trace = 0.0
         self._weight = 0.0  # 1 - decay**steps: the bias correction (Adam's)
         self.steps = 0
@@ -212,8 +213,8 @@ class MicroBatchGradNorms:
                  token_embedding: Any = None) -> None:
         import torch
 
-        self._params = [p for p in parameters if p.requires_grad]
-        self._dtype = torch.promote_types(self._params[0].dtype, torch.float32)
+        params = [p for p in parameters if p.requires_grad]
+        self._dtype = torch.promote_types(params[0].dtype, torch.float32)
         self.batched = torch.device(device).type == "cuda" if batched is None else batched
         self._grads: list[Any] = []  # batched: this backward's gradients, one per parameter that got one
         self._squares: list[Any] = []  # not batched: this backward's per-parameter |.|² (0-d tensors)
@@ -227,7 +228,7 @@ class MicroBatchGradNorms:
         self._embedding = token_embedding if token_embedding is not None and not self.batched else None
         self._rows: Any = None
         self._handles = []
-        for p in self._params:
+        for p in params:
             hook = self._grads.append if self.batched else self._add_rows_norm if p is self._embedding else self._add_norm
             self._handles.append(p.register_hook(hook))
 

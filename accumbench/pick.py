@@ -150,18 +150,20 @@ def noise_advice(runs: pd.DataFrame, tried: list[int]) -> NoiseAdvice:
     return NoiseAdvice(n, first, (low, high), last, nearest, text)
 
 
-def _accuracy_curve(run_id: int, epochs: pd.DataFrame, evals: pd.DataFrame) -> list[tuple[int, float]]:
-    """(optimizer step, validation accuracy) of every evaluation of a run: --eval-every and epoch ends."""
-    points = {int(e.optimizer_steps): float(e.val_accuracy) for e in epochs[epochs["run_id"] == run_id].itertuples()}
-    if not evals.empty:
-        points.update({int(e.step): float(e.val_accuracy) for e in evals[evals["run_id"] == run_id].itertuples()})
-    return sorted(points.items())
+def _accuracy_curves(data: RunData, run_ids: list[int]) -> dict[int, list[tuple[int, float]]]:
+    """Per run, (optimizer step, validation accuracy) of every evaluation: epoch ends and --eval-every."""
+    curves: dict[int, dict[int, float]] = {run_id: {} for run_id in run_ids}
+    for frame, step in ((data.epochs, "optimizer_steps"), (data.evals, "step")):
+        for run_id, at, accuracy in zip(frame["run_id"], frame[step], frame["val_accuracy"]):
+            if run_id in curves:
+                curves[run_id][int(at)] = float(accuracy)
+    return {run_id: sorted(points.items()) for run_id, points in curves.items()}
 
 
 def critical_batch_sizes(runs: pd.DataFrame, data: RunData, target: Optional[float]) -> list[CriticalBatch]:
     """Per lr rule / variant with 2+ EBS: the steps each EBS took to reach the validation-accuracy
     target (mean over seeds), S(B) = S_min + E_min/B fitted to them, and B_crit = E_min/S_min."""
-    curves = {run_id: _accuracy_curve(run_id, data.epochs, data.evals) for run_id in runs["run_id"]}
+    curves = _accuracy_curves(data, runs["run_id"].tolist())
     best_seen = max((acc for curve in curves.values() for _, acc in curve), default=math.nan)
     if target is None:
         target, rule = 0.99 * best_seen, f"99% of the best seen, {best_seen:.4f}"

@@ -21,6 +21,7 @@ import pandas as pd
 
 from accumbench.config import RunConfig
 from accumbench.errors import UserError
+from accumbench.noise_scale import measurable
 from accumbench.progress import short_model
 
 # The columns that name a cell in the study's table; any other setting that differs between cells
@@ -59,17 +60,17 @@ def cell_key(config: RunConfig) -> str:
 class RunData:
     runs: pd.DataFrame  # one row per run: its columns, its config, and its summary metrics
     epochs: pd.DataFrame  # one row per (run, epoch)
-    evals: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)  # --eval-every rows, (run, step)
+    evals: pd.DataFrame  # one row per --eval-every evaluation (run, step)
 
 
-def noise_note(config: RunConfig, run: dict[str, Any], measured: bool, value: float) -> str:
-    """Why a run's B_simple is missing, in a few words ('' when it has one)."""
+def noise_note(config: RunConfig, micro_batch_size: int, measured: bool, value: float) -> str:
+    """Why a run's B_simple is missing, in a few words ('' when it has one). `micro_batch_size` is
+    the run's recorded one (--micro-batch-size auto resolved; 0 if it never got that far)."""
     if measured:
         return "" if pd.notna(value) else "beyond resolution"  # EMA(|G|²) <= 0: noise swamps the signal
     if not config.noise_scale:
         return "off"
-    micro = run.get("micro_batch_size") or config.micro_batch_size
-    if isinstance(micro, int) and micro and run["effective_batch_size"] // micro < 2:
+    if micro_batch_size and not measurable(config.effective_batch_size, micro_batch_size):
         return "k = 1"
     return "not recorded"  # e.g. a run recorded before accumbench measured it
 
@@ -121,11 +122,11 @@ def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] =
     if frame.empty:
         raise UserError(f"none of the matching runs in {store.url} finished an epoch; nothing to report")
     frame["variant"] = _variants(frame)
-    records = frame.to_dict("records")
     for which in ("first", "last"):
         frame[f"noise_note_{which}"] = [
-            noise_note(config, run, measured, value) for config, run, measured, value in zip(
-                frame["config"], records, frame[f"noise_measured_{which}"], frame[f"noise_scale_{which}"])]
+            noise_note(config, int(micro), measured, value) for config, micro, measured, value in zip(
+                frame["config"], frame["micro_batch_size"], frame[f"noise_measured_{which}"],
+                frame[f"noise_scale_{which}"])]
     evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
                          columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
     return RunData(frame.reset_index(drop=True), epochs, evals)

@@ -784,7 +784,8 @@ class Store:
             return [_as_dict(row, STEP_COLUMNS) for row in session.scalars(query)]
 
     def evals_of(self, run_ids: list[int]) -> list[dict[str, Any]]:
-        query = select(StepEvaluation).where(StepEvaluation.run_id.in_(run_ids)).order_by(StepEvaluation.run_id, StepEvaluation.step)
+        query = (select(StepEvaluation).where(StepEvaluation.run_id.in_(run_ids))
+                 .order_by(StepEvaluation.run_id, StepEvaluation.step))
         with self._session() as session:
             return [_as_dict(row, EVAL_COLUMNS) for row in session.scalars(query)]
 

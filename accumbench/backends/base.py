@@ -234,9 +234,8 @@ class Backend:
             if measuring:
                 # Before the step: its unscaling leaves .grad, not the hooks' sums, divided by the scale.
                 micro_sq_sum, inverse_size_sum, micro_batches = self.noise_norms.take()
-                numbers += [micro_sq_sum / self.grad_scale() ** 2,
-                            torch.tensor(inverse_size_sum, dtype=loss_sum.dtype, device=loss_sum.device),
-                            torch.tensor(micro_batches, dtype=loss_sum.dtype, device=loss_sum.device)]
+                counts = torch.tensor([inverse_size_sum, micro_batches], dtype=loss_sum.dtype, device=loss_sum.device)
+                numbers += [micro_sq_sum / self.grad_scale() ** 2, *counts]
             grad_norm, skipped = self.optimizer_step(grad_clip)
             # One small all-reduce per step: the group's loss and accuracy (and micro-batch norms) over every rank.
             totals = self.all_reduce_sum(torch.stack(numbers))
