@@ -143,8 +143,13 @@ def sweep(
         None, "--effective-batch-sizes", "--effective-batch-size", help="Comma-separated EBS values (default: 64)."),
     backends: Optional[str] = typer.Option(None, "--backends", "--backend", help="Comma-separated: torch, accelerate (default: torch)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", "--seed", help="Comma-separated seeds (default: 42)."),
+    lrs: Optional[str] = typer.Option(
+        None, "--lrs", help="Comma-separated learning rates, an axis like the others (base rates with --lr-scaling); "
+                            "pick-best then compares every EBS at its own best lr. Not with --lr."),
     lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="Comma-separated rules: none, linear, sqrt (default: none)."),
-    preset: Optional[str] = typer.Option(None, help="seed-study (the original study; GPU and hub) or demo (offline, ~4 min on CPU)."),
+    preset: Optional[str] = typer.Option(
+        None, help="demo (offline, ~3 min on CPU), seed-study (the original study) or tuned-study (the original study "
+                   "at lrs 1e-5..3e-4, each EBS tuned); the last two need a GPU and the hub."),
     name: Optional[str] = typer.Option(None, help="Label of the sweep (default: the preset or 'sweep', plus a hash of the grid)."),
     max_retries: Optional[int] = typer.Option(None, help="Retries of a failed or crashed cell (default: 1)."),
     stale_after: Optional[float] = typer.Option(
@@ -155,7 +160,7 @@ def sweep(
     db: Optional[str] = _DB_OPTION,
     **options: Any,
 ) -> None:
-    """Train every cell of a grid (models x EBS x backends x seeds x lr rules) once, resumably.
+    """Train every cell of a grid (models x EBS x backends x seeds x lrs x lr rules) once, resumably.
 
     Finished cells are skipped; failed or crashed ones are retried. Start the same command in several
     terminals, on several GPUs or machines against one --db, and each cell still runs once.
@@ -163,13 +168,17 @@ def sweep(
     Example:
 
         accumbench sweep --models minilm --effective-batch-sizes 16,32,64 --micro-batch-size 16 --epochs 2 --max-train-samples 480
+
+    Example, every EBS at three learning rates (9 cells; pick-best then tunes the lr per EBS):
+
+        accumbench sweep --effective-batch-sizes 16,32,64 --lrs 3e-5,1e-4,3e-4 --micro-batch-size 16 --epochs 2 --dry-run
     """
     with _stops_as_exit_codes("the current run is recorded as KILLED; run the same command to resume"):
         try:
             from accumbench.sweep import build_spec
 
             spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
-                              seeds=seeds, lr_scaling=lr_scaling, preset=preset, name=name, max_retries=max_retries,
+                              seeds=seeds, lrs=lrs, lr_scaling=lr_scaling, preset=preset, name=name, max_retries=max_retries,
                               stale_after=stale_after, fail_fast=fail_fast, **options)
             from accumbench.progress import RichSweepReporter
 
@@ -211,8 +220,9 @@ def report(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write PNG figures per model into this directory."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
-    """The study's table: one row per model x EBS x backend x lr rule, mean ± std over seeds, with the
-    backend comparison and learning curves. Opens the database read-only.
+    """The study's table: one row per model x EBS x backend x lr rule x lr, mean ± std over seeds, with
+    an lr x EBS table of validation accuracy where EBS were trained at several lrs, the backend
+    comparison and learning curves. Opens the database read-only.
 
     Example:
 
@@ -232,21 +242,24 @@ def report(
             data = reporting.load_runs(store, sweep=sweep, model=model, backend=backend,
                                        status=None if status == "any" else status)
             cells, comparison = reporting.cell_table(data), reporting.backend_comparison(data)
+            from accumbench.tuning import lr_grids
+
+            grids = lr_grids(data)
             figures = []
             if plot is not None:
                 from accumbench.plots import write_figures
 
-                figures = write_figures(*reporting.plot_frames(store, data), plot)
+                figures = write_figures(*reporting.plot_frames(store, data), plot, lr_grids=grids)
             title = f"accumbench report: {len(data.runs)} runs in {len(cells)} cells" + (f", sweep {sweep}" if sweep else "")
             text = None if fmt == "table" and output is None else reporting.render(
-                cells, comparison, "markdown" if fmt == "table" else fmt, title, reporting.noise_per_run(data))
+                cells, comparison, "markdown" if fmt == "table" else fmt, title, reporting.noise_per_run(data), grids)
     except UserError as exc:
         fail(str(exc))
     if text is None:
         from accumbench.progress import print_report
 
         print_report(title, reporting.display_table(cells), reporting.display_comparison(comparison),
-                     reporting.noise_footnote(cells))
+                     reporting.noise_footnote(cells), grids)
     elif output is not None:
         output.write_text(text)
         typer.echo(f"wrote {output} ({fmt})")
@@ -266,17 +279,28 @@ def pick_best(
     alpha: float = typer.Option(0.05, help="Significance level: candidates with p >= alpha count as not worse."),
     target: Optional[float] = typer.Option(
         None, help="Validation accuracy that steps-to-target counts to, for the critical batch size (default: 99% of the best seen)."),
+    protocol: Optional[str] = typer.Option(
+        None, help="tuned (each EBS at its best lr on validation, then EBS against EBS) or pooled (every cell "
+                   "competes as it is). Default: tuned where some EBS has 2+ lrs, else pooled."),
+    compare_protocols: bool = typer.Option(
+        False, "--compare-protocols", help="Print the pick under every protocol the runs support: each single lr, "
+                                           "each lr scaling rule, pooled and tuned."),
     as_json: bool = typer.Option(False, "--json", help="Print the picks, candidates and p-values as JSON."),
     db: Optional[str] = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
     """Pick the effective batch size per model on validation only, test it, and say how sure it is:
-    candidates not significantly worse than the best (Welch across seeds, or exact McNemar) compete on
-    training time. Reports the pick's test accuracy with a 95% interval, and beside it what the measured
-    gradient noise scale B_simple and the critical batch size fitted from steps-to-target recommend.
+    with an lr grid each EBS first gets its own best lr (the tuned protocol); then candidates not
+    significantly worse than the best (Welch across seeds, or exact McNemar) compete on training time.
+    Reports the pick's test accuracy with a 95% interval, the best lr per EBS and the lr scaling exponent
+    it implies, and what the gradient noise scale and the critical batch size recommend.
 
     Example:
 
         accumbench pick-best --sweep demo-3bf97179 --metric val_accuracy --alpha 0.05
+
+    Example, the same runs under every protocol (does the lr choice change the EBS answer?):
+
+        accumbench pick-best --compare-protocols --json
     """
     try:
         from accumbench import pick, report as reporting
@@ -289,21 +313,34 @@ def pick_best(
             raise UserError(f"--alpha must be between 0 and 1, got {alpha}; e.g. --alpha 0.05")
         if target is not None and not 0 < target <= 1:
             raise UserError(f"--target is a validation accuracy in (0, 1], got {target}; e.g. --target 0.85")
+        if protocol is not None and protocol not in pick.PROTOCOLS:
+            raise UserError(f"unknown --protocol '{protocol}'; choose one of: {', '.join(pick.PROTOCOLS)}")
+        if protocol is not None and compare_protocols:
+            raise UserError("--compare-protocols shows every protocol; drop --protocol")
         with _open_for_reading(db) as store:
             data = reporting.load_runs(store, sweep=sweep, model=model, backend=backend)
             run_ids = data.runs["run_id"].tolist()
             predictions = {split: store.predictions(run_ids, split) for split in ("validation", "test")}
-        picks = pick.pick_best(data, predictions, metric=metric, alpha=alpha, by=by, target=target)
+        if compare_protocols:
+            comparisons = pick.compare_protocols(data, predictions, metric=metric, alpha=alpha, by=by)
+        else:
+            picks = pick.pick_best(data, predictions, metric=metric, alpha=alpha, by=by, target=target,
+                                   protocol=protocol)
     except UserError as exc:
         fail(str(exc))
-    if as_json:
-        import json
+    import json
 
+    from accumbench.progress import print_comparisons, print_picks
+
+    if compare_protocols:
+        if as_json:
+            typer.echo(json.dumps(pick.comparison_json(comparisons), indent=2))
+        else:
+            print_comparisons(comparisons)
+    elif as_json:
         typer.echo(json.dumps(pick.as_json(picks), indent=2))
-        return
-    from accumbench.progress import print_picks
-
-    print_picks(picks)
+    else:
+        print_picks(picks)
 
 
 @app.command("check-ga")

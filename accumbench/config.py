@@ -200,6 +200,20 @@ CONFIG_KEYS = tuple(f.name for f in fields(RunConfig))
 _DERIVED = ("accumulation_steps", "scaled_lr")  # in to_dict() for readers, not fields
 
 
+def format_lr(lr: float) -> str:
+    """A learning rate as people write it, in one notation everywhere: 1e-5, 3e-5, 1.5e-4, 2e-3."""
+    if not math.isfinite(lr) or lr == 0:
+        return f"{lr:g}"
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def rate_key(lr: float) -> str:
+    """Learning rates as keys: two cells trained at the same rate can reach it by different products
+    (2e-4 x sqrt(1/4) and 1e-4 x 1), equal to about 1e-16 but not always bit for bit."""
+    return f"{lr:.9e}"
+
+
 def coerce_field(name: str, value: Any) -> Any:
     """One value for the RunConfig field `name`, converted as flags and YAML values are."""
     return _coerce(name, value, next(f.type for f in fields(RunConfig) if f.name == name))

@@ -40,7 +40,7 @@ from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 from accumbench.noise_scale import measurable
 from accumbench.progress import Reporter
 from accumbench.store import (
-    FAILED, FINISHED, INTERRUPTED, KILLED, TERMINATED, Store, resolve_db_url, sqlite_path,
+    DIVERGED_PREFIX, FAILED, FINISHED, INTERRUPTED, KILLED, TERMINATED, Store, resolve_db_url, sqlite_path,
 )
 
 
@@ -266,7 +266,7 @@ def recorded_run(store: Store, run_id: int, heartbeat_seconds: float = HEARTBEAT
         raise  # not ours to close: another worker has marked it KILLED
     except Diverged as exc:
         store.add_steps(run_id, exc.steps)  # the steps up to and including the one that diverged
-        store.finish_run(run_id, FAILED, f"diverged at step {exc.step}")
+        store.finish_run(run_id, FAILED, f"{DIVERGED_PREFIX} {exc.step}")
         raise RunDiverged(run_id, exc.step, exc.loss) from None
     except KeyboardInterrupt:
         store.finish_run(run_id, KILLED, INTERRUPTED)

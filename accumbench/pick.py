@@ -1,12 +1,17 @@
 """`accumbench pick-best`: the best effective batch size per model, chosen on validation only, with
 the uncertainty of the choice stated.
 
+    protocol   = tuned (the default when some EBS has 2+ lrs): each EBS at its own best lr first
+                 (tuning.py), then the stages below over those; pooled: every cell competes as it is
     candidates = the cells of a model (configurations up to their seed; report.cell_key)
     best       = the highest mean validation accuracy over seeds (or lowest val loss, --metric)
     screen     = which candidates are not significantly worse than the best, on validation:
                  Welch's t-test across seeds when both have 2+ seeds, else an exact McNemar test on
                  the paired validation predictions (matched by seed)
     pick       = among those, the cheapest by training time; a tie (within 2%) goes to the larger EBS
+
+Why nested: pooled, a noisy cell at a poor lr can pass the screen and win on time, so the lr choice
+leaks into the EBS answer. `compare_protocols` shows the pick under each protocol the runs support.
 
 Test data never enters the choice: the pick's test accuracy (with a 95% interval) and an exact
 McNemar test on the paired *test* predictions against every other candidate are reported after it.
@@ -21,10 +26,17 @@ from typing import Any, Optional
 import pandas as pd
 
 from accumbench import stats
+from accumbench.config import format_lr, rate_key
 from accumbench.noise_scale import CriticalBatchFit, fit_critical_batch_size, nearest_tried, steps_to_target
 from accumbench.report import NOISE_NOTES, RunData, cell_label, varying
+from accumbench.tuning import (
+    LINEAR_ALPHA, SQRT_ALPHA, BestLr, ScalingFit, best_lrs, fit_scaling, has_lr_grid, tuned_runs,
+)
 
 METRICS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}
+PROTOCOLS = ("tuned", "pooled")
+PROTOCOL_MEANINGS = {"pooled": "every (EBS, lr) cell competes as it is",
+                     "tuned": "each EBS at its best lr on validation, then EBS against EBS"}
 TIME_TIE = 0.02  # training times within 2% of each other are a tie: the larger EBS wins it
 
 
@@ -66,6 +78,9 @@ class Pick:
     warnings: list[str] = field(default_factory=list)
     noise: Optional[NoiseAdvice] = None  # what the measured gradient noise scale recommends
     critical: list[CriticalBatch] = field(default_factory=list)  # one per lr rule / variant with 2+ EBS
+    protocol: str = "pooled"
+    best_lrs: list[BestLr] = field(default_factory=list)  # tuned: each EBS's best lr (stage 1)
+    scaling: list[ScalingFit] = field(default_factory=list)  # tuned: lr* ∝ EBS^alpha per grid
 
 
 @dataclass
@@ -94,27 +109,52 @@ class CriticalBatch:
     text: str
 
 
-def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
-              alpha: float = 0.05, by: str = "model", target: Optional[float] = None) -> list[Pick]:
-    """One Pick per model (by='model') or one over everything (by='none').
-    `predictions` is {'validation': {run_id: ...}, 'test': {run_id: ...}} as Store.predictions returns.
-
-    With both backends recorded, each backend gets its own pick: they are two implementations of one
-    training, so letting them compete would pick a backend (by speed) rather than a batch size, and
-    pooling their runs would count every seed twice. `accumbench report` compares the backends."""
-    runs = data.runs
+def _groups(runs: pd.DataFrame, by: str) -> list[tuple[str, pd.DataFrame]]:
+    """One group per model (by='model') or one over everything (by='none'), and per backend when both
+    ran: they are two implementations of one training, so letting them compete would pick a backend
+    (by speed) rather than a batch size, and pooling their runs would count every seed twice.
+    `accumbench report` compares the backends."""
     keys = (["model"] if by == "model" else []) + (["backend"] if runs["backend"].nunique() > 1 else [])
-    groups = [("all models", runs)] if not keys else [
-        (", ".join(map(str, name if isinstance(name, tuple) else (name,))), group)
-        for name, group in runs.groupby(keys, sort=True)]
+    if not keys:
+        return [("all models", runs)]
+    return [(", ".join(map(str, name if isinstance(name, tuple) else (name,))), group)
+            for name, group in runs.groupby(keys, sort=True)]
+
+
+def default_protocol(runs: pd.DataFrame) -> str:
+    """tuned when some EBS has more than one lr (there is an lr to tune), else pooled (the same then)."""
+    return "tuned" if has_lr_grid(runs) else "pooled"
+
+
+def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
+              alpha: float = 0.05, by: str = "model", target: Optional[float] = None,
+              protocol: Optional[str] = None) -> list[Pick]:
+    """One Pick per model (by='model') or one over everything (by='none'), and per backend.
+    `predictions` is {'validation': {run_id: ...}, 'test': {run_id: ...}} as Store.predictions returns.
+    `protocol` None chooses per group (default_protocol)."""
     picks = []
-    for name, group in groups:
-        pick = _pick_group(name, group, predictions, metric, alpha)
+    for name, group in _groups(data.runs, by):
+        pick = _pick_by_protocol(name, group, data, predictions, metric, alpha, protocol or default_protocol(group))
         tried = sorted({c.effective_batch_size for c in pick.candidates})
         pick.noise = noise_advice(group, tried)
-        pick.critical = critical_batch_sizes(group, data, target)
+        if pick.protocol == "tuned":
+            # Steps-to-target assumes each batch size at its best lr (McCandlish et al.), as tuned picks them.
+            pick.critical = critical_batch_sizes(tuned_runs(group, pick.best_lrs), data, target, slices=("variant",))
+        else:
+            pick.critical = critical_batch_sizes(group, data, target)
         picks.append(pick)
     return picks
+
+
+def _pick_by_protocol(name: str, group: pd.DataFrame, data: RunData, predictions: dict[str, dict[int, dict[str, Any]]],
+                      metric: str, alpha: float, protocol: str) -> Pick:
+    if protocol == "pooled":
+        return _pick_group(name, group, predictions, metric, alpha)
+    best = best_lrs(group, metric, data.diverged)
+    pick = _pick_group(name, tuned_runs(group, best), predictions, metric, alpha, tuned=True)
+    pick.protocol, pick.best_lrs, pick.scaling = "tuned", best, fit_scaling(best)
+    pick.warnings += [b.warning for b in best if b.warning]
+    return pick
 
 
 # --- the noise scale and the critical batch size, beside the empirical pick -------------------------
@@ -160,19 +200,22 @@ def _accuracy_curves(data: RunData, run_ids: list[int]) -> dict[int, list[tuple[
     return {run_id: sorted(points.items()) for run_id, points in curves.items()}
 
 
-def critical_batch_sizes(runs: pd.DataFrame, data: RunData, target: Optional[float]) -> list[CriticalBatch]:
-    """Per lr rule / variant with 2+ EBS: the steps each EBS took to reach the validation-accuracy
-    target (mean over seeds), S(B) = S_min + E_min/B fitted to them, and B_crit = E_min/S_min."""
+def critical_batch_sizes(runs: pd.DataFrame, data: RunData, target: Optional[float],
+                         slices: tuple[str, ...] = ("lr_scaling", "base_lr", "variant")) -> list[CriticalBatch]:
+    """Per slice (an lr rule and base lr, a variant) with 2+ EBS: the steps each EBS took to reach the
+    validation-accuracy target (mean over seeds), S(B) = S_min + E_min/B fitted to them, and
+    B_crit = E_min/S_min."""
     curves = _accuracy_curves(data, runs["run_id"].tolist())
     best_seen = max((acc for curve in curves.values() for _, acc in curve), default=math.nan)
     if target is None:
         target, rule = 0.99 * best_seen, f"99% of the best seen, {best_seen:.4f}"
     else:
         rule = "--target"
-    vary = varying(runs, ("lr_scaling", "variant"))
+    vary = varying(runs, slices)
     out = []
     for key, group in runs.groupby(vary, sort=True) if vary else [((), runs)]:
-        label = " ".join(str(v) for v in (key if isinstance(key, tuple) else (key,)) if v)
+        values = dict(zip(vary, key if isinstance(key, tuple) else (key,)))
+        label = " ".join(f"lr {format_lr(v)}" if c == "base_lr" else str(v) for c, v in values.items() if v)
         if group["effective_batch_size"].nunique() < 2:
             continue
         points, unreached = [], []
@@ -210,7 +253,7 @@ def _critical_batch(label: str, target: float, rule: str, points: list[tuple[int
 
 
 def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:
-    vary = varying(group, ("model", "lr_scaling", "variant"))
+    vary = varying(group, ("model", "lr_scaling", "base_lr", "variant"))
     out = []
     for cell, runs in group.groupby("cell", sort=False):
         first = runs.iloc[0]
@@ -239,7 +282,7 @@ def _paired_discordance(best: Candidate, other: Candidate, preds: dict[int, dict
 
 
 def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int, dict[str, Any]]],
-                metric: str, alpha: float) -> Pick:
+                metric: str, alpha: float, tuned: bool = False) -> Pick:
     candidates = _candidates(group, metric)
     best = candidates[0]
     warnings = []
@@ -276,6 +319,8 @@ def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int,
     n_test = int(chosen.runs["num_test_samples"].iloc[0])
     mean, low, high = stats.mean_accuracy_ci(test_accuracies, n_test)
     justification = _justify(candidates, best, chosen, contenders, metric, alpha)
+    if tuned:
+        justification = f"each EBS at its best lr on validation, then EBS against EBS: {justification}"
     return Pick(name, metric, alpha, candidates, best, chosen, mean, (low, high), n_test, justification, warnings)
 
 
@@ -341,8 +386,9 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
         }
 
     return {"picks": [{
-        "group": p.group, "metric": p.metric, "alpha": p.alpha, "pick": p.chosen.label,
-        "effective_batch_size": p.chosen.effective_batch_size, "best_on_validation": p.best.label,
+        "group": p.group, "metric": p.metric, "alpha": p.alpha, "protocol": p.protocol, "pick": p.chosen.label,
+        "effective_batch_size": p.chosen.effective_batch_size, "lr": _lr_of(p.chosen),
+        "best_on_validation": p.best.label,
         "test_accuracy": p.test_accuracy, "test_accuracy_ci95": list(p.test_ci), "test_examples": p.test_examples,
         "justification": p.justification, "warnings": p.warnings,
         "candidates": [candidate(c) for c in p.candidates],
@@ -357,9 +403,104 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
             "b_crit": _num(c.fit.b_crit) if c.fit else None,
             "relative_rms_residual": _num(c.fit.relative_rms_residual) if c.fit else None,
             "nearest_tried": c.nearest, "text": c.text} for c in p.critical],
+        "best_lr_per_ebs": [best_lr_json(b) for b in p.best_lrs],
+        "lr_scaling_fit": [{
+            "label": f.label, "alpha": _num(f.alpha), "alpha_ci95": None if f.alpha_ci95 is None else list(f.alpha_ci95),
+            "intercept": _num(f.intercept), "points": [{"effective_batch_size": b, "lr": lr} for b, lr in f.points],
+            "at_edge": f.at_edge, "sqrt_predicts": SQRT_ALPHA, "linear_predicts": LINEAR_ALPHA, "text": f.text} for f in p.scaling],
     } for p in picks]}
+
+
+def best_lr_json(b: BestLr) -> dict[str, Any]:
+    return {
+        "label": b.label, "effective_batch_size": b.effective_batch_size, "lr": b.best.lr,
+        "metric_mean": _num(b.best.mean), "metric_std": _num(b.best.std), "seeds": b.best.seeds,
+        "lrs_tried": [{"lr": t.lr, "metric_mean": _num(t.mean), "metric_std": _num(t.std), "seeds": t.seeds,
+                       "diverged": t.diverged} for t in b.tried],
+        "edge": b.edge, "suggested_lr": b.suggestion, "refined_lr": b.refined_lr, "refined": b.refined,
+        "warning": b.warning,
+    }
+
+
+def _lr_of(candidate: Candidate) -> float:
+    return float(candidate.runs["lr"].iloc[0])
 
 
 def _num(value: Optional[float]) -> Optional[float]:
     """JSON has no NaN: an undefined statistic is null."""
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+# --- the same runs under every protocol they support -------------------------------------------------
+
+
+@dataclass
+class ProtocolPick:
+    kind: str  # 'single lr', 'scaling rule', 'pooled' or 'tuned'
+    name: str  # e.g. 'single lr 1e-4', 'sqrt scaling of 1e-4 at EBS 64', 'pooled', 'tuned'
+    pick: Pick
+
+
+@dataclass
+class ProtocolComparison:
+    group: str
+    protocols: list[ProtocolPick]
+
+    @property
+    def picked(self) -> list[int]:
+        return sorted({p.pick.chosen.effective_batch_size for p in self.protocols})
+
+    @property
+    def answer_changes(self) -> bool:
+        return len(self.picked) > 1
+
+    @property
+    def text(self) -> str:
+        if not self.protocols:
+            return "no protocol can be compared: every lr was tried at one EBS only"
+        if not self.answer_changes:
+            return f"every protocol picks EBS {self.picked[0]}"
+        by_ebs = {ebs: [p.name for p in self.protocols if p.pick.chosen.effective_batch_size == ebs] for ebs in self.picked}
+        return "the EBS picked depends on the protocol: " + "; ".join(
+            f"EBS {ebs} under {', '.join(names)}" for ebs, names in by_ebs.items())
+
+
+def compare_protocols(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
+                      alpha: float = 0.05, by: str = "model") -> list[ProtocolComparison]:
+    """Per group, the pick under each protocol the runs support: every EBS at one lr (the seed study's
+    way; one per lr trained at 2+ EBS, whatever rule led there), each recorded scaling rule from each base
+    lr, every cell pooled, and tuned. Whether the EBS picked changes is the finding."""
+    out = []
+    for name, group in _groups(data.runs, by):
+        rows = []
+        rates = group.assign(rate=group["lr"].map(rate_key))
+        for _, at_rate in sorted(rates.groupby("rate"), key=lambda item: float(item[0])):
+            if at_rate["effective_batch_size"].nunique() > 1:
+                lr = float(at_rate["lr"].iloc[0])
+                rows.append(ProtocolPick("single lr", f"single lr {format_lr(lr)}",
+                                         _pick_group(name, at_rate.drop(columns="rate"), predictions, metric, alpha)))
+        scaled = group[group["lr_scaling"] != "none"]
+        for (rule, base, at), rule_runs in scaled.groupby(["lr_scaling", "base_lr", "base_batch_size"], sort=True):
+            if rule_runs["effective_batch_size"].nunique() > 1:
+                rows.append(ProtocolPick("scaling rule", f"{rule} scaling of {format_lr(base)} at EBS {at}",
+                                         _pick_group(name, rule_runs, predictions, metric, alpha)))
+        if has_lr_grid(group):
+            for protocol in ("pooled", "tuned"):
+                rows.append(ProtocolPick(protocol, protocol,
+                                         _pick_by_protocol(name, group, data, predictions, metric, alpha, protocol)))
+        out.append(ProtocolComparison(name, rows))
+    return out
+
+
+def comparison_json(comparisons: list[ProtocolComparison]) -> dict[str, Any]:
+    def row(p: ProtocolPick) -> dict[str, Any]:
+        chosen = p.pick.chosen
+        return {"protocol": p.kind, "name": p.name, "pick": chosen.label,
+                "effective_batch_size": chosen.effective_batch_size, "lr": _lr_of(chosen),
+                "metric": p.pick.metric, "metric_mean": _num(chosen.metric_mean), "metric_std": _num(chosen.metric_std),
+                "seeds": len(chosen.runs), "test_accuracy": p.pick.test_accuracy,
+                "test_accuracy_ci95": list(p.pick.test_ci), "justification": p.pick.justification}
+
+    return {"comparisons": [{"group": c.group, "protocols": [row(p) for p in c.protocols],
+                             "effective_batch_sizes_picked": c.picked, "answer_changes": c.answer_changes,
+                             "text": c.text} for c in comparisons]}

@@ -162,9 +162,50 @@ def _train_loss_figure(model: str, frame: "pd.DataFrame", labels: list[str], col
     return fig
 
 
-def build_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path) -> dict[Path, "Figure"]:
+def _lr_grid_figure(model: str, grids: list) -> "Figure":
+    """One heatmap per grid (backend, variant) of a model: rows the lrs tried, columns the EBS, colour the
+    mean validation accuracy, each cell annotated; a box marks each EBS's best lr."""
+    import numpy as np
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    width = sum(1.2 + 1.1 * len(g.effective_batch_sizes) for g in grids) + 1.5
+    height = 1.6 + 0.55 * max(len(g.rows) for g in grids)
+    fig = Figure(figsize=(max(width, 5.0), max(height, 3.0)), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(grids), squeeze=False)[0]
+    values = [v[0] for g in grids for v in g.cells.values() if v[2]]
+    low, high = (min(values), max(values)) if values else (0.0, 1.0)
+    image = None
+    for ax, grid in zip(axes, grids):
+        matrix = np.full((len(grid.rows), len(grid.effective_batch_sizes)), np.nan)
+        for col, ebs in enumerate(grid.effective_batch_sizes):
+            for row in range(len(grid.rows)):
+                mean, std, seeds, _ = grid.cells.get((row, ebs), (np.nan, np.nan, -1, np.nan))
+                if seeds > 0:
+                    matrix[row, col] = mean
+                text = "" if seeds < 0 else "diverged" if seeds == 0 else (
+                    f"{mean:.3f}" + ("" if std != std else f"\n±{std:.3f}") + f"\nn={seeds}")
+                ax.text(col, row, text, ha="center", va="center", fontsize="small")
+        image = ax.imshow(matrix, cmap="viridis", vmin=low, vmax=high if high > low else low + 1e-9,
+                          aspect="auto", origin="lower", alpha=0.85)
+        for ebs, row in grid.best.items():
+            col = grid.effective_batch_sizes.index(ebs)
+            ax.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5))
+        ax.set_xticks(range(len(grid.effective_batch_sizes)), [str(e) for e in grid.effective_batch_sizes])
+        ax.set_yticks(range(len(grid.rows)), [grid.row_label(*r) for r in grid.rows])
+        ax.set(xlabel="effective batch size", ylabel="learning rate",
+               title=", ".join([grid.backend] + ([grid.variant] if grid.variant else [])))
+    if image is not None:
+        fig.colorbar(image, ax=list(axes), label="validation accuracy (mean over seeds)")
+    fig.suptitle(f"{model}: validation accuracy by lr and EBS (red box: the best lr of each EBS)")
+    return fig
+
+
+def build_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path,
+                  lr_grids: tuple = ()) -> dict[Path, "Figure"]:
     """The figures write_figures saves, keyed by their path, in a stable order: models sorted, and
-    for each its validation figure, then its training-loss figure (left out without finite steps)."""
+    for each its validation figure, then its training-loss figure (left out without finite steps),
+    then its lr x EBS heatmap (with an lr grid: tuning.lr_grids)."""
     _require_matplotlib()
     from matplotlib import colormaps
 
@@ -185,15 +226,19 @@ def build_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path) 
             figures[out_dir / f"{slug}-validation.png"] = _validation_figure(model, model_epochs, labels, colors)
         if not model_steps.empty:
             figures[out_dir / f"{slug}-train-loss.png"] = _train_loss_figure(model, model_steps, labels, colors)
+        grids = [grid for grid in lr_grids if str(grid.model) == model]
+        if grids:
+            figures[out_dir / f"{slug}-lr-grid.png"] = _lr_grid_figure(model, grids)
     return figures
 
 
-def write_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path) -> list[Path]:
+def write_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path, lr_grids: tuple = ()) -> list[Path]:
     """Write each model's figures as PNG files into out_dir (created if needed); return their paths.
 
-    The files are `<slug>-validation.png` and `<slug>-train-loss.png`, slug as in `slugify`, made
-    unique within one call. Raises UserError when matplotlib is not installed."""
-    figures = build_figures(epochs, steps, out_dir)  # first: it raises the UserError without matplotlib
+    The files are `<slug>-validation.png`, `<slug>-train-loss.png` and, with an lr grid,
+    `<slug>-lr-grid.png`, slug as in `slugify`, made unique within one call. Raises UserError when
+    matplotlib is not installed."""
+    figures = build_figures(epochs, steps, out_dir, lr_grids)  # first: it raises the UserError without matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)

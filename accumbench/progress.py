@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from accumbench.config import format_lr
+
 
 class Reporter:
     """Progress hooks called by the engine. The base class stays silent (library use, tests)."""
@@ -31,9 +33,9 @@ class RichReporter(Reporter):
                     epochs: int = 0, total_steps: int = 0) -> None:
         self._epochs = epochs
         processes = f"{world_size} processes x " if world_size > 1 else ""
-        lr = f"lr {config.scaled_lr:.3g}"
+        lr = f"lr {format_lr(config.scaled_lr)}"
         if config.lr_scaling != "none":
-            lr += f" ({config.lr_scaling} scaling of {config.lr:g} at EBS {config.base_batch_size})"
+            lr += f" ({config.lr_scaling} scaling of {format_lr(config.lr)} at EBS {config.base_batch_size})"
         length = f"{total_steps} steps over {epochs} epochs" if config.budget == "steps" else f"{epochs} epochs ({total_steps} steps)"
         self.console.print(
             f"run [bold]{run_id}[/]: {config.model} on {config.dataset} "
@@ -127,8 +129,11 @@ class RichSweepReporter:
     def dry_run(self, spec: Any) -> None:
         from rich.table import Table
 
+        from accumbench.sweep import grid_shape
+
         table = Table(title=f"sweep {spec.sweep_name}: {len(spec.cells)} cells (dry run, nothing trained)",
                       box=None, header_style="bold")
+        self.console.print(grid_shape(spec))
         for column in ("#", "model", "EBS", "micro x k", "backend", "seed", "lr rule", "lr", "budget", "config hash"):
             table.add_column(column, justify="right" if column in ("#", "EBS", "seed", "lr") else "left")
         for index, cell in enumerate(spec.cells, 1):
@@ -136,7 +141,7 @@ class RichSweepReporter:
             table.add_row(str(index), cell.model, str(cell.effective_batch_size),
                           "auto" if cell.auto_micro_batch else f"{cell.micro_batch_size} x {cell.accumulation_steps}",
                           cell.backend, str(cell.seed),
-                          cell.lr_scaling, f"{cell.scaled_lr:.3g}", budget, cell.config_hash)
+                          cell.lr_scaling, format_lr(cell.scaled_lr), budget, cell.config_hash)
         self.console.print(table)
 
     def sweep_started(self, spec: Any, sweep: dict[str, Any], statuses: list[Any]) -> None:
@@ -185,7 +190,7 @@ class RichSweepReporter:
             values = {"model": short_model(cell.model), "backend": cell.backend,
                       "lr_scaling": cell.lr_scaling, "seed": str(cell.seed)}
             table.add_row(
-                *(values[name] for name in axes), str(cell.effective_batch_size), f"{cell.scaled_lr:.3g}",
+                *(values[name] for name in axes), str(cell.effective_batch_size), format_lr(cell.scaled_lr),
                 state, str(status.attempts), str(run["id"]) if run else "-",
                 str(best["epoch"]) if best else "-", f"{best['val_accuracy']:.3f}" if best else "-",
                 f"{best['test_accuracy']:.3f}" if best else "-", str(best["optimizer_steps"]) if best else "-",
@@ -202,20 +207,25 @@ class RichSweepReporter:
         self.console.print(f"{line}\nrecorded in {db_label} as sweep '{result.sweep['name']}'")
 
 
-def print_report(title: str, table: Any, comparison: Any, footnote: str = "") -> None:
-    """`accumbench report` in the terminal: the cell table (and why a B_simple is missing), then the
-    backend comparison if any."""
+def print_report(title: str, table: Any, comparison: Any, footnote: str = "", lr_grids: tuple[Any, ...] = ()) -> None:
+    """`accumbench report` in the terminal: the cell table (and why a B_simple is missing), the lr x EBS
+    grids, then the backend comparison if any."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    for frame, heading in ((table, title), (comparison, "backends: accelerate against torch, same cell and seed")):
+    frames = [(table, title), *((grid.display(), grid.title) for grid in lr_grids),
+              (comparison, "backends: accelerate against torch, same cell and seed")]
+    for frame, heading in frames:
         if frame.empty:
             continue
-        out = Table(title=heading, box=None, header_style="bold", title_justify="left")
+        console.print(f"[bold]{heading}[/]")  # not the table's title: that would wrap at the table's width
+        out = Table(box=None, header_style="bold")
         for column in frame.columns:
-            out.add_column(str(column).replace(" ", "\n", 1) if len(str(column)) > 12 else str(column),
-                           justify="left" if column in ("model", "backend", "lr rule", "variant") else "right")
+            wrap = len(str(column)) > 12 and not str(column).startswith("EBS ")
+            out.add_column(str(column).replace(" ", "\n", 1) if wrap else str(column),
+                           justify="left" if column in ("model", "backend", "lr rule", "variant") else "right",
+                           no_wrap=str(column).startswith("EBS "))
         for row in frame.itertuples(index=False):
             out.add_row(*(str(value) for value in row))
         console.print(out)
@@ -232,11 +242,15 @@ def print_picks(picks: list[Any]) -> None:
     console = Console()
     for pick in picks:
         words = {"val_accuracy": "val acc", "val_loss": "val loss"}[pick.metric]
-        table = Table(title=f"{pick.group}: candidates, best {words} first", box=None, header_style="bold",
+        if pick.best_lrs:
+            _print_best_lrs(console, pick, words)
+        which = "stage 2: each EBS at its best lr" if pick.protocol == "tuned" else "candidates"
+        table = Table(title=f"{pick.group}: {which}, best {words} first", box=None, header_style="bold",
                       title_justify="left")
         for column in ("candidate", f"{words}\nmean ± std", "seeds", "train\ntime s", "p vs best\n(validation)",
                        "not\nworse", "test McNemar\np (report only)"):
-            table.add_column(column, justify="left" if column == "candidate" else "right")
+            # Numbers never wrap mid-value; the candidate's name may.
+            table.add_column(column, justify="left" if column == "candidate" else "right", no_wrap=column != "candidate")
         for c in pick.candidates:
             spread = "" if c.metric_std != c.metric_std else f" ± {c.metric_std:.4f}"
             screen = "best" if c is pick.best else (
@@ -248,13 +262,62 @@ def print_picks(picks: list[Any]) -> None:
                           "-" if c.mcnemar_test_p is None else f"{c.mcnemar_test_p:.3g}")
         console.print(table)
         low, high = pick.test_ci
-        console.print(f"[bold]pick: {pick.chosen.label}[/] (chosen on validation; alpha {pick.alpha:g})\n"
+        console.print(f"[bold]pick: {pick.chosen.label}[/] (chosen on validation, {pick.protocol} protocol; "
+                      f"alpha {pick.alpha:g})\n"
                       f"test accuracy {pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} "
                       f"test examples x {len(pick.chosen.runs)} seed(s)\n{pick.justification}")
+        for fit in pick.scaling:
+            console.print(fit.text)
         if pick.noise is not None:
             console.print(pick.noise.text)
         for critical in pick.critical:
             console.print(critical.text)
         for warning in pick.warnings:
             console.print(f"[yellow]warning: {warning}[/]")
+        console.print()
+
+
+def _print_best_lrs(console: Any, pick: Any, words: str) -> None:
+    """The tuned protocol's first stage: per EBS, the lrs tried and the best, on validation."""
+    from rich.table import Table
+
+    table = Table(title="stage 1: the best lr of each EBS, on validation", box=None, header_style="bold",
+                  title_justify="left")
+    for column in ("EBS", "best lr", f"{words}\nmean ± std", "seeds", "lrs tried", "lr*\nrefined"):
+        table.add_column(column, justify="left" if column == "lrs tried" else "right")
+    for b in pick.best_lrs:
+        spread = "" if b.best.std != b.best.std else f" ± {b.best.std:.4f}"
+        refined = format_lr(b.refined_lr) if b.refined else ("edge" if b.edge else "-")
+        table.add_row(b.label.removeprefix("EBS "), format_lr(b.best.lr), f"{b.best.mean:.4f}{spread}",
+                      str(b.best.seeds), b.lrs_tried, refined)
+    console.print(table)
+
+
+def print_comparisons(comparisons: list[Any]) -> None:
+    """`accumbench pick-best --compare-protocols`: per model, one row per protocol, then whether the EBS
+    picked changes with it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for comparison in comparisons:
+        table = Table(title=f"{comparison.group}: the pick under each protocol (chosen on validation)", box=None,
+                      header_style="bold", title_justify="left")
+        words = {"val_accuracy": "val acc", "val_loss": "val loss"}[comparison.protocols[0].pick.metric] if (
+            comparison.protocols) else "val acc"
+        for column in ("protocol", "pick", "lr", f"{words}\nmean ± std", "seeds", "test acc"):
+            table.add_column(column, justify="left" if column in ("protocol", "pick") else "right")
+        for row in comparison.protocols:
+            chosen = row.pick.chosen
+            spread = "" if chosen.metric_std != chosen.metric_std else f" ± {chosen.metric_std:.4f}"
+            table.add_row(row.name, chosen.label, format_lr(float(chosen.runs["lr"].iloc[0])),
+                          f"{chosen.metric_mean:.4f}{spread}", str(len(chosen.runs)), f"{row.pick.test_accuracy:.4f}")
+        if comparison.protocols:
+            console.print(table)
+            from accumbench.pick import PROTOCOL_MEANINGS
+
+            kinds = [kind for kind in PROTOCOL_MEANINGS if any(row.kind == kind for row in comparison.protocols)]
+            if kinds:
+                console.print("; ".join(f"{kind}: {PROTOCOL_MEANINGS[kind]}" for kind in kinds))
+        console.print(f"[bold]{comparison.text}[/]")
         console.print()

@@ -19,15 +19,16 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from accumbench.config import RunConfig
+from accumbench.config import RunConfig, format_lr, rate_key
 from accumbench.errors import UserError
 from accumbench.noise_scale import measurable
 from accumbench.progress import short_model
+from accumbench.store import DIVERGED_PREFIX, FAILED
 
-# The columns that name a cell in the study's table; any other setting that differs between cells
-# is listed in a "variant" column rather than silently averaged over.
-CELL_COLUMNS = ("model", "effective_batch_size", "backend", "lr_scaling")
-_NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint"}
+# The columns that name a cell in the study's table ("lr": the rate it trained with, runs.lr); any
+# other setting that differs between cells is listed in a "variant" column rather than averaged over.
+CELL_COLUMNS = ("model", "effective_batch_size", "backend", "lr_scaling", "lr")
+_NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint"}  # "lr" here is the config's base rate
 
 # (column, heading): the per-run metrics aggregated over seeds.
 METRICS = {
@@ -56,11 +57,29 @@ def cell_key(config: RunConfig) -> str:
     return unseeded.config_hash
 
 
+def lr_free_key(config: RunConfig) -> str:
+    """A configuration up to its seed and its learning rate (and the rule that derived it): the cells
+    among which the tuned protocol picks one EBS's best lr share it."""
+    return cell_key(dataclasses.replace(config, lr=1.0, lr_scaling="none", base_batch_size=64))
+
+
+def series_key(config: RunConfig) -> str:
+    """lr_free_key up to the EBS as well: the cells of one lr x EBS grid, over which the lr scaling
+    exponent is fitted."""
+    return lr_free_key(dataclasses.replace(config, effective_batch_size=1, micro_batch_size=1))
+
+
 @dataclass
 class RunData:
     runs: pd.DataFrame  # one row per run: its columns, its config, and its summary metrics
     epochs: pd.DataFrame  # one row per (run, epoch)
     evals: pd.DataFrame  # one row per --eval-every evaluation (run, step)
+    # Runs of the same filters whose loss diverged (FAILED, 'diverged at step S'): an lr that was tried
+    # and blew up is evidence for the tuned protocol, though it has no metrics.
+    diverged: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=DIVERGED_COLUMNS))
+
+
+DIVERGED_COLUMNS = ["run_id", "lr", "base_lr", "lr_scaling", "lr_free", "series", "effective_batch_size"]
 
 
 def noise_note(config: RunConfig, micro_batch_size: int, measured: bool, value: float) -> str:
@@ -98,7 +117,12 @@ def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] =
     configs = {row["id"]: RunConfig.from_dict(json.loads(row["config_json"])) for row in runs}
     frame["cell"] = frame["run_id"].map(lambda run_id: cell_key(configs[run_id]))
     frame["config"] = frame["run_id"].map(configs)
-    frame["lr_scaling"] = frame["config"].map(lambda c: c.lr_scaling)  # also for runs recorded before the column
+    # Derived from the config, also for runs recorded before these columns existed.
+    frame["lr_scaling"] = frame["config"].map(lambda c: c.lr_scaling)
+    frame["base_lr"] = frame["config"].map(lambda c: c.lr)
+    frame["lr"] = frame["config"].map(lambda c: c.scaled_lr)
+    frame["lr_free"] = frame["config"].map(lr_free_key)
+    frame["series"] = frame["config"].map(series_key)
 
     if epochs.empty:
         raise UserError(f"the matching runs in {store.url} have no recorded epochs; nothing to report")
@@ -129,7 +153,20 @@ def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] =
                 frame[f"noise_scale_{which}"])]
     evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
                          columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
-    return RunData(frame.reset_index(drop=True), epochs, evals)
+    return RunData(frame.reset_index(drop=True), epochs, evals,
+                   _diverged(store, sweep=sweep, model=model, backend=backend))
+
+
+def _diverged(store: Any, **filters: Any) -> pd.DataFrame:
+    """The diverged runs among those the filters match, keyed like the finished ones."""
+    rows = []
+    for run in store.find_runs(status=FAILED, **filters):
+        if (run["error"] or "").startswith(DIVERGED_PREFIX):
+            config = RunConfig.from_dict(json.loads(run["config_json"]))
+            rows.append(dict(run_id=run["id"], lr=config.scaled_lr, base_lr=config.lr, lr_scaling=config.lr_scaling,
+                             lr_free=lr_free_key(config), series=series_key(config),
+                             effective_batch_size=config.effective_batch_size))
+    return pd.DataFrame(rows, columns=DIVERGED_COLUMNS)
 
 
 def _variants(frame: pd.DataFrame) -> pd.Series:
@@ -156,7 +193,7 @@ def cell_table(data: RunData) -> pd.DataFrame:
     # Why a cell has no B_simple: the reason most of its seeds give (they share their config).
     for note in NOISE_METRICS.values():
         table[note] = group[note].agg(lambda notes: max(sorted(set(notes)), key=list(notes).count))
-    table = table.sort_values(["model", "lr_scaling", "backend", "variant", "effective_batch_size"])
+    table = table.sort_values(["model", "lr_scaling", "backend", "variant", "lr", "effective_batch_size"])
     return table.reset_index(drop=True)
 
 
@@ -167,7 +204,7 @@ def backend_comparison(data: RunData) -> pd.DataFrame:
     runs["pair"] = runs["config"].map(lambda c: cell_key(dataclasses.replace(c, backend="torch")))
     pivot = runs.pivot_table(index=["pair", "seed"], columns="backend",
                              values=["val_accuracy", "test_accuracy", "val_loss", "train_seconds"], aggfunc="first")
-    columns = ["model", "effective_batch_size", "lr_scaling", "variant", "pairs", "val_accuracy_diff",
+    columns = ["model", "effective_batch_size", "lr_scaling", "lr", "variant", "pairs", "val_accuracy_diff",
                "test_accuracy_diff", "val_loss_diff", "time_ratio"]
     if "torch" not in pivot.columns.get_level_values(1) or "accelerate" not in pivot.columns.get_level_values(1):
         return pd.DataFrame(columns=columns)
@@ -183,8 +220,8 @@ def backend_comparison(data: RunData) -> pd.DataFrame:
     out = diffs.groupby("pair").agg(pairs=("seed", "count"), val_accuracy_diff=("val_accuracy_diff", "mean"),
                                     test_accuracy_diff=("test_accuracy_diff", "mean"),
                                     val_loss_diff=("val_loss_diff", "mean"), time_ratio=("time_ratio", "mean"))
-    names = runs.groupby("pair")[["model", "effective_batch_size", "lr_scaling", "variant"]].first()
-    out = names.join(out, how="inner").sort_values(["model", "lr_scaling", "variant", "effective_batch_size"])
+    names = runs.groupby("pair")[["model", "effective_batch_size", "lr_scaling", "lr", "variant"]].first()
+    out = names.join(out, how="inner").sort_values(["model", "lr_scaling", "variant", "lr", "effective_batch_size"])
     return out.reset_index(drop=True)[columns]
 
 
@@ -204,7 +241,7 @@ _DIGITS = {"best_epoch": 1, "train_seconds": 0, "samples_per_second": 1, "optimi
 def display_table(cells: pd.DataFrame) -> pd.DataFrame:
     """The cell table as text for people: 'mean ± std' (std left out for one seed)."""
     shown = pd.DataFrame({"model": cells["model"].map(short_model), "EBS": cells["effective_batch_size"], "backend": cells["backend"],
-                          "lr rule": cells["lr_scaling"]})
+                          "lr rule": cells["lr_scaling"], "lr": cells["lr"].map(format_lr)})
     if cells["variant"].astype(bool).any():
         shown["variant"] = cells["variant"]
     shown["seeds (n)"] = [f"{s} ({n})" for s, n in zip(cells["seeds"], cells["n"])]
@@ -230,6 +267,7 @@ def noise_footnote(cells: pd.DataFrame) -> str:
 def display_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "model": comparison["model"].map(short_model), "EBS": comparison["effective_batch_size"], "lr rule": comparison["lr_scaling"],
+        "lr": comparison["lr"].map(format_lr),
         **({"variant": comparison["variant"]} if comparison["variant"].astype(bool).any() else {}),
         "seed pairs": comparison["pairs"],
         "val acc accelerate-torch": comparison["val_accuracy_diff"].map(lambda v: f"{v:+.4f}"),
@@ -250,21 +288,25 @@ def noise_per_run(data: RunData) -> pd.DataFrame:
 
 
 def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str,
-           runs: Optional[pd.DataFrame] = None) -> str:
+           runs: Optional[pd.DataFrame] = None, lr_grids: tuple[Any, ...] = ()) -> str:
     """The report as text in one of FORMATS (table is rendered by the CLI with rich). `runs`
-    (noise_per_run) adds each run's B_simple to the JSON."""
+    (noise_per_run) adds each run's B_simple to the JSON; `lr_grids` (tuning.lr_grids) the lr x EBS
+    tables of validation accuracy."""
     if fmt == "csv":
         return cells.to_csv(index=False)
     if fmt == "json":
         payload = {"title": title, "cells": json.loads(cells.to_json(orient="records")),
                    "noise_scale_notes": {note: NOISE_NOTES[note] for note in _noise_notes(cells)},
                    "noise_scale_runs": [] if runs is None else json.loads(runs.to_json(orient="records")),
-                   "backend_comparison": json.loads(comparison.to_json(orient="records"))}
+                   "backend_comparison": json.loads(comparison.to_json(orient="records")),
+                   "lr_grids": [grid.to_json() for grid in lr_grids]}
         return json.dumps(payload, indent=2) + "\n"
     shown, compared = display_table(cells), display_comparison(comparison)
     footnote = noise_footnote(cells)
     if fmt == "markdown":
         text = f"# {title}\n\n{_markdown(shown)}\n" + (f"\n{footnote}\n" if footnote else "")
+        for grid in lr_grids:
+            text += f"\n## {grid.title}\n\n{_markdown(grid.display())}\n"
         if not compared.empty:
             text += f"\n## Backends: accelerate against torch, same cell and seed\n\n{_markdown(compared)}\n"
         return text
@@ -272,6 +314,8 @@ def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str,
         parts = [f"<h1>{_escape(title)}</h1>", shown.to_html(index=False, border=0)]
         if footnote:
             parts.append(f"<p>{_escape(footnote)}</p>")
+        for grid in lr_grids:
+            parts += [f"<h2>{_escape(grid.title)}</h2>", grid.display().to_html(index=False, border=0)]
         if not compared.empty:
             parts += ["<h2>Backends: accelerate against torch, same cell and seed</h2>",
                       compared.to_html(index=False, border=0)]
@@ -295,13 +339,21 @@ def _escape(text: str) -> str:
 
 
 def varying(runs: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
-    """The columns among `columns` whose value differs between the runs."""
-    return [c for c in columns if runs[c].nunique() > 1]
+    """The columns among `columns` whose value differs between the runs. A base lr counts only where
+    the rate trained with differs too: one rate reached from several base rates by a rule is one lr."""
+    def varies(column: str) -> bool:
+        if column == "base_lr" and runs["lr"].map(rate_key).nunique() < 2:
+            return False
+        return runs[column].nunique() > 1
+
+    return [c for c in columns if varies(c)]
 
 
 def cell_label(run: dict[str, Any], vary: list[str]) -> str:
-    """A cell named for people: 'EBS 256', plus the values of the columns that vary, e.g. 'EBS 256 sqrt'."""
-    return f"EBS {run['effective_batch_size']}" + "".join(f" {run[c]}" for c in vary if run[c])
+    """A cell named for people: 'EBS 256', plus the values of the columns that vary, e.g. 'EBS 256 sqrt'.
+    A varying base lr shows as the rate the cell trained with: 'EBS 256 lr 3e-4'."""
+    parts = [f"lr {format_lr(run['lr'])}" if c == "base_lr" else str(run[c]) for c in vary if run[c]]
+    return " ".join([f"EBS {run['effective_batch_size']}", *parts])
 
 
 # --- figures -------------------------------------------------------------------------------------
@@ -312,8 +364,8 @@ def plot_frames(store: Any, data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs = data.runs
     labels = {}
     for model, group in runs.groupby("model"):
-        cells = group.drop_duplicates("cell").sort_values(["effective_batch_size", "lr_scaling", "backend", "variant"])
-        vary = varying(group, ("lr_scaling", "backend", "variant"))
+        cells = group.drop_duplicates("cell").sort_values(["effective_batch_size", "lr_scaling", "lr", "backend", "variant"])
+        vary = varying(group, ("lr_scaling", "base_lr", "backend", "variant"))
         for order, row in enumerate(cells.to_dict("records")):
             labels[row["cell"]] = (cell_label(row, vary), order)
     keys = runs[["run_id", "model", "cell", "seed"]].copy()

@@ -9,12 +9,14 @@ these helpers say how much a difference can be trusted on either, so a winner is
   examples are paired, so only the examples where they disagree carry information.
 * `welch_t_test`: compares seed-averaged metrics of two configurations (independent runs, possibly
   different numbers of seeds and different spreads, hence Welch rather than Student).
+* `fit_line`: least squares with the slope's 95% interval (the lr scaling exponent, tuning.py).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from typing import Sequence
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
@@ -179,3 +181,57 @@ def welch_t_test(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, 
     t = (mean_a - mean_b) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return t, df, min(1.0, 2.0 * student_t_sf(abs(t), df))
+
+
+def student_t_quantile(p: float, df: float) -> float:
+    """t with P(T <= t) = p for Student's t with df > 0: bisection on student_t_sf, which is monotone.
+    Standard library only; 60 halvings of a bracket grown to contain the answer reach double precision."""
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must be in (0, 1), got {p}")
+    if p < 0.5:
+        return -student_t_quantile(1.0 - p, df)
+    tail = 1.0 - p
+    low, high = 0.0, 1.0
+    while student_t_sf(high, df) > tail:
+        low, high = high, high * 2.0
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        if student_t_sf(mid, df) > tail:
+            low = mid
+        else:
+            high = mid
+        if high - low <= 1e-12 * high:
+            break
+    return 0.5 * (low + high)
+
+
+@dataclass(frozen=True)
+class LineFit:
+    """y = intercept + slope * x by ordinary least squares, with the slope's 95% interval."""
+
+    slope: float
+    intercept: float
+    slope_se: float  # nan with 2 points (no degrees of freedom left)
+    df: int  # n - 2
+    slope_ci95: tuple[float, float]
+
+
+def fit_line(xs: Sequence[float], ys: Sequence[float]) -> LineFit:
+    """Ordinary least squares of ys on xs. The slope's interval is slope ± t(0.975, n-2) · se, with
+    se = s / sqrt(Sxx) and s² the residual variance: exact for independent normal errors."""
+    n = len(xs)
+    if n != len(ys) or n < 2:
+        raise ValueError(f"need two or more (x, y) pairs of equal length, got {len(xs)} and {len(ys)}")
+    mean_x, mean_y = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    if sxx == 0.0:
+        raise ValueError("all x are equal: the slope is undefined")
+    slope = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / sxx
+    intercept = mean_y - slope * mean_x
+    df = n - 2
+    if df == 0:
+        return LineFit(slope, intercept, math.nan, 0, (math.nan, math.nan))
+    residual = sum((y - intercept - slope * x) ** 2 for x, y in zip(xs, ys)) / df
+    se = math.sqrt(residual / sxx)
+    half = student_t_quantile(0.975, df) * se
+    return LineFit(slope, intercept, se, df, (slope - half, slope + half))

@@ -42,6 +42,8 @@ LIVE_STATUSES = (RUNNING, FINISHED)  # at most one such run per sweep cell
 # (a crash, the OOM killer), so it counts.
 INTERRUPTED = "interrupted (Ctrl-C)"
 TERMINATED = "terminated (SIGTERM)"
+# The error of a run whose loss became NaN or infinite: a result (the same config diverges again), not a fault.
+DIVERGED_PREFIX = "diverged at step"
 STALE_ERROR = "stale heartbeat"  # how a run's error begins when another worker gave it up for dead
 
 

@@ -17,20 +17,25 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from itertools import product
 from pathlib import Path
 from typing import Any, Optional
 
-from accumbench.config import CONFIG_KEYS, RunConfig, coerce_field, read_yaml_mapping
+from accumbench.config import CONFIG_KEYS, RunConfig, coerce_field, format_lr, read_yaml_mapping
 from accumbench.errors import UserError
-from accumbench.store import FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, TERMINATED
+from accumbench.store import DIVERGED_PREFIX, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, TERMINATED
 
 # The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary,
-# outermost first. Cells are ordered so that one model/backend's EBS comparison completes early.
-AXES = {"models": "model", "backends": "backend", "lr_scaling": "lr_scaling", "seeds": "seed",
+# outermost first. Cells are ordered so that one model/backend's EBS comparison completes early,
+# and a seed's whole lr x EBS grid before the next seed: one seed already gives a tuned answer.
+AXES = {"models": "model", "backends": "backend", "lr_scaling": "lr_scaling", "seeds": "seed", "lrs": "lr",
         "effective_batch_sizes": "effective_batch_size"}
+# What each axis takes, for the error line when one of its values is wrong.
+AXIS_EXAMPLES = {"models": "bert,modernbert", "backends": "torch,accelerate", "lr_scaling": "none,sqrt",
+                 "seeds": "42,43,44", "lrs": "1e-5,3e-5,1e-4", "effective_batch_sizes": "64,256,1024"}
 SWEEP_OPTIONS = {"name": None, "preset": None, "max_retries": 1, "stale_after": 600.0, "fail_fast": False}
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -50,11 +55,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_eval_samples=120, checkpoint=False,
     ),
 }
-NEEDS_GPU_AND_HUB = ("seed-study",)
+# The seed study re-run the way its own conclusion asked: every EBS at each of four learning rates, so
+# that pick-best compares the EBS each at its own best lr (the tuned protocol). 72 cells, torch only.
+PRESETS["tuned-study"] = {**{k: v for k, v in PRESETS["seed-study"].items() if k != "lr"},
+                          "lrs": [1e-5, 3e-5, 1e-4, 3e-4], "backends": ["torch"]}
+NEEDS_GPU_AND_HUB = ("seed-study", "tuned-study")
 
 # Cell states, from the runs recorded for the cell.
 PENDING, RUNNING_ELSEWHERE, DONE, DIVERGED, GAVE_UP = "pending", "running", "finished", "diverged", "gave up"
-DIVERGED_PREFIX = "diverged at step"
 
 
 @dataclass(frozen=True)
@@ -112,23 +120,43 @@ def build_spec(config_file: Optional[Path] = None, **given: Any) -> SweepSpec:
     values: dict[str, Any] = {}
     from_file = read_sweep_yaml(config_file) if config_file else {}
     preset = given.get("preset") or from_file.get("preset")
-    if preset is not None:
-        if preset not in PRESETS:
-            raise UserError(f"unknown --preset '{preset}'; choose one of: {', '.join(PRESETS)}")
-        values.update(PRESETS[preset], preset=preset)
-    for source in (from_file, {k: v for k, v in given.items() if v is not None}):
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"unknown --preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    flags = {k: v for k, v in given.items() if v is not None}
+    sources = [(PRESETS[preset], f"in --preset {preset}")] if preset is not None else []
+    sources += [(from_file, f"in {config_file}"), (flags, "on the command line")]
+    for source, where in sources:
+        for axis, name in AXES.items():
+            if name != axis and name in source and axis in source:
+                # --lr 1e-4 --lrs 1e-5,1e-4: one rate or a grid? Neither reading is safe to guess.
+                raise UserError(f"{_spelling(name, where)} and {_spelling(axis, where)} both given {where}; "
+                                f"keep {_spelling(axis, where)} for a grid (e.g. {AXIS_EXAMPLES[axis]}) or "
+                                f"{_spelling(name, where)} for one value")
         for key, value in source.items():
-            # The singular spelling of an axis (model: bert in YAML) sets a one-value axis.
+            if key == "lr" and isinstance(value, (list, tuple)):
+                raise UserError(f"'lr' takes one value in a sweep, got {value!r}; for a grid of learning rates "
+                                f"use 'lrs: [{', '.join(map(str, value))}]' (or --lrs {','.join(map(str, value))})")
+            # The singular spelling of an axis (model: bert in YAML, --lr 1e-4) sets a one-value axis.
             plural = next((axis for axis, name in AXES.items() if name == key), key)
             values[plural] = value
+    if preset is not None:
+        values["preset"] = preset
 
     axes: dict[str, tuple[Any, ...]] = {}
     for axis, name in AXES.items():
+        flag, example = "--" + axis.replace("_", "-"), AXIS_EXAMPLES[axis]
         items = split_list(values.pop(axis, getattr(RunConfig, name)))
         if not items:
-            raise UserError(f"--{axis.replace('_', '-')} is empty; give at least one value, e.g. --{axis.replace('_', '-')} "
-                            f"{getattr(RunConfig, name)}")
-        coerced = [coerce_field(name, item) for item in items]
+            raise UserError(f"{flag} is empty; give at least one value, e.g. {flag} {example}")
+        try:
+            coerced = [coerce_field(name, item) for item in items]
+        except UserError:
+            bad = next(item for item in items if not _coerces(name, item))
+            raise UserError(f"{flag} takes comma-separated values like {example}; {bad!r} is not one") from None
+        if name == "lr":
+            for lr in coerced:
+                if not (lr > 0 and math.isfinite(lr)):
+                    raise UserError(f"{flag} must be positive learning rates, got {format_lr(lr)}; e.g. {flag} {example}")
         axes[name] = tuple(dict.fromkeys(coerced))  # duplicates dropped, order kept
     sweep_options = {key: values.pop(key, default) for key, default in SWEEP_OPTIONS.items()}
     for key, value in values.items():
@@ -159,6 +187,30 @@ def build_spec(config_file: Optional[Path] = None, **given: Any) -> SweepSpec:
     return SweepSpec(axes=axes, options=options, name=sweep_options["name"], preset=sweep_options["preset"],
                      max_retries=max_retries, stale_after=stale_after, fail_fast=bool(sweep_options["fail_fast"]),
                      cells=tuple(cells.values()))
+
+
+def _spelling(key: str, where: str) -> str:
+    """An option as the user wrote it: --lrs on the command line, lrs: in a file."""
+    return f"--{key.replace('_', '-')}" if where == "on the command line" else f"'{key}'"
+
+
+def _coerces(name: str, item: Any) -> bool:
+    try:
+        coerce_field(name, item)
+    except UserError:
+        return False
+    return True
+
+
+def grid_shape(spec: SweepSpec) -> str:
+    """'2 models x 3 EBS x 4 lrs x 3 seeds = 72 cells': the axes that vary, and the cell count."""
+    names = {"model": "models", "backend": "backends", "lr_scaling": "lr rules", "seed": "seeds", "lr": "lrs",
+             "effective_batch_size": "EBS"}
+    sizes = [f"{len(values)} {names[name]}" for name, values in spec.axes.items() if len(values) > 1]
+    product_size = math.prod(len(values) for values in spec.axes.values())
+    # Two grid points can name one configuration (one config_hash); it is then one cell.
+    distinct = "" if product_size == len(spec.cells) else " distinct"
+    return f"{' x '.join(sizes) or 'one point'} = {len(spec.cells)}{distinct} cell{'s' if len(spec.cells) != 1 else ''}"
 
 
 # --- which cell next --------------------------------------------------------------------------
@@ -214,10 +266,13 @@ def cell_statuses(cells: tuple[RunConfig, ...], runs: list[dict[str, Any]], max_
 def describe(config: RunConfig, spec: Optional[SweepSpec] = None) -> str:
     """A cell in a few words: the values of the axes that vary (all of them without a spec)."""
     parts = {"model": config.model, "effective_batch_size": f"EBS {config.effective_batch_size}",
-             "backend": config.backend, "seed": f"seed {config.seed}", "lr_scaling": f"lr {config.scaled_lr:.3g}"}
+             "backend": config.backend, "seed": f"seed {config.seed}", "lr": f"lr {format_lr(config.scaled_lr)}"}
     if config.lr_scaling != "none":
-        parts["lr_scaling"] += f" ({config.lr_scaling})"
-    shown = [name for name in parts if spec is None or len(spec.axes[name]) > 1] or ["model", "effective_batch_size"]
+        parts["lr"] += f" ({config.lr_scaling})"
+    varies = {name for name in parts if spec is None or len(spec.axes[name]) > 1}
+    if spec is not None and len(spec.axes["lr_scaling"]) > 1:
+        varies.add("lr")
+    shown = [name for name in parts if name in varies] or ["model", "effective_batch_size"]
     return ", ".join(parts[name] for name in shown)
 
 
@@ -392,7 +447,7 @@ def _train_cell(engine: Any, store: Any, url: str, config: RunConfig, run_id: in
             finally:
                 backend.close()
     except engine.RunDiverged as exc:
-        return FAILED, f"diverged at step {exc.step}"
+        return FAILED, f"{DIVERGED_PREFIX} {exc.step}"
     except engine.RunLost as exc:
         return "lost", str(exc)
     except Exception as exc:  # recorded as FAILED by recorded_run; the sweep goes on (or stops: --fail-fast)

@@ -30,7 +30,6 @@ import math
 import os
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,15 +41,8 @@ sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 RESULTS = ROOT / "bench" / "results"
 
-
-def accumbench(*args: str, cwd: Path) -> str:
-    """One accumbench command in its own process, as a user runs it."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    done = subprocess.run([sys.executable, "-m", "accumbench", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"accumbench {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return done.stdout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from commands import accumbench, machine  # noqa: E402
 
 
 def overhead(model: str, dataset: str, name: str, samples: int, ebs: int, micro: int, max_length: int,
@@ -229,7 +221,7 @@ def main() -> None:
     model = args.tiny or "minilm"
     sst2 = str(SST2) if SST2.is_dir() and not args.tiny else None
     scale = 0.05 if args.tiny else 1.0
-    results: dict[str, Any] = {"model": model, "machine": _machine()}
+    results: dict[str, Any] = {"model": model, "machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         os.environ.setdefault("ACCUMBENCH_CACHE", str(work / "cache"))
@@ -257,14 +249,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, default=str) + "\n")
     print(f"wrote {args.out}")
-
-
-def _machine() -> str:
-    import platform
-
-    import torch
-
-    return f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 if __name__ == "__main__":

@@ -69,3 +69,17 @@ def test_noise_scale_bench_runs_every_experiment(tiny_bert, tmp_path, monkeypatc
     assert partition["random"]["trace"] != partition["sorted"]["trace"]  # the same groups, cut two ways
     assert results["sweep"]["pick"].startswith("EBS ") and "noise scale" in results["sweep"]["noise_scale"]["text"]
     assert "critical batch size" in capsys.readouterr().out
+
+
+def test_tuned_study_bench_prints_the_best_lrs_alpha_and_every_protocol(tiny_bert, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "tuned.json"
+    _run_script("tuned_study.py", ["--tiny", tiny_bert, "--seeds", "42", "--out", str(out)], monkeypatch)
+    results = json.loads(out.read_text())
+    assert [b["effective_batch_size"] for b in results["best_lr_per_ebs"]] == [8, 32]
+    assert all(len(b["lrs_tried"]) == 3 for b in results["best_lr_per_ebs"])
+    [fit] = results["lr_scaling_fit"]
+    assert fit["text"].startswith("lr scaling")  # two EBS: not fitted, and it says why
+    names = [row["name"] for row in results["protocols"]["protocols"]]
+    assert names == ["single lr 5e-5", "single lr 1e-4", "single lr 2e-4", "pooled", "tuned"]
+    assert results["tuned_pick"]["pick"].startswith("EBS ")
+    assert "| protocol | pick | val acc | test acc [95% CI] |" in capsys.readouterr().out

@@ -20,8 +20,9 @@ TRAIN_FLAGS = """--model --dataset --backend --effective-batch-size --micro-batc
 --max-eval-samples --text-column --label-column --drop-last --no-checkpoint --config --db --lr-scaling
 --base-batch-size --budget --train-steps --data-seed --precision""".split()
 # The issue's sweep contract: the grid axes, the sweep's own options, and every train option.
-SWEEP_FLAGS = """--models --effective-batch-sizes --backends --seeds --lr-scaling --name --max-retries --stale-after
+SWEEP_FLAGS = """--models --effective-batch-sizes --backends --seeds --lrs --lr-scaling --name --max-retries --stale-after
 --fail-fast --preset --base-batch-size --budget --train-steps --warmup-ratio --config --db --dry-run""".split()
+PICK_FLAGS = "--sweep --model --backend --metric --by --alpha --target --protocol --compare-protocols --json --db".split()
 HEAVY = ("torch", "transformers", "datasets", "accelerate", "pandas", "sqlalchemy")
 
 
@@ -50,6 +51,14 @@ def test_train_flags_contract():
     text = _help("train")
     for flag in TRAIN_FLAGS:
         assert flag in text, flag
+
+
+def test_pick_best_takes_its_options_and_the_readme_documents_them():
+    text, readme = _help("pick-best"), (ROOT / "README.md").read_text()
+    for flag in PICK_FLAGS:
+        assert flag in text and f"`{flag}" in readme, flag
+    assert "accumbench pick-best --compare-protocols" in text and "accumbench pick-best --compare-protocols" in readme
+    assert "accumbench sweep --preset tuned-study" in readme and "--lrs 3e-5,1e-4,3e-4" in _help("sweep")
 
 
 def test_sweep_takes_the_grid_and_every_train_option():

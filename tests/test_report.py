@@ -131,7 +131,7 @@ def test_b_simple_per_cell_and_why_it_is_missing(swept):
 
 def test_markdown_html_and_the_terminal_table(swept, tmp_path):
     markdown = report(swept, "--format", "markdown").stdout
-    assert "| model | EBS | backend | lr rule | seeds (n) | best train acc |" in markdown
+    assert "| model | EBS | backend | lr rule | lr | seeds (n) | best train acc |" in markdown
     assert "test acc at best val" in markdown and "best test acc (picked on test)" in markdown
     assert "## Backends: accelerate against torch" in markdown and markdown.count("\n| ") >= 4 + 2
 

@@ -360,5 +360,5 @@ def test_dry_run_lists_the_cells_and_touches_no_database(tmp_path):
     result = CliRunner().invoke(app, ["sweep", "--preset", "seed-study", "--lr-scaling", "none,sqrt", "--dry-run",
                                       "--db", str(db)], env={"COLUMNS": "160"})
     assert result.exit_code == 0, result.output
-    assert "72 cells (dry run" in result.output and "0.0002" in result.output  # sqrt at 1024: 5e-5 x 4
+    assert "72 cells (dry run" in result.output and "2e-4" in result.output  # sqrt at 1024: 5e-5 x 4
     assert not db.exists()

@@ -1,0 +1,119 @@
+"""The tuned protocol on real data: does tuning the learning rate per effective batch size change which
+EBS wins? MiniLM (the packaged all-MiniLM-L6-v2) on SST-2 (../shared/data/sst2), on this machine's CPU.
+
+    accumbench sweep       EBS 16/64/256 x 3 lrs x 2 seeds, on a few thousand training sentences
+    accumbench pick-best   the best lr per EBS (validation), the fitted lr scaling exponent alpha, and
+                           the pick under each protocol (--compare-protocols)
+
+Every EBS is trained at the same three rates, as the seed study trained them all at one: so each rate
+is also the seed study's protocol (every EBS at one lr), beside pooled and tuned. A first run with a
+grid that moved with the EBS by the sqrt rule (1e-4, 2e-4, 4e-4 at EBS 64: EBS 16 at half, EBS 256 at
+twice) found the best rate of EBS 64 and 256 at the smallest tried and 8e-4 unstable at EBS 256, so the
+rates here are the ones where all three EBS trained well in that run.
+
+    python bench/tuned_study.py                   # ~45 min on 2 CPU cores
+    python bench/tuned_study.py --tiny MODEL_DIR  # seconds, on a tiny model: the smoke test
+
+Writes bench/results/tuned_study.json, and the sweep's runs to bench/results/tuned_study.db.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+RESULTS = ROOT / "bench" / "results"
+
+from commands import accumbench, machine  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", metavar="MODEL_DIR", help="a tiny model directory on the demo data: a smoke run")
+    parser.add_argument("--samples", type=int, default=2048, help="training sentences (the first N of the shuffled split)")
+    parser.add_argument("--eval-samples", type=int, default=872, help="validation and test sentences")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--ebs", default="16,64,256")
+    parser.add_argument("--lrs", default="5e-5,1e-4,2e-4", help="the rates (base rates at EBS 64 with --lr-scaling)")
+    parser.add_argument("--lr-scaling", default="none")
+    parser.add_argument("--seeds", default="42,43")
+    parser.add_argument("--out", type=Path, default=RESULTS / "tuned_study.json")
+    args = parser.parse_args()
+    if args.tiny:
+        model, dataset, samples, eval_samples, micro, epochs = args.tiny, "demo", 64, 32, 8, 1
+        ebs, max_length = "8,32", "32"
+    else:
+        if not SST2.is_dir():
+            raise SystemExit(f"no SST-2 at {SST2}; this benchmark needs the shared data (or --tiny)")
+        model, dataset, samples, eval_samples, micro, epochs = "minilm", str(SST2), args.samples, args.eval_samples, 16, args.epochs
+        ebs, max_length = args.ebs, "128"
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp) if args.tiny else RESULTS
+        work.mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("ACCUMBENCH_CACHE", str(Path(tmp) / "cache"))
+        db = work / "tuned_study.db"
+        db.unlink(missing_ok=True)
+        started = time.perf_counter()
+        accumbench("sweep", "--models", model, "--dataset", dataset, "--effective-batch-sizes", ebs, "--lrs", args.lrs,
+                   "--lr-scaling", args.lr_scaling, "--base-batch-size", "64", "--seeds", args.seeds,
+                   "--micro-batch-size", str(micro), "--epochs", str(epochs), "--max-train-samples", str(samples),
+                   "--max-eval-samples", str(eval_samples), "--max-length", max_length, "--data-seed", "42",
+                   "--no-checkpoint", "--name", "tuned-sst2", "--db", str(db), cwd=work)
+        seconds = time.perf_counter() - started
+        tuned = json.loads(accumbench("pick-best", "--json", "--db", str(db), cwd=work))["picks"][0]
+        compared = json.loads(accumbench("pick-best", "--compare-protocols", "--json", "--db", str(db), cwd=work))
+        report = accumbench("report", "--format", "markdown", "--db", str(db), cwd=work)
+        pick_text = accumbench("pick-best", "--db", str(db), cwd=work)
+    [comparison] = compared["comparisons"]
+    results: dict[str, Any] = {
+        "machine": machine(), "model": model, "dataset": "sst2" if not args.tiny else "demo",
+        "train_samples": samples, "eval_samples": eval_samples, "epochs": epochs, "effective_batch_sizes": ebs,
+        "lrs": args.lrs, "lr_scaling": args.lr_scaling, "seeds": args.seeds, "sweep_seconds": seconds,
+        "best_lr_per_ebs": tuned["best_lr_per_ebs"], "lr_scaling_fit": tuned["lr_scaling_fit"],
+        "tuned_pick": {k: tuned[k] for k in ("pick", "effective_batch_size", "lr", "test_accuracy", "test_accuracy_ci95",
+                                              "justification", "warnings")},
+        "protocols": comparison, "report_markdown": report, "pick_best_text": pick_text,
+    }
+    print(report)
+    print(pick_text)
+    print(table(results))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+def table(results: dict[str, Any]) -> str:
+    """The README's tables: the best lr per EBS, the fitted exponent, and the pick under each protocol."""
+    from accumbench.config import format_lr
+
+    lines = ["| EBS | lrs tried | best lr (val acc, mean ± std over seeds) | refined lr* |", "|---:|---|---|---:|"]
+    for b in results["best_lr_per_ebs"]:
+        tried = ", ".join(format_lr(t["lr"]) for t in b["lrs_tried"])
+        refined = format_lr(b["refined_lr"]) if b["refined"] else ("at the edge" if b["edge"] else "-")
+        spread = f" ± {b['metric_std']:.4f}" if b["metric_std"] is not None else ""
+        lines.append(f"| {b['effective_batch_size']} | {tried} | {format_lr(b['lr'])} ({b['metric_mean']:.4f}{spread}) "
+                     f"| {refined} |")
+    lines += ["", *(f["text"] for f in results["lr_scaling_fit"]), "",
+              "| protocol | pick | val acc | test acc [95% CI] |", "|---|---|---|---|"]
+    for row in results["protocols"]["protocols"]:
+        low, high = row["test_accuracy_ci95"]
+        spread = f" ± {row['metric_std']:.4f}" if row["metric_std"] is not None else ""
+        lines.append(f"| {row['name']} | {row['pick']} | {row['metric_mean']:.4f}{spread} | "
+                     f"{row['test_accuracy']:.4f} [{low:.4f}, {high:.4f}] |")
+    lines += ["", results["protocols"]["text"],
+              f"{results['sweep_seconds'] / 60:.1f} min for the sweep on {results['machine']}"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
