@@ -4,6 +4,8 @@ EBS wins? MiniLM (the packaged all-MiniLM-L6-v2) on SST-2 (../shared/data/sst2),
     accumbench sweep       EBS 16/64/256 x 3 lrs x 2 seeds, on a few thousand training sentences
     accumbench pick-best   the best lr per EBS (validation), the fitted lr scaling exponent alpha, and
                            the pick under each protocol (--compare-protocols)
+    then, as pick-best's edge warnings advise, each EBS whose best lr is at an end of the grid gets the
+    next rate the warning names (same seeds), and everything is analysed again
 
 Every EBS is trained at the same three rates, as the seed study trained them all at one: so each rate
 is also the seed study's protocol (every EBS at one lr), beside pooled and tuned. A first run with a
@@ -11,7 +13,7 @@ grid that moved with the EBS by the sqrt rule (1e-4, 2e-4, 4e-4 at EBS 64: EBS 1
 twice) found the best rate of EBS 64 and 256 at the smallest tried and 8e-4 unstable at EBS 256, so the
 rates here are the ones where all three EBS trained well in that run.
 
-    python bench/tuned_study.py                   # ~45 min on 2 CPU cores
+    python bench/tuned_study.py                   # ~40 min on 2 CPU cores; rerun: analyses again, trains nothing
     python bench/tuned_study.py --tiny MODEL_DIR  # seconds, on a tiny model: the smoke test
 
 Writes bench/results/tuned_study.json, and the sweep's runs to bench/results/tuned_study.db.
@@ -24,7 +26,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ def main() -> None:
     parser.add_argument("--lr-scaling", default="none")
     parser.add_argument("--seeds", default="42,43")
     parser.add_argument("--out", type=Path, default=RESULTS / "tuned_study.json")
+    parser.add_argument("--fresh", action="store_true", help="delete the sweep's database first and train it all again")
     args = parser.parse_args()
     if args.tiny:
         model, dataset, samples, eval_samples, micro, epochs = args.tiny, "demo", 64, 32, 8, 1
@@ -62,38 +64,73 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("ACCUMBENCH_CACHE", str(Path(tmp) / "cache"))
         db = work / "tuned_study.db"
-        db.unlink(missing_ok=True)
-        started = time.perf_counter()
-        accumbench("sweep", "--models", model, "--dataset", dataset, "--effective-batch-sizes", ebs, "--lrs", args.lrs,
-                   "--lr-scaling", args.lr_scaling, "--base-batch-size", "64", "--seeds", args.seeds,
-                   "--micro-batch-size", str(micro), "--epochs", str(epochs), "--max-train-samples", str(samples),
-                   "--max-eval-samples", str(eval_samples), "--max-length", max_length, "--data-seed", "42",
-                   "--no-checkpoint", "--name", "tuned-sst2", "--db", str(db), cwd=work)
-        seconds = time.perf_counter() - started
-        tuned = json.loads(accumbench("pick-best", "--json", "--db", str(db), cwd=work))["picks"][0]
-        compared = json.loads(accumbench("pick-best", "--compare-protocols", "--json", "--db", str(db), cwd=work))
-        report = accumbench("report", "--format", "markdown", "--db", str(db), cwd=work)
-        pick_text = accumbench("pick-best", "--db", str(db), cwd=work)
-    [comparison] = compared["comparisons"]
+        if args.fresh or args.tiny:
+            db.unlink(missing_ok=True)
+        shared = ["--models", model, "--dataset", dataset, "--lr-scaling", args.lr_scaling, "--base-batch-size", "64",
+                  "--seeds", args.seeds, "--micro-batch-size", str(micro), "--epochs", str(epochs),
+                  "--max-train-samples", str(samples), "--max-eval-samples", str(eval_samples), "--max-length",
+                  max_length, "--data-seed", "42", "--no-checkpoint", "--db", str(db)]
+        # Round 1, the grid. A rerun resumes the sweep (trains only what is missing) and analyses it again.
+        accumbench("sweep", *shared, "--effective-batch-sizes", ebs, "--lrs", args.lrs, "--name", "tuned-sst2", cwd=work)
+        grid = analyse(db, work, "tuned-sst2")
+        # Round 2, as pick-best's edge warnings tell a user: each EBS whose best lr is at an end of the grid
+        # gets the next rate it names, with the same seeds. Then everything is analysed together.
+        edges = [(b["effective_batch_size"], b["suggested_lr"]) for b in grid["best_lr_per_ebs"] if b["suggested_lr"]]
+        for at, lr in edges:
+            # An lr of its own for each EBS: a base rate here, so with a rule the next *rate* is its inverse.
+            base = lr / _scale(args.lr_scaling, at)
+            accumbench("sweep", *shared, "--effective-batch-sizes", str(at), "--lrs", f"{base:.6g}",
+                       "--name", f"tuned-sst2-edge-{at}", cwd=work)
+        extended = analyse(db, work, None) if edges else None
+        seconds = _sweep_seconds(db)
     results: dict[str, Any] = {
         "machine": machine(), "model": model, "dataset": "sst2" if not args.tiny else "demo",
         "train_samples": samples, "eval_samples": eval_samples, "epochs": epochs, "effective_batch_sizes": ebs,
         "lrs": args.lrs, "lr_scaling": args.lr_scaling, "seeds": args.seeds, "sweep_seconds": seconds,
-        "best_lr_per_ebs": tuned["best_lr_per_ebs"], "lr_scaling_fit": tuned["lr_scaling_fit"],
-        "tuned_pick": {k: tuned[k] for k in ("pick", "effective_batch_size", "lr", "test_accuracy", "test_accuracy_ci95",
-                                              "justification", "warnings")},
-        "protocols": comparison, "report_markdown": report, "pick_best_text": pick_text,
+        "grid": grid, "edges_added": [{"effective_batch_size": at, "lr": lr} for at, lr in edges], "extended": extended,
     }
-    print(report)
-    print(pick_text)
-    print(table(results))
+    for name, section in (("the grid", grid), ("with the edges extended", extended)):
+        if section is not None:
+            print(f"\n=== {name} ===\n{section['report_markdown']}\n{section['pick_best_text']}\n{table(section)}")
+    print(f"{results['sweep_seconds'] / 60:.1f} min of training and evaluation on {results['machine']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 
+def _scale(rule: str, ebs: int) -> float:
+    return {"none": 1.0, "linear": ebs / 64, "sqrt": (ebs / 64) ** 0.5}[rule]
+
+
+def analyse(db: Path, work: Path, sweep: str | None) -> dict[str, Any]:
+    """pick-best (tuned, and every protocol) and report on the sweep's runs (None: all in the database)."""
+    only = ["--sweep", sweep] if sweep else []
+    tuned = json.loads(accumbench("pick-best", "--json", *only, "--db", str(db), cwd=work))["picks"][0]
+    [comparison] = json.loads(accumbench("pick-best", "--compare-protocols", "--json", *only, "--db", str(db),
+                                         cwd=work))["comparisons"]
+    return {
+        "best_lr_per_ebs": tuned["best_lr_per_ebs"], "lr_scaling_fit": tuned["lr_scaling_fit"],
+        "tuned_pick": {k: tuned[k] for k in ("pick", "effective_batch_size", "lr", "test_accuracy", "test_accuracy_ci95",
+                                              "justification", "warnings")},
+        "protocols": comparison,
+        "report_markdown": accumbench("report", "--format", "markdown", *only, "--db", str(db), cwd=work),
+        "pick_best_text": accumbench("pick-best", *only, "--db", str(db), cwd=work),
+    }
+
+
+def _sweep_seconds(db: Path) -> float:
+    """The sweep's wall time from its runs: first start to last finish (the same on a resumed rerun)."""
+    import sqlite3
+    from datetime import datetime
+
+    with sqlite3.connect(db) as con:
+        start, end = con.execute("SELECT MIN(started_at), MAX(finished_at) FROM runs").fetchone()
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
 def table(results: dict[str, Any]) -> str:
-    """The README's tables: the best lr per EBS, the fitted exponent, and the pick under each protocol."""
+    """The README's tables of one analysis: the best lr per EBS, the fitted exponent, and the pick under
+    each protocol."""
     from accumbench.config import format_lr
 
     lines = ["| EBS | lrs tried | best lr (val acc, mean ± std over seeds) | refined lr* |", "|---:|---|---|---:|"]
@@ -110,8 +147,7 @@ def table(results: dict[str, Any]) -> str:
         spread = f" ± {row['metric_std']:.4f}" if row["metric_std"] is not None else ""
         lines.append(f"| {row['name']} | {row['pick']} | {row['metric_mean']:.4f}{spread} | "
                      f"{row['test_accuracy']:.4f} [{low:.4f}, {high:.4f}] |")
-    lines += ["", results["protocols"]["text"],
-              f"{results['sweep_seconds'] / 60:.1f} min for the sweep on {results['machine']}"]
+    lines += ["", results["protocols"]["text"]]
     return "\n".join(lines)
 
 

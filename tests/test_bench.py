@@ -75,11 +75,18 @@ def test_tuned_study_bench_prints_the_best_lrs_alpha_and_every_protocol(tiny_ber
     out = tmp_path / "tuned.json"
     _run_script("tuned_study.py", ["--tiny", tiny_bert, "--seeds", "42", "--out", str(out)], monkeypatch)
     results = json.loads(out.read_text())
-    assert [b["effective_batch_size"] for b in results["best_lr_per_ebs"]] == [8, 32]
-    assert all(len(b["lrs_tried"]) == 3 for b in results["best_lr_per_ebs"])
-    [fit] = results["lr_scaling_fit"]
+    grid = results["grid"]
+    assert [b["effective_batch_size"] for b in grid["best_lr_per_ebs"]] == [8, 32]
+    assert all(len(b["lrs_tried"]) == 3 for b in grid["best_lr_per_ebs"])
+    [fit] = grid["lr_scaling_fit"]
     assert fit["text"].startswith("lr scaling")  # two EBS: not fitted, and it says why
-    names = [row["name"] for row in results["protocols"]["protocols"]]
+    names = [row["name"] for row in grid["protocols"]["protocols"]]
     assert names == ["single lr 5e-5", "single lr 1e-4", "single lr 2e-4", "pooled", "tuned"]
-    assert results["tuned_pick"]["pick"].startswith("EBS ")
+    assert grid["tuned_pick"]["pick"].startswith("EBS ")
+    # Every EBS whose best lr sat at an end of the grid got the rate its warning named, one more lr tried.
+    edges = {b["effective_batch_size"]: b["suggested_lr"] for b in grid["best_lr_per_ebs"] if b["suggested_lr"]}
+    assert {e["effective_batch_size"]: e["lr"] for e in results["edges_added"]} == edges
+    if edges:
+        tried = {b["effective_batch_size"]: len(b["lrs_tried"]) for b in results["extended"]["best_lr_per_ebs"]}
+        assert all(tried[ebs] == 4 for ebs in edges)
     assert "| protocol | pick | val acc | test acc [95% CI] |" in capsys.readouterr().out
