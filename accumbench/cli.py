@@ -215,18 +215,31 @@ def report(
     model: Optional[str] = _FILTERS["model"],
     backend: Optional[str] = _FILTERS["backend"],
     status: str = typer.Option("FINISHED", help="Runs with this status (RUNNING, FINISHED, FAILED, KILLED) or 'any'."),
-    fmt: str = typer.Option("table", "--format", help="table, markdown, csv, json or html."),
+    fmt: str = typer.Option("table", "--format", help="table, markdown, csv, json or html (the study page)."),
+    columns: Optional[str] = typer.Option(
+        None, "--columns", help="Comma-separated columns of the table (table, markdown, html), e.g. model,ebs,val_acc; "
+                                "see the README for every name."),
+    wide: bool = typer.Option(False, "--wide", help="Every column (a table wider than the terminal is split in blocks)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of the terminal."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Also write PNG figures per model into this directory."),
+    watch: Optional[float] = typer.Option(
+        None, "--watch", help="With --format html -o FILE: rewrite the page every SECONDS while sweeps run (the page "
+                              "reloads itself); Ctrl-C stops.", metavar="SECONDS"),
     db: Optional[str] = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
-    """The study's table: one row per model x EBS x backend x lr rule x lr, mean ± std over seeds, with
-    an lr x EBS table of validation accuracy where EBS were trained at several lrs, the backend
-    comparison and learning curves. Opens the database read-only.
+    """The study's table: per model x EBS x backend (x lr, lr rule, budget where they vary), train, validation
+    and test accuracy (mean ± std over seeds, at each run's best-validation epoch), training time and
+    optimizer steps; an lr x EBS table where EBS were trained at several lrs, and the backend comparison.
+    --format html writes one self-contained study page: the pick, the table, the curves and the evidence.
+    Opens the database read-only.
 
     Example:
 
         accumbench report --sweep demo-3bf97179 --format markdown -o report.md --plot figures/
+
+    Example, the study page, rewritten every 30 s while a sweep runs:
+
+        accumbench report --format html -o study.html --watch 30
     """
     try:
         from accumbench import report as reporting
@@ -236,37 +249,100 @@ def report(
             raise UserError(f"unknown --format '{fmt}'; choose one of: {', '.join(reporting.FORMATS)}")
         if status != "any" and status not in STATUSES:
             raise UserError(f"unknown --status '{status}'; choose one of: {', '.join(STATUSES)}, any")
-        if output is not None and not output.parent.is_dir():
-            raise UserError(f"directory {output.parent} does not exist; create it or choose another --output")
-        with _open_for_reading(db) as store:
-            data = reporting.load_runs(store, sweep=sweep, model=model, backend=backend,
-                                       status=None if status == "any" else status)
-            cells, comparison = reporting.cell_table(data), reporting.backend_comparison(data)
-            from accumbench.tuning import lr_grids
-
-            grids = lr_grids(data)
-            figures = []
-            if plot is not None:
-                from accumbench.plots import write_figures
-
-                figures = write_figures(*reporting.plot_frames(store, data), plot, lr_grids=grids)
-            title = f"accumbench report: {len(data.runs)} runs in {len(cells)} cells" + (f", sweep {sweep}" if sweep else "")
-            text = None if fmt == "table" and output is None else reporting.render(
-                cells, comparison, "markdown" if fmt == "table" else fmt, title, reporting.noise_per_run(data), grids)
+        if columns is not None and wide:
+            raise UserError("--columns picks columns and --wide shows them all; give one of them")
+        if columns is not None:
+            reporting.choose_columns(None, columns)  # unknown names fail here, before any reading
+        _check_writable(output)
+        if watch is not None:
+            if not (watch > 0) or watch != watch:
+                raise UserError(f"--watch takes a positive number of seconds, got {watch:g}; e.g. --watch 30")
+            if fmt != "html" or output is None:
+                raise UserError("--watch rewrites a study page: add --format html -o study.html")
+        request = dict(db=db, sweep=sweep, model=model, backend=backend, status=None if status == "any" else status,
+                       fmt=fmt, columns=columns, wide=wide, plot=plot)
+        if watch is not None:
+            _watch_page(output, watch, request)
+            return
+        text, figures = _report(**request, to_terminal=output is None)
+        if output is not None:
+            _write_atomically(output, text)
     except UserError as exc:
         fail(str(exc))
-    if text is None:
-        from accumbench.progress import print_report
-
-        print_report(title, reporting.display_table(cells), reporting.display_comparison(comparison),
-                     reporting.noise_footnote(cells), grids)
-    elif output is not None:
-        output.write_text(text)
+    if output is not None:
         typer.echo(f"wrote {output} ({fmt})")
     else:
         typer.echo(text, nl=False)
     for figure in figures:
         typer.echo(f"wrote {figure}")
+
+
+def _check_writable(output: Optional[Path]) -> None:
+    """-o must name a file in a directory that exists; said before any work. (Whether it can really be
+    written is found out by writing it: see _write_atomically.)"""
+    if output is None:
+        return
+    if not output.parent.is_dir():
+        raise UserError(f"directory {output.parent} does not exist; create it or choose another --output")
+    if output.is_dir():
+        raise UserError(f"--output {output} is a directory; give a file name, e.g. {output / 'study.html'}")
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write through a temporary file in the same directory, then rename: a reader (a browser reloading
+    a watched page) sees the old file or the new one, never half of one; a failure leaves nothing."""
+    import os
+    import tempfile
+
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except OSError as exc:
+        os.unlink(temporary)
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
+
+
+def _report(*, db: Optional[str], plot: Optional[Path], to_terminal: bool, refresh: Optional[float] = None,
+            **request: Any) -> tuple[str, list[Path]]:
+    """The report as text in its format, and the figure files --plot wrote."""
+    import shutil
+
+    from accumbench import report as reporting
+
+    # A terminal splits a wider table into blocks of its width; a pipe or file gets whole lines.
+    width = shutil.get_terminal_size().columns if to_terminal and sys.stdout.isatty() else None
+    with _open_for_reading(db) as store:
+        text, pngs = reporting.build(store, db_label=_db_label(db), figures=plot is not None, width=width,
+                                     refresh=None if refresh is None else max(1, round(refresh)), **request)
+    if plot is None:
+        return text, []
+    try:
+        plot.mkdir(parents=True, exist_ok=True)
+        for name, png in pngs.items():
+            (plot / name).write_bytes(png)
+    except OSError as exc:
+        raise UserError(f"cannot write figures into {plot} ({exc.strerror or exc}); choose another --plot") from None
+    return text, [plot / name for name in pngs]
+
+
+def _watch_page(output: Path, seconds: float, request: dict[str, Any]) -> None:
+    """Rewrite the study page every `seconds` until Ctrl-C; the page reloads itself as often."""
+    import time
+
+    typer.echo(f"watching: writing {output} every {seconds:g} s; open it in a browser, Ctrl-C to stop")
+    try:
+        while True:
+            text, _ = _report(**request, to_terminal=False, refresh=seconds)
+            _write_atomically(output, text)
+            time.sleep(seconds)
+    except KeyboardInterrupt:
+        typer.echo(f"stopped watching; {output} holds the last page")
 
 
 @app.command("pick-best")

@@ -1,7 +1,10 @@
-"""Figures of recorded runs (`--plot`): per model, validation per epoch and training loss per step.
+"""Figures of recorded runs, for `report --plot` (PNG files) and the study page (the same PNGs inline).
 
     epochs (one row per run and epoch) -> <slug>-validation.png: accuracy | loss against epoch
+                                       -> <slug>-time.png: accuracy against training time
+                                       -> <slug>-noise-scale.png: B_simple per epoch, the EBS tried, B_crit
     steps  (one row per optimizer step) -> <slug>-train-loss.png: smoothed loss against samples seen
+    lr grids (tuning.lr_grids)         -> <slug>-lr-grid.png: validation accuracy by lr and EBS
 
 Each series is one label (an EBS, with its LR rule), drawn as the mean over its runs (one run per
 seed) with a shaded min-max band where it has two or more. Non-finite values (a diverged run's NaN
@@ -162,6 +165,55 @@ def _train_loss_figure(model: str, frame: "pd.DataFrame", labels: list[str], col
     return fig
 
 
+def _time_figure(model: str, frame: "pd.DataFrame", labels: list[str], colors) -> "Figure":
+    """Validation accuracy against training time (summed over epochs), one line per series: which EBS
+    gets where first, the efficiency the seed study asked about."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="tight")
+    ax = fig.subplots()
+    points = _finite(frame, "val_accuracy").sort_values(["run_id", "epoch"])
+    points = points.assign(elapsed=points.groupby("run_id")["train_seconds"].cumsum())
+    for label in (lab for lab in labels if lab in set(points["label"])):
+        by_epoch = points[points["label"] == label].groupby("epoch")
+        stats = by_epoch["val_accuracy"].agg(["mean", "min", "max", "count"])
+        _band(ax, by_epoch["elapsed"].mean(), stats, colors[label], label, marker="o")
+    ax.set(xlabel="training time, s (summed over epochs; mean over seeds)", ylabel="validation accuracy",
+           title=f"{model}: validation accuracy against training time ({_seed_phrase(frame)})")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(title="series", fontsize="small")
+    return fig
+
+
+def _noise_figure(model: str, frame: "pd.DataFrame", labels: list[str], colors, b_crit: float | None) -> "Figure":
+    """B_simple per epoch per series on a log scale, beside the EBS tried (grey lines) and B_crit (red,
+    where a fit gave one): batch sizes far below B_simple waste steps, far above it waste samples."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="tight")
+    ax = fig.subplots()
+    points = _finite(frame, "noise_scale")
+    points = points[points["noise_scale"] > 0]
+    for label in (lab for lab in labels if lab in set(points["label"])):
+        stats = points[points["label"] == label].groupby("epoch")["noise_scale"].agg(["mean", "min", "max", "count"])
+        _band(ax, stats.index, stats, colors[label], label, marker="o")
+    for ebs in sorted(set(frame["effective_batch_size"].astype(int))):
+        ax.axhline(ebs, color="grey", linestyle=":", linewidth=1)
+        ax.annotate(f"EBS {ebs}", (1, ebs), xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                    fontsize="x-small", color="grey")
+    if b_crit is not None:
+        ax.axhline(b_crit, color="red", linestyle="--", linewidth=1.5, label=f"B_crit ≈ {b_crit:.3g}")
+    ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel="B_simple (gradient noise scale)",
+           title=f"{model}: the gradient noise scale per epoch beside the EBS tried")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(title="series", fontsize="small")
+    return fig
+
+
 def _lr_grid_figure(model: str, grids: list) -> "Figure":
     """One heatmap per grid (backend, variant) of a model: rows the lrs tried, columns the EBS, colour the
     mean validation accuracy, each cell annotated; a box marks each EBS's best lr."""
@@ -202,10 +254,12 @@ def _lr_grid_figure(model: str, grids: list) -> "Figure":
 
 
 def build_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path,
-                  lr_grids: tuple = ()) -> dict[Path, "Figure"]:
+                  lr_grids: tuple = (), b_crit: dict[str, float] | None = None) -> dict[Path, "Figure"]:
     """The figures write_figures saves, keyed by their path, in a stable order: models sorted, and
-    for each its validation figure, then its training-loss figure (left out without finite steps),
-    then its lr x EBS heatmap (with an lr grid: tuning.lr_grids)."""
+    for each its validation figure, its training-loss figure (left out without finite steps), its
+    accuracy against training time, its noise-scale figure (left out where nothing measured it; with
+    B_crit from `b_crit`, model -> value, where fitted), then its lr x EBS heatmap (with an lr grid:
+    tuning.lr_grids)."""
     _require_matplotlib()
     from matplotlib import colormaps
 
@@ -226,24 +280,47 @@ def build_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path,
             figures[out_dir / f"{slug}-validation.png"] = _validation_figure(model, model_epochs, labels, colors)
         if not model_steps.empty:
             figures[out_dir / f"{slug}-train-loss.png"] = _train_loss_figure(model, model_steps, labels, colors)
+        # Drawn from what the runs recorded: training time per epoch, and the noise scale where measured.
+        if not model_epochs.empty and "train_seconds" in model_epochs:
+            figures[out_dir / f"{slug}-time.png"] = _time_figure(model, model_epochs, labels, colors)
+        if not model_epochs.empty and {"noise_scale", "effective_batch_size"} <= set(model_epochs):
+            noise = _finite(model_epochs, "noise_scale")
+            if not noise[noise["noise_scale"] > 0].empty:
+                figures[out_dir / f"{slug}-noise-scale.png"] = _noise_figure(
+                    model, model_epochs, labels, colors, (b_crit or {}).get(model))
         grids = [grid for grid in lr_grids if str(grid.model) == model]
         if grids:
             figures[out_dir / f"{slug}-lr-grid.png"] = _lr_grid_figure(model, grids)
     return figures
 
 
-def write_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path, lr_grids: tuple = ()) -> list[Path]:
+def write_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path, lr_grids: tuple = (),
+                  b_crit: dict[str, float] | None = None) -> list[Path]:
     """Write each model's figures as PNG files into out_dir (created if needed); return their paths.
 
-    The files are `<slug>-validation.png`, `<slug>-train-loss.png` and, with an lr grid,
-    `<slug>-lr-grid.png`, slug as in `slugify`, made unique within one call. Raises UserError when
-    matplotlib is not installed."""
-    figures = build_figures(epochs, steps, out_dir, lr_grids)  # first: it raises the UserError without matplotlib
+    The files are `<slug>-validation.png`, `<slug>-train-loss.png`, `<slug>-time.png`,
+    `<slug>-noise-scale.png` and, with an lr grid, `<slug>-lr-grid.png`, slug as in `slugify`, made
+    unique within one call. Raises UserError when matplotlib is not installed."""
+    pngs = figure_pngs(epochs, steps, out_dir, lr_grids, b_crit)  # first: it raises the UserError without matplotlib
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for path, png in pngs.items():
+        path.write_bytes(png)
+    return list(pngs)
+
+
+def figure_pngs(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path = Path("."), lr_grids: tuple = (),
+                b_crit: dict[str, float] | None = None) -> dict[Path, bytes]:
+    """build_figures rendered: each figure's PNG bytes, for files (--plot) and for the study page."""
+    import io
+
+    figures = build_figures(epochs, steps, out_dir, lr_grids, b_crit)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    out = {}
     for path, fig in figures.items():
         FigureCanvasAgg(fig)  # attaches itself to the figure: PNG output without pyplot's backend
-        fig.savefig(path, dpi=DPI)
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=DPI)
         fig.clear()  # no pyplot registry holds it: clearing frees its artists now, not at the next GC
-    return list(figures)
+        out[path] = buffer.getvalue()
+    return out

@@ -207,37 +207,13 @@ class RichSweepReporter:
         self.console.print(f"{line}\nrecorded in {db_label} as sweep '{result.sweep['name']}'")
 
 
-def print_report(title: str, table: Any, comparison: Any, footnote: str = "", lr_grids: tuple[Any, ...] = ()) -> None:
-    """`accumbench report` in the terminal: the cell table (and why a B_simple is missing), the lr x EBS
-    grids, then the backend comparison if any."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    frames = [(table, title), *((grid.display(), grid.title) for grid in lr_grids),
-              (comparison, "backends: accelerate against torch, same cell and seed")]
-    for frame, heading in frames:
-        if frame.empty:
-            continue
-        console.print(f"[bold]{heading}[/]")  # not the table's title: that would wrap at the table's width
-        out = Table(box=None, header_style="bold")
-        for column in frame.columns:
-            wrap = len(str(column)) > 12 and not str(column).startswith("EBS ")
-            out.add_column(str(column).replace(" ", "\n", 1) if wrap else str(column),
-                           justify="left" if column in ("model", "backend", "lr rule", "variant") else "right",
-                           no_wrap=str(column).startswith("EBS "))
-        for row in frame.itertuples(index=False):
-            out.add_row(*(str(value) for value in row))
-        console.print(out)
-        if frame is table and footnote:
-            console.print(footnote)
-
-
 def print_picks(picks: list[Any]) -> None:
     """`accumbench pick-best` in the terminal: per model, the candidates with their p-values, the pick,
     its test accuracy with a 95% interval, and the justification in words."""
     from rich.console import Console
     from rich.table import Table
+
+    from accumbench.report import format_seconds
 
     console = Console()
     for pick in picks:
@@ -247,20 +223,22 @@ def print_picks(picks: list[Any]) -> None:
         which = "stage 2: each EBS at its best lr" if pick.protocol == "tuned" else "candidates"
         table = Table(title=f"{pick.group}: {which}, best {words} first", box=None, header_style="bold",
                       title_justify="left")
-        for column in ("candidate", f"{words}\nmean ± std", "seeds", "train\ntime s", "p vs best\n(validation)",
-                       "not\nworse", "test McNemar\np (report only)"):
-            # Numbers never wrap mid-value; the candidate's name may.
-            table.add_column(column, justify="left" if column == "candidate" else "right", no_wrap=column != "candidate")
+        # Short headings and no wrapping: the candidates of a tuned lr grid fit 80 columns, and no value is cut.
+        for column in ("candidate", f"{words}\nmean ± std", "seeds", "train\ntime", "p vs best\n(val)", "not\nworse",
+                       "test p\n(report)"):
+            table.add_column(column, justify="left" if column == "candidate" else "right", no_wrap=True)
         for c in pick.candidates:
             spread = "" if c.metric_std != c.metric_std else f" ± {c.metric_std:.4f}"
             screen = "best" if c is pick.best else (
-                f"{c.screen_p:.3g} ({'Welch' if c.screen_test == 'welch' else 'McNemar val'})" if c.screen_p is not None
+                f"{c.screen_p:.3g} {'Welch' if c.screen_test == 'welch' else 'McNemar'}" if c.screen_p is not None
                 else "untested")
-            mark = " [bold green]<- pick[/]" if c is pick.chosen else ""
-            table.add_row(f"{c.label}{mark}", f"{c.metric_mean:.4f}{spread}", str(len(c.runs)), f"{c.train_seconds:.0f}",
-                          screen, "yes" if c.not_worse else "no",
+            mark = "[bold green]* [/]" if c is pick.chosen else "  "
+            table.add_row(f"{mark}{c.label}", f"{c.metric_mean:.4f}{spread}", str(len(c.runs)),
+                          format_seconds(c.train_seconds), screen, "yes" if c.not_worse else "no",
                           "-" if c.mcnemar_test_p is None else f"{c.mcnemar_test_p:.3g}")
         console.print(table)
+        console.print("* the pick; p vs best: on validation (Welch across seeds, else exact McNemar); test p: exact "
+                      "McNemar on test, reported only")
         low, high = pick.test_ci
         console.print(f"[bold]pick: {pick.chosen.label}[/] (chosen on validation, {pick.protocol} protocol; "
                       f"alpha {pick.alpha:g})\n"
@@ -284,7 +262,7 @@ def _print_best_lrs(console: Any, pick: Any, words: str) -> None:
     table = Table(title="stage 1: the best lr of each EBS, on validation", box=None, header_style="bold",
                   title_justify="left")
     for column in ("EBS", "best lr", f"{words}\nmean ± std", "seeds", "lrs tried", "lr*\nrefined"):
-        table.add_column(column, justify="left" if column == "lrs tried" else "right")
+        table.add_column(column, justify="left" if column == "lrs tried" else "right", no_wrap=column != "lrs tried")
     for b in pick.best_lrs:
         spread = "" if b.best.std != b.best.std else f" ± {b.best.std:.4f}"
         refined = format_lr(b.refined_lr) if b.refined else ("edge" if b.edge else "-")

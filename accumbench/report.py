@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import textwrap
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -24,30 +25,25 @@ from accumbench.errors import UserError
 from accumbench.noise_scale import measurable
 from accumbench.progress import short_model
 from accumbench.store import DIVERGED_PREFIX, FAILED
+from accumbench import text_table
 
 # The columns that name a cell in the study's table ("lr": the rate it trained with, runs.lr); any
 # other setting that differs between cells is listed in a "variant" column rather than averaged over.
 CELL_COLUMNS = ("model", "effective_batch_size", "backend", "lr_scaling", "lr")
 _NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint"}  # "lr" here is the config's base rate
 
-# (column, heading): the per-run metrics aggregated over seeds.
-METRICS = {
-    "best_train_accuracy": "best train acc",
-    "val_accuracy": "best val acc",
-    "best_epoch": "best val epoch",
-    "test_accuracy": "test acc at best val",
-    "best_test_accuracy": "best test acc (picked on test)",
-    "val_loss": "val loss",
-    "test_loss": "test loss",
-    "train_seconds": "train time s",
-    "samples_per_second": "samples/s",
-    "optimizer_steps": "optim steps",
-    "peak_memory_mb": "peak memory MB",
-    "noise_scale_first": "B_simple epoch 1",
-    "noise_scale_last": "B_simple last epoch",
-}
+# The per-run metrics aggregated over seeds (mean and std per cell).
+METRICS = ("best_train_accuracy", "val_accuracy", "best_epoch", "test_accuracy", "best_test_accuracy", "val_loss",
+           "test_loss", "train_seconds", "samples_per_second", "optimizer_steps", "peak_memory_mb",
+           "noise_scale_first", "noise_scale_last")
+# Settings the report's budget column shows, and so its variant column does not repeat.
+_BUDGET_SETTINGS = {"budget", "epochs", "train_steps"}
 # Each B_simple column, and the column that says why a run has none there.
 NOISE_METRICS = {"noise_scale_first": "noise_note_first", "noise_scale_last": "noise_note_last"}
+
+
+class NoRuns(UserError):
+    """Nothing to report: no run matches, or none finished an epoch. The study page says so instead."""
 
 
 def cell_key(config: RunConfig) -> str:
@@ -111,7 +107,7 @@ def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] =
         filters = ", ".join(f"{k} {v}" for k, v in (("status", status), ("sweep", sweep), ("model", model),
                                                       ("backend", backend)) if v)
         known = ", ".join(s["name"] for s in store.list_sweeps()) or "none"
-        raise UserError(f"no runs match ({filters}) in {store.url}; sweeps there: {known}")
+        raise NoRuns(f"no runs match ({filters}) in {store.url}; sweeps there: {known}")
     epochs = pd.DataFrame(store.epochs_of([r["id"] for r in runs]))
     frame = pd.DataFrame(runs).rename(columns={"id": "run_id"})
     configs = {row["id"]: RunConfig.from_dict(json.loads(row["config_json"])) for row in runs}
@@ -125,7 +121,7 @@ def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] =
     frame["series"] = frame["config"].map(series_key)
 
     if epochs.empty:
-        raise UserError(f"the matching runs in {store.url} have no recorded epochs; nothing to report")
+        raise NoRuns(f"the matching runs in {store.url} have no recorded epochs; nothing to report")
     per_run = epochs.groupby("run_id").agg(
         best_train_accuracy=("train_accuracy", "max"), best_test_accuracy=("test_accuracy", "max"),
         train_seconds=("train_seconds", "sum"), samples_seen=("samples_seen", "max"),
@@ -144,8 +140,11 @@ def load_runs(store: Any, *, sweep: Optional[str] = None, model: Optional[str] =
     frame = frame.join(per_run, on="run_id").join(at_best, on="run_id")
     frame = frame[frame["best_epoch"].notna()]  # e.g. a FAILED run that never finished an epoch
     if frame.empty:
-        raise UserError(f"none of the matching runs in {store.url} finished an epoch; nothing to report")
+        raise NoRuns(f"none of the matching runs in {store.url} finished an epoch; nothing to report")
     frame["variant"] = _variants(frame)
+    frame["shown_variant"] = _variants(frame, frozenset(_BUDGET_SETTINGS))  # the budget has a column of its own
+    frame["budget_text"] = frame["config"].map(
+        lambda c: f"{c.train_steps} steps" if c.budget == "steps" else f"{c.epochs} epoch{'s' if c.epochs != 1 else ''}")
     for which in ("first", "last"):
         frame[f"noise_note_{which}"] = [
             noise_note(config, int(micro), measured, value) for config, micro, measured, value in zip(
@@ -169,10 +168,10 @@ def _diverged(store: Any, **filters: Any) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DIVERGED_COLUMNS)
 
 
-def _variants(frame: pd.DataFrame) -> pd.Series:
-    """For each run, the settings (other than the cell columns and the seed) that differ between the
-    cells being reported, e.g. 'lr=0.0001, epochs=3'; empty when the cells differ in nothing else."""
-    settings = {run_id: {k: v for k, v in dataclasses.asdict(c).items() if k not in _NOT_A_VARIANT}
+def _variants(frame: pd.DataFrame, leave_out: frozenset[str] = frozenset()) -> pd.Series:
+    """For each run, the settings (other than the cell columns, the seed and `leave_out`) that differ
+    between the cells being reported, e.g. 'dropout=0.2, epochs=3'; empty when they differ in nothing else."""
+    settings = {run_id: {k: v for k, v in dataclasses.asdict(c).items() if k not in _NOT_A_VARIANT | leave_out}
                 for run_id, c in zip(frame["run_id"], frame["config"])}
     keys = sorted({k for s in settings.values() for k in s})
     varying = [k for k in keys if len({json.dumps(s.get(k)) for s in settings.values()}) > 1]
@@ -183,7 +182,7 @@ def cell_table(data: RunData) -> pd.DataFrame:
     """One row per cell: mean and std over seeds of every metric, n and the seeds."""
     runs = data.runs
     group = runs.groupby("cell", sort=False)
-    table = group[list(CELL_COLUMNS) + ["variant"]].first()
+    table = group[list(CELL_COLUMNS) + ["variant", "shown_variant", "budget_text"]].first()
     table["n"] = group["run_id"].count()
     table["seeds"] = group["seed"].apply(lambda s: ",".join(map(str, sorted(s))))
     table["run_ids"] = group["run_id"].apply(lambda s: ",".join(map(str, sorted(s))))
@@ -228,31 +227,112 @@ def backend_comparison(data: RunData) -> pd.DataFrame:
 # --- rendering -----------------------------------------------------------------------------------
 
 
-def _mean_std(mean: float, std: float, digits: int) -> str:
+def _mean_std(mean: float, std: float, digits: int, sep: str = " ± ") -> str:
+    """'0.912 ± 0.003'; the mean alone with one seed. digits 0: an integer ('2', not '2.0')."""
     if pd.isna(mean):
         return "-"
-    return f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    if digits == 0 and float(mean).is_integer() and (pd.isna(std) or std == 0):
+        return f"{int(mean):,}"
+    digits = max(digits, 1) if digits == 0 and not float(mean).is_integer() else digits
+    return f"{mean:,.{digits}f}" if pd.isna(std) else f"{mean:,.{digits}f}{sep}{std:,.{digits}f}"
 
 
-_DIGITS = {"best_epoch": 1, "train_seconds": 0, "samples_per_second": 1, "optimizer_steps": 0, "peak_memory_mb": 0,
-           "noise_scale_first": 1, "noise_scale_last": 1}
+def format_seconds(seconds: float) -> str:
+    """A training time as people read it: 42s, 12m05s, 1h02m."""
+    if pd.isna(seconds):
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def display_table(cells: pd.DataFrame) -> pd.DataFrame:
-    """The cell table as text for people: 'mean ± std' (std left out for one seed)."""
-    shown = pd.DataFrame({"model": cells["model"].map(short_model), "EBS": cells["effective_batch_size"], "backend": cells["backend"],
-                          "lr rule": cells["lr_scaling"], "lr": cells["lr"].map(format_lr)})
-    if cells["variant"].astype(bool).any():
-        shown["variant"] = cells["variant"]
-    shown["seeds (n)"] = [f"{s} ({n})" for s, n in zip(cells["seeds"], cells["n"])]
-    for metric, heading in METRICS.items():
-        shown[heading] = [_mean_std(m, s, _DIGITS.get(metric, 4))
-                          for m, s in zip(cells[f"{metric}_mean"], cells[f"{metric}_std"])]
-    for metric, note_column in NOISE_METRICS.items():  # a missing B_simple says why
-        heading = METRICS[metric]
-        shown[heading] = [f"- ({note})" if pd.isna(m) and note else text
-                          for m, note, text in zip(cells[f"{metric}_mean"], cells[note_column], shown[heading])]
-    return shown
+@dataclass(frozen=True)
+class Column:
+    """One column of the report for people: its --columns name, its heading, and how a cell reads."""
+
+    name: str
+    heading: str  # a line break makes a two-line heading in the terminal
+    key: bool  # names the row: kept left, and repeated when a wide table is split
+    text: Any  # cells DataFrame -> list of strings
+
+
+def _metric(metric: str, digits: int, sep: str = "±") -> Any:
+    return lambda cells: [_mean_std(m, s, digits, sep) for m, s in zip(cells[f"{metric}_mean"], cells[f"{metric}_std"])]
+
+
+def _noise(metric: str) -> Any:
+    """B_simple, or why a cell has none: '- (k = 1)'."""
+    def text(cells: pd.DataFrame) -> list[str]:
+        values = _metric(metric, 1)(cells)
+        return [f"- ({note})" if pd.isna(m) and note else value
+                for m, note, value in zip(cells[f"{metric}_mean"], cells[NOISE_METRICS[metric]], values)]
+    return text
+
+
+# Every column of `report` for people, in order. The default is the seed study's table; --columns
+# picks by name, --wide shows them all. Accuracies and losses are read at each run's best-validation
+# epoch and given as mean ± std over the seeds.
+COLUMNS = {c.name: c for c in (
+    Column("model", "model", True, lambda cells: cells["model"].map(short_model).tolist()),
+    Column("ebs", "EBS", True, lambda cells: [str(int(v)) for v in cells["effective_batch_size"]]),
+    Column("backend", "backend", True, lambda cells: cells["backend"].tolist()),
+    Column("lr", "lr", True, lambda cells: cells["lr"].map(format_lr).tolist()),
+    Column("lr_rule", "lr\nrule", True, lambda cells: cells["lr_scaling"].tolist()),
+    Column("budget", "budget", True, lambda cells: cells["budget_text"].tolist()),
+    Column("variant", "variant", True, lambda cells: cells["shown_variant"].tolist()),
+    Column("n", "n", False, lambda cells: [str(int(v)) for v in cells["n"]]),
+    Column("seeds", "seeds", False, lambda cells: cells["seeds"].tolist()),
+    # Training accuracy is a running average over each epoch: context, so the mean alone (and 80 columns fit).
+    Column("train_acc", "train\nacc", False,
+           lambda cells: [_mean_std(m, float("nan"), 3) for m in cells["best_train_accuracy_mean"]]),
+    Column("val_acc", "val acc\nmean±std", False, _metric("val_accuracy", 3)),
+    Column("test_acc", "test acc\nmean±std", False, _metric("test_accuracy", 3)),
+    Column("best_epoch", "best\nepoch", False, _metric("best_epoch", 0)),
+    Column("best_test_acc", "best test acc\n(picked on test)", False, _metric("best_test_accuracy", 3)),
+    Column("val_loss", "val\nloss", False, _metric("val_loss", 4)),
+    Column("test_loss", "test\nloss", False, _metric("test_loss", 4)),
+    Column("time", "train\ntime", False, lambda cells: [format_seconds(v) for v in cells["train_seconds_mean"]]),
+    Column("samples_per_s", "samples\nper s", False, _metric("samples_per_second", 1)),
+    Column("steps", "optim\nsteps", False, _metric("optimizer_steps", 0)),
+    Column("memory", "peak\nMB", False, _metric("peak_memory_mb", 0)),
+    Column("b_simple_first", "B_simple\nepoch 1", False, _noise("noise_scale_first")),
+    Column("b_simple_last", "B_simple\nlast epoch", False, _noise("noise_scale_last")),
+)}
+DEFAULT_COLUMNS = ("model", "ebs", "backend", "lr", "lr_rule", "budget", "variant", "n", "train_acc", "val_acc",
+                   "test_acc", "time", "steps")
+_WHERE_THEY_VARY = ("lr", "lr_rule", "budget", "variant")  # in the default only where cells differ in them
+TABLE_NOTE = ("val and test acc at each run's best-validation epoch (test is read where validation chose), mean±std "
+              "over the n seeds; train acc the best epoch's running average, mean over seeds; train time summed "
+              "over epochs; optimizer steps in total")
+
+
+def choose_columns(cells: pd.DataFrame, columns: Optional[str] = None, wide: bool = False) -> list[str]:
+    """The columns to show: --columns a,b (by name), --wide (all), or the seed study's default, where
+    lr, lr rule, budget and variant appear only if the cells differ in them. UserError on an unknown name."""
+    if wide:
+        return list(COLUMNS)
+    if columns is not None:
+        names = [name.strip().replace("-", "_") for name in columns.split(",") if name.strip()]
+        unknown = [name for name in names if name not in COLUMNS]
+        if unknown or not names:
+            raise UserError(f"unknown --columns {', '.join(map(repr, unknown)) or '(none given)'}; "
+                            f"choose from: {', '.join(COLUMNS)}")
+        return names
+    constant = {name for name in _WHERE_THEY_VARY if len(set(COLUMNS[name].text(cells))) < 2}
+    return [name for name in DEFAULT_COLUMNS if name not in constant]
+
+
+def display_table(cells: pd.DataFrame, columns: Optional[list[str]] = None) -> pd.DataFrame:
+    """The cell table as text for people, one string per value; headings may hold a line break."""
+    names = columns if columns is not None else choose_columns(cells)
+    return pd.DataFrame({COLUMNS[name].heading: COLUMNS[name].text(cells) for name in names})
+
+
+def key_count(columns: list[str]) -> int:
+    """How many of the leading columns name the row (repeated in each block of a split table)."""
+    return next((i for i, name in enumerate(columns) if not COLUMNS[name].key), len(columns))
 
 
 def _noise_notes(cells: pd.DataFrame) -> list[str]:
@@ -265,18 +345,22 @@ def noise_footnote(cells: pd.DataFrame) -> str:
 
 
 def display_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
+    """accelerate against torch per cell (same seeds): metric differences and the training-time ratio."""
+    keys = {"model": comparison["model"].map(short_model), "EBS": comparison["effective_batch_size"].astype(str)}
+    for column, heading, text in (("lr_scaling", "lr\nrule", comparison["lr_scaling"]),
+                                  ("lr", "lr", comparison["lr"].map(format_lr)), ("variant", "variant", comparison["variant"])):
+        if text.nunique() > 1:
+            keys[heading] = text
     return pd.DataFrame({
-        "model": comparison["model"].map(short_model), "EBS": comparison["effective_batch_size"], "lr rule": comparison["lr_scaling"],
-        "lr": comparison["lr"].map(format_lr),
-        **({"variant": comparison["variant"]} if comparison["variant"].astype(bool).any() else {}),
-        "seed pairs": comparison["pairs"],
-        "val acc accelerate-torch": comparison["val_accuracy_diff"].map(lambda v: f"{v:+.4f}"),
-        "test acc accelerate-torch": comparison["test_accuracy_diff"].map(lambda v: f"{v:+.4f}"),
-        "val loss accelerate-torch": comparison["val_loss_diff"].map(lambda v: f"{v:+.2e}"),
-        "train time accelerate/torch": comparison["time_ratio"].map(lambda v: f"{v:.3f}"),
+        **keys, "seed\npairs": comparison["pairs"].astype(str),
+        "val acc\naccel-torch": comparison["val_accuracy_diff"].map(lambda v: f"{v:+.4f}"),
+        "test acc\naccel-torch": comparison["test_accuracy_diff"].map(lambda v: f"{v:+.4f}"),
+        "val loss\naccel-torch": comparison["val_loss_diff"].map(lambda v: f"{v:+.2e}"),
+        "train time\naccel/torch": comparison["time_ratio"].map(lambda v: f"{v:.3f}"),
     })
 
 
+COMPARISON_TITLE = "backends: accelerate against torch, same cell and seed"
 FORMATS = ("table", "markdown", "csv", "json", "html")
 
 
@@ -287,11 +371,37 @@ def noise_per_run(data: RunData) -> pd.DataFrame:
     return data.runs[columns].sort_values("run_id").reset_index(drop=True)
 
 
-def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str,
+def text_report(cells: pd.DataFrame, comparison: pd.DataFrame, title: str, columns: list[str],
+                lr_grids: tuple[Any, ...] = (), width: Optional[int] = None) -> str:
+    """`report` for a terminal (width: its columns; a wider table is split into blocks) or a pipe (None:
+    one block, lines as long as they need): the cell table, what it means, the lr x EBS grids, the
+    backend comparison. Every value is printed whole."""
+    shown = display_table(cells, columns)
+    prose = width or 80  # sentences are wrapped for reading; table lines never are
+    parts = [title, _text(shown, [COLUMNS[c].key for c in columns], key_count(columns), width),
+             textwrap.fill(TABLE_NOTE, prose)]
+    if noise_footnote(cells) and any(c.startswith("b_simple") for c in columns):
+        parts.append(textwrap.fill(noise_footnote(cells), prose))
+    for grid in lr_grids:
+        frame = grid.display()
+        parts += ["", grid.title, _text(frame, [True] + [False] * (frame.shape[1] - 1), 1, width)]
+    compared = display_comparison(comparison)
+    if not compared.empty:
+        keys = sum(1 for c in compared.columns if c in ("model", "EBS", "lr\nrule", "lr", "variant"))
+        parts += ["", COMPARISON_TITLE, _text(compared, [i < keys for i in range(compared.shape[1])], keys, width)]
+    return "\n".join(part.rstrip("\n") for part in parts) + "\n"
+
+
+def _text(frame: pd.DataFrame, left: list[bool], keys: int, width: Optional[int]) -> str:
+    return text_table.render(list(frame.columns), [list(map(str, row)) for row in frame.itertuples(index=False)],
+                             left, keys, width)
+
+
+def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str, columns: list[str],
            runs: Optional[pd.DataFrame] = None, lr_grids: tuple[Any, ...] = ()) -> str:
-    """The report as text in one of FORMATS (table is rendered by the CLI with rich). `runs`
+    """The report as csv, json or markdown (`columns`: those of the table for people). `runs`
     (noise_per_run) adds each run's B_simple to the JSON; `lr_grids` (tuning.lr_grids) the lr x EBS
-    tables of validation accuracy."""
+    tables of validation accuracy. CSV and JSON carry every column, unrounded."""
     if fmt == "csv":
         return cells.to_csv(index=False)
     if fmt == "json":
@@ -301,34 +411,71 @@ def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str,
                    "backend_comparison": json.loads(comparison.to_json(orient="records")),
                    "lr_grids": [grid.to_json() for grid in lr_grids]}
         return json.dumps(payload, indent=2) + "\n"
-    shown, compared = display_table(cells), display_comparison(comparison)
-    footnote = noise_footnote(cells)
     if fmt == "markdown":
-        text = f"# {title}\n\n{_markdown(shown)}\n" + (f"\n{footnote}\n" if footnote else "")
+        shown, compared = display_table(cells, columns), display_comparison(comparison)
+        footnote = noise_footnote(cells)
+        text = f"# {title}\n\n{_markdown(shown)}\n\n{TABLE_NOTE}\n" + (f"\n{footnote}\n" if footnote else "")
         for grid in lr_grids:
             text += f"\n## {grid.title}\n\n{_markdown(grid.display())}\n"
         if not compared.empty:
-            text += f"\n## Backends: accelerate against torch, same cell and seed\n\n{_markdown(compared)}\n"
+            text += f"\n## {COMPARISON_TITLE[0].upper()}{COMPARISON_TITLE[1:]}\n\n{_markdown(compared)}\n"
         return text
-    if fmt == "html":
-        parts = [f"<h1>{_escape(title)}</h1>", shown.to_html(index=False, border=0)]
-        if footnote:
-            parts.append(f"<p>{_escape(footnote)}</p>")
-        for grid in lr_grids:
-            parts += [f"<h2>{_escape(grid.title)}</h2>", grid.display().to_html(index=False, border=0)]
-        if not compared.empty:
-            parts += ["<h2>Backends: accelerate against torch, same cell and seed</h2>",
-                      compared.to_html(index=False, border=0)]
-        style = "body{font-family:sans-serif}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:right}"
-        return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>" + _escape(title) +
-                f"</title><style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n")
     raise ValueError(f"render: unknown format {fmt!r}")
+
+
+def build(store: Any, *, fmt: str, db_label: str, sweep: Optional[str] = None, model: Optional[str] = None,
+          backend: Optional[str] = None, status: Optional[str] = "FINISHED", columns: Optional[str] = None,
+          wide: bool = False, figures: bool = False, width: Optional[int] = None,
+          refresh: Optional[int] = None) -> tuple[str, dict[str, bytes]]:
+    """`accumbench report` from an open (read-only) store: the text in `fmt` (table: for a terminal of
+    `width` columns, None for a pipe; html: the study page, reloading every `refresh` s) and, for the page
+    or when `figures`, each figure's PNG by file name. The page picks per model as pick-best does; the
+    imports are here, not at the top, because pick and tuning build on this module."""
+    try:
+        data = load_runs(store, sweep=sweep, model=model, backend=backend, status=status)
+    except NoRuns as exc:
+        if fmt != "html":
+            raise
+        from accumbench.study_page import empty_page
+
+        running = len(store.find_runs(status="RUNNING", sweep=sweep, model=model, backend=backend))
+        return empty_page(db_label, str(exc).split(";")[0], running, refresh), {}
+    from accumbench.tuning import lr_grids
+
+    cells, comparison, grids = cell_table(data), backend_comparison(data), lr_grids(data)
+    shown = choose_columns(cells, columns, wide)
+    title = f"accumbench report: {len(data.runs)} runs in {len(cells)} cells" + (f", sweep {sweep}" if sweep else "")
+    picks, pngs = [], {}
+    if fmt == "html" or figures:
+        from accumbench import pick
+        from accumbench.plots import figure_pngs
+
+        # A pick is made among finished runs only, as pick-best makes it.
+        if status == "FINISHED":
+            run_ids = data.runs["run_id"].tolist()
+            predictions = {split: store.predictions(run_ids, split) for split in ("validation", "test")}
+            picks = pick.pick_best(data, predictions)
+        b_crit = {str(p.chosen.runs["model"].iloc[0]): c.fit.b_crit for p in picks for c in p.critical
+                  if c.fit is not None and c.fit.b_crit is not None}
+        pngs = {path.name: png for path, png in figure_pngs(*plot_frames(store, data), lr_grids=grids,
+                                                              b_crit=b_crit).items()}
+    if fmt == "html":
+        from accumbench.study_page import study_page
+
+        text = study_page(title=title.replace("accumbench report", "accumbench study"), db_label=db_label,
+                          cells=cells, comparison=comparison, data=data, picks=picks, grids=grids, figures=pngs,
+                          refresh=refresh)
+    elif fmt == "table":
+        text = text_report(cells, comparison, title, shown, grids, width)
+    else:
+        text = render(cells, comparison, fmt, title, shown, noise_per_run(data), grids)
+    return text, pngs
 
 
 def _markdown(frame: pd.DataFrame) -> str:
     """A GitHub pipe table (pandas' to_markdown needs the optional tabulate package)."""
     rows = [[str(v).replace("|", "\\|") for v in row] for row in frame.itertuples(index=False)]
-    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines = ["| " + " | ".join(str(c).replace("\n", " ") for c in frame.columns) + " |", "|" + "---|" * len(frame.columns)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
@@ -368,7 +515,7 @@ def plot_frames(store: Any, data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
         vary = varying(group, ("lr_scaling", "base_lr", "backend", "variant"))
         for order, row in enumerate(cells.to_dict("records")):
             labels[row["cell"]] = (cell_label(row, vary), order)
-    keys = runs[["run_id", "model", "cell", "seed"]].copy()
+    keys = runs[["run_id", "model", "cell", "seed", "effective_batch_size"]].copy()
     keys["label"] = keys["cell"].map(lambda c: labels[c][0])
     keys["order"] = keys["cell"].map(lambda c: labels[c][1])
     keys = keys.drop(columns="cell")

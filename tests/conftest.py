@@ -77,6 +77,20 @@ def query(db_path: Path, sql: str, *args) -> list[sqlite3.Row]:
         con.close()
 
 
+def wait_for(predicate, what: str = "condition", timeout: float = 120.0):
+    """Poll a recorded state until it holds and return it. Tests synchronise on state, never on time:
+    the deadline only turns a hang into a failure, it times nothing."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 POSTGRES_ENV = "ACCUMBENCH_TEST_POSTGRES_URL"
 
 

@@ -22,6 +22,7 @@ TRAIN_FLAGS = """--model --dataset --backend --effective-batch-size --micro-batc
 # The issue's sweep contract: the grid axes, the sweep's own options, and every train option.
 SWEEP_FLAGS = """--models --effective-batch-sizes --backends --seeds --lrs --lr-scaling --name --max-retries --stale-after
 --fail-fast --preset --base-batch-size --budget --train-steps --warmup-ratio --config --db --dry-run""".split()
+REPORT_FLAGS = "--sweep --status --format --columns --wide --output --plot --watch --db".split()
 PICK_FLAGS = "--sweep --model --backend --metric --by --alpha --target --protocol --compare-protocols --json --db".split()
 HEAVY = ("torch", "transformers", "datasets", "accelerate", "pandas", "sqlalchemy")
 
@@ -51,6 +52,18 @@ def test_train_flags_contract():
     text = _help("train")
     for flag in TRAIN_FLAGS:
         assert flag in text, flag
+
+
+def test_report_takes_its_options_and_the_readme_documents_them():
+    text, readme = _help("report"), (ROOT / "README.md").read_text()
+    for flag in REPORT_FLAGS:
+        assert flag in text and f"`{flag}" in readme, flag
+    from accumbench.report import COLUMNS
+
+    for name in COLUMNS:  # every --columns name is in the README's table of them
+        assert f"`{name}`" in readme, name
+    assert (ROOT / "docs" / "study-page.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "](docs/study-page.png)" in readme
 
 
 def test_pick_best_takes_its_options_and_the_readme_documents_them():

@@ -226,3 +226,26 @@ def test_importing_the_module_stays_light():
     code = ("import sys, accumbench.plots; heavy = {'matplotlib', 'pandas', 'numpy'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_accuracy_against_time_and_the_noise_scale_beside_the_ebs_tried(tmp_path):
+    """Each epoch takes 10 s at EBS 64 and 4 s at EBS 256 (seed 2 twice as long): the time figure's x is
+    the mean cumulative time over seeds. B_simple is 100·epoch at EBS 64 and unmeasured (NaN) at 256;
+    the noise figure draws it on a log axis with a grey line at each EBS tried and B_crit in red."""
+    epochs, steps = make_runs(models=["m"])
+    epochs = epochs[epochs["label"] != "EBS 256 sqrt"].copy()
+    epochs["effective_batch_size"] = epochs["label"].map({"EBS 64": 64, "EBS 256": 256})
+    epochs["train_seconds"] = epochs["effective_batch_size"].map({64: 10.0, 256: 4.0}) * epochs["seed"]
+    epochs["noise_scale"] = np.where(epochs["effective_batch_size"] == 64, 100.0 * epochs["epoch"], np.nan)
+    figures = build_figures(epochs, steps, tmp_path, b_crit={"m": 150.0})
+    assert list(figures) == [tmp_path / f"m-{kind}.png" for kind in ("validation", "train-loss", "time", "noise-scale")]
+    [ax] = figures[tmp_path / "m-time.png"].axes
+    line = next(ln for ln in ax.lines if ln.get_label() == "EBS 64")
+    assert list(line.get_xdata()) == pytest.approx([15, 30, 45])  # seeds 1, 2 at 10 and 20 s per epoch
+    assert list(line.get_ydata()) == pytest.approx([np.mean([accuracy(0, 0, s, e) for s in SEEDS]) for e in (1, 2, 3)])
+    [ax] = figures[tmp_path / "m-noise-scale.png"].axes
+    assert ax.get_yscale() == "log"
+    series = [ln for ln in ax.lines if ln.get_label() == "EBS 64"]
+    assert len(series) == 1 and list(series[0].get_ydata()) == pytest.approx([100, 200, 300])
+    levels = sorted(ln.get_ydata()[0] for ln in ax.lines if ln.get_linestyle() in (":", "--"))
+    assert levels == [64, 150, 256] and "B_crit ≈ 150" in legend_texts(ax)

@@ -4,7 +4,6 @@ the database's, the backends compare, figures are written, and the database is n
 
 from __future__ import annotations
 
-import html.parser
 import io
 import json
 import math
@@ -124,33 +123,70 @@ def test_b_simple_per_cell_and_why_it_is_missing(swept):
         for which in ("first", "last"):
             value = row[f"noise_scale_{which}"]
             assert (row[f"noise_note_{which}"] == "beyond resolution") == (value is None and row["effective_batch_size"] != 8)
-    markdown = report(swept, "--format", "markdown").stdout
+    markdown = report(swept, "--format", "markdown", "--wide").stdout
     assert "B_simple epoch 1 | B_simple last epoch |" in markdown and "| - (k = 1) | - (k = 1) |" in markdown
     assert "B_simple k = 1: one micro-batch per optimizer step" in markdown
 
 
-def test_markdown_html_and_the_terminal_table(swept, tmp_path):
+def test_markdown_has_the_seed_studys_columns_and_wide_has_them_all(swept):
     markdown = report(swept, "--format", "markdown").stdout
-    assert "| model | EBS | backend | lr rule | lr | seeds (n) | best train acc |" in markdown
-    assert "test acc at best val" in markdown and "best test acc (picked on test)" in markdown
+    assert "| model | EBS | backend | n | train acc | val acc mean±std | test acc mean±std | train time | optim steps |" in markdown
     assert "## Backends: accelerate against torch" in markdown and markdown.count("\n| ") >= 4 + 2
+    wide = report(swept, "--format", "markdown", "--wide").stdout
+    assert "| best test acc (picked on test) |" in wide and "| seeds |" in wide and "| B_simple epoch 1 |" in wide
 
-    out = tmp_path / "report.html"
-    assert f"wrote {out}" in report(swept, "--format", "html", "-o", str(out)).stdout
 
-    class Tables(html.parser.HTMLParser):
-        tables = cells = 0
+def test_the_terminal_table_fits_80_columns_and_cuts_nothing(swept):
+    """Piped (as here), the report is plain text; its default columns fit 80 characters, integers read
+    as integers and n is the number of seeds. Every number is the database's, whole."""
+    text = report(swept).stdout
+    lines = text.splitlines()
+    assert lines[0] == "accumbench report: 8 runs in 4 cells" and "…" not in text
+    table = lines[1:lines.index(next(line for line in lines if line.startswith("val and test acc at")))]
+    assert max(map(len, table)) <= 80, table
+    header, rows = table[:2], table[2:]
+    assert header[1].split()[:5] == ["model", "EBS", "backend", "n", "acc"] and len(rows) == 4
+    cells = pd.read_csv(io.StringIO(report(swept, "--format", "csv").stdout))
+    for row, cell in zip(rows, cells.itertuples()):
+        fields = row.split()
+        assert fields[1] == str(cell.effective_batch_size) and fields[3] == "2"  # n: 2 seeds
+        assert fields[5] == f"{cell.val_accuracy_mean:.3f}±{cell.val_accuracy_std:.3f}"
+        assert fields[6] == f"{cell.test_accuracy_mean:.3f}±{cell.test_accuracy_std:.3f}"
+        assert fields[-1] == str(int(cell.optimizer_steps_mean))  # 14, not 14.0
+    # The backend comparison prints whole numbers too, and fits.
+    comparison = lines[lines.index("backends: accelerate against torch, same cell and seed") + 1:]
+    assert comparison and max(map(len, comparison)) <= 80
 
-        def handle_starttag(self, tag, attrs):
-            self.tables += tag == "table"
-            self.cells += tag == "td"
 
-    parser = Tables()
-    parser.feed(out.read_text())
-    assert parser.tables == 2 and parser.cells > 4 * 10
+def test_columns_and_wide_and_a_split_wide_table(swept):
+    picked = report(swept, "--columns", "model,ebs,val_acc,best_epoch").stdout.splitlines()
+    assert picked[1].split() == ["val", "acc", "best"] and picked[2].split() == ["model", "EBS", "mean±std", "epoch"]
+    assert all(line.split()[-1] in ("1", "2", "1.5±0.7") for line in picked[3:7])  # an integer mean prints as one
+    wide = report(swept, "--wide").stdout.splitlines()
+    assert max(map(len, wide)) > 150  # piped: one block, lines as long as they need
+    from accumbench import report as reporting
+    from accumbench.store import Store, resolve_db_url
 
-    terminal = report(swept).stdout
-    assert "accumbench report: 8 runs in 4 cells" in terminal and "1,2 (2)" in terminal
+    with Store.open_readonly(resolve_db_url(str(swept))) as store:
+        data = reporting.load_runs(store)
+    cells = reporting.cell_table(data)
+    split = reporting.text_report(cells, reporting.backend_comparison(data), "t", list(reporting.COLUMNS), width=80)
+    blocks = [line for line in split.split("val and test acc at")[0].split("\n")[1:] if line]
+    assert max(map(len, blocks)) <= 80
+    headers = [line for line in blocks if line.startswith("model")]
+    assert len(headers) >= 3 and all(line.split()[:3] == ["model", "EBS", "backend"] for line in headers)
+    for name, column in reporting.COLUMNS.items():  # every column's values appear whole in some block
+        for value in column.text(cells):
+            assert value in split, (name, value)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--columns", "model,speed"], "unknown --columns 'speed'; choose from: model, ebs, backend"),
+    (["--columns", "model", "--wide"], "--columns picks columns and --wide shows them all"),
+])
+def test_bad_columns_are_one_line_and_exit_2(swept, args, fragment):
+    result = report(swept, *args, code=2)
+    assert fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_filters_and_plots(swept, tmp_path):
@@ -159,7 +195,8 @@ def test_filters_and_plots(swept, tmp_path):
     assert set(torch_only["backend"]) == {"torch"} and len(torch_only) == 2
     result = report(swept, "--format", "csv", "--plot", str(tmp_path / "figures"))
     written = sorted((tmp_path / "figures").iterdir())
-    assert [p.name for p in written] == ["tiny-bert0-train-loss.png", "tiny-bert0-validation.png"]
+    assert [p.name for p in written] == ["tiny-bert0-noise-scale.png", "tiny-bert0-time.png", "tiny-bert0-train-loss.png",
+                                         "tiny-bert0-validation.png"]
     for png in written:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         assert f"wrote {png}" in result.stdout

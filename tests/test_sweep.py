@@ -20,7 +20,7 @@ from accumbench import engine
 from accumbench.cli import app
 from accumbench.store import FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, STALE_ERROR, Store, resolve_db_url
 from accumbench.sweep import DIVERGED, DONE, GAVE_UP, PENDING, build_spec, run_sweep
-from conftest import query
+from conftest import query, wait_for
 
 # Small and fast: 200 training samples, 64 to evaluate, sequences cut to 32 tokens.
 TINY_RUN = ["--dataset", "demo", "--max-train-samples", "200", "--max-eval-samples", "64", "--max-length", "32",
@@ -193,16 +193,6 @@ def test_steps_budget_gives_equal_optimizer_steps_across_ebs(tiny_bert, tmp_path
 
 
 # --- crashes, Ctrl-C and parallel workers -----------------------------------------------------------
-
-
-def wait_for(predicate, timeout: float = 120.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def running_run_with_an_epoch(db: Path):

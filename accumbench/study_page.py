@@ -1,0 +1,154 @@
+"""`accumbench report --format html`: one self-contained page with the answer first and the evidence under it.
+
+    the pick per model and its justification in words        pick.pick_best (validation only)
+    the study table (the seed study's columns), every column a click away (<details>)
+    validation accuracy and loss per epoch, training loss     plots.py (the figures of --plot, as inline PNG)
+    accuracy against training time, the noise scale per epoch beside the EBS tried and B_crit
+    the lr x EBS heatmap and table (with an lr grid), accelerate against torch (when both ran)
+    each run's configuration, versions and device             (<details>)
+
+No script, no network: figures are PNG data URIs and the style is inline, so the file can be mailed,
+archived or opened offline. With --watch the page carries a refresh header and is rewritten in place
+(atomically: a reloading browser never reads half a page).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0}td,th{padding:2px 8px;text-align:right;white-space:nowrap}
+th{border-bottom:1px solid #999;vertical-align:bottom}tr:nth-child(even) td{background:#f6f6f6}
+td.key,th.key{text-align:left}
+.pick{border-left:4px solid #2a7;padding:.3em 1em;margin:1em 0;background:#f3fbf6}
+.pick .answer{font-size:1.25em;font-weight:bold}
+.warning{color:#a60}.note{color:#555;font-size:.9em}
+figure{margin:1em 0}img{max-width:100%;height:auto}figcaption{color:#555;font-size:.9em}
+details{margin:.5em 0}summary{cursor:pointer;color:#246}
+pre{font-size:.8em;background:#f6f6f6;padding:.5em;overflow-x:auto}
+"""
+
+
+def _e(text: Any) -> str:
+    return html.escape(str(text))
+
+
+def _table(frame: Any, keys: int = 0) -> str:
+    """A DataFrame of display strings as an HTML table; the first `keys` columns left-aligned."""
+    head = "".join(f"<th class='key'>{_e(c).replace(chr(10), '<br>')}</th>" if i < keys
+                   else f"<th>{_e(c).replace(chr(10), '<br>')}</th>" for i, c in enumerate(frame.columns))
+    rows = "".join("<tr>" + "".join(f"<td class='key'>{_e(v)}</td>" if i < keys else f"<td>{_e(v)}</td>"
+                                    for i, v in enumerate(row)) + "</tr>" for row in frame.itertuples(index=False))
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _figure(png: bytes, alt: str, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f"<figure><img src='data:image/png;base64,{data}' alt='{_e(alt)}'>"
+            f"<figcaption>{_e(caption)}</figcaption></figure>")
+
+
+def _page(title: str, body: list[str], refresh: Optional[int]) -> str:
+    meta = f"<meta http-equiv='refresh' content='{refresh}'>" if refresh else ""
+    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            f"{meta}<title>{_e(title)}</title><style>{STYLE}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def _stamp(db_label: str, refresh: Optional[int]) -> str:
+    now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    again = f"; rewritten every {refresh} s while `report --watch` runs, and this page reloads itself" if refresh else ""
+    return f"<p class='note'>from {_e(db_label)}, written {now}{_e(again)}</p>"
+
+
+def empty_page(db_label: str, why: str, running: int, refresh: Optional[int] = None) -> str:
+    """A database with no finished run yet: the page says so (and, watching, keeps looking)."""
+    live = f" {running} run{'s are' if running != 1 else ' is'} RUNNING." if running else ""
+    body = ["<h1>accumbench study</h1>", _stamp(db_label, refresh),
+            f"<p id='empty'>No finished run to show yet: {_e(why)}.{_e(live)}</p>"]
+    return _page("accumbench study: no finished run yet", body, refresh)
+
+
+def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: Any, picks: list[Any],
+               grids: list[Any], figures: dict[str, bytes], refresh: Optional[int] = None) -> str:
+    """The study page. `figures` maps plots.py's file names ('<slug>-validation.png', ...) to PNG bytes."""
+    from accumbench import report as reporting
+    from accumbench.config import format_lr
+
+    body = [f"<h1>{_e(title)}</h1>", _stamp(db_label, refresh), "<section id='picks'>"]
+    for index, pick in enumerate(picks):
+        low, high = pick.test_ci
+        lr = format_lr(float(pick.chosen.runs["lr"].iloc[0]))
+        lines = [f"<p class='answer'>{_e(pick.group)}: pick {_e(pick.chosen.label)}"
+                 + ("" if " lr " in pick.chosen.label else f" at lr {lr}") + "</p>",
+                 f"<p>{_e(pick.justification)}.</p>",
+                 f"<p>Chosen on validation ({_e(pick.protocol)} protocol, alpha {pick.alpha:g}). Test accuracy "
+                 f"{pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} examples x "
+                 f"{len(pick.chosen.runs)} seed(s): reported, never used to choose.</p>"]
+        extra = [fit.text for fit in pick.scaling] + ([pick.noise.text] if pick.noise else [])
+        extra += [critical.text for critical in pick.critical]
+        lines += [f"<p class='note'>{_e(text)}</p>" for text in extra]
+        lines += [f"<p class='warning'>warning: {_e(w)}</p>" for w in pick.warnings]
+        body.append(f"<div class='pick' id='pick-{index}'>" + "".join(lines) + "</div>")
+    body.append("</section>")
+
+    default = reporting.choose_columns(cells)
+    every = reporting.choose_columns(cells, wide=True)
+    body += ["<section id='table'><h2>The study table</h2>",
+             _table(reporting.display_table(cells, default), reporting.key_count(default)),
+             f"<p class='note'>{_e(reporting.TABLE_NOTE)}</p>",
+             "<details><summary>all columns</summary>",
+             _table(reporting.display_table(cells, every), reporting.key_count(every))]
+    footnote = reporting.noise_footnote(cells)
+    if footnote:
+        body.append(f"<p class='note'>{_e(footnote)}</p>")
+    body += ["</details></section>"]
+
+    sections = (("curves", "Learning curves", ("validation", "train-loss"),
+                 {"validation": "validation accuracy and loss per epoch, one line per series; the band spans the seeds",
+                  "train-loss": "training loss per optimizer step against samples seen (smoothed), mean over seeds"}),
+                ("efficiency", "Accuracy against training time", ("time",),
+                 {"time": "validation accuracy at each epoch's end against the training time so far: which EBS gets there first"}),
+                ("noise", "The gradient noise scale", ("noise-scale",),
+                 {"noise-scale": "B_simple per epoch (log scale) beside the EBS tried (grey) and B_crit (red) where fitted"}),
+                ("lr-grid", "Learning rate x EBS", ("lr-grid",),
+                 {"lr-grid": "mean validation accuracy per lr and EBS; the box marks each EBS's best lr"}))
+    for section, heading, kinds, captions in sections:
+        found = [(name, png, kind) for kind in kinds for name, png in figures.items() if name.endswith(f"-{kind}.png")]
+        if not found and not (section == "lr-grid" and grids):
+            continue
+        body.append(f"<section id='{section}'><h2>{heading}</h2>")
+        body += [_figure(png, name, captions[kind]) for name, png, kind in found]
+        if section == "lr-grid":
+            for grid in grids:
+                body += [f"<p>{_e(grid.title)}</p>", _table(grid.display(), 1)]
+        body.append("</section>")
+
+    compared = reporting.display_comparison(comparison)
+    if not compared.empty:
+        keys = sum(1 for c in compared.columns if c in ("model", "EBS", "lr\nrule", "lr", "variant"))
+        body += ["<section id='backends'><h2>Accelerate against torch</h2>",
+                 "<p>The same cell and seed under both backends: metric differences accelerate - torch, and the "
+                 "training-time ratio.</p>", _table(compared, keys), "</section>"]
+
+    runs = data.runs.sort_values("run_id")
+    rows = []
+    for run in runs.itertuples():
+        config = json.dumps(json.loads(run.config_json), indent=1, sort_keys=True)
+        rows.append(f"<details><summary>run {run.run_id}: {_e(reporting.short_model(run.model))}, EBS "
+                    f"{run.effective_batch_size}, {_e(run.backend)}, lr {format_lr(run.lr)}, seed {run.seed}</summary>"
+                    f"<p class='note'>device {_e(run.device)}; torch {_e(run.torch_version)}, transformers "
+                    f"{_e(run.transformers_version)}, accelerate {_e(run.accelerate_version)}; precision "
+                    f"{_e(run.precision)}; {_e(run.num_train_samples)}/{_e(run.num_val_samples)}/"
+                    f"{_e(run.num_test_samples)} train/val/test; started {_e(run.started_at)}, finished "
+                    f"{_e(run.finished_at)}</p><pre>{html.escape(config, quote=False)}</pre></details>")
+    body += ["<section id='runs'><h2>Runs</h2><details><summary>each run's configuration, versions and device "
+             f"({len(rows)} runs)</summary>", *rows, "</details></section>"]
+    return _page(title, body, refresh)
