@@ -18,7 +18,36 @@ import typer
 from accumbench.config import RunConfig, base_type, build_config
 from accumbench.errors import Terminated, UserError
 
+try:  # typer 0.2x vendors click as typer._click; earlier ones use click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
+from typer.core import TyperGroup
+
+
+class OneLineErrors(TyperGroup):
+    """Click's own parse errors (`--lr abc`, an unknown option) as every other error here: one `error:`
+    line naming the problem and where to look, exit code 2, instead of a usage banner and a boxed message.
+    --help, the commands' own exit codes and Ctrl-C are left as they are."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except ClickException as exc:
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "accumbench"
+            message = " ".join(exc.format_message().split()).rstrip(".")  # one line, whatever click wrapped
+            typer.echo(f"error: {message}; see '{where} --help'", err=True)
+            sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="accumbench",
     help=(
         "Which effective batch size should you fine-tune your BERT-family classifier at? "

@@ -122,19 +122,9 @@ class RunConfig:
         return dataclasses.replace(self, micro_batch_size=micro_batch_size)
 
     def _validate(self) -> None:
-        for name in ("effective_batch_size", "micro_batch_size", "epochs", "max_length"):
-            if name == "micro_batch_size" and self.auto_micro_batch:
-                continue
-            if getattr(self, name) <= 0:
-                raise UserError(f"{_flag(name)} must be a positive integer, got {getattr(self, name)}; pass a value >= 1")
-        if self.base_batch_size <= 0:
-            raise UserError(f"--base-batch-size must be a positive integer, got {self.base_batch_size}; pass e.g. 64")
-        for name in ("max_train_samples", "max_eval_samples", "train_steps", "eval_every"):
-            value = getattr(self, name)
-            if value is not None and value <= 0:
-                raise UserError(f"{_flag(name)} must be a positive integer, got {value}; pass a value >= 1 or leave it out")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be a positive number, got {self.lr}; pass e.g. --lr 5e-5")
+        for f in fields(self):
+            check_value(f.name, getattr(self, f.name))
+        # What no single value can say: how the values go together.
         if not self.auto_micro_batch and self.effective_batch_size % self.micro_batch_size:
             lower = max(self.micro_batch_size, self.effective_batch_size // self.micro_batch_size * self.micro_batch_size)
             upper = lower + self.micro_batch_size
@@ -142,30 +132,10 @@ class RunConfig:
                 f"effective batch size {self.effective_batch_size} is not a multiple of micro-batch size "
                 f"{self.micro_batch_size}; use --effective-batch-size {lower} or {upper}, or change --micro-batch-size"
             )
-        for name, choices in (("backend", BACKENDS), ("optimizer", OPTIMIZERS), ("scheduler", SCHEDULERS),
-                              ("pooling", POOLINGS), ("precision", PRECISIONS), ("lr_scaling", LR_SCALINGS),
-                              ("budget", BUDGETS)):
-            if getattr(self, name) not in choices:
-                raise UserError(f"unknown {_flag(name)} '{getattr(self, name)}'; choose one of: {', '.join(choices)}")
         if self.budget == "steps" and self.train_steps is None:
             raise UserError("--budget steps needs the number of optimizer steps; pass e.g. --train-steps 200")
         if self.budget == "epochs" and self.train_steps is not None:
             raise UserError("--train-steps only applies with --budget steps; add --budget steps or drop --train-steps")
-        from accumbench.tracking import require_tracker
-
-        require_tracker(self.log_with)
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise UserError(f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}; pass e.g. --warmup-ratio 0.1")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"--dropout must be in [0, 1), got {self.dropout}; pass e.g. --dropout 0.1")
-        if self.noise_scale_every <= 0:
-            raise UserError(f"--noise-scale-every must be a positive integer, got {self.noise_scale_every}; pass e.g. 10")
-        if not 0.0 <= self.noise_scale_decay < 1.0:
-            raise UserError(f"--noise-scale-decay must be in [0, 1), got {self.noise_scale_decay}; pass e.g. 0.99")
-        if self.weight_decay < 0:
-            raise UserError(f"--weight-decay must be >= 0, got {self.weight_decay}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise UserError(f"--grad-clip must be a positive norm, got {self.grad_clip}; leave it out to disable clipping")
 
     def to_dict(self) -> dict[str, Any]:
         """All fields plus the derived accumulation_steps and scaled_lr, as stored in runs.config_json."""
@@ -200,6 +170,63 @@ CONFIG_KEYS = tuple(f.name for f in fields(RunConfig))
 _DERIVED = ("accumulation_steps", "scaled_lr")  # in to_dict() for readers, not fields
 
 
+_POSITIVE = ("effective_batch_size", "micro_batch_size", "epochs", "max_length")
+_POSITIVE_OR_NONE = ("max_train_samples", "max_eval_samples", "train_steps", "eval_every")
+_CHOICES = {"backend": BACKENDS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "pooling": POOLINGS,
+            "precision": PRECISIONS, "lr_scaling": LR_SCALINGS, "budget": BUDGETS}
+# In [0, 1), with an example.
+_UNIT_INTERVAL = {"warmup_ratio": "--warmup-ratio 0.1", "dropout": "--dropout 0.1", "noise_scale_decay": "0.99"}
+
+
+def check_value(name: str, value: Any) -> None:
+    """One field's value (already of its type) on its own: UserError naming the problem and the fix.
+    RunConfig checks every field so, and then how they go together; a config file is checked value by
+    value before flags are applied, so a wrong value in it is an error even where a flag overrides it."""
+    if name in _POSITIVE:
+        if not (name == "micro_batch_size" and value == AUTO) and value <= 0:
+            raise UserError(f"{_flag(name)} must be a positive integer, got {value}; pass a value >= 1")
+    elif name in _POSITIVE_OR_NONE:
+        if value is not None and value <= 0:
+            raise UserError(f"{_flag(name)} must be a positive integer, got {value}; pass a value >= 1 or leave it out")
+    elif name == "base_batch_size" and value <= 0:
+        raise UserError(f"--base-batch-size must be a positive integer, got {value}; pass e.g. 64")
+    elif name == "lr" and not (value > 0 and math.isfinite(value)):
+        raise UserError(f"--lr must be a positive number, got {value}; pass e.g. --lr 5e-5")
+    elif name in _CHOICES and value not in _CHOICES[name]:
+        raise UserError(f"unknown {_flag(name)} '{value}'; choose one of: {', '.join(_CHOICES[name])}")
+    elif name in _UNIT_INTERVAL and not 0.0 <= value < 1.0:
+        raise UserError(f"{_flag(name)} must be in [0, 1), got {value}; pass e.g. {_UNIT_INTERVAL[name]}")
+    elif name == "noise_scale_every" and value <= 0:
+        raise UserError(f"--noise-scale-every must be a positive integer, got {value}; pass e.g. 10")
+    elif name == "weight_decay" and value < 0:
+        raise UserError(f"--weight-decay must be >= 0, got {value}")
+    elif name == "grad_clip" and value is not None and not value > 0:
+        raise UserError(f"--grad-clip must be a positive norm, got {value}; leave it out to disable clipping")
+    elif name == "log_with":
+        from accumbench.tracking import require_tracker
+
+        require_tracker(value)
+
+
+def check_file_value(name: str, value: Any, path: Path, overridden: bool) -> Any:
+    """A config file's value for field `name`, converted and checked on its own; the UserError names the
+    file (and says so when a flag would have overridden the value: the file is wrong all the same)."""
+    try:
+        converted = coerce_field(name, value)
+        check_value(name, converted)
+    except UserError as exc:
+        raise file_error(path, exc, _flag(name) if overridden else None) from None
+    return converted
+
+
+def file_error(path: Path, exc: UserError, overriding_flag: Optional[str]) -> UserError:
+    """A config file's wrong value as one line: where, what, the fix, and that a flag does not excuse it."""
+    problem = str(exc).removesuffix(_FIX_SUFFIX)
+    fix = "" if "; " in problem else "; fix the file"  # most messages name their fix already
+    anyway = f" (even though {overriding_flag} on the command line overrides it)" if overriding_flag else ""
+    return UserError(f"in {path}: {problem}{fix}{anyway}")
+
+
 def format_lr(lr: float) -> str:
     """A learning rate as people write it, in one notation everywhere: 1e-5, 3e-5, 1.5e-4, 2e-3."""
     if not math.isfinite(lr) or lr == 0:
@@ -228,6 +255,9 @@ def base_type(annotation: str) -> str:
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+_FIX_SUFFIX = "; fix the value in the flag or the YAML file"
 
 
 def _coerce(name: str, value: Any, annotation: str) -> Any:
@@ -261,7 +291,7 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
             return str(value)
     except (TypeError, ValueError):
         pass
-    raise UserError(f"{_flag(name)} must be {expected}, got {value!r}; fix the value in the flag or the YAML file")
+    raise UserError(f"{_flag(name)} must be {expected}, got {value!r}{_FIX_SUFFIX}")
 
 
 def read_yaml_mapping(path: Path, what: str, known: tuple[str, ...], unknown_hint: str) -> dict[str, Any]:
@@ -292,7 +322,12 @@ def read_yaml(path: Path) -> dict[str, Any]:
 
 
 def build_config(config_file: Optional[Path] = None, **overrides: Any) -> RunConfig:
-    """Defaults, then the YAML file, then every override that is not None (the flags the user gave)."""
-    values: dict[str, Any] = read_yaml(config_file) if config_file else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    """Defaults, then the YAML file, then every override that is not None (the flags the user gave).
+    The file is checked whole first: a wrong value in it is an error even where a flag overrides it."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    values: dict[str, Any] = {}
+    if config_file:
+        values = {key: check_file_value(key, value, config_file, key in given)
+                  for key, value in read_yaml(config_file).items()}
+    values.update(given)
     return RunConfig(**values)

@@ -429,6 +429,7 @@ def _epochs(run_id: Optional[int], prepared: Prepared, backend: Backend, store: 
             tracker.log_epoch(row)
         rows.append(row)
         reporter.epoch_finished(row)
+        pause_for_tests(run_id, epoch)
         # The training loss can stay finite while the weights have blown up: a NaN evaluation is divergence too.
         for loss in (val_loss, test_loss):
             if not math.isfinite(loss):
@@ -475,6 +476,21 @@ def _better(row: dict[str, Any], best: dict[str, Any]) -> bool:
     if row["val_accuracy"] != best["val_accuracy"]:
         return row["val_accuracy"] > best["val_accuracy"]
     return math.isnan(best["val_loss"]) or row["val_loss"] < best["val_loss"]
+
+
+# Test-only: with this set to a file path, a run writes "<run id> <epoch>" there after recording each epoch
+# and waits until the file is removed. Tests that signal or kill a run synchronise on that file (a
+# recorded state) instead of racing a tiny model that may finish before the signal lands.
+PAUSE_FILE_ENV = "ACCUMBENCH_TEST_PAUSE_FILE"
+
+
+def pause_for_tests(run_id: int, epoch: int) -> None:
+    path = os.environ.get(PAUSE_FILE_ENV)
+    if not path:
+        return
+    Path(path).write_text(f"{run_id} {epoch}")
+    while Path(path).exists():
+        time.sleep(0.02)  # Ctrl-C and SIGTERM land here as anywhere else in training
 
 
 def checkpoint_root(url: str) -> Path:

@@ -131,7 +131,8 @@ class RichSweepReporter:
 
         from accumbench.sweep import grid_shape
 
-        table = Table(title=f"sweep {spec.sweep_name}: {len(spec.cells)} cells (dry run, nothing trained)",
+        cells = f"{len(spec.cells)} cell{'s' if len(spec.cells) != 1 else ''}"
+        table = Table(title=f"sweep {spec.sweep_name}: {cells} (dry run, nothing trained)",
                       box=None, header_style="bold")
         self.console.print(grid_shape(spec))
         for column in ("#", "model", "EBS", "micro x k", "backend", "seed", "lr rule", "lr", "budget", "config hash"):

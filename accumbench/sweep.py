@@ -24,7 +24,9 @@ from itertools import product
 from pathlib import Path
 from typing import Any, Optional
 
-from accumbench.config import CONFIG_KEYS, RunConfig, coerce_field, format_lr, read_yaml_mapping
+from accumbench.config import (
+    CONFIG_KEYS, RunConfig, check_value, coerce_field, file_error, format_lr, read_yaml_mapping,
+)
 from accumbench.errors import UserError
 from accumbench.store import DIVERGED_PREFIX, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, TERMINATED
 
@@ -123,6 +125,8 @@ def build_spec(config_file: Optional[Path] = None, **given: Any) -> SweepSpec:
     if preset is not None and preset not in PRESETS:
         raise UserError(f"unknown --preset '{preset}'; choose one of: {', '.join(PRESETS)}")
     flags = {k: v for k, v in given.items() if v is not None}
+    if config_file:
+        check_sweep_file(from_file, config_file, flags)
     sources = [(PRESETS[preset], f"in --preset {preset}")] if preset is not None else []
     sources += [(from_file, f"in {config_file}"), (flags, "on the command line")]
     for source, where in sources:
@@ -142,22 +146,7 @@ def build_spec(config_file: Optional[Path] = None, **given: Any) -> SweepSpec:
     if preset is not None:
         values["preset"] = preset
 
-    axes: dict[str, tuple[Any, ...]] = {}
-    for axis, name in AXES.items():
-        flag, example = "--" + axis.replace("_", "-"), AXIS_EXAMPLES[axis]
-        items = split_list(values.pop(axis, getattr(RunConfig, name)))
-        if not items:
-            raise UserError(f"{flag} is empty; give at least one value, e.g. {flag} {example}")
-        try:
-            coerced = [coerce_field(name, item) for item in items]
-        except UserError:
-            bad = next(item for item in items if not _coerces(name, item))
-            raise UserError(f"{flag} takes comma-separated values like {example}; {bad!r} is not one") from None
-        if name == "lr":
-            for lr in coerced:
-                if not (lr > 0 and math.isfinite(lr)):
-                    raise UserError(f"{flag} must be positive learning rates, got {format_lr(lr)}; e.g. {flag} {example}")
-        axes[name] = tuple(dict.fromkeys(coerced))  # duplicates dropped, order kept
+    axes = {name: axis_values(axis, values.pop(axis, getattr(RunConfig, name))) for axis, name in AXES.items()}
     sweep_options = {key: values.pop(key, default) for key, default in SWEEP_OPTIONS.items()}
     for key, value in values.items():
         if isinstance(value, (list, tuple)):
@@ -165,15 +154,7 @@ def build_spec(config_file: Optional[Path] = None, **given: Any) -> SweepSpec:
                 f"'{key}' takes one value in a sweep, got {value!r}; the grid axes are: {', '.join(AXES)}"
             )
     options = values
-    max_retries, stale_after = sweep_options["max_retries"], sweep_options["stale_after"]
-    try:
-        max_retries, stale_after = int(max_retries), float(stale_after)
-    except (TypeError, ValueError):
-        raise UserError("--max-retries must be an integer and --stale-after a number of seconds") from None
-    if max_retries < 0:
-        raise UserError(f"--max-retries must be >= 0, got {max_retries}; 0 never retries a failed cell")
-    if not stale_after > 0:
-        raise UserError(f"--stale-after must be a positive number of seconds, got {stale_after}; the default is 600")
+    max_retries, stale_after = retry_options(sweep_options["max_retries"], sweep_options["stale_after"])
 
     cells: dict[str, RunConfig] = {}
     for point in product(*axes.values()):
@@ -187,6 +168,56 @@ def build_spec(config_file: Optional[Path] = None, **given: Any) -> SweepSpec:
     return SweepSpec(axes=axes, options=options, name=sweep_options["name"], preset=sweep_options["preset"],
                      max_retries=max_retries, stale_after=stale_after, fail_fast=bool(sweep_options["fail_fast"]),
                      cells=tuple(cells.values()))
+
+
+def axis_values(axis: str, raw: Any) -> tuple[Any, ...]:
+    """One grid axis ('64,256' or a YAML list) as RunConfig values, duplicates dropped, order kept;
+    UserError naming the axis and an example when a value is not one."""
+    name, flag, example = AXES[axis], "--" + axis.replace("_", "-"), AXIS_EXAMPLES[axis]
+    items = split_list(raw)
+    if not items:
+        raise UserError(f"{flag} is empty; give at least one value, e.g. {flag} {example}")
+    try:
+        coerced = [coerce_field(name, item) for item in items]
+    except UserError:
+        bad = next(item for item in items if not _coerces(name, item))
+        raise UserError(f"{flag} takes comma-separated values like {example}; {bad!r} is not one") from None
+    if name == "lr":
+        for lr in coerced:
+            if not (lr > 0 and math.isfinite(lr)):
+                raise UserError(f"{flag} must be positive learning rates, got {format_lr(lr)}; e.g. {flag} {example}")
+    return tuple(dict.fromkeys(coerced))
+
+
+def retry_options(max_retries: Any, stale_after: Any) -> tuple[int, float]:
+    try:
+        max_retries, stale_after = int(max_retries), float(stale_after)
+    except (TypeError, ValueError):
+        raise UserError("--max-retries must be an integer and --stale-after a number of seconds") from None
+    if max_retries < 0:
+        raise UserError(f"--max-retries must be >= 0, got {max_retries}; 0 never retries a failed cell")
+    if not stale_after > 0:
+        raise UserError(f"--stale-after must be a positive number of seconds, got {stale_after}; the default is 600")
+    return max_retries, stale_after
+
+
+def check_sweep_file(from_file: dict[str, Any], path: Path, flags: dict[str, Any]) -> None:
+    """A sweep file on its own, before any flag is applied: every axis value, every run option, the retry
+    options. A wrong value in it is an error even where a flag overrides it."""
+    singular = {name: axis for axis, name in AXES.items()}
+    for key, value in from_file.items():
+        axis = key if key in AXES else singular.get(key)
+        overriding = next((k for k in (key, axis, AXES.get(axis or "", "")) if k in flags), None)
+        try:
+            if axis is not None:
+                for item in axis_values(axis, value):
+                    check_value(AXES[axis], item)
+            elif key in ("max_retries", "stale_after"):
+                retry_options(from_file.get("max_retries", 1), from_file.get("stale_after", 600.0))
+            elif key in CONFIG_KEYS and not isinstance(value, (list, tuple)):
+                check_value(key, coerce_field(key, value))
+        except UserError as exc:
+            raise file_error(path, exc, overriding and "--" + overriding.replace("_", "-")) from None
 
 
 def _spelling(key: str, where: str) -> str:

@@ -13,7 +13,6 @@ project's), so the project itself never depends on scipy.
 from __future__ import annotations
 
 import math
-import time
 
 import pytest
 from pytest import approx
@@ -92,12 +91,10 @@ def test_mcnemar_exact_small_known_answers():
     assert mcnemar_exact(1, 0) == 1.0
 
 
-def test_mcnemar_exact_large_cases_match_scipy_and_are_fast():
+def test_mcnemar_exact_large_cases_match_scipy():
     # scipy 1.17.1: binomtest(min(b, c), b + c, 0.5).pvalue
     assert mcnemar_exact(2600, 2400) == approx(0.004883649737517494, rel=1e-12)  # exact big-int path
-    start = time.perf_counter()
     p = mcnemar_exact(25500, 24500)  # n = 50_000: log-space path
-    assert time.perf_counter() - start < 1.0
     assert p == approx(7.902628543392482e-06, rel=1e-8)
     assert 0.0 < mcnemar_exact(50_000, 50_000) <= 1.0
     assert 0.0 < mcnemar_exact(50_300, 49_700) < 1.0  # n = 100_000, no overflow

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 
 from accumbench import engine
 from accumbench.cli import app
+from accumbench.engine import PAUSE_FILE_ENV
 from accumbench.store import FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, STALE_ERROR, Store, resolve_db_url
 from accumbench.sweep import DIVERGED, DONE, GAVE_UP, PENDING, build_spec, run_sweep
 from conftest import query, wait_for
@@ -33,10 +33,13 @@ def sweep_cli(model: str, db, *extra, code: int = 0):
     return result
 
 
-def sweep_process(model: str, db, *extra, threads: int = 2) -> subprocess.Popen:
-    """The real command in its own process (and process group), as a user or a cluster starts it."""
+def sweep_process(model: str, db, *extra, threads: int = 2, pause: Path | None = None) -> subprocess.Popen:
+    """The real command in its own process (and process group), as a user or a cluster starts it. With
+    `pause`, its runs stop after each recorded epoch until that file is removed (engine.pause_for_tests)."""
     args = [sys.executable, "-m", "accumbench", "sweep", "--models", model, *TINY_RUN, "--db", str(db), *map(str, extra)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", "OMP_NUM_THREADS": str(threads)}
+    if pause is not None:
+        env[PAUSE_FILE_ENV] = str(pause)
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
 
@@ -195,24 +198,23 @@ def test_steps_budget_gives_equal_optimizer_steps_across_ebs(tiny_bert, tmp_path
 # --- crashes, Ctrl-C and parallel workers -----------------------------------------------------------
 
 
-def running_run_with_an_epoch(db: Path):
-    if not db.exists():
-        return None
-    try:
-        rows = query(db, "SELECT r.id FROM runs r JOIN epochs e ON e.run_id = r.id WHERE r.status = 'RUNNING'")
-    except sqlite3.OperationalError:  # the tables are not there yet
-        return None
-    return rows[0]["id"] if rows else None
+def paused_run(pause: Path, db: Path) -> int:
+    """Wait until the worker's run has recorded an epoch and paused there; its run id. The run is then
+    RUNNING with an epoch row, and stays so until the signal: nothing can finish first."""
+    run_id, epoch = map(int, wait_for(lambda: pause.exists() and pause.read_text(), what="a paused run").split())
+    (run,) = query(db, "SELECT r.status, COUNT(e.epoch) AS epochs FROM runs r JOIN epochs e ON e.run_id = r.id "
+                       "WHERE r.id = ? GROUP BY r.id", run_id)
+    assert (run["status"], run["epochs"]) == (RUNNING, epoch)
+    return run_id
 
 
-# Long enough to be caught mid-run: 1920 samples in micro-batches of 8, 3 epochs per cell.
-SLOW_CELLS = ("--effective-batch-sizes", "8,16", "--max-train-samples", "1920", "--epochs", "3")
+CELLS = ("--effective-batch-sizes", "8,16")
 
 
 def test_sigkill_mid_run_then_resume_finishes_every_cell_once(tiny_bert, tmp_path):
-    db = tmp_path / "runs.db"
-    worker = sweep_process(tiny_bert, db, *SLOW_CELLS)
-    killed_run = wait_for(lambda: running_run_with_an_epoch(db), what="a run with a recorded epoch")
+    db, pause = tmp_path / "runs.db", tmp_path / "pause"
+    worker = sweep_process(tiny_bert, db, *CELLS, pause=pause)
+    killed_run = paused_run(pause, db)
     os.killpg(worker.pid, signal.SIGKILL)  # no cleanup at all: the run stays RUNNING
     worker.wait()
     assert worker.returncode == -signal.SIGKILL
@@ -221,12 +223,13 @@ def test_sigkill_mid_run_then_resume_finishes_every_cell_once(tiny_bert, tmp_pat
 
     # A fresh worker with the default --stale-after (600 s) must leave a run that may be alive alone...
     # It runs the other cell and exits 0, saying that one cell is still running elsewhere.
-    polite = sweep_cli(tiny_bert, db, *SLOW_CELLS)
+    polite = sweep_cli(tiny_bert, db, *CELLS)
     assert "1 still running on other workers" in polite.output
     assert query(db, "SELECT status FROM runs WHERE id = ?", killed_run)[0]["status"] == RUNNING
-    # ...and one that considers 1 s of silence dead takes the cell over.
+    # ...and one that considers 1 s of silence dead takes the cell over. (The worker is dead, so its
+    # heartbeat cannot move: after 1.2 s the run is certainly stale, whatever the machine's speed.)
     time.sleep(1.2)
-    resumed = sweep_cli(tiny_bert, db, *SLOW_CELLS, "--stale-after", "1")
+    resumed = sweep_cli(tiny_bert, db, *CELLS, "--stale-after", "1")
     assert "heartbeat stale" in resumed.output
     runs = query(db, "SELECT * FROM runs ORDER BY id")
     assert_each_cell_finished_once([dict(r) for r in runs], cells=2)
@@ -239,9 +242,9 @@ def test_sigkill_mid_run_then_resume_finishes_every_cell_once(tiny_bert, tmp_pat
 
 
 def test_ctrl_c_marks_the_run_killed_exits_130_and_resume_does_not_count_it(tiny_bert, tmp_path):
-    db = tmp_path / "runs.db"
-    worker = sweep_process(tiny_bert, db, *SLOW_CELLS, "--max-retries", "0")
-    run_id = wait_for(lambda: running_run_with_an_epoch(db), what="a run with a recorded epoch")
+    db, pause = tmp_path / "runs.db", tmp_path / "pause"
+    worker = sweep_process(tiny_bert, db, *CELLS, "--max-retries", "0", pause=pause)
+    run_id = paused_run(pause, db)
     os.killpg(worker.pid, signal.SIGINT)
     output, _ = worker.communicate(timeout=60)
     assert worker.returncode == 130, output
@@ -249,7 +252,7 @@ def test_ctrl_c_marks_the_run_killed_exits_130_and_resume_does_not_count_it(tiny
     run = query(db, "SELECT * FROM runs WHERE id = ?", run_id)[0]
     assert (run["status"], run["error"]) == (KILLED, INTERRUPTED)
     # With --max-retries 0 a failed cell is never retried, but a stopped one is resumed.
-    sweep_cli(tiny_bert, db, *SLOW_CELLS, "--max-retries", "0")
+    sweep_cli(tiny_bert, db, *CELLS, "--max-retries", "0")
     assert_each_cell_finished_once([dict(r) for r in query(db, "SELECT * FROM runs")], cells=2)
 
 

@@ -7,10 +7,8 @@ import json
 import math
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,8 @@ from typer.testing import CliRunner
 
 from accumbench.cli import app
 from accumbench.config import RunConfig
-from conftest import query
+from accumbench.engine import PAUSE_FILE_ENV
+from conftest import query, wait_for
 
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
            "optimizer_steps", "samples_seen")
@@ -186,23 +185,17 @@ def test_an_interrupted_or_failing_run_is_closed(tiny_bert, tmp_path, exc, statu
 
 
 def test_sigterm_marks_the_run_killed(tiny_bert, tmp_path):
-    db = tmp_path / "runs.db"
+    db, pause = tmp_path / "runs.db", tmp_path / "pause"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "accumbench", "train", "--model", tiny_bert, "--epochs", "1000",
+        [sys.executable, "-m", "accumbench", "train", "--model", tiny_bert, "--epochs", "3",
          "--max-train-samples", "64", "--max-eval-samples", "16", "--no-checkpoint", "--db", str(db)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", PAUSE_FILE_ENV: str(pause)},
     )
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # wait until it has really started training
-            try:
-                if query(db, "SELECT COUNT(*) FROM epochs")[0][0] > 0:
-                    break
-            except sqlite3.OperationalError:  # the file or its tables are still being created
-                pass
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run never recorded an epoch")
+        # The run waits after its first recorded epoch until the pause file goes: no race with the clock.
+        assert wait_for(lambda: pause.exists() and pause.read_text(), what="the paused run").endswith(" 1")
+        assert query(db, "SELECT COUNT(*) FROM epochs")[0][0] == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 143
     finally:
