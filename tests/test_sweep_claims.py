@@ -5,7 +5,7 @@ stale runs are reaped, and a heartbeat tells a worker when its run was given up 
 from __future__ import annotations
 
 import threading
-import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy.exc
@@ -102,14 +102,16 @@ def test_failed_and_killed_runs_do_not_block_a_retry_and_train_runs_may_repeat(s
 
 
 def test_stale_running_runs_are_reaped_at_claim(store):
+    """Staleness is read from the recorded heartbeats: `dead` last beat an hour ago, `alive` just now.
+    No sleep: the verdict cannot depend on how fast this machine runs the test."""
     sweep_id = store.open_sweep("s", "grid", "{}", 2)["id"]
     dead, _ = store.claim(sweep_id, first_free(["a", "b"]), stale_after=600)
-    time.sleep(0.3)
+    store.update_run(dead, heartbeat_at=datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(minutes=5))
     alive, reaped = store.claim(sweep_id, first_free(["a", "b"]), stale_after=600)
-    assert reaped == [] and store.get_run(dead)["status"] == RUNNING  # 0.3 s is not stale at 600 s
+    assert reaped == [] and store.get_run(dead)["status"] == RUNNING  # 5 minutes is not stale at 600 s
+    store.update_run(dead, heartbeat_at=datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(hours=1))
     store.heartbeat(alive)
-    time.sleep(0.15)  # `dead` has been silent for 0.45 s; `alive` beat 0.15 s ago
-    _, reaped = store.claim(sweep_id, lambda runs: None, stale_after=0.3)
+    _, reaped = store.claim(sweep_id, lambda runs: None, stale_after=600)
     assert reaped == [dead]
     run = store.get_run(dead)
     assert run["status"] == KILLED and run["error"].startswith(STALE_ERROR) and run["finished_at"]
