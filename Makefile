@@ -33,4 +33,4 @@ bench: install
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) checkpoints runs.db runs.db-wal runs.db-shm
+	rm -rf $(VENV) checkpoints runs.db runs.db-wal runs.db-shm runs.db-reserve

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator, Optional
 import typer
 
 from accumbench.config import RunConfig, base_type, build_config
-from accumbench.errors import Terminated, UserError
+from accumbench.errors import StoreUnavailable, Terminated, UserError
 
 try:  # typer 0.2x vendors click as typer._click; earlier ones use click itself
     from typer._click.exceptions import ClickException
@@ -156,9 +156,17 @@ def train(config: Optional[Path] = _CONFIG_OPTION, db: Optional[str] = _DB_OPTIO
             result = run_training(run_config, db=db, reporter=reporter)
         except UserError as exc:
             fail(str(exc))
+        except StoreUnavailable as exc:
+            typer.echo(f"error: {exc}", err=True)  # not bad input: exit 1
+            raise typer.Exit(1)
         except RunDiverged as exc:
             # Not bad input (exit 2): the run happened and is recorded, as FAILED.
             typer.echo(f"error: {exc}; recorded as FAILED. Lower --lr or use --lr-scaling sqrt", err=True)
+            raise typer.Exit(1)
+        except OSError as exc:  # the machine, not the input: a full disk, a file that went away
+            from accumbench.engine import describe_failure
+
+            typer.echo(f"error: the run failed: {describe_failure(exc)}; it is recorded as FAILED", err=True)
             raise typer.Exit(1)
     if result.run_id is not None:  # None on the other processes of a multi-process run
         reporter.summary(result, db_label=_db_label(db))
@@ -185,6 +193,9 @@ def sweep(
         None, help="Seconds without a heartbeat after which another worker's RUNNING run counts as dead (default: 600)."),
     fail_fast: Optional[bool] = typer.Option(None, "--fail-fast/--keep-going", help="Stop at the first failed run (default: keep going)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and exit; touches no database."),
+    workers: int = typer.Option(
+        1, "--workers", help="Start this many workers on this machine against one --db: one per visible GPU "
+                             "(CUDA_VISIBLE_DEVICES), or the CPU cores split between them (OMP_NUM_THREADS)."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML sweep file: grid axes as lists, then any option; flags override it."),
     db: Optional[str] = _DB_OPTION,
     **options: Any,
@@ -192,7 +203,8 @@ def sweep(
     """Train every cell of a grid (models x EBS x backends x seeds x lrs x lr rules) once, resumably.
 
     Finished cells are skipped; failed or crashed ones are retried. Start the same command in several
-    terminals, on several GPUs or machines against one --db, and each cell still runs once.
+    terminals, on several GPUs or machines against one --db (or --workers N on one machine), and each
+    cell still runs once.
 
     Example:
 
@@ -215,11 +227,19 @@ def sweep(
             if dry_run:
                 reporter.dry_run(spec)
                 return
-            from accumbench.sweep import run_sweep
+            from accumbench.sweep import preflight_only, run_sweep, run_workers
 
+            if workers < 1:
+                raise UserError(f"--workers must be at least 1, got {workers}")
+            if workers > 1:
+                preflight_only(spec, db)  # bad input is said once, here, not once per worker
+                raise typer.Exit(run_workers(spec, db, workers, typer.echo))
             result = run_sweep(spec, db=db, reporter=reporter)
         except UserError as exc:
             fail(str(exc))
+        except StoreUnavailable as exc:
+            typer.echo(f"error: {exc}", err=True)  # not bad input: exit 1; the same command resumes
+            raise typer.Exit(1)
     reporter.summary(spec, result, db_label=_db_label(db))
     if not result.ok:
         raise typer.Exit(1)

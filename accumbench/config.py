@@ -28,7 +28,7 @@ BUDGETS = ("epochs", "steps")
 # Fields that never change what a run computes, so they stay out of config_hash.
 # The noise scale and evaluations between epochs' ends are measurements: they read the gradients and
 # the model, and change no number of the training.
-_NOT_HASHED = frozenset({"checkpoint", "log_with", "noise_scale", "noise_scale_every", "noise_scale_decay",
+_NOT_HASHED = frozenset({"checkpoint", "checkpoint_dir", "log_with", "noise_scale", "noise_scale_every", "noise_scale_decay",
                          "eval_every"})
 # Fields added after runs were first recorded, with the value every earlier run implicitly had:
 # left out of config_hash at that value, so the hash of an earlier run still names the same
@@ -75,6 +75,7 @@ class RunConfig:
     noise_scale_decay: float = field(default=0.99, metadata={"help": "EMA decay of the noise-scale averages, restarted every epoch."})
     eval_every: Optional[int] = field(default=None, metadata={"help": "Also evaluate validation every N optimizer steps (table evals), for steps-to-target; default: at epoch ends only."})
     checkpoint: bool = field(default=True, metadata={"help": "Save the best-validation model as safetensors."})
+    checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "Where checkpoints go (default: checkpoints/ beside the database)."})
     log_with: Optional[str] = field(default=None, metadata={"help": "Also log to a tracker: wandb, tensorboard or mlflow (default: off)."})
 
     def __post_init__(self) -> None:

@@ -12,12 +12,16 @@ terminal status whatever happens.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
 import platform
+import re
 import resource
 import signal
+import sys
+import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -35,7 +39,7 @@ from accumbench.backends.base import (
     to_device, training_device, use_fast_cuda_math,
 )
 from accumbench.config import RunConfig
-from accumbench.errors import Terminated, UserError
+from accumbench.errors import StoreUnavailable, Terminated, UserError, first_line
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 from accumbench.noise_scale import measurable
 from accumbench.progress import Reporter
@@ -232,11 +236,12 @@ def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Report
     Raises RunDiverged (after recording the run as FAILED) when the loss becomes NaN or infinite."""
     url = resolve_db_url(db)
     Store.check_compatible(url)  # refuse a newer or foreign database before the slow loading
+    require_writable_checkpoints(url, config)
     prepared = prepare(config, cache)
     backend = make_backend(prepared)
     if not backend.is_main:
         try:
-            return _fit(None, prepared, backend, _NoStore(), Reporter(), checkpoint_root(url))
+            return _fit(None, prepared, backend, _NoStore(), Reporter(), checkpoint_root(url, config))
         except Diverged as exc:
             raise RunDiverged(None, exc.step, exc.loss) from None
         finally:
@@ -246,7 +251,7 @@ def train(config: RunConfig, db: Optional[str] = None, reporter: Optional[Report
         with _sigterm_as_exception():
             run_id = store.create_run(**{**run_columns(config), **loaded_columns(prepared, backend)})
             with recorded_run(store, run_id) as heartbeat:
-                result = fit(run_id, prepared, backend, store, reporter, checkpoint_root(url), heartbeat)
+                result = fit(run_id, prepared, backend, store, reporter, checkpoint_root(url, config), heartbeat)
             return result
     finally:
         store.close()
@@ -269,16 +274,33 @@ def recorded_run(store: Store, run_id: int, heartbeat_seconds: float = HEARTBEAT
         store.finish_run(run_id, FAILED, f"{DIVERGED_PREFIX} {exc.step}")
         raise RunDiverged(run_id, exc.step, exc.loss) from None
     except KeyboardInterrupt:
-        store.finish_run(run_id, KILLED, INTERRUPTED)
+        _close(store, run_id, KILLED, INTERRUPTED)
         raise
     except Terminated:
-        store.finish_run(run_id, KILLED, TERMINATED)
+        _close(store, run_id, KILLED, TERMINATED)
         raise
     except BaseException as exc:
-        store.finish_run(run_id, FAILED, f"{type(exc).__name__}: {exc}")
+        _close(store, run_id, FAILED, describe_failure(exc))
         raise
     if not store.finish_run(run_id, FINISHED):
         raise RunLost(run_id)
+
+
+def _close(store: Store, run_id: int, status: str, error: str) -> None:
+    """Record how a run ended, on the way out of an error. If even that write fails (the disk is full, the
+    server is gone), say so and let the original error go on: the run stays RUNNING, its heartbeat stops,
+    and a sweep worker marks it KILLED once --stale-after passes."""
+    try:
+        store.finish_run(run_id, status, error)
+        return
+    except Exception:  # noqa: BLE001 - whatever stops this write, the first error is the one to raise
+        pass
+    try:
+        store.make_room()  # a full disk: the space the store kept in reserve for this write
+        store.finish_run(run_id, status, error)
+    except Exception as exc:  # noqa: BLE001
+        print(f"accumbench: could not record run {run_id} as {status} ({first_line(exc)}); it stays RUNNING "
+              "until its heartbeat goes stale and another worker marks it KILLED", file=sys.stderr)
 
 
 def fit(run_id: int, prepared: Prepared, backend: Backend, store: Store, reporter: Optional[Reporter],
@@ -493,19 +515,64 @@ def pause_for_tests(run_id: int, epoch: int) -> None:
         time.sleep(0.02)  # Ctrl-C and SIGTERM land here as anywhere else in training
 
 
-def checkpoint_root(url: str) -> Path:
-    """checkpoints/ beside the SQLite file (./checkpoints for the default ./runs.db), else in the cwd."""
+def checkpoint_root(url: str, config: Optional[RunConfig] = None) -> Path:
+    """--checkpoint-dir, else checkpoints/ beside the SQLite file (./checkpoints for the default ./runs.db),
+    else (a database server) in the cwd."""
+    if config is not None and config.checkpoint_dir:
+        return Path(config.checkpoint_dir).expanduser()
     path = sqlite_path(url)
     return (path.parent if path else Path.cwd()) / "checkpoints"
+
+
+def require_writable_checkpoints(url: str, config: RunConfig) -> None:
+    """A run that keeps checkpoints checks, before anything trains, that it can write them: a read-only
+    or missing-and-uncreatable directory is one error line, not a run that fails after its first epoch."""
+    if not config.checkpoint:
+        return
+    root = checkpoint_root(url, config)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=root, prefix=".accumbench-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"checkpoint directory {root} is not writable ({exc.strerror or exc}); make it writable, "
+                        "pass --checkpoint-dir DIR, or --no-checkpoint") from None
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failed run's error, in one line that says what happened: 'disk full while writing ...' for a
+    full disk (or a file-size limit), else the exception's type and first line."""
+    if isinstance(exc, StoreUnavailable):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+        where = f" while writing {exc.filename}" if exc.filename else ""
+        return f"disk full{where}: {exc.strerror}"
+    return f"{type(exc).__name__}: {first_line(exc)}"
 
 
 def _save_checkpoint(model: TextClassifier, prepared: Prepared, directory: Path, epoch: int) -> Path:
     from safetensors.torch import save_model
 
     directory.mkdir(parents=True, exist_ok=True)
-    save_model(model, str(directory / "model.safetensors"))
     meta = {"epoch": epoch, "label_names": prepared.dataset.label_names, "config": prepared.config.to_dict()}
-    (directory / "accumbench.json").write_text(json.dumps(meta, indent=2))
+    # Written aside, then renamed: a reader never sees half a checkpoint, and a write that fails (a full
+    # disk) removes its partial file, so the space is back for the database to record the failure.
+    for name, write in (("model.safetensors", lambda path: save_model(model, path)),
+                        ("accumbench.json", lambda path: Path(path).write_text(json.dumps(meta, indent=2)))):
+        partial = directory / f".{name}.partial"
+        try:
+            write(str(partial))
+            os.replace(partial, directory / name)
+        except BaseException as exc:
+            partial.unlink(missing_ok=True)
+            if isinstance(exc, Exception) and not isinstance(exc, OSError):
+                # safetensors reports an I/O failure as its own error, "... (os error 28)": as an OSError
+                # with that errno and the file, the run's error can say "disk full while writing ...".
+                found = re.search(r"os error (\d+)", str(exc))
+                raise OSError(int(found.group(1)) if found else errno.EIO, first_line(exc),
+                              str(directory / name)) from exc
+            raise
     return directory
 
 

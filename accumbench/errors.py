@@ -1,4 +1,4 @@
-"""The one exception type that the CLI turns into a one-line message and exit code 2."""
+"""The exceptions the CLI turns into one error line: UserError (exit 2), StoreUnavailable (exit 1)."""
 
 
 def first_line(exc: BaseException) -> str:
@@ -9,6 +9,11 @@ def first_line(exc: BaseException) -> str:
 
 class UserError(Exception):
     """Bad input from the user: the message names the problem and the fix."""
+
+
+class StoreUnavailable(Exception):
+    """The run database cannot be written: the disk is full, or its server stayed out of reach. Not the
+    user's input (exit 1, not 2); the message names the database and what to do."""
 
 
 class Terminated(BaseException):

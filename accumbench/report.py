@@ -30,7 +30,7 @@ from accumbench import text_table
 # The columns that name a cell in the study's table ("lr": the rate it trained with, runs.lr); any
 # other setting that differs between cells is listed in a "variant" column rather than averaged over.
 CELL_COLUMNS = ("model", "effective_batch_size", "backend", "lr_scaling", "lr")
-_NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint"}  # "lr" here is the config's base rate
+_NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint", "checkpoint_dir"}  # "lr" here is the config's base rate
 
 # The per-run metrics aggregated over seeds (mean and std per cell).
 METRICS = ("best_train_accuracy", "val_accuracy", "best_epoch", "test_accuracy", "best_test_accuracy", "val_loss",

@@ -24,12 +24,12 @@ from sqlalchemy import (
     DateTime, Float, ForeignKey, Index, LargeBinary, Text, TypeDecorator, UniqueConstraint,
     create_engine, delete, event, func, insert, inspect, make_url, select, text, update,
 )
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from accumbench.config import PRECISIONS  # runs.precision (accelerate's mixed_precision names)
-from accumbench.errors import UserError
+from accumbench.errors import StoreUnavailable, UserError
 
 SCHEMA_VERSION = 6
 
@@ -459,6 +459,103 @@ def _begin_write(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+# How long a store call keeps trying to reach a database server that went away (a PostgreSQL restart,
+# a failover, a network blip) before it gives up: long enough for a restart, short against a run.
+RECONNECT_SECONDS = float(os.environ.get("ACCUMBENCH_RECONNECT_SECONDS", "60"))
+_LOST_CONNECTION = ("connection refused", "could not connect", "server closed the connection", "terminating connection",
+                    "the database system is starting up", "the database system is shutting down",
+                    "the connection is closed", "connection is lost", "no connection to the server",
+                    "consuming input failed", "connection already closed")
+
+
+def _lost_connection(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and (
+        exc.connection_invalidated or any(sign in str(exc).lower() for sign in _LOST_CONNECTION))
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """The database cannot be written where it lives: a full disk (SQLite's SQLITE_FULL, PostgreSQL's
+    'could not extend file'), or a write refused by the disk (SQLite reports a file-size limit so)."""
+    return isinstance(exc, DBAPIError) and any(
+        sign in str(exc).lower() for sign in ("database or disk is full", "no space left on device", "file too large",
+                                              "could not extend file", "disk i/o error"))
+
+
+def _resilient(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A store call that survives its server going away: on a lost connection it is retried (SQLAlchemy
+    has dropped the dead connection; the next attempt connects anew) with a growing pause, for up to
+    RECONNECT_SECONDS. A disk that is full, or a server still gone after that, raises StoreUnavailable.
+
+    Each call is one transaction, so a retry redoes it whole. An insert whose commit reached the server
+    just before the connection broke then finds its own row: for the inserts that carry a unique key
+    (epochs, steps, evaluations, predictions) that IntegrityError on a retry means it is done."""
+    import functools
+
+    idempotent = method.__name__ in ("add_epoch", "add_steps", "add_evals", "save_predictions")
+
+    @functools.wraps(method)
+    def call(self: "Store", *args: Any, **kwargs: Any) -> Any:
+        started = time.monotonic()
+        deadline = started + RECONNECT_SECONDS
+        pause, retried = 0.25, False
+        while True:
+            try:
+                result = method(self, *args, **kwargs)
+                if retried:
+                    print(f"accumbench: reconnected to the run database after {time.monotonic() - started:.1f} s",
+                          file=sys.stderr)
+                return result
+            except IntegrityError:
+                if retried and idempotent:
+                    return None
+                raise
+            except DBAPIError as exc:
+                if _disk_full(exc):
+                    raise StoreUnavailable(
+                        f"the run database {self.url} cannot be written ({_first_line(exc)}): is its disk full? "
+                        "Free space, then run the same command again") from exc
+                if not _lost_connection(exc) or time.monotonic() + pause > deadline:
+                    if _lost_connection(exc):
+                        raise StoreUnavailable(
+                            f"lost the run database {self.url} for {RECONNECT_SECONDS:.0f} s ({_first_line(exc)}); "
+                            "when it is back, run the same command again") from exc
+                    raise
+                if not retried:
+                    print(f"accumbench: lost the run database ({_first_line(exc)}); reconnecting for up to "
+                          f"{RECONNECT_SECONDS:.0f} s", file=sys.stderr)
+                time.sleep(pause)
+                pause, retried = min(pause * 2, 5.0), True
+
+    return call
+
+
+def _first_line(exc: BaseException) -> str:
+    """The driver's own message, without SQLAlchemy's [SQL: ...] and background links."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+RESERVE_BYTES = 1 << 20  # beside an SQLite file: enough to record, on a full disk, how the runs ended
+
+
+def _reserve_path(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + "-reserve")
+
+
+def reserve_space(path: pathlib.Path) -> None:
+    """Keep RESERVE_BYTES on the database's disk as a file (runs.db-reserve), made again whenever the
+    store is opened with room for it. When the disk fills mid-run, make_room deletes it, and the run can
+    still be recorded FAILED rather than left RUNNING. Best effort: no room, no reserve."""
+    reserve = _reserve_path(path)
+    if reserve.exists():
+        return
+    try:
+        with open(reserve, "wb") as out:
+            out.write(b"\0" * RESERVE_BYTES)
+    except OSError:
+        reserve.unlink(missing_ok=True)
+
+
 class Store:
     """A handle on one run database. Each write is its own short transaction."""
 
@@ -475,7 +572,8 @@ class Store:
             # Check read-only first: our connect hook switches the file to WAL,
             # which rewrites its header, and a newer database must stay untouched.
             cls.check_compatible(url)
-        engine = create_engine(url)
+        # pool_pre_ping: a pooled connection to a server that restarted is noticed at checkout, not mid-write.
+        engine = create_engine(url) if sqlite_path(url) is not None else create_engine(url, pool_pre_ping=True)
         is_sqlite = engine.dialect.name == "sqlite"
         if is_sqlite:
             event.listen(engine, "connect", _set_sqlite_pragmas)
@@ -501,6 +599,8 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
+        if is_sqlite:
+            reserve_space(sqlite_path(url))
         return cls(url, engine)
 
     @classmethod
@@ -538,6 +638,7 @@ class Store:
         if found is not None and found > SCHEMA_VERSION:
             raise _newer_schema_error(path, found)
 
+    @_resilient
     def create_run(
         self, *, config_json: str, config_hash: str, backend: str, model: str, dataset: str,
         seed: int, lr: float, effective_batch_size: int, micro_batch_size: int,
@@ -563,6 +664,7 @@ class Store:
             session.add(run)
         return run.id
 
+    @_resilient
     def add_epoch(self, run_id: int, **metrics: Any) -> None:
         """Record one finished epoch and bump the run's heartbeat, atomically.
 
@@ -573,6 +675,7 @@ class Store:
             session.add(Epoch(run_id=run_id, **metrics))  # unknown key -> TypeError
             run.heartbeat_at = _now()
 
+    @_resilient
     def add_steps(self, run_id: int, rows: list[dict[str, Any]]) -> None:
         """Record many optimizer steps and bump the run's heartbeat, in one transaction.
 
@@ -592,6 +695,7 @@ class Store:
                 session.execute(insert(Step), [{**row, "run_id": run_id} for row in rows])
             run.heartbeat_at = _now()
 
+    @_resilient
     def add_evals(self, run_id: int, rows: list[dict[str, Any]]) -> None:
         """Record validation evaluations (step, epoch, samples_seen, val_loss, val_accuracy), in one transaction."""
         allowed = set(EVAL_COLUMNS) - {"id", "run_id"}
@@ -604,6 +708,7 @@ class Store:
             self._get(session, run_id)
             session.execute(insert(StepEvaluation), [{**row, "run_id": run_id} for row in rows])
 
+    @_resilient
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set arbitrary run columns, e.g. best_epoch=3, checkpoint_path='...'."""
         unknown = set(fields) - (set(RUN_COLUMNS) - {"id"})
@@ -614,6 +719,7 @@ class Store:
             for name, value in fields.items():
                 setattr(run, name, value)
 
+    @_resilient
     def finish_run(self, run_id: int, status: str, error: str | None = None) -> bool:
         """Move a RUNNING run to a terminal status (FINISHED, FAILED or KILLED), with finished_at=now
         and error. Returns False, changing nothing, when the run had already ended: e.g. another
@@ -628,6 +734,14 @@ class Store:
             )
             return result.rowcount == 1
 
+    def make_room(self) -> None:
+        """On a full disk, free the space kept in reserve beside an SQLite file (reserve_space), so that
+        the write that says why a run ended still fits. A server keeps its own: nothing to do."""
+        path = sqlite_path(self.url)
+        if path is not None:
+            _reserve_path(path).unlink(missing_ok=True)
+
+    @_resilient
     def heartbeat(self, run_id: int) -> bool:
         """Say the run is alive (heartbeat_at=now). False when it is no longer RUNNING, i.e. another
         worker has given it up for dead: the caller should stop training it."""
@@ -639,6 +753,7 @@ class Store:
 
     # --- sweeps ---------------------------------------------------------------------------------
 
+    @_resilient
     def open_sweep(self, name: str, grid_hash: str, spec_json: str, num_cells: int) -> dict[str, Any]:
         """The sweep called `name`, created if new. Every worker of a sweep calls this with the same
         grid; a different grid under an existing name is refused (UserError), as cells would be mixed."""
@@ -668,12 +783,14 @@ class Store:
             sweep = session.scalars(select(Sweep).where(Sweep.name == name)).first()
             return None if sweep is None else _as_dict(sweep, SWEEP_COLUMNS)
 
+    @_resilient
     def sweep_runs(self, sweep_id: int) -> list[dict[str, Any]]:
         """Every run of the sweep, oldest first."""
         query = select(Run).where(Run.sweep_id == sweep_id).order_by(Run.id)
         with self._session() as session:
             return [_as_dict(run, RUN_COLUMNS) for run in session.scalars(query)]
 
+    @_resilient
     def claim(self, sweep_id: int, choose: Callable[[list[dict[str, Any]]], Optional[dict[str, Any]]],
               stale_after: float) -> tuple[Optional[int], list[int]]:
         """Claim the next cell of a sweep for this worker, atomically.
@@ -713,6 +830,7 @@ class Store:
             conn.commit()
         return run_id, [run_id for run_id, _ in stale]
 
+    @_resilient
     def get_run(self, run_id: int) -> dict[str, Any]:
         """All columns of one run; KeyError if there is no such run."""
         with self._session() as session:
@@ -728,6 +846,7 @@ class Store:
         with self._session() as session:
             return [_as_dict(run, RUN_COLUMNS) for run in session.scalars(query)]
 
+    @_resilient
     def epochs(self, run_id: int) -> list[dict[str, Any]]:
         """The run's epoch rows ordered by epoch (empty if none, or no such run)."""
         query = select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)
@@ -740,6 +859,7 @@ class Store:
         with self._session() as session:
             return [_as_dict(row, STEP_COLUMNS) for row in session.scalars(query)]
 
+    @_resilient
     def save_predictions(self, run_id: int, split: str, epoch: int, split_hash: str,
                          labels: list[int], predicted: list[int]) -> None:
         """Record (replacing any earlier ones) the run's predictions on `split` at `epoch`."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from itertools import product
@@ -28,7 +29,9 @@ from accumbench.config import (
     CONFIG_KEYS, RunConfig, check_value, coerce_field, file_error, format_lr, read_yaml_mapping,
 )
 from accumbench.errors import UserError
-from accumbench.store import DIVERGED_PREFIX, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, TERMINATED
+from accumbench.store import (
+    DIVERGED_PREFIX, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, TERMINATED, StoreUnavailable,
+)
 
 # The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary,
 # outermost first. Cells are ordered so that one model/backend's EBS comparison completes early,
@@ -356,7 +359,7 @@ def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
     return True, ""
 
 
-def preflight(spec: SweepSpec, cache: dict[Any, Any]) -> None:
+def preflight(spec: SweepSpec, cache: dict[Any, Any], db: Optional[str] = None) -> None:
     """Everything that could be the user's mistake, checked for every cell before the first claim:
     models and datasets load (datasets stay in `cache` for the cells), and the sizes fit together."""
     from accumbench.backends.base import require_supported_precision
@@ -368,8 +371,12 @@ def preflight(spec: SweepSpec, cache: dict[Any, Any]) -> None:
                         "with CUDA_VISIBLE_DEVICES=<i> (see the README)")
     for model in dict.fromkeys(cell.model for cell in spec.cells):
         check_model(model)
+    from accumbench.engine import require_writable_checkpoints
+    from accumbench.store import resolve_db_url
+
     for cell in spec.cells:
         require_supported_precision(cell.precision)
+        require_writable_checkpoints(resolve_db_url(db), cell)
         load_dataset(cell, cache)
 
 
@@ -406,6 +413,16 @@ class SweepReporter:
         return Reporter()
 
 
+def preflight_only(spec: SweepSpec, db: Optional[str]) -> None:
+    """What run_sweep checks before its first claim, without claiming: the database is ours, the
+    resources are there, every cell is valid and loadable."""
+    from accumbench.store import Store, resolve_db_url
+
+    Store.check_compatible(resolve_db_url(db))
+    require_resources(spec)
+    preflight(spec, {}, db)
+
+
 def run_sweep(spec: SweepSpec, db: Optional[str] = None, reporter: Optional[SweepReporter] = None) -> SweepResult:
     """Work on the sweep until no cell is left to claim. Safe to run in many processes at once."""
     from accumbench import engine
@@ -416,7 +433,7 @@ def run_sweep(spec: SweepSpec, db: Optional[str] = None, reporter: Optional[Swee
     Store.check_compatible(url)
     require_resources(spec)
     cache: dict[Any, Any] = {}
-    preflight(spec, cache)
+    preflight(spec, cache, db)
 
     store = Store.open(url)
     try:
@@ -429,6 +446,7 @@ def run_sweep(spec: SweepSpec, db: Optional[str] = None, reporter: Optional[Swee
                 counts: dict[str, int] = {}
 
                 def choose(runs: list[dict[str, Any]]) -> Optional[dict[str, Any]]:
+                    picked.clear()  # a claim retried after a lost connection chooses afresh
                     statuses = cell_statuses(spec.cells, runs, spec.max_retries)
                     counts.update({state: sum(s.state == state for s in statuses) for state in (PENDING, DONE)})
                     for status in statuses:
@@ -474,14 +492,104 @@ def _train_cell(engine: Any, store: Any, url: str, config: RunConfig, run_id: in
             try:
                 store.update_run(run_id, **engine.loaded_columns(prepared, backend))
                 result = engine.fit(run_id, prepared, backend, store, reporter.run_reporter(),
-                                    engine.checkpoint_root(url), heartbeat)
+                                    engine.checkpoint_root(url, config), heartbeat)
             finally:
                 backend.close()
     except engine.RunDiverged as exc:
         return FAILED, f"{DIVERGED_PREFIX} {exc.step}"
     except engine.RunLost as exc:
         return "lost", str(exc)
+    except StoreUnavailable:
+        raise  # no cell can be recorded now: the sweep stops (exit 1), and the same command resumes it
     except Exception as exc:  # recorded as FAILED by recorded_run; the sweep goes on (or stops: --fail-fast)
-        return FAILED, f"{type(exc).__name__}: {exc}"
+        return FAILED, engine.describe_failure(exc)
     best = result.epochs[result.best_epoch - 1]
     return FINISHED, f"val acc {best['val_accuracy']:.3f}, test acc {best['test_accuracy']:.3f}"
+
+
+# --- several local workers: `sweep --workers N` ---------------------------------------------------
+
+
+def worker_environments(count: int, gpus: list[str], cpus: int) -> list[dict[str, str]]:
+    """What each of `count` local workers sees: one visible GPU each (CUDA_VISIBLE_DEVICES), or on a
+    CPU-only machine its share of the cores (two 2-thread workers on 2 cores ran 5.5x slower than two
+    1-thread ones: they fight over the same cores)."""
+    if gpus:
+        if count > len(gpus):
+            raise UserError(f"--workers {count} but {len(gpus)} GPU{'s' if len(gpus) != 1 else ''} visible "
+                            f"({','.join(gpus)}); one worker per GPU: use --workers {len(gpus)} or fewer")
+        return [{"CUDA_VISIBLE_DEVICES": gpu} for gpu in gpus[:count]]
+    threads = str(max(1, cpus // count))
+    return [{"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+            for _ in range(count)]
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may use, as CUDA_VISIBLE_DEVICES would name them to a child."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [part.strip() for part in given.split(",") if part.strip()] if given else []
+    return ids[: torch.cuda.device_count()] if ids else [str(i) for i in range(torch.cuda.device_count())]
+
+
+def spec_as_yaml(spec: SweepSpec) -> str:
+    """The resolved grid as a sweep file: the same cells (the same grid hash) under the same name, for
+    workers started by `--workers` (each reads it with --config)."""
+    import yaml
+
+    axes = {axis: list(spec.axes[name]) for axis, name in AXES.items()}
+    sweep = {"name": spec.sweep_name, "max_retries": spec.max_retries, "stale_after": spec.stale_after,
+             "fail_fast": spec.fail_fast}
+    return yaml.safe_dump({**sweep, **axes, **spec.options}, sort_keys=False)
+
+
+def run_workers(spec: SweepSpec, db: Optional[str], count: int, echo: Any) -> int:
+    """Start `count` workers of the sweep on this machine, one per visible GPU or with the CPU's cores
+    split between them, against one database; print their lines prefixed [worker i]; wait for all.
+    Ctrl-C or SIGTERM reaches every worker, each records its run KILLED. The exit code is the first
+    non-zero worker's, else 0."""
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+
+    environments = worker_environments(count, visible_gpus(), os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory(prefix="accumbench-workers-") as tmp:
+        grid = Path(tmp) / "sweep.yaml"
+        grid.write_text(spec_as_yaml(spec))
+        command = [sys.executable, "-m", "accumbench", "sweep", "--config", str(grid)]
+        if db is not None:
+            command += ["--db", db]
+        shown = ", ".join(" ".join(f"{k}={v}" for k, v in env.items() if v) or "CUDA_VISIBLE_DEVICES=" for env in environments)
+        echo(f"sweep {spec.sweep_name}: starting {count} workers ({shown})")
+        workers = [subprocess.Popen(command, env={**os.environ, **env, "COLUMNS": os.environ.get("COLUMNS", "100")},
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+                   for env in environments]
+
+        def relay(index: int, worker: subprocess.Popen) -> None:
+            for line in worker.stdout:
+                echo(f"[worker {index}] {line.rstrip()}")
+
+        relays = [threading.Thread(target=relay, args=(i, w), daemon=True) for i, w in enumerate(workers, 1)]
+        for thread in relays:
+            thread.start()
+
+        def forward(signum: int, _frame: Any) -> None:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.send_signal(signum)
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            codes = [worker.wait() for worker in workers]
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        for thread in relays:
+            thread.join()
+    echo(f"sweep {spec.sweep_name}: {count} workers ended with exit codes {codes}")
+    return next((code for code in codes if code != 0), 0)
