@@ -352,9 +352,12 @@ def _write_atomically(path: Path, text: str) -> None:
             out.write(text)
         os.chmod(temporary, 0o644)
         os.replace(temporary, path)
-    except OSError as exc:
-        os.unlink(temporary)
-        raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
+    except BaseException as exc:  # Ctrl-C in the middle of a watched write leaves no temporary file either
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
+        raise
 
 
 def _report(*, db: Optional[str], plot: Optional[Path], to_terminal: bool, refresh: Optional[float] = None,

@@ -566,29 +566,37 @@ def run_workers(spec: SweepSpec, db: Optional[str], count: int, echo: Any) -> in
             command += ["--db", db]
         shown = ", ".join(" ".join(f"{k}={v}" for k, v in env.items() if v) or "CUDA_VISIBLE_DEVICES=" for env in environments)
         echo(f"sweep {spec.sweep_name}: starting {count} workers ({shown})")
-        workers = [subprocess.Popen(command, env={**os.environ, **env, "COLUMNS": os.environ.get("COLUMNS", "100")},
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-                   for env in environments]
-
-        def relay(index: int, worker: subprocess.Popen) -> None:
-            for line in worker.stdout:
-                echo(f"[worker {index}] {line.rstrip()}")
-
-        relays = [threading.Thread(target=relay, args=(i, w), daemon=True) for i, w in enumerate(workers, 1)]
-        for thread in relays:
-            thread.start()
+        workers: list[subprocess.Popen] = []
 
         def forward(signum: int, _frame: Any) -> None:
             for worker in workers:
                 if worker.poll() is None:
                     worker.send_signal(signum)
 
+        def relay(index: int, worker: subprocess.Popen) -> None:
+            for line in worker.stdout:
+                echo(f"[worker {index}] {line.rstrip()}")
+
+        # Handlers first, so that no signal finds a worker started and not yet known to forward().
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        relays = []
         try:
+            for index, env in enumerate(environments, 1):
+                # Each worker in a session of its own: a terminal's Ctrl-C reaches this process alone, which
+                # passes it on once. (In our process group every worker would get it twice, and the second
+                # can cut short the write that records its run KILLED.)
+                workers.append(subprocess.Popen(
+                    command, env={**os.environ, **env, "COLUMNS": os.environ.get("COLUMNS", "100")},
+                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True))
+                relays.append(threading.Thread(target=relay, args=(index, workers[-1]), daemon=True))
+                relays[-1].start()
             codes = [worker.wait() for worker in workers]
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
+            for worker in workers:  # only after an error of our own: stop the workers we started
+                if worker.poll() is None:
+                    worker.terminate()
         for thread in relays:
             thread.join()
     echo(f"sweep {spec.sweep_name}: {count} workers ended with exit codes {codes}")

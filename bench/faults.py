@@ -124,7 +124,9 @@ def ok(result: dict[str, Any]) -> bool:
 
 
 def kill_cycles(model: str, db: str, cycles: int, samples: int, seed: int, work: Path) -> dict[str, Any]:
-    """Two workers; every cycle one of them, at random, is SIGKILLed after a random wait and started again."""
+    """Two workers; every cycle one of them, at random, is SIGKILLed and started again. The first kill
+    lands as soon as a run is RUNNING (both workers are alive then: a worker exits only when no cell is
+    left to claim), so there is always at least one; the others after a random wait more."""
     rng = random.Random(seed)
     # --stale-after 2: a killed worker's run counts as dead after 2 s (heartbeat every 0.5 s), and
     # enough retries that the kills never exhaust a cell.
@@ -132,21 +134,28 @@ def kill_cycles(model: str, db: str, cycles: int, samples: int, seed: int, work:
     log = work / "kill.log"
     workers = [start(args, log=log) for _ in range(2)]
     kills, started = 0, time.monotonic()
-    for _ in range(cycles):
-        # A random moment while the sweep trains: once some run is RUNNING, a random wait more.
-        wait_until(lambda: count(db, "SELECT COUNT(*) FROM runs WHERE status = 'RUNNING'") > 0)
-        time.sleep(rng.uniform(0.0, 2.0))
+    last_kill = started
+    for cycle in range(cycles):
+        running = lambda: count(db, "SELECT COUNT(*) FROM runs WHERE status = 'RUNNING'") > 0  # noqa: E731
+        wait_until(lambda: running() or all(w.poll() is not None for w in workers))
+        if not running() and all(w.poll() is not None for w in workers):
+            break  # the workers drained the grid between kills: nothing left to kill
+        if cycle:
+            time.sleep(rng.uniform(0.0, 2.0))
         victim = rng.randrange(2)
         if workers[victim].poll() is None:
             os.killpg(workers[victim].pid, signal.SIGKILL)
-            kills += 1
+            kills, last_kill = kills + 1, time.monotonic()
         workers[victim].wait()
         workers[victim] = start(args, log=log)
     codes = [w.wait() for w in workers]
+    # The last killed run's heartbeat stopped at its kill: past --stale-after it is certainly stale, and
+    # the finisher takes its cell over (the workers may have ended first, seeing it still RUNNING).
+    time.sleep(max(0.0, last_kill + 2.1 - time.monotonic()))
     finisher = subprocess.run(args, capture_output=True, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"})
     result = audit(db)
-    result.update(cycles=cycles, sigkills=kills, worker_exit_codes=codes, finisher_exit_code=finisher.returncode,
+    result.update(cycles=cycles, samples=samples, sigkills=kills, worker_exit_codes=codes, finisher_exit_code=finisher.returncode,
                   seconds=round(time.monotonic() - started, 1))
     return result
 
@@ -288,6 +297,8 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=["kill", "disk", "restart", "readonly"])
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--samples", type=int, default=400, help="training samples per cell")
+    parser.add_argument("--kill-samples", type=int, default=4000,
+                        help="training samples per cell in the kill cycles: enough that 20 kills land before the grid drains")
     parser.add_argument("--postgres", default=os.environ.get("ACCUMBENCH_TEST_POSTGRES_URL"),
                         help="a PostgreSQL URL whose user may create databases (default: $ACCUMBENCH_TEST_POSTGRES_URL)")
     parser.add_argument("--restart", default="pg_ctlcluster $(ls /usr/lib/postgresql | sort -n | tail -1) main restart",
@@ -297,17 +308,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "faults.json")
     args = parser.parse_args()
     only = set(args.only or ["kill", "disk", "restart", "readonly"])
-    cycles, samples = (3, 200) if args.tiny else (args.cycles, args.samples)
+    cycles, samples, kill_samples = (3, 200, 200) if args.tiny else (args.cycles, args.samples, args.kill_samples)
     results: dict[str, Any] = {"machine": machine(), "cycles": cycles, "samples": samples}
     with tempfile.TemporaryDirectory(prefix="accumbench-faults-") as tmp:
         work = Path(tmp)
         os.environ.setdefault("ACCUMBENCH_CACHE", str(work / "cache"))
         model = tiny_model(work / "tiny-bert")
         if "kill" in only:
-            results["kill"] = {"sqlite": kill_cycles(model, str(work / "kill.db"), cycles, samples, args.seed, work)}
+            results["kill"] = {"sqlite": kill_cycles(model, str(work / "kill.db"), cycles, kill_samples, args.seed, work)}
             if args.postgres:
                 url = fresh_postgres_database(args.postgres, "faults_kill")
-                results["kill"]["postgresql"] = kill_cycles(model, url, cycles, samples, args.seed, work)
+                results["kill"]["postgresql"] = kill_cycles(model, url, cycles, kill_samples, args.seed, work)
         if "disk" in only:
             results["disk"] = disk_full(model, samples, work)
         if "restart" in only and args.postgres:

@@ -1,12 +1,14 @@
 """Faults on purpose (the short version of bench/faults.py): random SIGKILLs of two workers, a disk that
 fills during a checkpoint or a commit, a server that drops its connections, a checkpoint directory that
-cannot be written; and `sweep --workers`. After each, the store must hold every cell's one FINISHED run
-with all its epochs, no run left RUNNING, no orphan rows, and pass its integrity check."""
+cannot be written. After each, the store must hold every cell's one FINISHED run with all its epochs, no
+run left RUNNING, no orphan rows, and pass its integrity check. Also `sweep --workers` (and Ctrl-C
+across its workers) and the cluster job files in examples/."""
 
 from __future__ import annotations
 
 import os
 import resource
+import signal
 import subprocess
 import sys
 import time
@@ -18,14 +20,15 @@ from typer.testing import CliRunner
 from accumbench.cli import app
 from accumbench.store import RESERVE_BYTES, FINISHED, Store, resolve_db_url
 from accumbench.sweep import worker_environments
-from conftest import query
+from conftest import query, wait_for
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import faults  # noqa: E402  (bench/faults.py: the same audit and kill cycles as the benchmark)
 
 
 def test_random_sigkills_of_two_workers_leave_every_cell_finished_once(tiny_bert, any_db, tmp_path):
-    result = faults.kill_cycles(tiny_bert, any_db, cycles=3, samples=200, seed=1, work=tmp_path)
+    seed = int(os.environ.get("ACCUMBENCH_FAULTS_SEED", "1"))  # bench/repeat_signal_tests.py varies it
+    result = faults.kill_cycles(tiny_bert, any_db, cycles=3, samples=200, seed=seed, work=tmp_path)
     assert faults.ok(result), result
     assert result["sigkills"] >= 1 and result["finisher_exit_code"] == 0
     # Every run the kills left behind was marked KILLED by a live worker's stale-heartbeat check.
@@ -211,3 +214,35 @@ def test_the_cluster_job_files_start_workers_that_share_one_sweep(tiny_bert, tmp
     runs = query(db, "SELECT status, config_hash, checkpoint_path FROM runs")
     assert len(runs) == 4 and {r["status"] for r in runs} == {FINISHED} and len({r["config_hash"] for r in runs}) == 4
     assert {r["checkpoint_path"] for r in runs} == {None}  # --no-checkpoint: nothing on the node's disk
+
+
+def test_ctrl_c_reaches_every_local_worker_and_each_records_its_run_killed(tiny_bert, tmp_path):
+    """`sweep --workers 2`, both workers paused mid-run (a RUNNING run with an epoch row each, held by
+    engine.pause_for_tests): one SIGINT to the parent, and both runs are KILLED, none left RUNNING."""
+    import sqlite3
+
+    from accumbench.engine import PAUSE_FILE_ENV
+    from accumbench.store import INTERRUPTED, KILLED
+
+    db, pause = tmp_path / "runs.db", tmp_path / "pause"
+    args = [sys.executable, "-m", "accumbench", "sweep", "--models", tiny_bert, *TINY, "--no-checkpoint",
+            "--effective-batch-sizes", "8,16", "--workers", "2", "--db", str(db)]
+    parent = subprocess.Popen(args, env={**os.environ, "HF_HUB_OFFLINE": "1", PAUSE_FILE_ENV: str(pause)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def paused_mid_run() -> int:
+        try:
+            return query(db, "SELECT COUNT(DISTINCT r.id) FROM runs r JOIN epochs e ON e.run_id = r.id "
+                             "WHERE r.status = 'RUNNING'")[0][0]
+        except sqlite3.OperationalError:  # the store is not made yet
+            return 0
+
+    try:
+        wait_for(lambda: db.exists() and paused_mid_run() == 2, "both workers paused mid-run")
+        parent.send_signal(signal.SIGINT)
+        output, _ = parent.communicate(timeout=120)
+    finally:
+        parent.kill()
+    assert parent.returncode == 130, output
+    assert "2 workers ended with exit codes [130, 130]" in output
+    assert [tuple(run) for run in query(db, "SELECT status, error FROM runs")] == [(KILLED, INTERRUPTED)] * 2
