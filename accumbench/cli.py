@@ -125,11 +125,10 @@ def _stops_as_exit_codes(what: str) -> Iterator[None]:
 
 
 def _db_label(db: Optional[str]) -> str:
-    """Where the runs went, as the user would name it: the SQLite file, or the URL."""
-    from accumbench.store import resolve_db_url, sqlite_path
+    """Where the runs went, as the user would name it: the SQLite file, or the URL without its password."""
+    from accumbench.store import display_url, resolve_db_url
 
-    url = resolve_db_url(db)
-    return str(sqlite_path(url) or url)
+    return display_url(resolve_db_url(db))
 
 
 _CONFIG_OPTION = typer.Option(None, "--config", help="YAML file of options (underscored names); flags override it.")

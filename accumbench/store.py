@@ -315,6 +315,13 @@ def sqlite_path(url: str) -> pathlib.Path | None:
     return pathlib.Path(database)
 
 
+def display_url(url: str) -> str:
+    """A database as it may be printed (a log, a SLURM output file, a shared terminal): the SQLite file's
+    path, or the URL with its password masked."""
+    path = sqlite_path(url)
+    return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
+
+
 def _newer_schema_error(where: Any, found: int) -> UserError:
     return UserError(
         f"{where} has schema version {found}, but this accumbench only knows "
@@ -512,12 +519,12 @@ def _resilient(method: Callable[..., Any]) -> Callable[..., Any]:
             except DBAPIError as exc:
                 if _disk_full(exc):
                     raise StoreUnavailable(
-                        f"the run database {self.url} cannot be written ({_first_line(exc)}): is its disk full? "
+                        f"the run database {display_url(self.url)} cannot be written ({_first_line(exc)}): is its disk full? "
                         "Free space, then run the same command again") from exc
                 if not _lost_connection(exc) or time.monotonic() + pause > deadline:
                     if _lost_connection(exc):
                         raise StoreUnavailable(
-                            f"lost the run database {self.url} for {RECONNECT_SECONDS:.0f} s ({_first_line(exc)}); "
+                            f"lost the run database {display_url(self.url)} for {RECONNECT_SECONDS:.0f} s ({_first_line(exc)}); "
                             "when it is back, run the same command again") from exc
                     raise
                 if not retried:

@@ -5,13 +5,13 @@ SQLite file and a real PostgreSQL server, a real full disk.
              again, N times; then one worker finishes the sweep. On SQLite and (with a server) PostgreSQL.
   disk       the disk fills up (a small tmpfs, or where mounting is not allowed a file-size limit,
              `ulimit -f`): during a checkpoint, and during a commit to the run database
-  restart    the PostgreSQL server restarts under a running sweep
+  restart    the PostgreSQL server restarts under a running sweep, at once and after 10 s down
   readonly   the checkpoint directory is read-only
 
 After each: every cell exactly one FINISHED run with all its epochs, no run left RUNNING, the database's
 integrity check, rows that point to no run (orphans), and the retries used.
 
-    python bench/faults.py                                  # all of them; ~10 min on 2 CPU cores
+    python bench/faults.py                                  # all of them; ~15 min on 2 CPU cores
     python bench/faults.py --only kill --cycles 20 --postgres postgresql+psycopg://...
     python bench/faults.py --tiny                           # the short version the tests run
 
@@ -44,7 +44,8 @@ RESULTS = ROOT / "bench" / "results"
 from commands import machine  # noqa: E402
 
 EPOCHS = 2
-CELLS = ["--effective-batch-sizes", "8,16", "--seeds", "1,2,3"]  # 6 cells
+EBS = "8,16"
+SEEDS = "1,2,3"  # x 2 EBS: 6 cells
 
 
 def tiny_model(where: Path) -> str:
@@ -62,10 +63,11 @@ def tiny_model(where: Path) -> str:
     return str(where)
 
 
-def sweep_args(model: str, db: str, samples: int, *extra: str) -> list[str]:
+def sweep_args(model: str, db: str, samples: int, *extra: str, seeds: str = SEEDS) -> list[str]:
     return [sys.executable, "-m", "accumbench", "sweep", "--models", model, "--dataset", "demo",
             "--max-train-samples", str(samples), "--max-eval-samples", "64", "--max-length", "32",
-            "--epochs", str(EPOCHS), "--micro-batch-size", "8", "--db", db, "--name", "faults", *CELLS, *extra]
+            "--epochs", str(EPOCHS), "--micro-batch-size", "8", "--db", db, "--name", "faults",
+            "--effective-batch-sizes", EBS, "--seeds", seeds, *extra]
 
 
 def start(args: list[str], *, threads: int = 1, env: Optional[dict[str, str]] = None,
@@ -123,39 +125,63 @@ def ok(result: dict[str, Any]) -> bool:
             and result["orphan_rows"] == 0 and result["integrity"] == "ok")
 
 
-def kill_cycles(model: str, db: str, cycles: int, samples: int, seed: int, work: Path) -> dict[str, Any]:
+def kill_cycles(model: str, db: str, cycles: int, samples: int, seed: int, work: Path,
+                seeds: str = SEEDS) -> dict[str, Any]:
     """Two workers; every cycle one of them, at random, is SIGKILLed and started again. The first kill
-    lands as soon as a run is RUNNING (both workers are alive then: a worker exits only when no cell is
-    left to claim), so there is always at least one; the others after a random wait more."""
+    lands as soon as a run trains (a run with a live heartbeat: its worker is alive), so there is
+    always one; each later one waits for both workers to train (or as many as cells are left), then a
+    random moment more."""
     rng = random.Random(seed)
+    cells = 2 * len(seeds.split(","))
     # --stale-after 2: a killed worker's run counts as dead after 2 s (heartbeat every 0.5 s), and
     # enough retries that the kills never exhaust a cell.
-    args = sweep_args(model, db, samples, "--no-checkpoint", "--stale-after", "2", "--max-retries", "1000")
+    args = sweep_args(model, db, samples, "--no-checkpoint", "--stale-after", "2", "--max-retries", "1000",
+                      seeds=seeds)
     log = work / "kill.log"
     workers = [start(args, log=log) for _ in range(2)]
     kills, started = 0, time.monotonic()
     last_kill = started
-    for cycle in range(cycles):
-        running = lambda: count(db, "SELECT COUNT(*) FROM runs WHERE status = 'RUNNING'") > 0  # noqa: E731
-        wait_until(lambda: running() or all(w.poll() is not None for w in workers))
-        if not running() and all(w.poll() is not None for w in workers):
-            break  # the workers drained the grid between kills: nothing left to kill
-        if cycle:
-            time.sleep(rng.uniform(0.0, 2.0))
-        victim = rng.randrange(2)
-        if workers[victim].poll() is None:
+    runs_at_kill = []
+
+    def left() -> int:
+        return cells - count(db, "SELECT COUNT(*) FROM runs WHERE status = 'FINISHED'")
+
+    def running() -> int:
+        return live_runs(db)
+
+    try:
+        for cycle in range(cycles):
+            # The first kill: as soon as a run trains (its worker is alive until the run ends). Later ones:
+            # once both workers train (or as many as cells are left), after a random wait more.
+            wanted = 1 if cycle == 0 else 2
+            wait_until(lambda: (running() >= min(wanted, left()) and left() > 0) or left() == 0
+                       or all(w.poll() is not None for w in workers))
+            if left() == 0 or all(w.poll() is not None for w in workers):
+                break  # the workers drained the grid between kills: nothing left to kill
+            if cycle:
+                time.sleep(rng.uniform(0.0, 2.0))
+            alive = [i for i, worker in enumerate(workers) if worker.poll() is None]
+            if not alive:
+                break
+            victim = rng.choice(alive)
+            runs_at_kill.append(running())
             os.killpg(workers[victim].pid, signal.SIGKILL)
             kills, last_kill = kills + 1, time.monotonic()
-        workers[victim].wait()
-        workers[victim] = start(args, log=log)
-    codes = [w.wait() for w in workers]
+            workers[victim].wait()
+            workers[victim] = start(args, log=log)
+        codes = [w.wait() for w in workers]
+    finally:  # stopped early (Ctrl-C, an error): no worker outlives the benchmark
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
     # The last killed run's heartbeat stopped at its kill: past --stale-after it is certainly stale, and
     # the finisher takes its cell over (the workers may have ended first, seeing it still RUNNING).
     time.sleep(max(0.0, last_kill + 2.1 - time.monotonic()))
     finisher = subprocess.run(args, capture_output=True, text=True,
                               env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"})
-    result = audit(db)
-    result.update(cycles=cycles, samples=samples, sigkills=kills, worker_exit_codes=codes, finisher_exit_code=finisher.returncode,
+    result = audit(db, cells=cells)
+    result.update(cycles=cycles, samples=samples, sigkills=kills, training_at_kills=runs_at_kill,
+                  worker_exit_codes=codes, finisher_exit_code=finisher.returncode,
                   seconds=round(time.monotonic() - started, 1))
     return result
 
@@ -174,6 +200,29 @@ def count(db: str, sql: str) -> int:
         return 0
     finally:
         engine.dispose()
+
+
+def live_runs(db: str, within: float = 1.5) -> int:
+    """RUNNING runs whose heartbeat moved in the last `within` seconds (it beats every 0.5 s here): runs
+    being trained now, not the ones a killed worker left behind."""
+    from datetime import datetime, timedelta, timezone
+
+    from sqlalchemy import create_engine, text
+
+    if "://" not in db and not Path(db).exists():
+        return 0
+    engine = create_engine(db if "://" in db else f"sqlite:///{db}")
+    try:
+        with engine.connect() as conn:
+            beats = conn.execute(text("SELECT heartbeat_at FROM runs WHERE status = 'RUNNING'")).scalars().all()
+    except Exception:  # noqa: BLE001 - not created yet
+        return 0
+    finally:
+        engine.dispose()
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    recent = now - timedelta(seconds=within)
+    return sum(1 for beat in beats if beat is not None and
+               (datetime.fromisoformat(beat) if isinstance(beat, str) else beat) > recent)
 
 
 def wait_until(condition: Any, seconds: float = 600.0) -> None:
@@ -297,33 +346,40 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=["kill", "disk", "restart", "readonly"])
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--samples", type=int, default=400, help="training samples per cell")
-    parser.add_argument("--kill-samples", type=int, default=4000,
-                        help="training samples per cell in the kill cycles: enough that 20 kills land before the grid drains")
+    parser.add_argument("--kill-samples", type=int, default=1920, help="training samples per cell in the kill cycles "
+                        "(1920: all of the demo's training split)")
+    parser.add_argument("--kill-seeds", default=",".join(map(str, range(1, 13))),
+                        help="seeds of the kill cycles' grid (x EBS 8, 16): enough cells that the kills land before it drains")
     parser.add_argument("--postgres", default=os.environ.get("ACCUMBENCH_TEST_POSTGRES_URL"),
                         help="a PostgreSQL URL whose user may create databases (default: $ACCUMBENCH_TEST_POSTGRES_URL)")
-    parser.add_argument("--restart", default="pg_ctlcluster $(ls /usr/lib/postgresql | sort -n | tail -1) main restart",
-                        help="the shell command that restarts the server")
+    parser.add_argument("--restart", action="append",
+                        help="a shell command that restarts the server, once per case (default: a restart, then "
+                             "a stop, 10 s of outage and a start, with Debian's pg_ctlcluster)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tiny", action="store_true", help="3 kill cycles, small cells: the tests' short version")
     parser.add_argument("--out", type=Path, default=RESULTS / "faults.json")
     args = parser.parse_args()
     only = set(args.only or ["kill", "disk", "restart", "readonly"])
-    cycles, samples, kill_samples = (3, 200, 200) if args.tiny else (args.cycles, args.samples, args.kill_samples)
+    cycles, samples, kill_seeds = (3, 200, SEEDS) if args.tiny else (args.cycles, args.samples, args.kill_seeds)
+    kill_samples = samples if args.tiny else args.kill_samples
     results: dict[str, Any] = {"machine": machine(), "cycles": cycles, "samples": samples}
     with tempfile.TemporaryDirectory(prefix="accumbench-faults-") as tmp:
         work = Path(tmp)
         os.environ.setdefault("ACCUMBENCH_CACHE", str(work / "cache"))
         model = tiny_model(work / "tiny-bert")
         if "kill" in only:
-            results["kill"] = {"sqlite": kill_cycles(model, str(work / "kill.db"), cycles, kill_samples, args.seed, work)}
+            results["kill"] = {"sqlite": kill_cycles(model, str(work / "kill.db"), cycles, kill_samples, args.seed, work, kill_seeds)}
             if args.postgres:
                 url = fresh_postgres_database(args.postgres, "faults_kill")
-                results["kill"]["postgresql"] = kill_cycles(model, url, cycles, kill_samples, args.seed, work)
+                results["kill"]["postgresql"] = kill_cycles(model, url, cycles, kill_samples, args.seed, work, kill_seeds)
         if "disk" in only:
             results["disk"] = disk_full(model, samples, work)
         if "restart" in only and args.postgres:
-            url = fresh_postgres_database(args.postgres, "faults_restart")
-            results["restart"] = postgres_restart(model, url, max(samples, 1600), args.restart, work)
+            cluster = "pg_ctlcluster $(ls /usr/lib/postgresql | sort -n | tail -1) main"
+            results["restart"] = []
+            for command in args.restart or [f"{cluster} restart", f"{cluster} stop && sleep 10 && {cluster} start"]:
+                url = fresh_postgres_database(args.postgres, "faults_restart")
+                results["restart"].append(postgres_restart(model, url, max(samples, 1600), command, work))
         if "readonly" in only:
             results["readonly"] = read_only_checkpoints(model, work)
     print(json.dumps(results, indent=2))
@@ -345,11 +401,11 @@ def fresh_postgres_database(admin_url: str, name: str) -> str:
 
 def table(results: dict[str, Any]) -> str:
     """The README's fault table: one row per experiment."""
-    lines = ["| fault | database | outcome | cells finished once (of 6) | with all epochs | RUNNING left | "
+    lines = ["| fault | database | outcome | cells finished once | with all epochs | RUNNING left | "
              "integrity | orphan rows | retries used |", "|---|---|---|---:|---:|---:|---|---:|---:|"]
 
     def row(fault: str, where: str, outcome: str, audit: dict[str, Any]) -> None:
-        lines.append(f"| {fault} | {where} | {outcome} | {audit['cells_finished_once']} | "
+        lines.append(f"| {fault} | {where} | {outcome} | {audit['cells_finished_once']} of {audit['cells']} | "
                      f"{audit['finished_with_all_epochs']} | {audit['running_left']} | {audit['integrity']} | "
                      f"{audit['orphan_rows']} | {audit['retries_used']} |")
 
@@ -360,10 +416,12 @@ def table(results: dict[str, Any]) -> str:
         row(f"disk full during a {r['case']} ({r['how']})", "sqlite",
             f"exit {r['first_exit_code']}, {r['after_the_fault']['failed']} FAILED, "
             f"{r['after_the_fault']['running_left']} RUNNING; resumed: exit {r['resume_exit_code']}", r["after_resume"])
-    if "restart" in results:
-        r = results["restart"]
-        row(f"server restart ({r['restart_seconds']} s)", "postgresql",
-            f"worker exit {r['worker_exit_code']}; resumed: exit {r['resume_exit_code']}", r["after_resume"])
+    for r in results.get("restart", []):
+        reconnected = [line for line in r["worker_said"] if "reconnected" in line]
+        row(f"server {'restart' if r['restart_command'].endswith('restart') else 'down'} ({r['restart_seconds']} s)",
+            "postgresql", f"worker exit {r['worker_exit_code']}"
+            + (f" ({reconnected[0].split(': ', 1)[1]})" if reconnected else " (no write fell in the outage)")
+            + f"; resumed: exit {r['resume_exit_code']}", r["after_resume"])
     if "readonly" in results:
         r = results["readonly"]
         lines.append(f"\nread-only checkpoint directory ({r['how']}): exit {r['exit_code']}, "

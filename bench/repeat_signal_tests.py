@@ -32,6 +32,7 @@ SIGNAL_TESTS = [
     "tests/test_train.py::test_sigterm_marks_the_run_killed",
     "tests/test_study_page.py::test_watch_rewrites_the_page_until_ctrl_c",
     "tests/test_faults.py::test_random_sigkills_of_two_workers_leave_every_cell_finished_once",
+    "tests/test_faults.py::test_ctrl_c_reaches_every_local_worker_and_each_records_its_run_killed",
 ]
 
 

@@ -418,7 +418,8 @@ def test_check_compatible_accepts_own_database(db_url):
         Store.check_compatible(db_url)  # while another connection holds it in WAL mode
     files = sorted(p.name for p in sqlite_path(db_url).parent.iterdir())
     Store.check_compatible(db_url)  # after close: leaves no -wal/-shm behind
-    assert sorted(p.name for p in sqlite_path(db_url).parent.iterdir()) == files == ["runs.db"]
+    # Only the space the store keeps in reserve for recording a run's end on a full disk stays beside it.
+    assert sorted(p.name for p in sqlite_path(db_url).parent.iterdir()) == files == ["runs.db", "runs.db-reserve"]
 
 
 def test_check_compatible_on_missing_file_creates_nothing(tmp_path):
@@ -823,3 +824,10 @@ def test_noise_columns_keep_nan_and_evals_round_trip(store):
         store.add_evals(run_id, [dict(step=15, val_accuracy=0.7)])
     with pytest.raises(sqlalchemy.exc.IntegrityError):
         store.add_evals(run_id, rows[:1])  # one evaluation per step
+
+
+def test_a_database_is_printed_without_its_password():
+    from accumbench.store import display_url
+
+    assert display_url("postgresql+psycopg://user:s3cret@db-host:5432/runs") == "postgresql+psycopg://user:***@db-host:5432/runs"
+    assert display_url("sqlite:////tmp/x/runs.db") == "/tmp/x/runs.db"
