@@ -90,3 +90,22 @@ def test_tuned_study_bench_prints_the_best_lrs_alpha_and_every_protocol(tiny_ber
         tried = {b["effective_batch_size"]: len(b["lrs_tried"]) for b in results["extended"]["best_lr_per_ebs"]}
         assert all(tried[ebs] == 4 for ebs in edges)
     assert "| protocol | pick | val acc | test acc [95% CI] |" in capsys.readouterr().out
+
+
+def test_faults_bench_runs_and_prints_its_table(tmp_path, monkeypatch, capsys):
+    """The read-only case, the cheapest (the others run in tests/test_faults.py through the same functions)."""
+    out = tmp_path / "faults.json"
+    _run_script("faults.py", ["--tiny", "--only", "readonly", "--out", str(out)], monkeypatch)
+    readonly = json.loads(out.read_text())["readonly"]
+    assert readonly["exit_code"] == 2 and len(readonly["stderr_lines"]) == 1 and not readonly["database_created"]
+    assert "is not writable" in readonly["stderr_lines"][0]
+    assert "read-only checkpoint directory" in capsys.readouterr().out
+
+
+def test_repeat_signal_tests_counts_every_round(tmp_path, monkeypatch, capsys):
+    """One round of the fastest signal test: the script runs it and tallies it."""
+    out = tmp_path / "repeat.json"
+    _run_script("repeat_signal_tests.py", ["--count", "1", "-k", "watch_rewrites", "--out", str(out)], monkeypatch)
+    tally = json.loads(out.read_text())["tests"]
+    assert tally == {"test_study_page::test_watch_rewrites_the_page_until_ctrl_c": {"passed": 1, "failed": 0, "skipped": 0}}
+    assert "| test_study_page::test_watch_rewrites_the_page_until_ctrl_c | 1/1 | 0 | 0 |" in capsys.readouterr().out
