@@ -606,7 +606,7 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        if is_sqlite:
+        if sqlite_path(url) is not None:  # a file, not an in-memory database
             reserve_space(sqlite_path(url))
         return cls(url, engine)
 
