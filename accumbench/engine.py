@@ -566,12 +566,12 @@ def _save_checkpoint(model: TextClassifier, prepared: Prepared, directory: Path,
             os.replace(partial, directory / name)
         except BaseException as exc:
             partial.unlink(missing_ok=True)
-            if isinstance(exc, Exception) and not isinstance(exc, OSError):
-                # safetensors reports an I/O failure as its own error, "... (os error 28)": as an OSError
-                # with that errno and the file, the run's error can say "disk full while writing ...".
-                found = re.search(r"os error (\d+)", str(exc))
-                raise OSError(int(found.group(1)) if found else errno.EIO, first_line(exc),
-                              str(directory / name)) from exc
+            # safetensors reports an I/O failure as its own error, "... (os error 28)": as an OSError with
+            # that errno and the file, the run's error can say "disk full while writing ...". Any other
+            # error is raised as it is.
+            found = re.search(r"os error (\d+)", str(exc)) if not isinstance(exc, OSError) else None
+            if isinstance(exc, Exception) and found:
+                raise OSError(int(found.group(1)), first_line(exc), str(directory / name)) from exc
             raise
     return directory
 
