@@ -215,6 +215,8 @@ def sweep(
     """
     with _stops_as_exit_codes("the current run is recorded as KILLED; run the same command to resume"):
         try:
+            if workers < 1:
+                raise UserError(f"--workers must be at least 1, got {workers}")
             from accumbench.sweep import build_spec
 
             spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
@@ -228,8 +230,6 @@ def sweep(
                 return
             from accumbench.sweep import preflight_only, run_sweep, run_workers
 
-            if workers < 1:
-                raise UserError(f"--workers must be at least 1, got {workers}")
             if workers > 1:
                 preflight_only(spec, db)  # bad input is said once, here, not once per worker
                 raise typer.Exit(run_workers(spec, db, workers, typer.echo))

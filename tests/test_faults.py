@@ -173,7 +173,7 @@ def test_two_local_workers_share_the_sweep_and_the_cores(tiny_bert, tmp_path):
 
 
 def test_bad_workers_is_one_line_and_exit_2(tmp_path):
-    result = CliRunner().invoke(app, ["sweep", "--workers", "0", "--db", str(tmp_path / "r.db")])
+    result = CliRunner().invoke(app, ["sweep", "--workers", "0", "--dry-run", "--db", str(tmp_path / "r.db")])
     assert result.exit_code == 2 and "--workers must be at least 1, got 0" in result.stderr
 
 
