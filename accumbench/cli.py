@@ -105,17 +105,21 @@ def run_options(skip: tuple[str, ...] = (), own_first: bool = False) -> Callable
     return decorate
 
 
-def fail(message: str) -> None:
-    """One line naming the problem and the fix, on stderr, then exit code 2."""
+def fail(message: str, code: int = 2) -> None:
+    """One line naming the problem and the fix, on stderr, then exit code 2 (bad input) or `code`."""
     typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 @contextmanager
 def _stops_as_exit_codes(what: str) -> Iterator[None]:
-    """Ctrl-C and SIGTERM, after the engine has recorded the run as KILLED: say so, exit 130 / 143."""
+    """Ctrl-C and SIGTERM, after the engine has recorded the run as KILLED: say so, exit 130 / 143. A run
+    database that cannot be written (a full disk, a server gone for good): one error line, exit 1, not
+    bad input; the same command resumes."""
     try:
         yield
+    except StoreUnavailable as exc:
+        fail(str(exc), code=1)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: {what}", err=True)
         raise typer.Exit(130)
@@ -155,18 +159,13 @@ def train(config: Optional[Path] = _CONFIG_OPTION, db: Optional[str] = _DB_OPTIO
             result = run_training(run_config, db=db, reporter=reporter)
         except UserError as exc:
             fail(str(exc))
-        except StoreUnavailable as exc:
-            typer.echo(f"error: {exc}", err=True)  # not bad input: exit 1
-            raise typer.Exit(1)
         except RunDiverged as exc:
             # Not bad input (exit 2): the run happened and is recorded, as FAILED.
-            typer.echo(f"error: {exc}; recorded as FAILED. Lower --lr or use --lr-scaling sqrt", err=True)
-            raise typer.Exit(1)
+            fail(f"{exc}; recorded as FAILED. Lower --lr or use --lr-scaling sqrt", code=1)
         except OSError as exc:  # the machine, not the input: a full disk, a file that went away
             from accumbench.engine import describe_failure
 
-            typer.echo(f"error: the run failed: {describe_failure(exc)}; it is recorded as FAILED", err=True)
-            raise typer.Exit(1)
+            fail(f"the run failed: {describe_failure(exc)}; it is recorded as FAILED", code=1)
     if result.run_id is not None:  # None on the other processes of a multi-process run
         reporter.summary(result, db_label=_db_label(db))
 
@@ -228,17 +227,15 @@ def sweep(
             if dry_run:
                 reporter.dry_run(spec)
                 return
-            from accumbench.sweep import preflight_only, run_sweep, run_workers
+            from accumbench.store import resolve_db_url
+            from accumbench.sweep import preflight, run_sweep, run_workers
 
             if workers > 1:
-                preflight_only(spec, db)  # bad input is said once, here, not once per worker
+                preflight(spec, resolve_db_url(db), {})  # bad input is said once, here, not once per worker
                 raise typer.Exit(run_workers(spec, db, workers, typer.echo))
             result = run_sweep(spec, db=db, reporter=reporter)
         except UserError as exc:
             fail(str(exc))
-        except StoreUnavailable as exc:
-            typer.echo(f"error: {exc}", err=True)  # not bad input: exit 1; the same command resumes
-            raise typer.Exit(1)
     reporter.summary(spec, result, db_label=_db_label(db))
     if not result.ok:
         raise typer.Exit(1)

@@ -10,6 +10,7 @@ session. Column names are a public contract (people query the file with the
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import pathlib
@@ -29,7 +30,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from accumbench.config import PRECISIONS  # runs.precision (accelerate's mixed_precision names)
-from accumbench.errors import StoreUnavailable, UserError
+from accumbench.errors import StoreUnavailable, UserError, first_line
 
 SCHEMA_VERSION = 6
 
@@ -488,58 +489,54 @@ def _disk_full(exc: BaseException) -> bool:
                                               "could not extend file", "disk i/o error"))
 
 
-def _resilient(method: Callable[..., Any]) -> Callable[..., Any]:
+def _resilient(idempotent: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """A store call that survives its server going away: on a lost connection it is retried (SQLAlchemy
     has dropped the dead connection; the next attempt connects anew) with a growing pause, for up to
     RECONNECT_SECONDS. A disk that is full, or a server still gone after that, raises StoreUnavailable.
 
     Each call is one transaction, so a retry redoes it whole. An insert whose commit reached the server
-    just before the connection broke then finds its own row: for the inserts that carry a unique key
-    (epochs, steps, evaluations, predictions) that IntegrityError on a retry means it is done."""
-    import functools
+    just before the connection broke then finds its own row: for an `idempotent` insert, one whose rows
+    carry a unique key (epochs, steps, evaluations, predictions), that IntegrityError on a retry means
+    it is done."""
 
-    idempotent = method.__name__ in ("add_epoch", "add_steps", "add_evals", "save_predictions")
-
-    @functools.wraps(method)
-    def call(self: "Store", *args: Any, **kwargs: Any) -> Any:
-        started = time.monotonic()
-        deadline = started + RECONNECT_SECONDS
-        pause, retried = 0.25, False
-        while True:
-            try:
-                result = method(self, *args, **kwargs)
+    def decorate(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def call(self: "Store", *args: Any, **kwargs: Any) -> Any:
+            started = time.monotonic()
+            pause, retried = 0.25, False
+            while True:
+                try:
+                    result = method(self, *args, **kwargs)
+                except IntegrityError:
+                    if retried and idempotent:
+                        return None
+                    raise
+                except DBAPIError as exc:
+                    why = first_line(getattr(exc, "orig", None) or exc)  # the driver's words, without [SQL: ...]
+                    if _disk_full(exc):
+                        raise StoreUnavailable(
+                            f"the run database {display_url(self.url)} cannot be written ({why}): is its disk "
+                            "full? Free space, then run the same command again") from exc
+                    if not _lost_connection(exc):
+                        raise
+                    if time.monotonic() + pause > started + RECONNECT_SECONDS:
+                        raise StoreUnavailable(
+                            f"lost the run database {display_url(self.url)} for {RECONNECT_SECONDS:.0f} s ({why}); "
+                            "when it is back, run the same command again") from exc
+                    if not retried:
+                        print(f"accumbench: lost the run database ({why}); reconnecting for up to "
+                              f"{RECONNECT_SECONDS:.0f} s", file=sys.stderr)
+                    time.sleep(pause)
+                    pause, retried = min(pause * 2, 5.0), True
+                    continue
                 if retried:
                     print(f"accumbench: reconnected to the run database after {time.monotonic() - started:.1f} s",
                           file=sys.stderr)
                 return result
-            except IntegrityError:
-                if retried and idempotent:
-                    return None
-                raise
-            except DBAPIError as exc:
-                if _disk_full(exc):
-                    raise StoreUnavailable(
-                        f"the run database {display_url(self.url)} cannot be written ({_first_line(exc)}): is its disk full? "
-                        "Free space, then run the same command again") from exc
-                if not _lost_connection(exc) or time.monotonic() + pause > deadline:
-                    if _lost_connection(exc):
-                        raise StoreUnavailable(
-                            f"lost the run database {display_url(self.url)} for {RECONNECT_SECONDS:.0f} s ({_first_line(exc)}); "
-                            "when it is back, run the same command again") from exc
-                    raise
-                if not retried:
-                    print(f"accumbench: lost the run database ({_first_line(exc)}); reconnecting for up to "
-                          f"{RECONNECT_SECONDS:.0f} s", file=sys.stderr)
-                time.sleep(pause)
-                pause, retried = min(pause * 2, 5.0), True
 
-    return call
+        return call
 
-
-def _first_line(exc: BaseException) -> str:
-    """The driver's own message, without SQLAlchemy's [SQL: ...] and background links."""
-    text = str(getattr(exc, "orig", None) or exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return decorate
 
 
 RESERVE_BYTES = 1 << 20  # beside an SQLite file: enough to record, on a full disk, how the runs ended
@@ -606,8 +603,9 @@ class Store:
         except BaseException:
             engine.dispose()
             raise
-        if sqlite_path(url) is not None:  # a file, not an in-memory database
-            reserve_space(sqlite_path(url))
+        path = sqlite_path(url)
+        if path is not None:  # a file, not an in-memory database
+            reserve_space(path)
         return cls(url, engine)
 
     @classmethod
@@ -645,7 +643,7 @@ class Store:
         if found is not None and found > SCHEMA_VERSION:
             raise _newer_schema_error(path, found)
 
-    @_resilient
+    @_resilient()
     def create_run(
         self, *, config_json: str, config_hash: str, backend: str, model: str, dataset: str,
         seed: int, lr: float, effective_batch_size: int, micro_batch_size: int,
@@ -671,7 +669,7 @@ class Store:
             session.add(run)
         return run.id
 
-    @_resilient
+    @_resilient(idempotent=True)
     def add_epoch(self, run_id: int, **metrics: Any) -> None:
         """Record one finished epoch and bump the run's heartbeat, atomically.
 
@@ -682,7 +680,7 @@ class Store:
             session.add(Epoch(run_id=run_id, **metrics))  # unknown key -> TypeError
             run.heartbeat_at = _now()
 
-    @_resilient
+    @_resilient(idempotent=True)
     def add_steps(self, run_id: int, rows: list[dict[str, Any]]) -> None:
         """Record many optimizer steps and bump the run's heartbeat, in one transaction.
 
@@ -702,7 +700,7 @@ class Store:
                 session.execute(insert(Step), [{**row, "run_id": run_id} for row in rows])
             run.heartbeat_at = _now()
 
-    @_resilient
+    @_resilient(idempotent=True)
     def add_evals(self, run_id: int, rows: list[dict[str, Any]]) -> None:
         """Record validation evaluations (step, epoch, samples_seen, val_loss, val_accuracy), in one transaction."""
         allowed = set(EVAL_COLUMNS) - {"id", "run_id"}
@@ -715,7 +713,7 @@ class Store:
             self._get(session, run_id)
             session.execute(insert(StepEvaluation), [{**row, "run_id": run_id} for row in rows])
 
-    @_resilient
+    @_resilient()
     def update_run(self, run_id: int, **fields: Any) -> None:
         """Set arbitrary run columns, e.g. best_epoch=3, checkpoint_path='...'."""
         unknown = set(fields) - (set(RUN_COLUMNS) - {"id"})
@@ -726,7 +724,7 @@ class Store:
             for name, value in fields.items():
                 setattr(run, name, value)
 
-    @_resilient
+    @_resilient()
     def finish_run(self, run_id: int, status: str, error: str | None = None) -> bool:
         """Move a RUNNING run to a terminal status (FINISHED, FAILED or KILLED), with finished_at=now
         and error. Returns False, changing nothing, when the run had already ended: e.g. another
@@ -748,7 +746,7 @@ class Store:
         if path is not None:
             _reserve_path(path).unlink(missing_ok=True)
 
-    @_resilient
+    @_resilient()
     def heartbeat(self, run_id: int) -> bool:
         """Say the run is alive (heartbeat_at=now). False when it is no longer RUNNING, i.e. another
         worker has given it up for dead: the caller should stop training it."""
@@ -760,7 +758,7 @@ class Store:
 
     # --- sweeps ---------------------------------------------------------------------------------
 
-    @_resilient
+    @_resilient()
     def open_sweep(self, name: str, grid_hash: str, spec_json: str, num_cells: int) -> dict[str, Any]:
         """The sweep called `name`, created if new. Every worker of a sweep calls this with the same
         grid; a different grid under an existing name is refused (UserError), as cells would be mixed."""
@@ -790,14 +788,14 @@ class Store:
             sweep = session.scalars(select(Sweep).where(Sweep.name == name)).first()
             return None if sweep is None else _as_dict(sweep, SWEEP_COLUMNS)
 
-    @_resilient
+    @_resilient()
     def sweep_runs(self, sweep_id: int) -> list[dict[str, Any]]:
         """Every run of the sweep, oldest first."""
         query = select(Run).where(Run.sweep_id == sweep_id).order_by(Run.id)
         with self._session() as session:
             return [_as_dict(run, RUN_COLUMNS) for run in session.scalars(query)]
 
-    @_resilient
+    @_resilient()
     def claim(self, sweep_id: int, choose: Callable[[list[dict[str, Any]]], Optional[dict[str, Any]]],
               stale_after: float) -> tuple[Optional[int], list[int]]:
         """Claim the next cell of a sweep for this worker, atomically.
@@ -837,7 +835,7 @@ class Store:
             conn.commit()
         return run_id, [run_id for run_id, _ in stale]
 
-    @_resilient
+    @_resilient()
     def get_run(self, run_id: int) -> dict[str, Any]:
         """All columns of one run; KeyError if there is no such run."""
         with self._session() as session:
@@ -853,7 +851,7 @@ class Store:
         with self._session() as session:
             return [_as_dict(run, RUN_COLUMNS) for run in session.scalars(query)]
 
-    @_resilient
+    @_resilient()
     def epochs(self, run_id: int) -> list[dict[str, Any]]:
         """The run's epoch rows ordered by epoch (empty if none, or no such run)."""
         query = select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)
@@ -866,7 +864,7 @@ class Store:
         with self._session() as session:
             return [_as_dict(row, STEP_COLUMNS) for row in session.scalars(query)]
 
-    @_resilient
+    @_resilient(idempotent=True)
     def save_predictions(self, run_id: int, split: str, epoch: int, split_hash: str,
                          labels: list[int], predicted: list[int]) -> None:
         """Record (replacing any earlier ones) the run's predictions on `split` at `epoch`."""

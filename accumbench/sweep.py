@@ -28,10 +28,8 @@ from typing import Any, Optional
 from accumbench.config import (
     CONFIG_KEYS, RunConfig, check_value, coerce_field, file_error, format_lr, read_yaml_mapping,
 )
-from accumbench.errors import UserError
-from accumbench.store import (
-    DIVERGED_PREFIX, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, TERMINATED, StoreUnavailable,
-)
+from accumbench.errors import StoreUnavailable, UserError
+from accumbench.store import DIVERGED_PREFIX, FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, TERMINATED
 
 # The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary,
 # outermost first. Cells are ordered so that one model/backend's EBS comparison completes early,
@@ -359,24 +357,25 @@ def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
     return True, ""
 
 
-def preflight(spec: SweepSpec, cache: dict[Any, Any], db: Optional[str] = None) -> None:
-    """Everything that could be the user's mistake, checked for every cell before the first claim:
-    models and datasets load (datasets stay in `cache` for the cells), and the sizes fit together."""
+def preflight(spec: SweepSpec, url: str, cache: dict[Any, Any]) -> None:
+    """Everything that could be the user's mistake, checked for every cell before the first claim: the
+    database is ours, the resources are there, models and datasets load (datasets stay in `cache` for
+    the cells), the sizes fit together and the checkpoints can be written. Claims and writes nothing."""
     from accumbench.backends.base import require_supported_precision
-    from accumbench.engine import load_dataset, world_size
+    from accumbench.engine import load_dataset, require_writable_checkpoints, world_size
     from accumbench.model import check_model
+    from accumbench.store import Store
 
+    Store.check_compatible(url)
+    require_resources(spec)
     if world_size() > 1:
         raise UserError("accumbench sweep runs one process per worker; instead of torchrun, start one sweep per GPU "
                         "with CUDA_VISIBLE_DEVICES=<i> (see the README)")
     for model in dict.fromkeys(cell.model for cell in spec.cells):
         check_model(model)
-    from accumbench.engine import require_writable_checkpoints
-    from accumbench.store import resolve_db_url
-
     for cell in spec.cells:
         require_supported_precision(cell.precision)
-        require_writable_checkpoints(resolve_db_url(db), cell)
+        require_writable_checkpoints(url, cell)
         load_dataset(cell, cache)
 
 
@@ -413,16 +412,6 @@ class SweepReporter:
         return Reporter()
 
 
-def preflight_only(spec: SweepSpec, db: Optional[str]) -> None:
-    """What run_sweep checks before its first claim, without claiming: the database is ours, the
-    resources are there, every cell is valid and loadable."""
-    from accumbench.store import Store, resolve_db_url
-
-    Store.check_compatible(resolve_db_url(db))
-    require_resources(spec)
-    preflight(spec, {}, db)
-
-
 def run_sweep(spec: SweepSpec, db: Optional[str] = None, reporter: Optional[SweepReporter] = None) -> SweepResult:
     """Work on the sweep until no cell is left to claim. Safe to run in many processes at once."""
     from accumbench import engine
@@ -430,10 +419,8 @@ def run_sweep(spec: SweepSpec, db: Optional[str] = None, reporter: Optional[Swee
 
     reporter = reporter or SweepReporter()
     url = resolve_db_url(db)
-    Store.check_compatible(url)
-    require_resources(spec)
     cache: dict[Any, Any] = {}
-    preflight(spec, cache, db)
+    preflight(spec, url, cache)
 
     store = Store.open(url)
     try:

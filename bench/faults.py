@@ -26,9 +26,7 @@ import json
 import os
 import random
 import resource
-import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -186,20 +184,27 @@ def kill_cycles(model: str, db: str, cycles: int, samples: int, seed: int, work:
     return result
 
 
-def count(db: str, sql: str) -> int:
-    """One number from the store, or 0 while it (or its tables) does not exist yet."""
+def rows(db: str, sql: str) -> list[Any]:
+    """What a query reads from the store, or nothing while it (or its tables) does not exist yet. The
+    connection is closed before returning: an open file would keep a tmpfs from unmounting."""
     from sqlalchemy import create_engine, text
 
     if "://" not in db and not Path(db).exists():
-        return 0
+        return []
     engine = create_engine(db if "://" in db else f"sqlite:///{db}")
     try:
         with engine.connect() as conn:
-            return int(conn.execute(text(sql)).scalar() or 0)
+            return list(conn.execute(text(sql)).all())
     except Exception:  # noqa: BLE001 - not created yet
-        return 0
+        return []
     finally:
         engine.dispose()
+
+
+def count(db: str, sql: str) -> int:
+    """One number from the store, or 0 while it (or its tables) does not exist yet."""
+    found = rows(db, sql)
+    return int(found[0][0] or 0) if found else 0
 
 
 def live_runs(db: str, within: float = 1.5) -> int:
@@ -207,22 +212,9 @@ def live_runs(db: str, within: float = 1.5) -> int:
     being trained now, not the ones a killed worker left behind."""
     from datetime import datetime, timedelta, timezone
 
-    from sqlalchemy import create_engine, text
-
-    if "://" not in db and not Path(db).exists():
-        return 0
-    engine = create_engine(db if "://" in db else f"sqlite:///{db}")
-    try:
-        with engine.connect() as conn:
-            beats = conn.execute(text("SELECT heartbeat_at FROM runs WHERE status = 'RUNNING'")).scalars().all()
-    except Exception:  # noqa: BLE001 - not created yet
-        return 0
-    finally:
-        engine.dispose()
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    recent = now - timedelta(seconds=within)
-    return sum(1 for beat in beats if beat is not None and
-               (datetime.fromisoformat(beat) if isinstance(beat, str) else beat) > recent)
+    recent = datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(seconds=within)
+    beats = [beat for (beat,) in rows(db, "SELECT heartbeat_at FROM runs WHERE status = 'RUNNING'") if beat is not None]
+    return sum(1 for beat in beats if (datetime.fromisoformat(beat) if isinstance(beat, str) else beat) > recent)
 
 
 def wait_until(condition: Any, seconds: float = 600.0) -> None:
@@ -281,39 +273,19 @@ def disk_full(model: str, samples: int, work: Path) -> list[dict[str, Any]]:
         lines = log.read_text().splitlines()
         out.append({"case": case, "how": "tmpfs" if mounted else "ulimit -f", "first_exit_code": code,
                     "first_said": [line for line in lines if line.startswith(("error:", "accumbench:"))][:4],
-                    "run_errors": sorted({e for e in _errors(db)})[:3],
+                    "run_errors": sorted({error for (error,) in rows(db, "SELECT error FROM runs WHERE error IS NOT NULL")})[:3],
                     "after_the_fault": before, "resume_exit_code": resumed.returncode, "after_resume": after})
         if mounted:
             unmount(disk)
     return out
 
 
-def _errors(db: str) -> list[str]:
-    con = sqlite3.connect(db)
-    try:
-        return [row[0] for row in con.execute("SELECT error FROM runs WHERE error IS NOT NULL")]
-    finally:
-        con.close()  # an open file would keep the tmpfs busy
-
-
 def postgres_restart(model: str, url: str, samples: int, restart: str, work: Path) -> dict[str, Any]:
     """A worker trains against the server; once a run has recorded an epoch the server is restarted."""
-    from sqlalchemy import create_engine, text
-
     args = sweep_args(model, url, samples, "--no-checkpoint", "--stale-after", "30")
     log = work / "restart.log"
     worker = start(args, log=log, threads=2)
-    engine = create_engine(url)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            with engine.connect() as conn:
-                if conn.execute(text("SELECT COUNT(*) FROM epochs")).scalar():
-                    break
-        except Exception:  # noqa: BLE001 - the tables may not be there yet
-            pass
-        time.sleep(0.2)
-    engine.dispose()
+    wait_until(lambda: count(url, "SELECT COUNT(*) FROM epochs") > 0 or worker.poll() is not None)
     began = time.monotonic()
     restarted = subprocess.run(restart, shell=True, capture_output=True, text=True)
     restart_seconds = time.monotonic() - began
