@@ -31,8 +31,8 @@ Unlike HF's group_by_length, which regroups the whole epoch, the groups stay the
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -123,7 +123,7 @@ def plan_epoch(
     epoch: int,
     drop_last: bool = False,
     world_size: int = 1,
-    lengths: Optional[Sequence[int]] = None,
+    lengths: Sequence[int] | None = None,
 ) -> list[OptimizerGroup]:
     """Every optimizer group of one (1-based) epoch, in training order. With `lengths` (token
     counts per sample), each group's samples are sorted longest first before they are cut."""

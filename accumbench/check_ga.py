@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +29,7 @@ class GradientCheck:
     max_abs_deviation: float
     relative_deviation: float  # max |g - ref| / max |ref|
     norm_ratio: float  # |g| / |ref|
-    tolerance: Optional[float]  # None: shown for contrast, not judged
+    tolerance: float | None  # None: shown for contrast, not judged
 
     @property
     def passed(self) -> bool:
@@ -43,7 +42,7 @@ def _gradient(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat(grads)
 
 
-def _compare(name: str, grad: torch.Tensor, reference: torch.Tensor, tolerance: Optional[float]) -> GradientCheck:
+def _compare(name: str, grad: torch.Tensor, reference: torch.Tensor, tolerance: float | None) -> GradientCheck:
     deviation = (grad - reference).abs().max().item()
     return GradientCheck(name, deviation, deviation / reference.abs().max().item(),
                          (grad.norm() / reference.norm()).item(), tolerance)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -94,7 +95,7 @@ def run_options(skip: tuple[str, ...] = (), own_first: bool = False) -> Callable
                 continue
             base = _TYPES[base_type(f.type)]
             declarations = (_BOOLEAN_FLAGS[name],) if name in _BOOLEAN_FLAGS else ()
-            added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[base],
+            added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[base],  # noqa: UP045 - built at run time for typer
                                            default=typer.Option(None, *declarations, help=_help(name))))
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
                for p in inspect.signature(command, eval_str=True).parameters.values()
@@ -122,13 +123,13 @@ def _stops_as_exit_codes(what: str) -> Iterator[None]:
         fail(str(exc), code=1)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: {what}", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except Terminated:
         typer.echo(f"terminated: {what}", err=True)
-        raise typer.Exit(143)
+        raise typer.Exit(143) from None
 
 
-def _db_label(db: Optional[str]) -> str:
+def _db_label(db: str | None) -> str:
     """Where the runs went, as the user would name it: the SQLite file, or the URL without its password."""
     from accumbench.store import display_url, resolve_db_url
 
@@ -141,7 +142,7 @@ _DB_OPTION = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (def
 
 @app.command()
 @run_options()
-def train(config: Optional[Path] = _CONFIG_OPTION, db: Optional[str] = _DB_OPTION, **options: Any) -> None:
+def train(config: Path | None = _CONFIG_OPTION, db: str | None = _DB_OPTION, **options: Any) -> None:
     """Train one model at one effective batch size and record every epoch in the run store.
 
     Example:
@@ -151,9 +152,9 @@ def train(config: Optional[Path] = _CONFIG_OPTION, db: Optional[str] = _DB_OPTIO
     with _stops_as_exit_codes("the run is recorded as KILLED"):
         try:
             run_config = build_config(config, **options)
-            from accumbench.engine import RunDiverged
             from accumbench.engine import train as run_training
-            from accumbench.progress import RichReporter
+            from accumbench.lifecycle import RunDiverged
+            from accumbench.present.progress import RichReporter
 
             reporter = RichReporter()
             result = run_training(run_config, db=db, reporter=reporter)
@@ -163,7 +164,7 @@ def train(config: Optional[Path] = _CONFIG_OPTION, db: Optional[str] = _DB_OPTIO
             # Not bad input (exit 2): the run happened and is recorded, as FAILED.
             fail(f"{exc}; recorded as FAILED. Lower --lr or use --lr-scaling sqrt", code=1)
         except OSError as exc:  # the machine, not the input: a full disk, a file that went away
-            from accumbench.engine import describe_failure
+            from accumbench.lifecycle import describe_failure
 
             fail(f"the run failed: {describe_failure(exc)}; it is recorded as FAILED", code=1)
     if result.run_id is not None:  # None on the other processes of a multi-process run
@@ -173,29 +174,29 @@ def train(config: Optional[Path] = _CONFIG_OPTION, db: Optional[str] = _DB_OPTIO
 @app.command()
 @run_options(skip=("model", "effective_batch_size", "backend", "seed", "lr_scaling"), own_first=True)
 def sweep(
-    models: Optional[str] = typer.Option(None, "--models", "--model", help="Comma-separated models (default: minilm)."),
-    effective_batch_sizes: Optional[str] = typer.Option(
+    models: str | None = typer.Option(None, "--models", "--model", help="Comma-separated models (default: minilm)."),
+    effective_batch_sizes: str | None = typer.Option(
         None, "--effective-batch-sizes", "--effective-batch-size", help="Comma-separated EBS values (default: 64)."),
-    backends: Optional[str] = typer.Option(None, "--backends", "--backend", help="Comma-separated: torch, accelerate (default: torch)."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", "--seed", help="Comma-separated seeds (default: 42)."),
-    lrs: Optional[str] = typer.Option(
+    backends: str | None = typer.Option(None, "--backends", "--backend", help="Comma-separated: torch, accelerate (default: torch)."),
+    seeds: str | None = typer.Option(None, "--seeds", "--seed", help="Comma-separated seeds (default: 42)."),
+    lrs: str | None = typer.Option(
         None, "--lrs", help="Comma-separated learning rates, an axis like the others (base rates with --lr-scaling); "
                             "pick-best then compares every EBS at its own best lr. Not with --lr."),
-    lr_scaling: Optional[str] = typer.Option(None, "--lr-scaling", help="Comma-separated rules: none, linear, sqrt (default: none)."),
-    preset: Optional[str] = typer.Option(
+    lr_scaling: str | None = typer.Option(None, "--lr-scaling", help="Comma-separated rules: none, linear, sqrt (default: none)."),
+    preset: str | None = typer.Option(
         None, help="demo (offline, ~3 min on CPU), seed-study (the original study) or tuned-study (the original study "
                    "at lrs 1e-5..3e-4, each EBS tuned); the last two need a GPU and the hub."),
-    name: Optional[str] = typer.Option(None, help="Label of the sweep (default: the preset or 'sweep', plus a hash of the grid)."),
-    max_retries: Optional[int] = typer.Option(None, help="Retries of a failed or crashed cell (default: 1)."),
-    stale_after: Optional[float] = typer.Option(
+    name: str | None = typer.Option(None, help="Label of the sweep (default: the preset or 'sweep', plus a hash of the grid)."),
+    max_retries: int | None = typer.Option(None, help="Retries of a failed or crashed cell (default: 1)."),
+    stale_after: float | None = typer.Option(
         None, help="Seconds without a heartbeat after which another worker's RUNNING run counts as dead (default: 600)."),
-    fail_fast: Optional[bool] = typer.Option(None, "--fail-fast/--keep-going", help="Stop at the first failed run (default: keep going)."),
+    fail_fast: bool | None = typer.Option(None, "--fail-fast/--keep-going", help="Stop at the first failed run (default: keep going)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and exit; touches no database."),
     workers: int = typer.Option(
         1, "--workers", help="Start this many workers on this machine against one --db: one per visible GPU "
                              "(CUDA_VISIBLE_DEVICES), or the CPU cores split between them (OMP_NUM_THREADS)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML sweep file: grid axes as lists, then any option; flags override it."),
-    db: Optional[str] = _DB_OPTION,
+    config: Path | None = typer.Option(None, "--config", help="YAML sweep file: grid axes as lists, then any option; flags override it."),
+    db: str | None = _DB_OPTION,
     **options: Any,
 ) -> None:
     """Train every cell of a grid (models x EBS x backends x seeds x lrs x lr rules) once, resumably.
@@ -214,25 +215,22 @@ def sweep(
     """
     with _stops_as_exit_codes("the current run is recorded as KILLED; run the same command to resume"):
         try:
-            if workers < 1:
-                raise UserError(f"--workers must be at least 1, got {workers}")
-            from accumbench.sweep import build_spec
+            from accumbench.present.progress import RichSweepReporter
+            from accumbench.sweep.local import check_worker_count, run_workers
+            from accumbench.sweep.spec import build_spec
 
+            check_worker_count(workers)
             spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
                               seeds=seeds, lrs=lrs, lr_scaling=lr_scaling, preset=preset, name=name, max_retries=max_retries,
                               stale_after=stale_after, fail_fast=fail_fast, **options)
-            from accumbench.progress import RichSweepReporter
-
             reporter = RichSweepReporter()
             if dry_run:
                 reporter.dry_run(spec)
                 return
-            from accumbench.store import resolve_db_url
-            from accumbench.sweep import preflight, run_sweep, run_workers
-
             if workers > 1:
-                preflight(spec, resolve_db_url(db), {})  # bad input is said once, here, not once per worker
                 raise typer.Exit(run_workers(spec, db, workers, typer.echo))
+            from accumbench.sweep.worker import run_sweep
+
             result = run_sweep(spec, db=db, reporter=reporter)
         except UserError as exc:
             fail(str(exc))
@@ -248,7 +246,7 @@ _FILTERS = dict(
 )
 
 
-def _open_for_reading(db: Optional[str]) -> Any:
+def _open_for_reading(db: str | None) -> Any:
     from accumbench.store import Store, resolve_db_url
 
     return Store.open_readonly(resolve_db_url(db))
@@ -256,21 +254,21 @@ def _open_for_reading(db: Optional[str]) -> Any:
 
 @app.command()
 def report(
-    sweep: Optional[str] = _FILTERS["sweep"],
-    model: Optional[str] = _FILTERS["model"],
-    backend: Optional[str] = _FILTERS["backend"],
+    sweep: str | None = _FILTERS["sweep"],
+    model: str | None = _FILTERS["model"],
+    backend: str | None = _FILTERS["backend"],
     status: str = typer.Option("FINISHED", help="Runs with this status (RUNNING, FINISHED, FAILED, KILLED) or 'any'."),
     fmt: str = typer.Option("table", "--format", help="table, markdown, csv, json or html (the study page)."),
-    columns: Optional[str] = typer.Option(
+    columns: str | None = typer.Option(
         None, "--columns", help="Comma-separated columns of the table (table, markdown, html), e.g. model,ebs,val_acc; "
                                 "see the README for every name."),
     wide: bool = typer.Option(False, "--wide", help="Every column (a table wider than the terminal is split in blocks)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the report to this file instead of the terminal."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Also write PNG figures per model into this directory."),
-    watch: Optional[float] = typer.Option(
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the report to this file instead of the terminal."),
+    plot: Path | None = typer.Option(None, "--plot", help="Also write PNG figures per model into this directory."),
+    watch: float | None = typer.Option(
         None, "--watch", help="With --format html -o FILE: rewrite the page every SECONDS while sweeps run (the page "
                               "reloads itself); Ctrl-C stops.", metavar="SECONDS"),
-    db: Optional[str] = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
+    db: str | None = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
     """The study's table: per model x EBS x backend (x lr, lr rule, budget where they vary), train, validation
     and test accuracy (mean ± std over seeds, at each run's best-validation epoch), training time and
@@ -286,131 +284,40 @@ def report(
 
         accumbench report --format html -o study.html --watch 30
     """
-    try:
-        from accumbench import report as reporting
-        from accumbench.store import STATUSES
+    from accumbench.present.report import ReportRequest, produce, watch_page
 
-        if fmt not in reporting.FORMATS:
-            raise UserError(f"unknown --format '{fmt}'; choose one of: {', '.join(reporting.FORMATS)}")
-        if status != "any" and status not in STATUSES:
-            raise UserError(f"unknown --status '{status}'; choose one of: {', '.join(STATUSES)}, any")
-        if columns is not None and wide:
-            raise UserError("--columns picks columns and --wide shows them all; give one of them")
-        if columns is not None:
-            reporting.choose_columns(None, columns)  # unknown names fail here, before any reading
-        _check_writable(output)
+    try:
+        request = ReportRequest(db=db, sweep=sweep, model=model, backend=backend, status=status, fmt=fmt,
+                                columns=columns, wide=wide, output=output, plot=plot, watch=watch)
         if watch is not None:
-            if not (watch > 0) or watch != watch:
-                raise UserError(f"--watch takes a positive number of seconds, got {watch:g}; e.g. --watch 30")
-            if fmt != "html" or output is None:
-                raise UserError("--watch rewrites a study page: add --format html -o study.html")
-        request = dict(db=db, sweep=sweep, model=model, backend=backend, status=None if status == "any" else status,
-                       fmt=fmt, columns=columns, wide=wide, plot=plot)
-        if watch is not None:
-            _watch_page(output, watch, request)
+            watch_page(request, typer.echo)
             return
-        text, figures = _report(**request, to_terminal=output is None)
-        if output is not None:
-            _write_atomically(output, text)
+        text, figures = produce(request, to_terminal=output is None)
     except UserError as exc:
         fail(str(exc))
-    if output is not None:
-        typer.echo(f"wrote {output} ({fmt})")
-    else:
-        typer.echo(text, nl=False)
+    typer.echo(text if output is None else f"wrote {output} ({fmt})", nl=output is not None)
     for figure in figures:
         typer.echo(f"wrote {figure}")
 
 
-def _check_writable(output: Optional[Path]) -> None:
-    """-o must name a file in a directory that exists; said before any work. (Whether it can really be
-    written is found out by writing it: see _write_atomically.)"""
-    if output is None:
-        return
-    if not output.parent.is_dir():
-        raise UserError(f"directory {output.parent} does not exist; create it or choose another --output")
-    if output.is_dir():
-        raise UserError(f"--output {output} is a directory; give a file name, e.g. {output / 'study.html'}")
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write through a temporary file in the same directory, then rename: a reader (a browser reloading
-    a watched page) sees the old file or the new one, never half of one; a failure leaves nothing."""
-    import os
-    import tempfile
-
-    try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException as exc:  # Ctrl-C in the middle of a watched write leaves no temporary file either
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
-        raise
-
-
-def _report(*, db: Optional[str], plot: Optional[Path], to_terminal: bool, refresh: Optional[float] = None,
-            **request: Any) -> tuple[str, list[Path]]:
-    """The report as text in its format, and the figure files --plot wrote."""
-    import shutil
-
-    from accumbench import report as reporting
-
-    # A terminal splits a wider table into blocks of its width; a pipe or file gets whole lines.
-    width = shutil.get_terminal_size().columns if to_terminal and sys.stdout.isatty() else None
-    with _open_for_reading(db) as store:
-        text, pngs = reporting.build(store, db_label=_db_label(db), figures=plot is not None, width=width,
-                                     refresh=None if refresh is None else max(1, round(refresh)), **request)
-    if plot is None:
-        return text, []
-    try:
-        plot.mkdir(parents=True, exist_ok=True)
-        for name, png in pngs.items():
-            (plot / name).write_bytes(png)
-    except OSError as exc:
-        raise UserError(f"cannot write figures into {plot} ({exc.strerror or exc}); choose another --plot") from None
-    return text, [plot / name for name in pngs]
-
-
-def _watch_page(output: Path, seconds: float, request: dict[str, Any]) -> None:
-    """Rewrite the study page every `seconds` until Ctrl-C; the page reloads itself as often."""
-    import time
-
-    typer.echo(f"watching: writing {output} every {seconds:g} s; open it in a browser, Ctrl-C to stop")
-    try:
-        while True:
-            text, _ = _report(**request, to_terminal=False, refresh=seconds)
-            _write_atomically(output, text)
-            time.sleep(seconds)
-    except KeyboardInterrupt:
-        typer.echo(f"stopped watching; {output} holds the last page")
-
-
 @app.command("pick-best")
 def pick_best(
-    sweep: Optional[str] = _FILTERS["sweep"],
-    model: Optional[str] = _FILTERS["model"],
-    backend: Optional[str] = _FILTERS["backend"],
+    sweep: str | None = _FILTERS["sweep"],
+    model: str | None = _FILTERS["model"],
+    backend: str | None = _FILTERS["backend"],
     metric: str = typer.Option("val_accuracy", help="Selection metric, on validation only: val_accuracy or val_loss."),
     by: str = typer.Option("model", help="model (one pick per model) or none (one pick over all runs)."),
     alpha: float = typer.Option(0.05, help="Significance level: candidates with p >= alpha count as not worse."),
-    target: Optional[float] = typer.Option(
+    target: float | None = typer.Option(
         None, help="Validation accuracy that steps-to-target counts to, for the critical batch size (default: 99% of the best seen)."),
-    protocol: Optional[str] = typer.Option(
+    protocol: str | None = typer.Option(
         None, help="tuned (each EBS at its best lr on validation, then EBS against EBS) or pooled (every cell "
                    "competes as it is). Default: tuned where some EBS has 2+ lrs, else pooled."),
     compare_protocols: bool = typer.Option(
         False, "--compare-protocols", help="Print the pick under every protocol the runs support: each single lr, "
                                            "each lr scaling rule, pooled and tuned."),
     as_json: bool = typer.Option(False, "--json", help="Print the picks, candidates and p-values as JSON."),
-    db: Optional[str] = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
+    db: str | None = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
     """Pick the effective batch size per model on validation only, test it, and say how sure it is:
     with an lr grid each EBS first gets its own best lr (the tuned protocol); then candidates not
@@ -426,45 +333,27 @@ def pick_best(
 
         accumbench pick-best --compare-protocols --json
     """
-    try:
-        from accumbench import pick, report as reporting
-
-        if metric not in pick.METRICS:
-            raise UserError(f"unknown --metric '{metric}'; choose one of: {', '.join(pick.METRICS)} (selection is on validation)")
-        if by not in ("model", "none"):
-            raise UserError(f"unknown --by '{by}'; choose one of: model, none")
-        if not 0 < alpha < 1:
-            raise UserError(f"--alpha must be between 0 and 1, got {alpha}; e.g. --alpha 0.05")
-        if target is not None and not 0 < target <= 1:
-            raise UserError(f"--target is a validation accuracy in (0, 1], got {target}; e.g. --target 0.85")
-        if protocol is not None and protocol not in pick.PROTOCOLS:
-            raise UserError(f"unknown --protocol '{protocol}'; choose one of: {', '.join(pick.PROTOCOLS)}")
-        if protocol is not None and compare_protocols:
-            raise UserError("--compare-protocols shows every protocol; drop --protocol")
-        with _open_for_reading(db) as store:
-            data = reporting.load_runs(store, sweep=sweep, model=model, backend=backend)
-            run_ids = data.runs["run_id"].tolist()
-            predictions = {split: store.predictions(run_ids, split) for split in ("validation", "test")}
-        if compare_protocols:
-            comparisons = pick.compare_protocols(data, predictions, metric=metric, alpha=alpha, by=by)
-        else:
-            picks = pick.pick_best(data, predictions, metric=metric, alpha=alpha, by=by, target=target,
-                                   protocol=protocol)
-    except UserError as exc:
-        fail(str(exc))
     import json
 
-    from accumbench.progress import print_comparisons, print_picks
+    from accumbench.analysis import shapes
+    from accumbench.analysis.pick import PickOptions, choose
+    from accumbench.analysis.runs import load_predictions, load_runs
+    from accumbench.present.verdicts import print_comparisons, print_picks
 
-    if compare_protocols:
-        if as_json:
-            typer.echo(json.dumps(pick.comparison_json(comparisons), indent=2))
-        else:
-            print_comparisons(comparisons)
-    elif as_json:
-        typer.echo(json.dumps(pick.as_json(picks), indent=2))
+    try:
+        options = PickOptions(metric=metric, by=by, alpha=alpha, target=target, protocol=protocol,
+                              compare_protocols=compare_protocols)
+        with _open_for_reading(db) as store:
+            data = load_runs(store, sweep=sweep, model=model, backend=backend)
+            answer = choose(data, load_predictions(store, data), options)
+    except UserError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(shapes.comparison_json(answer) if compare_protocols else shapes.as_json(answer), indent=2))
+    elif compare_protocols:
+        print_comparisons(answer)
     else:
-        print_picks(picks)
+        print_picks(answer)
 
 
 @app.command("check-ga")
@@ -494,21 +383,12 @@ def check_ga(
                                              dataset, max_length)
     except UserError as exc:
         fail(str(exc))
-    from rich.console import Console
-    from rich.table import Table
+    from accumbench.present.verdicts import print_gradient_checks
 
-    table = Table(title=f"one group of {samples} in micro-batches of {micro_batch_size}, precision {precision}",
-                  box=None, header_style="bold")
-    for column in ("gradient", "max |g-ref|", "relative", "|g|/|ref|", "tolerance", "result"):
-        table.add_column(column, justify="right", no_wrap=True)
-    for check in checks:
-        verdict = "[green]PASS[/]" if check.tolerance and check.passed else "[red]FAIL[/]" if check.tolerance else "(contrast)"
-        table.add_row(check.name, f"{check.max_abs_deviation:.2e}", f"{check.relative_deviation:.2e}",
-                      f"{check.norm_ratio:.4f}", f"{check.tolerance:.0e}" if check.tolerance else "-", verdict)
-    Console().print(table)
+    print_gradient_checks(checks, samples, micro_batch_size, precision)
     if not all(check.passed for check in checks):
         raise typer.Exit(1)
 
 
-def main(argv: Optional[list[str]] = None) -> Any:
+def main(argv: list[str] | None = None) -> Any:
     return app(args=argv if argv is not None else sys.argv[1:], prog_name="accumbench")

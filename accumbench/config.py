@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import importlib.util
 import json
 import math
 from dataclasses import dataclass, field, fields
@@ -179,6 +180,26 @@ _CHOICES = {"backend": BACKENDS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULER
 _UNIT_INTERVAL = {"warmup_ratio": "--warmup-ratio 0.1", "dropout": "--dropout 0.1", "noise_scale_decay": "0.99"}
 
 
+TRACKERS = ("wandb", "tensorboard", "mlflow")  # --log-with
+# Accelerate's TensorBoardTracker uses torch.utils.tensorboard (needs `tensorboard`) and falls back to tensorboardX.
+TRACKER_PACKAGES = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
+
+
+def require_tracker(log_with: Optional[str]) -> Optional[str]:
+    """The installed package that provides the tracker `log_with` (None for no tracker); UserError for an
+    unknown tracker, or one whose package is missing.
+
+    find_spec locates a package without importing it, so this stays cheap."""
+    if log_with is None:
+        return None
+    if log_with not in TRACKERS:
+        raise UserError(f"unknown --log-with {log_with!r}; choose one of: {', '.join(TRACKERS)}")
+    found = next((name for name in TRACKER_PACKAGES[log_with] if importlib.util.find_spec(name) is not None), None)
+    if found is None:
+        raise UserError(f"--log-with {log_with} needs the {log_with} package; pip install 'accumbench[{log_with}]'")
+    return found
+
+
 def check_value(name: str, value: Any) -> None:
     """One field's value (already of its type) on its own: UserError naming the problem and the fix.
     RunConfig checks every field so, and then how they go together; a config file is checked value by
@@ -204,8 +225,6 @@ def check_value(name: str, value: Any) -> None:
     elif name == "grad_clip" and value is not None and not value > 0:
         raise UserError(f"--grad-clip must be a positive norm, got {value}; leave it out to disable clipping")
     elif name == "log_with":
-        from accumbench.tracking import require_tracker
-
         require_tracker(value)
 
 
@@ -226,20 +245,6 @@ def file_error(path: Path, exc: UserError, overriding_flag: Optional[str]) -> Us
     fix = "" if "; " in problem else "; fix the file"  # most messages name their fix already
     anyway = f" (even though {overriding_flag} on the command line overrides it)" if overriding_flag else ""
     return UserError(f"in {path}: {problem}{fix}{anyway}")
-
-
-def format_lr(lr: float) -> str:
-    """A learning rate as people write it, in one notation everywhere: 1e-5, 3e-5, 1.5e-4, 2e-3."""
-    if not math.isfinite(lr) or lr == 0:
-        return f"{lr:g}"
-    mantissa, exponent = f"{lr:.2e}".split("e")
-    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
-
-
-def rate_key(lr: float) -> str:
-    """Learning rates as keys: two cells trained at the same rate can reach it by different products
-    (2e-4 x sqrt(1/4) and 1e-4 x 1), equal to about 1e-16 but not always bit for bit."""
-    return f"{lr:.9e}"
 
 
 def coerce_field(name: str, value: Any) -> Any:

@@ -12,9 +12,10 @@ import json
 import os
 import random
 import zipfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence
+from typing import Any
 
 from accumbench.errors import UserError, first_line
 
@@ -34,7 +35,7 @@ class TextSplit:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def head(self, n: Optional[int]) -> "TextSplit":
+    def head(self, n: int | None) -> TextSplit:
         return self if n is None else TextSplit(self.texts[:n], self.labels[:n])
 
     @functools.cached_property
@@ -66,10 +67,10 @@ class TextDataset:
 def load_text_dataset(
     dataset: str,
     seed: int,
-    text_column: Optional[str] = None,
-    label_column: Optional[str] = None,
-    max_train_samples: Optional[int] = None,
-    max_eval_samples: Optional[int] = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    max_train_samples: int | None = None,
+    max_eval_samples: int | None = None,
 ) -> TextDataset:
     """Load `dataset` (demo, imdb, a hub id, a local file or directory) as train/validation/test."""
     columns_by_split = _load_columns(dataset)
@@ -122,7 +123,7 @@ def split_8_1_1(texts: list[str], labels: list, seed: int) -> dict[str, tuple[li
     return {name: ([texts[i] for i in idx], [labels[i] for i in idx]) for name, idx in cuts.items()}
 
 
-def _pick_column(dataset: str, table: dict[str, list], wanted: Optional[str], candidates: Sequence[str], kind: str) -> str:
+def _pick_column(dataset: str, table: dict[str, list], wanted: str | None, candidates: Sequence[str], kind: str) -> str:
     if wanted is not None:
         if wanted not in table:
             raise UserError(
@@ -273,7 +274,7 @@ class TokenCache:
 
     VERSION = 1  # bump when the file layout changes
 
-    def __init__(self, root: Optional[Path] = None) -> None:
+    def __init__(self, root: Path | None = None) -> None:
         self.root = (root or cache_dir()) / "tokenized"
 
     def key(self, dataset: TextDataset, tokenizer: Any, max_length: int) -> str:

@@ -11,7 +11,7 @@ costs one failed forward/backward.
 from __future__ import annotations
 
 import gc
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

@@ -7,7 +7,7 @@ transformers' own Auto classes. The CLI imports this module only when it trains.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -94,7 +94,7 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
         self.pooling = pooling
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """attention_mask None: no padding in this batch (see data.collate)."""
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.pooling == "cls":

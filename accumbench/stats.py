@@ -5,19 +5,19 @@ these helpers say how much a difference can be trusted on either, so a winner is
 
 * `accuracy_se` / `mean_accuracy_ci`: uncertainty of one configuration's test accuracy, from the
   finite test set (binomial sampling noise) plus, with several seeds, seed-to-seed noise.
-* `discordant_pairs` + `mcnemar_exact` / `mcnemar_chi2`: two classifiers scored on the *same*
+* `discordant_pairs` + `mcnemar_exact`: two classifiers scored on the *same*
   examples are paired, so only the examples where they disagree carry information.
 * `welch_t_test`: compares seed-averaged metrics of two configurations (independent runs, possibly
   different numbers of seeds and different spreads, hence Welch rather than Student).
-* `fit_line`: least squares with the slope's 95% interval (the lr scaling exponent, tuning.py).
+* `fit_line`: least squares with the slope's 95% interval (the lr scaling exponent, analysis/tuning.py).
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 _EXACT_MAX_N = 10_000  # up to here McNemar sums big-int binomial coefficients; above, log space
@@ -90,18 +90,6 @@ def mcnemar_exact(b: int, c: int) -> float:
     log_top = math.lgamma(n + 1) - math.lgamma(m + 1) - math.lgamma(n - m + 1)
     log_p = math.log(2.0) + log_top + math.log(total) - n * math.log(2.0)
     return min(1.0, math.exp(log_p))
-
-
-def mcnemar_chi2(b: int, c: int) -> tuple[float, float]:
-    """(chi2, p): continuity-corrected McNemar statistic (|b-c|-1)^2/(b+c), 1 degree of freedom.
-
-    The correction is floored at 0 (b == c gives chi2 = 0, p = 1). Chi-square(1) survival is
-    erfc(sqrt(chi2/2)). Prefer `mcnemar_exact` when b + c is small (below ~25).
-    """
-    if b + c == 0:
-        return 0.0, 1.0
-    chi2 = max(abs(b - c) - 1, 0) ** 2 / (b + c)
-    return chi2, math.erfc(math.sqrt(chi2 / 2.0))
 
 
 def _betacf(a: float, b: float, x: float) -> float:

@@ -8,13 +8,13 @@ a pipe or a file has no width, so it gets one block and no line is ever broken.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 GAP = "  "
 
 
 def render(headings: Sequence[str], rows: Sequence[Sequence[str]], left: Sequence[bool], keys: int = 0,
-           width: Optional[int] = None) -> str:
+           width: int | None = None) -> str:
     """The table as lines of text. `headings` may span lines ('val acc\\nmean ± std'; bottom-aligned);
     `left[i]` aligns column i left, else right; the first `keys` columns are repeated in every block
     when the table is split to fit `width` (None: never split)."""
@@ -42,7 +42,7 @@ def _align(text: str, width: int, left: bool) -> str:
     return text.ljust(width) if left else text.rjust(width)
 
 
-def _blocks(widths: list[int], keys: int, width: Optional[int]) -> list[list[int]]:
+def _blocks(widths: list[int], keys: int, width: int | None) -> list[list[int]]:
     """The non-key columns packed greedily into blocks no wider than `width` with the keys in front; a
     column too wide to fit even alone gets a block of its own (it overflows; it is not cut)."""
     rest = list(range(keys, len(widths)))

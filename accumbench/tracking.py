@@ -4,37 +4,22 @@ The store stays the source of truth; a tracker only gets a copy of each run's co
 epoch rows. We instantiate Accelerate's tracker classes ourselves instead of going through an
 Accelerator, so the plain PyTorch backend and the Accelerate backend log exactly the same way.
 
-Only the standard library is imported at module level: the CLI validates --log-with (require_tracker)
+Only the standard library is imported at module level: the CLI validates --log-with (config.require_tracker)
 before any training, and `accumbench --help` must stay instant. Accelerate, torch and the tracker
 packages are imported when a RunTracker is built.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+from accumbench.config import require_tracker
 from accumbench.errors import UserError, first_line
 
-TRACKERS = ("wandb", "tensorboard", "mlflow")
-# Accelerate's TensorBoardTracker uses torch.utils.tensorboard (needs `tensorboard`) and falls back to tensorboardX.
-_PACKAGES = {"wandb": ("wandb",), "tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",)}
 PROJECT = "accumbench"  # wandb project and mlflow experiment
-
-
-def require_tracker(log_with: Optional[str]) -> None:
-    """Raise UserError unless `log_with` is None or a known tracker whose package is installed.
-
-    find_spec locates a package without importing it, so this stays cheap."""
-    if log_with is None:
-        return
-    if log_with not in TRACKERS:
-        raise UserError(f"unknown --log-with {log_with!r}; choose one of: {', '.join(TRACKERS)}")
-    if not any(importlib.util.find_spec(name) is not None for name in _PACKAGES[log_with]):
-        raise UserError(f"--log-with {log_with} needs the {log_with} package; pip install 'accumbench[{log_with}]'")
 
 
 def _is_main_process() -> bool:
@@ -61,7 +46,7 @@ def _flat_config(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _number(value: Any) -> Optional[float | int]:
+def _number(value: Any) -> float | int | None:
     """A plain int/float for the tracker, or None to skip. Accelerate's TensorBoard and MLflow trackers
     silently drop anything that is not an int or float (numpy float32, 0-d tensors), hence the conversion."""
     if value is None or isinstance(value, (str, bytes)):

@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -68,8 +68,8 @@ def sweep_args(model: str, db: str, samples: int, *extra: str, seeds: str = SEED
             "--effective-batch-sizes", EBS, "--seeds", seeds, *extra]
 
 
-def start(args: list[str], *, threads: int = 1, env: Optional[dict[str, str]] = None,
-          file_limit: Optional[int] = None, log: Optional[Path] = None) -> subprocess.Popen:
+def start(args: list[str], *, threads: int = 1, env: dict[str, str] | None = None,
+          file_limit: int | None = None, log: Path | None = None) -> subprocess.Popen:
     """One worker in its own process group (SIGKILL takes all of it); file_limit: RLIMIT_FSIZE in bytes."""
     def limit() -> None:
         if file_limit is not None:
@@ -152,7 +152,7 @@ def kill_cycles(model: str, db: str, cycles: int, samples: int, seed: int, work:
             # The first kill: as soon as a run trains (its worker is alive until the run ends). Later ones:
             # once both workers train (or as many as cells are left), after a random wait more.
             wanted = 1 if cycle == 0 else 2
-            wait_until(lambda: (running() >= min(wanted, left()) and left() > 0) or left() == 0
+            wait_until(lambda: (running() >= min(wanted, left()) and left() > 0) or left() == 0  # noqa: B023 - waited on at once
                        or all(w.poll() is not None for w in workers))
             if left() == 0 or all(w.poll() is not None for w in workers):
                 break  # the workers drained the grid between kills: nothing left to kill
@@ -254,7 +254,7 @@ def disk_full(model: str, samples: int, work: Path) -> list[dict[str, Any]]:
         first = start(args, file_limit=limit, log=log, threads=2)
         if case == "commit" and mounted:
             # The disk fills while a run trains: once one has an epoch recorded, a file takes all free space.
-            wait_until(lambda: count(db, "SELECT COUNT(*) FROM epochs") > 0 or first.poll() is not None)
+            wait_until(lambda: count(db, "SELECT COUNT(*) FROM epochs") > 0 or first.poll() is not None)  # noqa: B023
             with open(ballast, "wb") as fill:
                 try:
                     while True:

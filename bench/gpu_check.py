@@ -100,7 +100,7 @@ class Check:
         """One recorded run; its last epoch's row with run columns, or None if it failed. kind: warmup,
         throughput, memory, auto or compile (which table lines the row feeds). With torch.compile the
         first epoch pays the compilation, so compiled runs take 2 epochs and report the second."""
-        from accumbench import engine
+        from accumbench import engine, preparation
         from accumbench.config import RunConfig
         from accumbench.store import Store, resolve_db_url
 
@@ -108,7 +108,7 @@ class Check:
         config = RunConfig(model=model, dataset="gpu-check", backend=backend, effective_batch_size=ebs,
                            micro_batch_size=micro, epochs=epochs, max_length=128, precision="auto",
                            max_train_samples=samples, checkpoint=False, **extra)
-        self.cache[engine.data_key(config)] = dataclasses.replace(self.dataset, train=self.dataset.train.head(samples))
+        self.cache[preparation.data_key(config)] = dataclasses.replace(self.dataset, train=self.dataset.train.head(samples))
         started = time.perf_counter()
         try:
             result = engine.train(config, db=self.db, cache=self.cache)

@@ -82,19 +82,20 @@ def partition(model: str, dataset: str, name: str, groups: int, ebs: int, micro:
     """The same groups, cut as length strata and at random: B_simple and its components for each."""
     import torch
 
-    from accumbench import accumulation, data, engine
+    from accumbench import accumulation, data, preparation
     from accumbench.backends.base import micro_batch_loss
+    from accumbench.backends.grad_norms import MicroBatchGradNorms
     from accumbench.config import RunConfig
-    from accumbench.noise_scale import GroupNorms, MicroBatchGradNorms
+    from accumbench.noise_scale import GroupNorms
 
     config = RunConfig(model=model, dataset=dataset, max_train_samples=ebs * (groups + warmup_steps),
                        max_eval_samples=16, max_length=max_length, effective_batch_size=ebs, micro_batch_size=micro,
                        epochs=1, data_seed=42, checkpoint=False, precision="no")
-    prepared = engine.prepare(config)
+    prepared = preparation.prepare(config)
     split, pad = prepared.splits["train"], prepared.pad_token_id
     model_ = prepared.model
     # A short fine-tune first, so the weights are those of a run under way rather than a random head.
-    backend = engine.make_backend(prepared)
+    backend = preparation.make_backend(prepared)
     warm = accumulation.plan_epoch(len(split), ebs, micro, seed=0, epoch=1)[:warmup_steps]
     backend.train_epoch(warm, lambda i: data.collate(split, i, pad), 1, None, 0, 0)
     backend.close()
@@ -147,14 +148,14 @@ def hooks(model: str, dataset: str, name: str, micro: int, batches: int, repeats
     (CUDA's way): interleaved, median of `repeats` rounds over the same length-sorted micro-batches."""
     import torch
 
-    from accumbench import data, engine
+    from accumbench import data, preparation
     from accumbench.backends.base import micro_batch_loss, unshared_token_embedding
+    from accumbench.backends.grad_norms import MicroBatchGradNorms
     from accumbench.config import RunConfig
-    from accumbench.noise_scale import MicroBatchGradNorms
 
     config = RunConfig(model=model, dataset=dataset, max_train_samples=micro * batches, max_eval_samples=16,
                        data_seed=42, checkpoint=False, precision="no")
-    prepared = engine.prepare(config)
+    prepared = preparation.prepare(config)
     split, pad, model_ = prepared.splits["train"], prepared.pad_token_id, prepared.model.train()
     order = sorted(range(len(split)), key=lambda i: -split.lengths[i])
     micro_batches = [data.collate(split, order[i : i + micro], pad) for i in range(0, len(order), micro)]

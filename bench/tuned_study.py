@@ -131,7 +131,7 @@ def _sweep_seconds(db: Path) -> float:
 def table(results: dict[str, Any]) -> str:
     """The README's tables of one analysis: the best lr per EBS, the fitted exponent, and the pick under
     each protocol."""
-    from accumbench.config import format_lr
+    from accumbench.formatting import format_lr
 
     lines = ["| EBS | lrs tried | best lr (val acc, mean ± std over seeds) | refined lr* |", "|---:|---|---|---:|"]
     for b in results["best_lr_per_ebs"]:

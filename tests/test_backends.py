@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import query
 from typer.testing import CliRunner
 
 from accumbench.cli import app
-from conftest import query
 
 COMMON = ["--dataset", "demo", "--max-train-samples", "200", "--max-eval-samples", "64", "--max-length", "32",
           "--epochs", "2", "--dropout", "0", "--effective-batch-size", "32", "--lr", "1e-3", "--no-checkpoint"]

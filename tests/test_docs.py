@@ -3,12 +3,12 @@ the `train` flags contract is intact, and `--help` stays free of heavy imports."
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from accumbench.cli import app
@@ -25,6 +25,16 @@ SWEEP_FLAGS = """--models --effective-batch-sizes --backends --seeds --lrs --lr-
 REPORT_FLAGS = "--sweep --status --format --columns --wide --output --plot --watch --db".split()
 PICK_FLAGS = "--sweep --model --backend --metric --by --alpha --target --protocol --compare-protocols --json --db".split()
 HEAVY = ("torch", "transformers", "datasets", "accelerate", "pandas", "sqlalchemy")
+
+
+def mentions(text: str, flag: str) -> bool:
+    """`flag` as a whole word: --lr is not found in '--lr-scaling' nor '--lrs'."""
+    return re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", text) is not None
+
+
+def test_mentions_takes_a_flag_as_a_whole_word():
+    assert mentions("| `--lr 5e-5` |", "--lr") and mentions("--lr, --learning-rate", "--lr")
+    assert not mentions("--lr-scaling sqrt --lrs 1e-4", "--lr") and not mentions("--no-checkpoint", "--checkpoint")
 
 
 def _help(*args: str) -> str:
@@ -49,16 +59,16 @@ def test_readme_documents_every_command_with_an_example():
 
 
 def test_train_flags_contract():
-    text = _help("train")
+    text, readme = _help("train"), (ROOT / "README.md").read_text()
     for flag in TRAIN_FLAGS:
-        assert flag in text, flag
+        assert mentions(text, flag) and mentions(readme, flag), flag
 
 
 def test_report_takes_its_options_and_the_readme_documents_them():
     text, readme = _help("report"), (ROOT / "README.md").read_text()
     for flag in REPORT_FLAGS:
-        assert flag in text and f"`{flag}" in readme, flag
-    from accumbench.report import COLUMNS
+        assert mentions(text, flag) and mentions(readme, flag), flag
+    from accumbench.present.tables import COLUMNS
 
     for name in COLUMNS:  # every --columns name is in the README's table of them
         assert f"`{name}`" in readme, name
@@ -69,18 +79,17 @@ def test_report_takes_its_options_and_the_readme_documents_them():
 def test_pick_best_takes_its_options_and_the_readme_documents_them():
     text, readme = _help("pick-best"), (ROOT / "README.md").read_text()
     for flag in PICK_FLAGS:
-        assert flag in text and f"`{flag}" in readme, flag
+        assert mentions(text, flag) and mentions(readme, flag), flag
     assert "accumbench pick-best --compare-protocols" in text and "accumbench pick-best --compare-protocols" in readme
     assert "accumbench sweep --preset tuned-study" in readme and "--lrs 3e-5,1e-4,3e-4" in _help("sweep")
 
 
 def test_sweep_takes_the_grid_and_every_train_option():
-    text = _help("sweep")
+    text, readme = _help("sweep"), (ROOT / "README.md").read_text()
     for flag in SWEEP_FLAGS:
-        assert flag in text, flag
-    singular_axes = {"--model", "--effective-batch-size", "--backend", "--seed"}  # spelled as their plurals' aliases
-    for flag in TRAIN_FLAGS:
-        assert flag in text or flag in singular_axes, flag
+        assert mentions(text, flag) and mentions(readme, flag), flag
+    for flag in TRAIN_FLAGS:  # the singular axes (--model, --seed, ...) are their plurals' aliases
+        assert mentions(text, flag), flag
 
 
 @pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["sweep", "--help"], ["report", "--help"],
@@ -97,5 +106,8 @@ def test_help_does_not_import_heavy_libraries(args):
 
 
 def test_python_dash_m_runs_the_same_app():
-    out = subprocess.run([sys.executable, "-m", "accumbench", "--help"], capture_output=True, text=True, check=True)
-    assert "train" in out.stdout and isinstance(app, typer.Typer)
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "accumbench", "--help"], capture_output=True, text=True, check=True,
+                         env=env).stdout
+    listed = re.findall(r"^│ ([a-z][a-z-]*) ", out, flags=re.MULTILINE)  # the first word of each row of the commands box
+    assert listed == COMMANDS, out

@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import query, wait_for
 from typer.testing import CliRunner
 
 from accumbench.cli import app
-from accumbench.store import RESERVE_BYTES, FINISHED, Store, resolve_db_url
-from accumbench.sweep import worker_environments
-from conftest import query, wait_for
+from accumbench.store import FINISHED, RESERVE_BYTES, Store, resolve_db_url
+from accumbench.sweep.local import worker_environments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import faults  # noqa: E402  (bench/faults.py: the same audit and kill cycles as the benchmark)
@@ -93,7 +93,7 @@ def test_connections_the_server_drops_are_reconnected(postgres_url, capfd):
     from sqlalchemy import create_engine, text
 
     from accumbench.config import RunConfig
-    from accumbench.engine import run_columns
+    from accumbench.preparation import run_columns
 
     with Store.open(postgres_url) as store:
         run_id = store.create_run(**run_columns(RunConfig(model="m")))
@@ -218,10 +218,10 @@ def test_the_cluster_job_files_start_workers_that_share_one_sweep(tiny_bert, tmp
 
 def test_ctrl_c_reaches_every_local_worker_and_each_records_its_run_killed(tiny_bert, tmp_path):
     """`sweep --workers 2`, both workers paused mid-run (a RUNNING run with an epoch row each, held by
-    engine.pause_for_tests): one SIGINT to the parent, and both runs are KILLED, none left RUNNING."""
+    lifecycle.pause_for_tests): one SIGINT to the parent, and both runs are KILLED, none left RUNNING."""
     import sqlite3
 
-    from accumbench.engine import PAUSE_FILE_ENV
+    from accumbench.lifecycle import PAUSE_FILE_ENV
     from accumbench.store import INTERRUPTED, KILLED
 
     db, pause = tmp_path / "runs.db", tmp_path / "pause"

@@ -7,10 +7,10 @@ import time
 from datetime import datetime
 
 import pytest
-
-from accumbench.engine import RunLost, recorded_run
-from accumbench.store import FAILED, FINISHED, KILLED, RUNNING, Store, resolve_db_url
 from test_sweep_claims import run_columns
+
+from accumbench.lifecycle import RunLost, recorded_run
+from accumbench.store import FAILED, FINISHED, KILLED, RUNNING, Store, resolve_db_url
 
 
 @pytest.fixture

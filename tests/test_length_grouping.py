@@ -4,12 +4,12 @@ Less padding, and the same samples in every group, hence the same gradient."""
 from __future__ import annotations
 
 import pytest
-
-from accumbench.accumulation import cut_group, plan_epoch
-from accumbench.data import token_counts
 from conftest import query
 from test_accumulation import _accumulated_gradient, _full_batch_gradient, _relative_error, _tiny_float64_setup
 from test_train import train_cli
+
+from accumbench.accumulation import cut_group, plan_epoch
+from accumbench.data import token_counts
 
 LENGTHS = [(7 * i) % 61 + 3 for i in range(1000)]  # 3..63 tokens, scattered over the indices
 

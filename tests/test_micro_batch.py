@@ -6,14 +6,14 @@ import json
 
 import pytest
 import torch
+from conftest import query
+from test_train import train_cli
 
-from accumbench import engine
+from accumbench import preparation
 from accumbench.backends.base import micro_batch_loss
 from accumbench.config import RunConfig
 from accumbench.errors import UserError
 from accumbench.micro_batch import candidate_sizes, find_micro_batch_size, memory_probe
-from conftest import query
-from test_train import train_cli
 
 
 def test_candidates_are_powers_of_two_that_divide_the_ebs():
@@ -74,7 +74,7 @@ class _Classifier(torch.nn.Module):
 
 
 def test_auto_keeps_the_ebs_and_records_the_size_it_picked(tiny_bert, tmp_path, monkeypatch):
-    monkeypatch.setattr(engine, "micro_batch_loss", lambda model, batch: (_fake_oom_above(8)(model, batch), None))
+    monkeypatch.setattr(preparation, "micro_batch_loss", lambda model, batch: (_fake_oom_above(8)(model, batch), None))
     db = tmp_path / "runs.db"
     train_cli(tiny_bert, db, "--micro-batch-size", "auto", "--epochs", "1")
     (run,) = query(db, "SELECT * FROM runs")
@@ -87,7 +87,7 @@ def test_auto_keeps_the_ebs_and_records_the_size_it_picked(tiny_bert, tmp_path, 
 def test_auto_trains_the_same_steps_as_the_size_it_picked(tiny_bert, tmp_path, monkeypatch):
     db = tmp_path / "runs.db"
     train_cli(tiny_bert, db, "--micro-batch-size", "8", "--epochs", "1")
-    monkeypatch.setattr(engine, "micro_batch_loss", lambda model, batch: (_fake_oom_above(8)(model, batch), None))
+    monkeypatch.setattr(preparation, "micro_batch_loss", lambda model, batch: (_fake_oom_above(8)(model, batch), None))
     train_cli(tiny_bert, db, "--micro-batch-size", "auto", "--epochs", "1")
     fixed, auto = (query(db, "SELECT loss, grad_norm FROM steps WHERE run_id = ? ORDER BY step", i) for i in (1, 2))
     assert [v for r in auto for v in r] == pytest.approx([v for r in fixed for v in r], rel=1e-6)

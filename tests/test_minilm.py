@@ -3,10 +3,10 @@ model and the only real checkpoint that works offline. Kept to a few steps (~8 s
 
 from __future__ import annotations
 
+from conftest import query
 from typer.testing import CliRunner
 
 from accumbench.cli import app
-from conftest import query
 
 
 def test_minilm_alias_loads_the_packaged_pretrained_encoder():

@@ -10,8 +10,13 @@ import statistics
 
 import pytest
 
+from accumbench.backends.grad_norms import MicroBatchGradNorms
 from accumbench.noise_scale import (
-    CriticalBatchFit, GroupNorms, MicroBatchGradNorms, NoiseScaleEMA, fit_critical_batch_size, nearest_tried,
+    CriticalBatchFit,
+    GroupNorms,
+    NoiseScaleEMA,
+    fit_critical_batch_size,
+    nearest_tried,
     steps_to_target,
 )
 

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from accumbench import stats
 from accumbench.cli import app
 from accumbench.config import RunConfig
-from accumbench.engine import run_columns
+from accumbench.preparation import run_columns
 from accumbench.store import FINISHED, Store, resolve_db_url
 
 N = 200  # validation and test examples

@@ -1,4 +1,4 @@
-"""accumbench.plots on small synthetic runs: the files written, what the figures show (titles, axis
+"""accumbench.present.plots on small synthetic runs: the files written, what the figures show (titles, axis
 labels, legend order, the seed mean and its band), NaN and inf from diverged runs, file naming, and
 the UserError without matplotlib."""
 
@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from accumbench.errors import UserError
-from accumbench.plots import MISSING, build_figures, slugify, unique_slugs, write_figures
+from accumbench.present.plots import MISSING, build_figures, figure_pngs, slugify, unique_slugs, write_pngs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODELS = ["/tmp/x/tiny-bert", "answerdotai/ModernBERT-base"]
@@ -74,7 +74,7 @@ def test_writes_one_validation_and_one_train_loss_png_per_model(tmp_path):
     epochs, steps = make_runs()
     out = tmp_path / "figures" / "nested"  # created on demand
 
-    paths = write_figures(epochs, steps, out)
+    paths = write_pngs(figure_pngs(epochs, steps, out), out)
 
     names = ["tiny-bert-validation.png", "tiny-bert-train-loss.png",
              "answerdotai_ModernBERT-base-validation.png", "answerdotai_ModernBERT-base-train-loss.png"]
@@ -94,12 +94,12 @@ def test_writes_one_validation_and_one_train_loss_png_per_model(tmp_path):
 def test_model_without_steps_gets_only_the_validation_figure(tmp_path):
     epochs, steps = make_runs(with_steps=[MODELS[1]])
 
-    paths = write_figures(epochs, steps, tmp_path)
+    paths = write_pngs(figure_pngs(epochs, steps, tmp_path), tmp_path)
     assert [p.name for p in paths] == ["tiny-bert-validation.png", "answerdotai_ModernBERT-base-validation.png",
                                        "answerdotai_ModernBERT-base-train-loss.png"]
 
     # No steps at all, as an empty frame without columns: validation figures only.
-    paths = write_figures(epochs, pd.DataFrame(), tmp_path / "none")
+    paths = write_pngs(figure_pngs(epochs, pd.DataFrame(), tmp_path / "none"), tmp_path / "none")
     assert [p.name for p in paths] == ["tiny-bert-validation.png", "answerdotai_ModernBERT-base-validation.png"]
 
 
@@ -185,7 +185,7 @@ def test_all_nan_epochs_and_single_seed_do_not_crash(tmp_path):
     assert legend_texts(fig.axes[0]) == ["EBS 256", "EBS 256 sqrt"]
     assert not fig.axes[0].collections  # one seed: no band
     assert legend_texts(figures[tmp_path / "solo-train-loss.png"].axes[0]) == ["EBS 256", "EBS 256 sqrt"]
-    assert all(p.stat().st_size > 0 for p in write_figures(epochs, steps, tmp_path))
+    assert all(p.stat().st_size > 0 for p in write_pngs(figure_pngs(epochs, steps, tmp_path), tmp_path))
 
 
 @pytest.mark.parametrize("model, slug", [
@@ -207,7 +207,7 @@ def test_slugs_are_unique_within_a_call(tmp_path):
         "/a/bert": "bert", "/b/bert": "bert-2", "/c/BERT": "BERT-3", "bert-2": "bert-2-2"}
 
     epochs, steps = make_runs(models=["/a/tiny", "/b/tiny"])
-    paths = write_figures(epochs, steps, tmp_path)
+    paths = write_pngs(figure_pngs(epochs, steps, tmp_path), tmp_path)
     assert [p.name for p in paths] == ["tiny-validation.png", "tiny-train-loss.png",
                                        "tiny-2-validation.png", "tiny-2-train-loss.png"]
 
@@ -217,13 +217,13 @@ def test_missing_matplotlib_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now raises ImportError
 
     with pytest.raises(UserError) as info:
-        write_figures(epochs, steps, tmp_path / "out")
+        write_pngs(figure_pngs(epochs, steps, tmp_path / "out"), tmp_path / "out")
     assert str(info.value) == MISSING == "--plot needs matplotlib; pip install 'accumbench[plot]'"
     assert not (tmp_path / "out").exists()
 
 
 def test_importing_the_module_stays_light():
-    code = ("import sys, accumbench.plots; heavy = {'matplotlib', 'pandas', 'numpy'} & set(sys.modules); "
+    code = ("import sys, accumbench.present.plots; heavy = {'matplotlib', 'pandas', 'numpy'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -11,12 +11,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import query
 from typer.testing import CliRunner
 
 from accumbench.cli import app
 from accumbench.store import Store, resolve_db_url
-from accumbench.sweep import build_spec, run_sweep
-from conftest import query
+from accumbench.sweep.spec import build_spec
+from accumbench.sweep.worker import run_sweep
 
 
 @pytest.fixture(scope="module")
@@ -164,18 +165,20 @@ def test_columns_and_wide_and_a_split_wide_table(swept):
     assert all(line.split()[-1] in ("1", "2", "1.5±0.7") for line in picked[3:7])  # an integer mean prints as one
     wide = report(swept, "--wide").stdout.splitlines()
     assert max(map(len, wide)) > 150  # piped: one block, lines as long as they need
-    from accumbench import report as reporting
+    from accumbench.analysis.cells import backend_comparison, cell_table
+    from accumbench.analysis.runs import load_runs
+    from accumbench.present.tables import COLUMNS, text_report
     from accumbench.store import Store, resolve_db_url
 
     with Store.open_readonly(resolve_db_url(str(swept))) as store:
-        data = reporting.load_runs(store)
-    cells = reporting.cell_table(data)
-    split = reporting.text_report(cells, reporting.backend_comparison(data), "t", list(reporting.COLUMNS), width=80)
+        data = load_runs(store)
+    cells = cell_table(data)
+    split = text_report(cells, backend_comparison(data), "t", list(COLUMNS), width=80)
     blocks = [line for line in split.split("val and test acc at")[0].split("\n")[1:] if line]
     assert max(map(len, blocks)) <= 80
     headers = [line for line in blocks if line.startswith("model")]
     assert len(headers) >= 3 and all(line.split()[:3] == ["model", "EBS", "backend"] for line in headers)
-    for name, column in reporting.COLUMNS.items():  # every column's values appear whole in some block
+    for name, column in COLUMNS.items():  # every column's values appear whole in some block
         for value in column.text(cells):
             assert value in split, (name, value)
 

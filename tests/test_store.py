@@ -1,5 +1,6 @@
 """Tests for accumbench.store: schema, lifecycle, steps, PRAGMAs, NaN, versions, migration."""
 
+import inspect
 import math
 import sqlite3
 import threading
@@ -11,9 +12,17 @@ from sqlalchemy import event, text
 
 from accumbench.errors import UserError
 from accumbench.store import (
-    _MIGRATIONS, FAILED, FINISHED, KILLED, RUNNING, SCHEMA_VERSION, Store, resolve_db_url,
+    FAILED,
+    FINISHED,
+    KILLED,
+    RUNNING,
+    SCHEMA_VERSION,
+    NullStore,
+    Store,
+    resolve_db_url,
     sqlite_path,
 )
+from accumbench.store.migrations import _MIGRATIONS
 
 RUN_KWARGS = dict(
     config_json='{"lr": 2e-05}', config_hash="abc123", backend="hf", model="bert-tiny",
@@ -220,7 +229,7 @@ def test_run_and_epochs_round_trip(store):
     rows = store.epochs(run_id)
     assert [r["epoch"] for r in rows] == [1, 2]
     for row, expected in zip(rows, [epoch_metrics(1, peak_memory_mb=None, test_loss=None),
-                                     epoch_metrics(2)]):
+                                     epoch_metrics(2)], strict=True):
         assert {k: row[k] for k in expected} == expected
         assert row["run_id"] == run_id and isinstance(row["id"], int)
     assert store.get_run(run_id)["heartbeat_at"] >= run["heartbeat_at"]
@@ -269,25 +278,25 @@ def test_parallel_first_open(tmp_path):
     for trial in range(3):
         url = resolve_db_url(str(tmp_path / f"runs{trial}.db"))
 
-        def worker():
+        def worker(url=url):
             with Store.open(url) as s:
                 s.create_run(**RUN_KWARGS)
 
         assert run_at_once(worker, 6) == []
         with Store.open(url) as s:
-            assert len(s.list_runs()) == 6
+            assert len(s.find_runs(status=None)) == 6
 
 
 @pytest.mark.parametrize("status,error", [(FINISHED, None), (FAILED, "CUDA OOM"), (KILLED, None)])
 def test_lifecycle(store, status, error):
     run_id = store.create_run(**RUN_KWARGS)
-    assert [r["id"] for r in store.list_runs(RUNNING)] == [run_id]
+    assert [r["id"] for r in store.find_runs(status=RUNNING)] == [run_id]
     store.finish_run(run_id, status, error=error)
     run = store.get_run(run_id)
     assert run["status"] == status and run["error"] == error
     assert run["finished_at"] >= run["started_at"]
-    assert store.list_runs(RUNNING) == []
-    assert [r["id"] for r in store.list_runs(status)] == [run_id]
+    assert store.find_runs(status=RUNNING) == []
+    assert [r["id"] for r in store.find_runs(status=status)] == [run_id]
 
 
 def test_bad_status_refused(store):
@@ -296,15 +305,32 @@ def test_bad_status_refused(store):
         with pytest.raises(ValueError):
             store.finish_run(run_id, bad)
     assert store.get_run(run_id)["status"] == RUNNING
-    with pytest.raises(ValueError):
-        store.list_runs("DONE")
 
 
-def test_list_runs_in_id_order(store):
+def test_find_runs_in_id_order(store):
     ids = [store.create_run(**RUN_KWARGS) for _ in range(3)]
     store.finish_run(ids[1], FINISHED)
-    assert [r["id"] for r in store.list_runs()] == ids
-    assert [r["id"] for r in store.list_runs(RUNNING)] == [ids[0], ids[2]]
+    assert [r["id"] for r in store.find_runs(status=None)] == ids
+    assert [r["id"] for r in store.find_runs(status=RUNNING)] == [ids[0], ids[2]]
+    assert [r["id"] for r in store.find_runs()] == [ids[1]]  # FINISHED runs by default: what reports read
+
+
+def test_null_store_has_exactly_stores_training_writes():
+    # The other processes of a multi-GPU run write to a NullStore: every call it takes must be a Store
+    # method with the very same signature, and no catch-all may swallow a misspelled one.
+    writes = {"update_run", "save_predictions", "add_steps", "add_evals", "add_epoch"}
+    assert {name for name in vars(NullStore) if not name.startswith("_")} == writes
+    for name in writes:
+        assert inspect.signature(getattr(NullStore, name)) == inspect.signature(getattr(Store, name)), name
+    assert not hasattr(NullStore, "__getattr__") and NullStore.__getattribute__ is object.__getattribute__
+    null = NullStore()
+    with pytest.raises(AttributeError):
+        null.add_step(None, [])  # a misspelling fails here as it would on a Store
+    # What a process other than the main one calls, as it trains without a run id: nothing happens.
+    assert null.update_run(None, best_epoch=1) is None
+    assert null.save_predictions(None, "test", 1, "hash", [0, 1], [1, 1]) is None
+    assert null.add_steps(None, [step_row(1)]) is None and null.add_evals(None, []) is None
+    assert null.add_epoch(None, **epoch_metrics(1)) is None
 
 
 def test_unknown_run_and_bad_fields(store):
@@ -431,15 +457,17 @@ def test_check_compatible_rejects_non_database(tmp_path):
     path = tmp_path / "notes.db"
     path.write_text("this is not a database\n" * 100)
     for check in (Store.check_compatible, Store.open):
-        with pytest.raises(UserError, match="is not an accumbench database"):
-            check(resolve_db_url(str(path)))
+        with pytest.raises(UserError, match="is not an accumbench database: file is not a database$"):
+            check(resolve_db_url(str(path)))  # the driver's words, without SQLAlchemy's [SQL: ...] and links
     assert path.read_text() == "this is not a database\n" * 100
 
 
 def test_directory_is_not_a_database(tmp_path):
     (tmp_path / "dir.db").mkdir()
-    with pytest.raises(UserError, match="is not an accumbench database"):
-        Store.open(resolve_db_url(str(tmp_path / "dir.db")))
+    for check in (Store.check_compatible, Store.open, Store.open_readonly):
+        with pytest.raises(UserError, match="is not an accumbench database|no run database at"):
+            check(resolve_db_url(str(tmp_path / "dir.db")))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir.db"]
 
 
 def test_foreign_sqlite_database_refused(tmp_path):
@@ -521,20 +549,20 @@ def test_steps_round_trip(store, db_url):
     store.add_steps(other, [step_row(1)])
     assert store.get_run(run_id)["heartbeat_at"] >= heartbeat
 
-    got = store.steps(run_id)
+    got = store.steps_of([run_id])
     assert [r["step"] for r in got] == [1, 2, 3]  # ordered by step, not insertion
     assert math.isnan(got[0]["loss"]) and got[0]["grad_norm"] is None
-    for row, expected in zip(got[1:], [step_row(2), step_row(3)]):
+    for row, expected in zip(got[1:], [step_row(2), step_row(3)], strict=True):
         assert {k: row[k] for k in expected} == expected
     for row in got:
         assert row["run_id"] == run_id and isinstance(row["id"], int)
     assert set(got[0]) == EXPECTED_COLUMNS["steps"]
-    assert [r["run_id"] for r in store.steps(other)] == [other]
-    assert store.steps(999) == []
+    assert [r["run_id"] for r in store.steps_of([other])] == [other]
+    assert store.steps_of([999]) == []
 
     # grad_norm may be left out entirely; NaN is the TEXT 'NaN' in the file, as in epochs.
     store.add_steps(run_id, [{k: v for k, v in step_row(4).items() if k != "grad_norm"}])
-    assert store.steps(run_id)[-1]["grad_norm"] is None
+    assert store.steps_of([run_id])[-1]["grad_norm"] is None
     conn = sqlite3.connect(sqlite_path(db_url))
     raw = conn.execute("SELECT loss FROM steps WHERE run_id = ? AND step = 1", (run_id,)).fetchone()
     conn.close()
@@ -552,7 +580,7 @@ def test_add_steps_bad_input(store):
     with pytest.raises(sqlalchemy.exc.IntegrityError):  # loss is NOT NULL (NaN is fine)
         store.add_steps(run_id, [step_row(1, loss=None)])
     store.add_steps(run_id, [])  # nothing to do, but fine
-    assert store.steps(run_id) == []
+    assert store.steps_of([run_id]) == []
 
 
 def test_unique_run_step_and_all_or_nothing(store):
@@ -560,11 +588,11 @@ def test_unique_run_step_and_all_or_nothing(store):
     store.add_steps(run_id, [step_row(1), step_row(2)])
     with pytest.raises(sqlalchemy.exc.IntegrityError):
         store.add_steps(run_id, [step_row(3), step_row(2, loss=9.0), step_row(4)])
-    assert [r["step"] for r in store.steps(run_id)] == [1, 2]  # step 3 rolled back too
-    assert store.steps(run_id)[1]["loss"] == 0.5
+    assert [r["step"] for r in store.steps_of([run_id])] == [1, 2]  # step 3 rolled back too
+    assert store.steps_of([run_id])[1]["loss"] == 0.5
     with pytest.raises(sqlalchemy.exc.IntegrityError):  # duplicate within one call
         store.add_steps(run_id, [step_row(5), step_row(5)])
-    assert [r["step"] for r in store.steps(run_id)] == [1, 2]
+    assert [r["step"] for r in store.steps_of([run_id])] == [1, 2]
     other = store.create_run(**RUN_KWARGS)
     store.add_steps(other, [step_row(1)])  # same step number in another run is fine
 
@@ -593,7 +621,7 @@ def test_add_steps_is_one_transaction(store):
     event.remove(store.engine, "before_cursor_execute", on_execute)
     assert len(commits) == 1
     assert inserts == [500]  # a single executemany, not one statement per row
-    assert len(store.steps(run_id)) == 500
+    assert len(store.steps_of([run_id])) == 500
 
 
 # --- migration ---------------------------------------------------------------------------
@@ -621,7 +649,7 @@ def test_v1_database_is_migrated(tmp_path, db_url):
         assert math.isnan(epoch["train_loss"]) and epoch["test_loss"] is None
         assert (epoch["optimizer_steps"], epoch["samples_seen"]) == (16, 1000)
         assert epoch["skipped_steps"] is None
-        assert s.steps(1) == []
+        assert s.steps_of([1]) == []
         # The upgraded database takes the new data, and run ids keep counting up.
         new = s.create_run(**RUN_KWARGS, precision="bf16", world_size=2)
         assert new == 2
@@ -642,8 +670,8 @@ def test_v1_database_is_migrated(tmp_path, db_url):
     # A second open is a no-op.
     snapshot = table_infos(path)
     with Store.open(url) as s:
-        assert [r["id"] for r in s.list_runs()] == [1, 2]
-        assert len(s.steps(1)) == 1 and len(s.steps(2)) == 1
+        assert [r["id"] for r in s.find_runs(status=None)] == [1, 2]
+        assert len(s.steps_of([1])) == 1 and len(s.steps_of([2])) == 1
     assert table_infos(path) == snapshot
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
@@ -686,7 +714,7 @@ def test_failed_migration_leaves_v1_untouched(tmp_path, monkeypatch):
 
     monkeypatch.setitem(_MIGRATIONS, 2, original)
     with Store.open(resolve_db_url(str(path))) as s:  # a later open upgrades it
-        assert s.get_run(1)["precision"] is None and s.steps(1) == []
+        assert s.get_run(1)["precision"] is None and s.steps_of([1]) == []
 
 
 def test_parallel_open_of_v1_database(tmp_path):
@@ -702,7 +730,7 @@ def test_parallel_open_of_v1_database(tmp_path):
 
     assert run_at_once(worker, 6) == []
     with Store.open(url) as s:
-        assert len(s.list_runs()) == 7
+        assert len(s.find_runs(status=None)) == 7
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     conn.close()
@@ -810,7 +838,7 @@ def test_noise_columns_keep_nan_and_evals_round_trip(store):
     store.add_steps(run_id, [step_row(1, micro_grad_sq=2.0, noise_grad_sq=-0.1, noise_trace=30.0,
                                       noise_scale=float("nan")), step_row(2)])
     store.add_epoch(run_id, **epoch_metrics(1, noise_scale=180.5, noise_trace=90.25, noise_grad_sq=0.5, noise_steps=2))
-    first, second = store.steps(run_id)
+    first, second = store.steps_of([run_id])
     assert math.isnan(first["noise_scale"]) and first["noise_grad_sq"] == -0.1
     assert second["noise_scale"] is None  # not measured at this step (--noise-scale-every, or k = 1)
     [epoch] = store.epochs(run_id)

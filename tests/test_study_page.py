@@ -15,14 +15,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import browser
 import pytest
+from conftest import wait_for
 from typer.testing import CliRunner
 
-import browser
-from conftest import wait_for
 from accumbench.cli import app
 from accumbench.store import Store, resolve_db_url
-from accumbench.sweep import build_spec, run_sweep
+from accumbench.sweep.spec import build_spec
+from accumbench.sweep.worker import run_sweep
 
 SECTIONS = ("picks", "table", "curves", "efficiency", "noise", "lr-grid", "backends", "runs")
 

@@ -13,14 +13,16 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import query, wait_for
 from typer.testing import CliRunner
 
 from accumbench import engine
 from accumbench.cli import app
-from accumbench.engine import PAUSE_FILE_ENV
+from accumbench.lifecycle import PAUSE_FILE_ENV
 from accumbench.store import FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, STALE_ERROR, Store, resolve_db_url
-from accumbench.sweep import DIVERGED, DONE, GAVE_UP, PENDING, build_spec, run_sweep
-from conftest import query, wait_for
+from accumbench.sweep.spec import build_spec
+from accumbench.sweep.worker import run_sweep
+from accumbench.vocabulary import DONE, GAVE_UP
 
 # Small and fast: 200 training samples, 64 to evaluate, sequences cut to 32 tokens.
 TINY_RUN = ["--dataset", "demo", "--max-train-samples", "200", "--max-eval-samples", "64", "--max-length", "32",
@@ -35,7 +37,7 @@ def sweep_cli(model: str, db, *extra, code: int = 0):
 
 def sweep_process(model: str, db, *extra, threads: int = 2, pause: Path | None = None) -> subprocess.Popen:
     """The real command in its own process (and process group), as a user or a cluster starts it. With
-    `pause`, its runs stop after each recorded epoch until that file is removed (engine.pause_for_tests)."""
+    `pause`, its runs stop after each recorded epoch until that file is removed (lifecycle.pause_for_tests)."""
     args = [sys.executable, "-m", "accumbench", "sweep", "--models", model, *TINY_RUN, "--db", str(db), *map(str, extra)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", "OMP_NUM_THREADS": str(threads)}
     if pause is not None:
@@ -46,7 +48,7 @@ def sweep_process(model: str, db, *extra, threads: int = 2, pause: Path | None =
 
 def runs_of(db) -> list[dict]:
     with Store.open(resolve_db_url(str(db))) as store:
-        return store.list_runs()
+        return store.find_runs(status=None)
 
 
 def assert_each_cell_finished_once(runs: list[dict], cells: int) -> None:

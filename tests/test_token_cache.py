@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from accumbench import data
 from conftest import query
 from test_train import train_cli
+
+from accumbench import data
 
 
 def _dataset(n: int = 60, seed: int = 1) -> data.TextDataset:

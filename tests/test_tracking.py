@@ -9,8 +9,9 @@ import math
 import pytest
 
 from accumbench import tracking
+from accumbench.config import require_tracker
 from accumbench.errors import UserError
-from accumbench.tracking import RunTracker, require_tracker
+from accumbench.tracking import RunTracker
 
 STEPS = [
     dict(step=1, epoch=1, samples_seen=16, loss=0.75, grad_norm=1.5, lr=1e-4),
@@ -82,8 +83,8 @@ def test_other_ranks_log_nothing(tmp_path, monkeypatch):
 
 
 def test_require_tracker():
-    require_tracker(None)
-    require_tracker("tensorboard")  # installed in the test venv
+    assert require_tracker(None) is None  # no tracker asked for
+    assert require_tracker("tensorboard") == "tensorboard"  # installed in the test venv (the test extra)
     with pytest.raises(UserError) as err:
         require_tracker("neptune")
     assert str(err.value) == "unknown --log-with 'neptune'; choose one of: wandb, tensorboard, mlflow"
@@ -102,7 +103,9 @@ def test_require_tracker_missing_package(monkeypatch, name, packages):
 def test_tensorboardx_alone_is_enough(monkeypatch):
     # Accelerate's TensorBoardTracker falls back to tensorboardX when torch.utils.tensorboard cannot import.
     monkeypatch.setattr(importlib.util, "find_spec", lambda mod, *a: object() if mod == "tensorboardX" else None)
-    require_tracker("tensorboard")
+    assert require_tracker("tensorboard") == "tensorboardX"
+    with pytest.raises(UserError):  # tensorboardX does not stand in for the other trackers' packages
+        require_tracker("wandb")
 
 
 def test_flat_config():
@@ -117,10 +120,10 @@ def test_flat_config():
 @pytest.mark.parametrize("backend", ["torch", "accelerate"])
 def test_train_mirrors_the_store_to_tensorboard_in_both_backends(tiny_bert, tmp_path, backend):
     """`train --log-with tensorboard`: the tracker's scalars are the run store's numbers."""
+    from conftest import query
     from typer.testing import CliRunner
 
     from accumbench.cli import app
-    from conftest import query
 
     db = tmp_path / "runs.db"
     result = CliRunner().invoke(app, [

@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import query, wait_for
 from typer.testing import CliRunner
 
 from accumbench.cli import app
 from accumbench.config import RunConfig
-from accumbench.engine import PAUSE_FILE_ENV
-from conftest import query, wait_for
+from accumbench.lifecycle import PAUSE_FILE_ENV
 
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
            "optimizer_steps", "samples_seen")
@@ -160,10 +160,9 @@ class _StopAtStep:
 
 
 def _library_run(tiny_bert, db, reporter):
-    from accumbench.engine import train
-    from accumbench.progress import Reporter
+    from accumbench.engine import SilentHooks, train
 
-    class Stopping(Reporter):
+    class Stopping(SilentHooks):
         step = reporter.step
 
     config = RunConfig(model=tiny_bert, max_train_samples=64, max_eval_samples=16, epochs=1,

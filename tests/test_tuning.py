@@ -12,15 +12,15 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import query
 from typer.testing import CliRunner
 
 from accumbench import stats
+from accumbench.analysis.tuning import next_lr, parabola_vertex
 from accumbench.cli import app
 from accumbench.config import RunConfig
-from accumbench.engine import run_columns
+from accumbench.preparation import run_columns
 from accumbench.store import FAILED, FINISHED, Store, resolve_db_url
-from accumbench.tuning import next_lr, parabola_vertex
-from conftest import query
 
 N = 200  # validation and test examples
 
@@ -304,7 +304,7 @@ def test_bad_protocol_is_one_line_and_exit_2(db, args, fragment):
 
 
 def test_the_tuned_study_preset_is_the_seed_grid_at_four_lrs(tmp_path, monkeypatch):
-    from accumbench.sweep import build_spec
+    from accumbench.sweep.spec import build_spec
 
     spec = build_spec(preset="tuned-study")
     assert len(spec.cells) == 2 * 3 * 4 * 3

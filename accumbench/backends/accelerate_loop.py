@@ -19,7 +19,8 @@ Several processes: `accelerate launch --multi_gpu --num_processes N -m accumbenc
 from __future__ import annotations
 
 import gc
-from typing import Any, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 
@@ -145,7 +146,7 @@ class AccelerateBackend(Backend):
         scaler = self.accelerator.scaler  # fp16 only
         return scaler.get_scale() if scaler is not None and scaler.is_enabled() else 1.0
 
-    def optimizer_step(self, grad_clip: Optional[float]) -> tuple[torch.Tensor, bool]:
+    def optimizer_step(self, grad_clip: float | None) -> tuple[torch.Tensor, bool]:
         # Only reached when sync_gradients is true. clip_grad_norm_ unscales fp16 gradients first.
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), grad_clip or float("inf"))
         self.optimizer.step()

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from accumbench.accumulation import MicroBatch, OptimizerGroup
-from accumbench.noise_scale import DEFAULT_DECAY, GroupNorms, MicroBatchGradNorms, NoiseScaleEMA
+from accumbench.backends.grad_norms import MicroBatchGradNorms
+from accumbench.noise_scale import DEFAULT_DECAY, GroupNorms, NoiseScaleEMA
 
 BatchFn = Callable[[Sequence[int]], dict[str, torch.Tensor]]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -31,7 +33,7 @@ class EpochStats:
     optimizer_steps: int
     skipped_steps: int = 0  # fp16 steps the GradScaler skipped (inf/NaN gradients)
     steps: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step, for the store
-    noise: Optional[NoiseScaleEMA] = None  # the epoch's gradient noise scale, when measured
+    noise: NoiseScaleEMA | None = None  # the epoch's gradient noise scale, when measured
 
     def noise_columns(self) -> dict[str, Any]:
         """The epoch row's noise-scale columns: B_simple and its EMA components at the epoch's end."""
@@ -67,7 +69,7 @@ def micro_batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
     return loss, (logits.detach().argmax(dim=-1) == batch["labels"]).sum()
 
 
-def unshared_token_embedding(model: torch.nn.Module) -> Optional[torch.nn.Parameter]:
+def unshared_token_embedding(model: torch.nn.Module) -> torch.nn.Parameter | None:
     """The encoder's token-embedding matrix, if nothing else in the model uses it (not tied)."""
     encoder = getattr(model, "encoder", None)
     embeddings = encoder.get_input_embeddings() if hasattr(encoder, "get_input_embeddings") else None
@@ -148,7 +150,7 @@ class Backend:
     device: torch.device
     optimizer: torch.optim.Optimizer
     # Set by measure_noise_scale(): the micro-batch gradient norms, and how to average and log them.
-    noise_norms: Optional[MicroBatchGradNorms] = None
+    noise_norms: MicroBatchGradNorms | None = None
     noise_decay: float = DEFAULT_DECAY
     noise_every: int = 1
 
@@ -178,7 +180,7 @@ class Backend:
         rank at each group boundary, when .grad holds the whole group's (all-reduced) gradient."""
         raise NotImplementedError
 
-    def optimizer_step(self, grad_clip: Optional[float]) -> tuple[torch.Tensor, bool]:
+    def optimizer_step(self, grad_clip: float | None) -> tuple[torch.Tensor, bool]:
         """Unscale, measure (and clip) the gradient norm, step, zero the gradients.
         Returns (gradient norm before clipping, still on the device; whether the step was skipped)."""
         raise NotImplementedError
@@ -190,7 +192,7 @@ class Backend:
         if self.noise_norms is not None:
             self.noise_norms.close()
 
-    def train_epoch(self, groups: Sequence[OptimizerGroup], batch_for: BatchFn, epoch: int, grad_clip: Optional[float],
+    def train_epoch(self, groups: Sequence[OptimizerGroup], batch_for: BatchFn, epoch: int, grad_clip: float | None,
                     steps_before: int, samples_before: int,
                     on_step: Callable[[int, float], None] = lambda samples_done, loss: None,
                     after_step: Callable[[int, int], None] = lambda step, samples_seen: None) -> EpochStats:

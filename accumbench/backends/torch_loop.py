@@ -10,14 +10,21 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 
 from accumbench.accumulation import OptimizerGroup
 from accumbench.backends.base import (
-    AUTOCAST_DTYPES, Backend, BatchFn, make_optimizer, make_scheduler, micro_batch_loss, rank_inputs, to_device,
+    AUTOCAST_DTYPES,
+    Backend,
+    BatchFn,
+    make_optimizer,
+    make_scheduler,
+    micro_batch_loss,
+    rank_inputs,
+    to_device,
     training_device,
 )
 
@@ -80,7 +87,7 @@ class TorchBackend(Backend):
     def grad_scale(self) -> float:
         return self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
 
-    def optimizer_step(self, grad_clip: Optional[float]) -> tuple[torch.Tensor, bool]:
+    def optimizer_step(self, grad_clip: float | None) -> tuple[torch.Tensor, bool]:
         self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(self._module.parameters(), grad_clip or float("inf"))
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None

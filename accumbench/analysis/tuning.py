@@ -4,14 +4,14 @@ Batch sizes compared at one shared lr are compared unfairly: the rate that suits
 for EBS 1024 (Shallue et al., JMLR 2019, "Measuring the effects of data parallelism"; Google's Deep
 Learning Tuning Playbook). So `pick-best` selects in two nested stages, on validation only:
 
-    cells that differ only in their lr (report.lr_free_key: same model, EBS, backend, everything else)
+    cells that differ only in their lr (runs.lr_free_key: same model, EBS, backend, everything else)
       -> the lr with the best mean validation metric over seeds            best_lrs
       -> at an end of the grid tried? say so, and name the next lr to try   BestLr.warning, next_lr
       -> between grid points: the vertex of the parabola through the best
          lr and its two neighbours, in log lr                               parabola_vertex
     lr* over the EBS of one grid -> log lr* = a + alpha log EBS, alpha with
          a 95% interval, beside sqrt (0.5) and linear (1.0)                 fit_scaling
-    then EBS against EBS, each at its best lr                               pick.py
+    then EBS against EBS, each at its best lr                               analysis/pick.py
 
 A cell's lr is the rate it trained with (runs.lr: --lr scaled by its rule), so a grid of base rates
 under --lr-scaling tunes the same way as a plain one. An lr whose runs all diverged is part of the grid
@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
 
 import pandas as pd
 
 from accumbench import stats
-from accumbench.config import format_lr, rate_key
-from accumbench.report import DIVERGED_COLUMNS, RunData, cell_label, varying
+from accumbench.analysis.runs import DIVERGED_COLUMNS, RunData, cell_label, varying
+from accumbench.formatting import format_lr, rate_key
 
 SQRT_ALPHA, LINEAR_ALPHA = 0.5, 1.0
 
@@ -38,7 +37,7 @@ class LrPoint:
     """One lr tried at one EBS: its runs' validation metric over seeds."""
 
     lr: float  # the rate trained with
-    cell: Optional[str]  # the cell (report.cell_key); None when every run at this lr diverged
+    cell: str | None  # the cell (runs.cell_key); None when every run at this lr diverged
     mean: float  # NaN when every run diverged
     std: float  # NaN with one seed
     seeds: int  # finished runs
@@ -49,20 +48,20 @@ class LrPoint:
 class BestLr:
     """The best lr of one EBS (one lr_free_key), out of the lrs tried there."""
 
-    key: str  # report.lr_free_key
-    series: str  # report.series_key: the lr x EBS grid this EBS belongs to
+    key: str  # runs.lr_free_key
+    series: str  # runs.series_key: the lr x EBS grid this EBS belongs to
     series_label: str  # the model or variant where the group has several ('' otherwise)
     effective_batch_size: int
     label: str  # 'EBS 64', with the series label
     tried: list[LrPoint]  # ascending lr
     best: LrPoint
-    edge: Optional[str]  # 'smallest' or 'largest' when the best lr is at that end of 2+ lrs tried
-    suggestion: Optional[float]  # the next lr to try beyond that end
+    edge: str | None  # 'smallest' or 'largest' when the best lr is at that end of 2+ lrs tried
+    suggestion: float | None  # the next lr to try beyond that end
     refined_lr: float  # lr*: the best lr, moved to the parabola's vertex where both neighbours were measured
     refined: bool
 
     @property
-    def warning(self) -> Optional[str]:
+    def warning(self) -> str | None:
         if self.edge is None:
             return None
         return (f"{self.label}: best lr {format_lr(self.best.lr)} is the {self.edge} tried; "
@@ -125,7 +124,7 @@ def _better(a: float, b: float, higher: bool) -> bool:
     return math.isnan(b) or (a > b if higher else a < b)
 
 
-def best_lrs(runs: pd.DataFrame, metric: str = "val_accuracy", diverged: Optional[pd.DataFrame] = None) -> list[BestLr]:
+def best_lrs(runs: pd.DataFrame, metric: str = "val_accuracy", diverged: pd.DataFrame | None = None) -> list[BestLr]:
     """Per EBS (per lr_free_key) of `runs`, the lr with the best mean `metric` over seeds, ordered by
     series, then EBS. `diverged` (RunData.diverged) adds the lrs whose runs blew up to the grid tried."""
     diverged = diverged if diverged is not None else pd.DataFrame(columns=DIVERGED_COLUMNS)
@@ -177,9 +176,9 @@ class ScalingFit:
     label: str  # the series in words ('' when the group has one)
     points: list[tuple[int, float]]  # (EBS, lr*)
     at_edge: list[int]  # EBS left out: best lr at an end of the grid
-    alpha: Optional[float]  # None: fewer than 3 EBS to fit
-    alpha_ci95: Optional[tuple[float, float]]
-    intercept: Optional[float]
+    alpha: float | None  # None: fewer than 3 EBS to fit
+    alpha_ci95: tuple[float, float] | None
+    intercept: float | None
     text: str
 
 
@@ -214,7 +213,7 @@ def fit_scaling(best: list[BestLr], min_points: int = 3) -> list[ScalingFit]:
     return out
 
 
-# --- the lr x EBS table of `report` ---------------------------------------------------------------
+# --- the lr x EBS grid of `report` (drawn by present/tables.py and present/plots.py) -----------------
 
 
 @dataclass
@@ -230,34 +229,9 @@ class LrGrid:
     cells: dict[tuple[int, int], tuple[float, float, int, float]]  # (row, EBS) -> (mean, std, seeds, lr trained)
     best: dict[int, int]  # EBS -> row of its best lr
 
-    @property
-    def title(self) -> str:
-        from accumbench.progress import short_model
-
-        parts = [short_model(self.model), self.backend] + ([self.variant] if self.variant else [])
-        return f"{', '.join(parts)}: validation accuracy, lr x EBS (* best lr per EBS)"
-
     @staticmethod
     def row_label(rule: str, base_lr: float) -> str:
         return format_lr(base_lr) if rule == "none" else f"{format_lr(base_lr)} {rule}"
-
-    def display(self) -> pd.DataFrame:
-        """Rows 'lr', one column per EBS: 'mean ± std (n)', '*' on each EBS's best, 'diverged', or '-'."""
-        table = {"lr": [self.row_label(*row) for row in self.rows]}
-        for ebs in self.effective_batch_sizes:
-            column = []
-            for i in range(len(self.rows)):
-                if (i, ebs) not in self.cells:
-                    column.append("-")
-                    continue
-                mean, std, seeds, _ = self.cells[(i, ebs)]
-                if seeds == 0:
-                    column.append("diverged")
-                    continue
-                spread = "" if math.isnan(std) else f" ± {std:.3f}"
-                column.append(f"{mean:.3f}{spread} ({seeds}){' *' if self.best.get(ebs) == i else ''}")
-            table[f"EBS {ebs}"] = column
-        return pd.DataFrame(table)
 
     def to_json(self) -> dict:
         return {"model": self.model, "backend": self.backend, "variant": self.variant, "metric": "val_accuracy",

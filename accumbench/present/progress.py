@@ -1,32 +1,24 @@
-"""What a run shows while it trains. The engine calls a Reporter; the CLI passes the rich one."""
+"""What a run and a sweep show while they train, in a terminal (rich): the console side of the engine's
+RunHooks and the sweep's SweepHooks. They implement those hooks by shape, without importing the
+runtime that calls them (layers: present sits below the engine)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from accumbench.config import format_lr
-
-
-class Reporter:
-    """Progress hooks called by the engine. The base class stays silent (library use, tests)."""
-
-    def run_started(self, run_id: int, config: Any, sizes: dict[str, int], device: str, world_size: int = 1,
-                    epochs: int = 0, total_steps: int = 0) -> None: ...
-    def epoch_started(self, epoch: int, num_samples: int) -> None: ...
-    def step(self, samples_done: int, loss: float) -> None: ...
-    def epoch_finished(self, row: dict[str, Any]) -> None: ...
+from accumbench.formatting import format_lr, format_seconds, short_model
+from accumbench.vocabulary import DONE, GAVE_UP, PENDING, RUNNING_ELSEWHERE
 
 
-class RichReporter(Reporter):
+class RichReporter:
     """A progress bar per epoch (loss, samples/s, ETA), then one persistent line per epoch."""
 
     def __init__(self) -> None:
         from rich.console import Console
 
         self.console = Console()
-        self._progress: Optional[Any] = None
+        self._progress: Any | None = None
         self._epochs = 0
 
     def run_started(self, run_id: int, config: Any, sizes: dict[str, int], device: str, world_size: int = 1,
@@ -100,17 +92,6 @@ class RichReporter(Reporter):
         )
 
 
-def short_model(model: str) -> str:
-    """A local model directory by its last path component; aliases and hub ids as they are."""
-    return Path(model).name if model.startswith(("/", ".", "~")) else model
-
-
-def _duration(seconds: float) -> str:
-    minutes, seconds = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
-
-
 class RichSweepReporter:
     """An overall line per cell (cells done / total, the cell, ETA from finished cells), the run's own
     progress bar under it, and a table of every cell at the end."""
@@ -129,12 +110,10 @@ class RichSweepReporter:
     def dry_run(self, spec: Any) -> None:
         from rich.table import Table
 
-        from accumbench.sweep import grid_shape
-
         cells = f"{len(spec.cells)} cell{'s' if len(spec.cells) != 1 else ''}"
         table = Table(title=f"sweep {spec.sweep_name}: {cells} (dry run, nothing trained)",
                       box=None, header_style="bold")
-        self.console.print(grid_shape(spec))
+        self.console.print(spec.grid_shape())
         for column in ("#", "model", "EBS", "micro x k", "backend", "seed", "lr rule", "lr", "budget", "config hash"):
             table.add_column(column, justify="right" if column in ("#", "EBS", "seed", "lr") else "left")
         for index, cell in enumerate(spec.cells, 1):
@@ -146,8 +125,6 @@ class RichSweepReporter:
         self.console.print(table)
 
     def sweep_started(self, spec: Any, sweep: dict[str, Any], statuses: list[Any]) -> None:
-        from accumbench.sweep import DONE, PENDING, RUNNING_ELSEWHERE
-
         self._total = len(statuses)
         count = lambda state: sum(s.state == state for s in statuses)  # noqa: E731
         self.console.print(
@@ -159,12 +136,10 @@ class RichSweepReporter:
         runs = ", ".join(map(str, run_ids))
         self.console.print(f"[yellow]run {runs}: heartbeat stale, marked KILLED; the cell goes back to the queue[/]")
 
-    def cell_started(self, spec: Any, status: Any, run_id: int, done: int, eta: Optional[float]) -> None:
-        from accumbench.sweep import describe
-
+    def cell_started(self, spec: Any, status: Any, run_id: int, done: int, eta: float | None) -> None:
         attempt = f" · attempt {status.attempts + 1}" if status.attempts else ""
-        left = f" · ETA {_duration(eta)}" if eta is not None else ""
-        self.console.rule(f"[bold][{done}/{self._total} done][/] {describe(status.config, spec)}{attempt}{left}",
+        left = f" · ETA {format_seconds(eta)}" if eta is not None else ""
+        self.console.rule(f"[bold][{done}/{self._total} done][/] {spec.describe(status.config)}{attempt}{left}",
                           align="left")
 
     def cell_ended(self, run_id: int, outcome: str, detail: str) -> None:
@@ -173,8 +148,6 @@ class RichSweepReporter:
 
     def summary(self, spec: Any, result: Any, db_label: str) -> None:
         from rich.table import Table
-
-        from accumbench.sweep import DONE, GAVE_UP, RUNNING_ELSEWHERE
 
         # The axes that vary, then the outcome: fits 80 columns for the usual 2-3 varying axes.
         axes = [name for name in ("model", "backend", "lr_scaling", "seed") if len(spec.axes[name]) > 1]
@@ -206,97 +179,3 @@ class RichSweepReporter:
         if result.stopped_early:
             line += "; stopped at the first failure (--fail-fast)"
         self.console.print(f"{line}\nrecorded in {db_label} as sweep '{result.sweep['name']}'")
-
-
-def print_picks(picks: list[Any]) -> None:
-    """`accumbench pick-best` in the terminal: per model, the candidates with their p-values, the pick,
-    its test accuracy with a 95% interval, and the justification in words."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from accumbench.report import format_seconds
-
-    console = Console()
-    for pick in picks:
-        words = {"val_accuracy": "val acc", "val_loss": "val loss"}[pick.metric]
-        if pick.best_lrs:
-            _print_best_lrs(console, pick, words)
-        which = "stage 2: each EBS at its best lr" if pick.protocol == "tuned" else "candidates"
-        table = Table(title=f"{pick.group}: {which}, best {words} first", box=None, header_style="bold",
-                      title_justify="left")
-        # Short headings and no wrapping: the candidates of a tuned lr grid fit 80 columns, and no value is cut.
-        for column in ("candidate", f"{words}\nmean ± std", "seeds", "train\ntime", "p vs best\n(val)", "not\nworse",
-                       "test p\n(report)"):
-            table.add_column(column, justify="left" if column == "candidate" else "right", no_wrap=True)
-        for c in pick.candidates:
-            spread = "" if c.metric_std != c.metric_std else f" ± {c.metric_std:.4f}"
-            screen = "best" if c is pick.best else (
-                f"{c.screen_p:.3g} {'Welch' if c.screen_test == 'welch' else 'McNemar'}" if c.screen_p is not None
-                else "untested")
-            mark = "[bold green]* [/]" if c is pick.chosen else "  "
-            table.add_row(f"{mark}{c.label}", f"{c.metric_mean:.4f}{spread}", str(len(c.runs)),
-                          format_seconds(c.train_seconds), screen, "yes" if c.not_worse else "no",
-                          "-" if c.mcnemar_test_p is None else f"{c.mcnemar_test_p:.3g}")
-        console.print(table)
-        console.print("* the pick; p vs best: on validation (Welch across seeds, else exact McNemar); test p: exact "
-                      "McNemar on test, reported only")
-        low, high = pick.test_ci
-        console.print(f"[bold]pick: {pick.chosen.label}[/] (chosen on validation, {pick.protocol} protocol; "
-                      f"alpha {pick.alpha:g})\n"
-                      f"test accuracy {pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} "
-                      f"test examples x {len(pick.chosen.runs)} seed(s)\n{pick.justification}")
-        for fit in pick.scaling:
-            console.print(fit.text)
-        if pick.noise is not None:
-            console.print(pick.noise.text)
-        for critical in pick.critical:
-            console.print(critical.text)
-        for warning in pick.warnings:
-            console.print(f"[yellow]warning: {warning}[/]")
-        console.print()
-
-
-def _print_best_lrs(console: Any, pick: Any, words: str) -> None:
-    """The tuned protocol's first stage: per EBS, the lrs tried and the best, on validation."""
-    from rich.table import Table
-
-    table = Table(title="stage 1: the best lr of each EBS, on validation", box=None, header_style="bold",
-                  title_justify="left")
-    for column in ("EBS", "best lr", f"{words}\nmean ± std", "seeds", "lrs tried", "lr*\nrefined"):
-        table.add_column(column, justify="left" if column == "lrs tried" else "right", no_wrap=column != "lrs tried")
-    for b in pick.best_lrs:
-        spread = "" if b.best.std != b.best.std else f" ± {b.best.std:.4f}"
-        refined = format_lr(b.refined_lr) if b.refined else ("edge" if b.edge else "-")
-        table.add_row(b.label.removeprefix("EBS "), format_lr(b.best.lr), f"{b.best.mean:.4f}{spread}",
-                      str(b.best.seeds), b.lrs_tried, refined)
-    console.print(table)
-
-
-def print_comparisons(comparisons: list[Any]) -> None:
-    """`accumbench pick-best --compare-protocols`: per model, one row per protocol, then whether the EBS
-    picked changes with it."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    for comparison in comparisons:
-        table = Table(title=f"{comparison.group}: the pick under each protocol (chosen on validation)", box=None,
-                      header_style="bold", title_justify="left")
-        words = {"val_accuracy": "val acc", "val_loss": "val loss"}[comparison.protocols[0].pick.metric] if (
-            comparison.protocols) else "val acc"
-        for column in ("protocol", "pick", "lr", f"{words}\nmean ± std", "seeds", "test acc"):
-            table.add_column(column, justify="left" if column in ("protocol", "pick") else "right")
-        for row in comparison.protocols:
-            chosen = row.pick.chosen
-            spread = "" if chosen.metric_std != chosen.metric_std else f" ± {chosen.metric_std:.4f}"
-            table.add_row(row.name, chosen.label, format_lr(float(chosen.runs["lr"].iloc[0])),
-                          f"{chosen.metric_mean:.4f}{spread}", str(len(chosen.runs)), f"{row.pick.test_accuracy:.4f}")
-        if comparison.protocols:
-            console.print(table)
-            from accumbench.pick import PROTOCOL_MEANINGS
-
-            kinds = [kind for kind in PROTOCOL_MEANINGS if any(row.kind == kind for row in comparison.protocols)]
-            if kinds:
-                console.print("; ".join(f"{kind}: {PROTOCOL_MEANINGS[kind]}" for kind in kinds))
-        console.print(f"[bold]{comparison.text}[/]")
-        console.print()

@@ -1,6 +1,6 @@
 """`accumbench report --format html`: one self-contained page with the answer first and the evidence under it.
 
-    the pick per model and its justification in words        pick.pick_best (validation only)
+    the pick per model and its justification in words        analysis.pick (validation only)
     the study table (the seed study's columns), every column a click away (<details>)
     validation accuracy and loss per epoch, training loss     plots.py (the figures of --plot, as inline PNG)
     accuracy against training time, the noise scale per epoch beside the EBS tried and B_crit
@@ -18,7 +18,10 @@ import base64
 import html
 import json
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any
+
+from accumbench.formatting import format_lr, short_model
+from accumbench.present import tables
 
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
@@ -54,7 +57,7 @@ def _figure(png: bytes, alt: str, caption: str) -> str:
             f"<figcaption>{_e(caption)}</figcaption></figure>")
 
 
-def _page(title: str, body: list[str], refresh: Optional[int]) -> str:
+def _page(title: str, body: list[str], refresh: int | None) -> str:
     meta = f"<meta http-equiv='refresh' content='{refresh}'>" if refresh else ""
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
@@ -62,13 +65,13 @@ def _page(title: str, body: list[str], refresh: Optional[int]) -> str:
             + "\n".join(body) + "\n</body></html>\n")
 
 
-def _stamp(db_label: str, refresh: Optional[int]) -> str:
+def _stamp(db_label: str, refresh: int | None) -> str:
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     again = f"; rewritten every {refresh} s while `report --watch` runs, and this page reloads itself" if refresh else ""
     return f"<p class='note'>from {_e(db_label)}, written {now}{_e(again)}</p>"
 
 
-def empty_page(db_label: str, why: str, running: int, refresh: Optional[int] = None) -> str:
+def empty_page(db_label: str, why: str, running: int, refresh: int | None = None) -> str:
     """A database with no finished run yet: the page says so (and, watching, keeps looking)."""
     live = f" {running} run{'s are' if running != 1 else ' is'} RUNNING." if running else ""
     body = ["<h1>accumbench study</h1>", _stamp(db_label, refresh),
@@ -77,11 +80,8 @@ def empty_page(db_label: str, why: str, running: int, refresh: Optional[int] = N
 
 
 def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: Any, picks: list[Any],
-               grids: list[Any], figures: dict[str, bytes], refresh: Optional[int] = None) -> str:
+               grids: list[Any], figures: dict[str, bytes], refresh: int | None = None) -> str:
     """The study page. `figures` maps plots.py's file names ('<slug>-validation.png', ...) to PNG bytes."""
-    from accumbench import report as reporting
-    from accumbench.config import format_lr
-
     body = [f"<h1>{_e(title)}</h1>", _stamp(db_label, refresh), "<section id='picks'>"]
     for index, pick in enumerate(picks):
         low, high = pick.test_ci
@@ -99,14 +99,14 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
         body.append(f"<div class='pick' id='pick-{index}'>" + "".join(lines) + "</div>")
     body.append("</section>")
 
-    default = reporting.choose_columns(cells)
-    every = reporting.choose_columns(cells, wide=True)
+    default = tables.choose_columns(cells)
+    every = tables.choose_columns(cells, wide=True)
     body += ["<section id='table'><h2>The study table</h2>",
-             _table(reporting.display_table(cells, default), reporting.key_count(default)),
-             f"<p class='note'>{_e(reporting.TABLE_NOTE)}</p>",
+             _table(tables.display_table(cells, default), tables.key_count(default)),
+             f"<p class='note'>{_e(tables.TABLE_NOTE)}</p>",
              "<details><summary>all columns</summary>",
-             _table(reporting.display_table(cells, every), reporting.key_count(every))]
-    footnote = reporting.noise_footnote(cells)
+             _table(tables.display_table(cells, every), tables.key_count(every))]
+    footnote = tables.noise_footnote(cells)
     if footnote:
         body.append(f"<p class='note'>{_e(footnote)}</p>")
     body += ["</details></section>"]
@@ -128,10 +128,10 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
         body += [_figure(png, name, captions[kind]) for name, png, kind in found]
         if section == "lr-grid":
             for grid in grids:
-                body += [f"<p>{_e(grid.title)}</p>", _table(grid.display(), 1)]
+                body += [f"<p>{_e(tables.lr_grid_title(grid))}</p>", _table(tables.lr_grid_table(grid), 1)]
         body.append("</section>")
 
-    compared = reporting.display_comparison(comparison)
+    compared = tables.display_comparison(comparison)
     if not compared.empty:
         keys = sum(1 for c in compared.columns if c in ("model", "EBS", "lr\nrule", "lr", "variant"))
         body += ["<section id='backends'><h2>Accelerate against torch</h2>",
@@ -142,7 +142,7 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
     rows = []
     for run in runs.itertuples():
         config = json.dumps(json.loads(run.config_json), indent=1, sort_keys=True)
-        rows.append(f"<details><summary>run {run.run_id}: {_e(reporting.short_model(run.model))}, EBS "
+        rows.append(f"<details><summary>run {run.run_id}: {_e(short_model(run.model))}, EBS "
                     f"{run.effective_batch_size}, {_e(run.backend)}, lr {format_lr(run.lr)}, seed {run.seed}</summary>"
                     f"<p class='note'>device {_e(run.device)}; torch {_e(run.torch_version)}, transformers "
                     f"{_e(run.transformers_version)}, accelerate {_e(run.accelerate_version)}; precision "

@@ -4,7 +4,7 @@
                                        -> <slug>-time.png: accuracy against training time
                                        -> <slug>-noise-scale.png: B_simple per epoch, the EBS tried, B_crit
     steps  (one row per optimizer step) -> <slug>-train-loss.png: smoothed loss against samples seen
-    lr grids (tuning.lr_grids)         -> <slug>-lr-grid.png: validation accuracy by lr and EBS
+    lr grids (analysis.tuning.lr_grids) -> <slug>-lr-grid.png: validation accuracy by lr and EBS
 
 Each series is one label (an EBS, with its LR rule), drawn as the mean over its runs (one run per
 seed) with a shaded min-max band where it has two or more. Non-finite values (a diverged run's NaN
@@ -19,10 +19,11 @@ from threads.
 from __future__ import annotations
 
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from accumbench.errors import UserError
+from accumbench.formatting import short_model, spread
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,9 +41,7 @@ def slugify(model: str) -> str:
     ("tiny-bert"): its parents say where it lives, not what it is. A hub id keeps its organisation
     ("answerdotai/ModernBERT-base" -> "answerdotai_ModernBERT-base"), which tells models apart.
     Anything but letters, digits, '.', '_' and '-' then becomes '_'."""
-    name = model.strip().replace("\\", "/")
-    if name.startswith(("/", ".", "~")):
-        name = PurePosixPath(name).name
+    name = short_model(model.strip().replace("\\", "/"))
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
     return slug or "model"
 
@@ -71,14 +70,14 @@ def _require_matplotlib() -> None:
         raise UserError(MISSING) from exc
 
 
-def _finite(frame: "pd.DataFrame", column: str) -> "pd.DataFrame":
+def _finite(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     import numpy as np
 
     values = frame[column].astype(float)
     return frame[np.isfinite(values)].assign(**{column: values})
 
 
-def _label_order(*frames: "pd.DataFrame") -> list[str]:
+def _label_order(*frames: pd.DataFrame) -> list[str]:
     """Every label, sorted by its `order` (then name): the legend order, and the colour index, so a
     label has the same colour in every figure of one call."""
     import pandas as pd
@@ -90,14 +89,14 @@ def _label_order(*frames: "pd.DataFrame") -> list[str]:
     return sorted(first.index, key=lambda label: (first[label], label))
 
 
-def _band(ax: "Axes", x, stats: "pd.DataFrame", color, label: str, marker: str | None = None) -> None:
+def _band(ax: Axes, x, stats: pd.DataFrame, color, label: str, marker: str | None = None) -> None:
     """The mean as a line, and the min-max band around it where more than one run contributes."""
     ax.plot(x, stats["mean"], color=color, label=label, marker=marker, markersize=4)
     if (stats["count"] > 1).any():
         ax.fill_between(x, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
 
 
-def _seed_phrase(frame: "pd.DataFrame") -> str:
+def _seed_phrase(frame: pd.DataFrame) -> str:
     per_label = frame.groupby("label")["run_id"].nunique()
     low, high = int(per_label.min()), int(per_label.max())
     count = f"{low}" if low == high else f"{low}-{high}"
@@ -105,7 +104,7 @@ def _seed_phrase(frame: "pd.DataFrame") -> str:
     return f"mean over {count} seed{'s' if high > 1 else ''}{band}"
 
 
-def _validation_figure(model: str, frame: "pd.DataFrame", labels: list[str], colors) -> "Figure":
+def _validation_figure(model: str, frame: pd.DataFrame, labels: list[str], colors) -> Figure:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
@@ -127,7 +126,7 @@ def _validation_figure(model: str, frame: "pd.DataFrame", labels: list[str], col
     return fig
 
 
-def _smoothed_mean(frame: "pd.DataFrame") -> "pd.DataFrame":
+def _smoothed_mean(frame: pd.DataFrame) -> pd.DataFrame:
     """One label's training loss: each run smoothed by a centred rolling mean (window ~1/20 of its
     steps: per-step losses are noisy), then the runs averaged on the union of their samples_seen
     grid. A run is interpolated only inside its own span, never extrapolated, so a run that
@@ -148,7 +147,7 @@ def _smoothed_mean(frame: "pd.DataFrame") -> "pd.DataFrame":
                          "max": on_grid.max(axis=1), "count": on_grid.count(axis=1)})
 
 
-def _train_loss_figure(model: str, frame: "pd.DataFrame", labels: list[str], colors) -> "Figure":
+def _train_loss_figure(model: str, frame: pd.DataFrame, labels: list[str], colors) -> Figure:
     from matplotlib.figure import Figure
     from matplotlib.ticker import EngFormatter
 
@@ -165,7 +164,7 @@ def _train_loss_figure(model: str, frame: "pd.DataFrame", labels: list[str], col
     return fig
 
 
-def _time_figure(model: str, frame: "pd.DataFrame", labels: list[str], colors) -> "Figure":
+def _time_figure(model: str, frame: pd.DataFrame, labels: list[str], colors) -> Figure:
     """Validation accuracy against training time (summed over epochs), one line per series: which EBS
     gets where first, the efficiency the seed study asked about."""
     from matplotlib.figure import Figure
@@ -186,7 +185,7 @@ def _time_figure(model: str, frame: "pd.DataFrame", labels: list[str], colors) -
     return fig
 
 
-def _noise_figure(model: str, frame: "pd.DataFrame", labels: list[str], colors, b_crit: float | None) -> "Figure":
+def _noise_figure(model: str, frame: pd.DataFrame, labels: list[str], colors, b_crit: float | None) -> Figure:
     """B_simple per epoch per series on a log scale, beside the EBS tried (grey lines) and B_crit (red,
     where a fit gave one): batch sizes far below B_simple waste steps, far above it waste samples."""
     from matplotlib.figure import Figure
@@ -214,7 +213,7 @@ def _noise_figure(model: str, frame: "pd.DataFrame", labels: list[str], colors, 
     return fig
 
 
-def _lr_grid_figure(model: str, grids: list) -> "Figure":
+def _lr_grid_figure(model: str, grids: list) -> Figure:
     """One heatmap per grid (backend, variant) of a model: rows the lrs tried, columns the EBS, colour the
     mean validation accuracy, each cell annotated; a box marks each EBS's best lr."""
     import numpy as np
@@ -236,7 +235,7 @@ def _lr_grid_figure(model: str, grids: list) -> "Figure":
                 if seeds > 0:
                     matrix[row, col] = mean
                 text = "" if seeds < 0 else "diverged" if seeds == 0 else (
-                    f"{mean:.3f}" + ("" if std != std else f"\n±{std:.3f}") + f"\nn={seeds}")
+                    f"{mean:.3f}" + spread(std, 3, "\n±") + f"\nn={seeds}")
                 ax.text(col, row, text, ha="center", va="center", fontsize="small")
         image = ax.imshow(matrix, cmap="viridis", vmin=low, vmax=high if high > low else low + 1e-9,
                           aspect="auto", origin="lower", alpha=0.85)
@@ -253,17 +252,16 @@ def _lr_grid_figure(model: str, grids: list) -> "Figure":
     return fig
 
 
-def build_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path,
-                  lr_grids: tuple = (), b_crit: dict[str, float] | None = None) -> dict[Path, "Figure"]:
-    """The figures write_figures saves, keyed by their path, in a stable order: models sorted, and
+def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path,
+                  lr_grids: tuple = (), b_crit: dict[str, float] | None = None) -> dict[Path, Figure]:
+    """The figures of figure_pngs, keyed by their path, in a stable order: models sorted, and
     for each its validation figure, its training-loss figure (left out without finite steps), its
     accuracy against training time, its noise-scale figure (left out where nothing measured it; with
     B_crit from `b_crit`, model -> value, where fitted), then its lr x EBS heatmap (with an lr grid:
-    tuning.lr_grids)."""
+    analysis.tuning.lr_grids)."""
     _require_matplotlib()
-    from matplotlib import colormaps
-
     import pandas as pd
+    from matplotlib import colormaps
 
     out_dir = Path(out_dir)
     epochs = epochs if not epochs.empty else pd.DataFrame(columns=["model", "label", "order"])
@@ -294,21 +292,7 @@ def build_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path,
     return figures
 
 
-def write_figures(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path, lr_grids: tuple = (),
-                  b_crit: dict[str, float] | None = None) -> list[Path]:
-    """Write each model's figures as PNG files into out_dir (created if needed); return their paths.
-
-    The files are `<slug>-validation.png`, `<slug>-train-loss.png`, `<slug>-time.png`,
-    `<slug>-noise-scale.png` and, with an lr grid, `<slug>-lr-grid.png`, slug as in `slugify`, made
-    unique within one call. Raises UserError when matplotlib is not installed."""
-    pngs = figure_pngs(epochs, steps, out_dir, lr_grids, b_crit)  # first: it raises the UserError without matplotlib
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    for path, png in pngs.items():
-        path.write_bytes(png)
-    return list(pngs)
-
-
-def figure_pngs(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path = Path("."), lr_grids: tuple = (),
+def figure_pngs(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path = Path("."), lr_grids: tuple = (),
                 b_crit: dict[str, float] | None = None) -> dict[Path, bytes]:
     """build_figures rendered: each figure's PNG bytes, for files (--plot) and for the study page."""
     import io
@@ -324,3 +308,15 @@ def figure_pngs(epochs: "pd.DataFrame", steps: "pd.DataFrame", out_dir: Path = P
         fig.clear()  # no pyplot registry holds it: clearing frees its artists now, not at the next GC
         out[path] = buffer.getvalue()
     return out
+
+
+def write_pngs(pngs: dict[Path, bytes], out_dir: Path) -> list[Path]:
+    """Write figure_pngs' figures as PNG files into out_dir (created if needed); return their paths.
+    A directory that cannot be written is bad input (UserError), said in one line."""
+    try:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        for path, png in pngs.items():
+            path.write_bytes(png)
+    except OSError as exc:
+        raise UserError(f"cannot write figures into {out_dir} ({exc.strerror or exc}); choose another --plot") from None
+    return list(pngs)

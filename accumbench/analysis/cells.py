@@ -1,0 +1,96 @@
+"""Cells: the runs of one configuration (up to the seed) aggregated, the two backends set side by
+side, and the series the figures draw.
+
+    RunData -> one row per cell: mean and std over seeds of every metric, n      cell_table
+            -> accelerate minus torch, same cell and seed                        backend_comparison
+            -> epochs and steps labelled with their series, for the figures     plot_frames
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pandas as pd
+
+from accumbench.analysis.runs import CELL_COLUMNS, NOISE_METRICS, RunData, cell_key, cell_label, varying
+
+# The per-run metrics aggregated over seeds (mean and std per cell).
+METRICS = ("best_train_accuracy", "val_accuracy", "best_epoch", "test_accuracy", "best_test_accuracy", "val_loss",
+           "test_loss", "train_seconds", "samples_per_second", "optimizer_steps", "peak_memory_mb",
+           "noise_scale_first", "noise_scale_last")
+
+
+def cell_table(data: RunData) -> pd.DataFrame:
+    """One row per cell: mean and std over seeds of every metric, n and the seeds."""
+    runs = data.runs
+    group = runs.groupby("cell", sort=False)
+    table = group[list(CELL_COLUMNS) + ["variant", "shown_variant", "budget_text"]].first()
+    table["n"] = group["run_id"].count()
+    table["seeds"] = group["seed"].apply(lambda s: ",".join(map(str, sorted(s))))
+    table["run_ids"] = group["run_id"].apply(lambda s: ",".join(map(str, sorted(s))))
+    for metric in METRICS:
+        table[f"{metric}_mean"] = group[metric].mean()
+        table[f"{metric}_std"] = group[metric].std()  # NaN for one seed: no spread to report
+    # Why a cell has no B_simple: the reason most of its seeds give (they share their config).
+    for note in NOISE_METRICS.values():
+        table[note] = group[note].agg(lambda notes: max(sorted(set(notes)), key=list(notes).count))
+    table = table.sort_values(["model", "lr_scaling", "backend", "variant", "lr", "effective_batch_size"])
+    return table.reset_index(drop=True)
+
+
+def backend_comparison(data: RunData) -> pd.DataFrame:
+    """Cells that ran under both backends with the same seed: accelerate minus torch per metric, and
+    the training-time ratio accelerate/torch, averaged over the paired seeds."""
+    runs = data.runs.copy()
+    runs["pair"] = runs["config"].map(lambda c: cell_key(dataclasses.replace(c, backend="torch")))
+    pivot = runs.pivot_table(index=["pair", "seed"], columns="backend",
+                             values=["val_accuracy", "test_accuracy", "val_loss", "train_seconds"], aggfunc="first")
+    columns = ["model", "effective_batch_size", "lr_scaling", "lr", "variant", "pairs", "val_accuracy_diff",
+               "test_accuracy_diff", "val_loss_diff", "time_ratio"]
+    if "torch" not in pivot.columns.get_level_values(1) or "accelerate" not in pivot.columns.get_level_values(1):
+        return pd.DataFrame(columns=columns)
+    pivot = pivot.dropna(subset=[("val_accuracy", "torch"), ("val_accuracy", "accelerate")])
+    diffs = pd.DataFrame({
+        "val_accuracy_diff": pivot[("val_accuracy", "accelerate")] - pivot[("val_accuracy", "torch")],
+        "test_accuracy_diff": pivot[("test_accuracy", "accelerate")] - pivot[("test_accuracy", "torch")],
+        "val_loss_diff": pivot[("val_loss", "accelerate")] - pivot[("val_loss", "torch")],
+        "time_ratio": pivot[("train_seconds", "accelerate")] / pivot[("train_seconds", "torch")],
+    }).reset_index()
+    if diffs.empty:
+        return pd.DataFrame(columns=columns)
+    out = diffs.groupby("pair").agg(pairs=("seed", "count"), val_accuracy_diff=("val_accuracy_diff", "mean"),
+                                    test_accuracy_diff=("test_accuracy_diff", "mean"),
+                                    val_loss_diff=("val_loss_diff", "mean"), time_ratio=("time_ratio", "mean"))
+    names = runs.groupby("pair")[["model", "effective_batch_size", "lr_scaling", "lr", "variant"]].first()
+    out = names.join(out, how="inner").sort_values(["model", "lr_scaling", "variant", "lr", "effective_batch_size"])
+    return out.reset_index(drop=True)[columns]
+
+
+
+def noise_per_run(data: RunData) -> pd.DataFrame:
+    """Each run's B_simple in its first and last epoch, or why it has none."""
+    columns = ["run_id", "model", "effective_batch_size", "backend", "seed", "noise_scale_first", "noise_scale_last",
+               "noise_note_first", "noise_note_last"]
+    return data.runs[columns].sort_values("run_id").reset_index(drop=True)
+
+
+
+def plot_frames(store: Any, data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The epochs and steps of the runs, each row labelled with its series (one per cell of a model)."""
+    runs = data.runs
+    labels = {}
+    for _model, group in runs.groupby("model"):
+        cells = group.drop_duplicates("cell").sort_values(["effective_batch_size", "lr_scaling", "lr", "backend", "variant"])
+        vary = varying(group, ("lr_scaling", "base_lr", "backend", "variant"))
+        for order, row in enumerate(cells.to_dict("records")):
+            labels[row["cell"]] = (cell_label(row, vary), order)
+    keys = runs[["run_id", "model", "cell", "seed", "effective_batch_size"]].copy()
+    keys["label"] = keys["cell"].map(lambda c: labels[c][0])
+    keys["order"] = keys["cell"].map(lambda c: labels[c][1])
+    keys = keys.drop(columns="cell")
+    epochs = data.epochs.merge(keys, on="run_id")
+    steps = pd.DataFrame(store.steps_of(runs["run_id"].tolist()))
+    steps = steps.merge(keys, on="run_id") if not steps.empty else pd.DataFrame(
+        columns=["run_id", "model", "label", "order", "seed", "samples_seen", "loss"])
+    return epochs, steps

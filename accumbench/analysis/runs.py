@@ -1,0 +1,206 @@
+"""Runs into cells: the store's runs (read-only), each summarised at its best-validation epoch and keyed
+by the cell it replicates.
+
+    store.find_runs -> one row per run: its columns, its config, its summary metrics   load_runs
+      cell_key:    a configuration up to its seed (the runs that are replicates of each other)
+      lr_free_key: ... and up to its lr (the cells among which the tuned protocol picks an lr)
+      series_key:  ... and up to its EBS (one lr x EBS grid)
+
+Selection is on validation: a run's "best epoch" is the one with the highest validation accuracy
+(the run's recorded best_epoch), and its test accuracy is read at that epoch. The best test accuracy
+over epochs is kept too, but only under a name that says it was chosen on the test set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from accumbench.config import RunConfig
+from accumbench.errors import UserError
+from accumbench.formatting import format_lr, rate_key
+from accumbench.noise_scale import measurable
+from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, RUNNING
+
+# The columns that name a cell in the study's table ("lr": the rate it trained with, runs.lr); any
+# other setting that differs between cells is listed in a "variant" column rather than averaged over.
+CELL_COLUMNS = ("model", "effective_batch_size", "backend", "lr_scaling", "lr")
+_NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint", "checkpoint_dir"}  # "lr" here is the config's base rate
+# Settings the report's budget column shows, and so its variant column does not repeat.
+_BUDGET_SETTINGS = {"budget", "epochs", "train_steps"}
+# Each B_simple column, and the column that says why a run has none there.
+NOISE_METRICS = {"noise_scale_first": "noise_note_first", "noise_scale_last": "noise_note_last"}
+SPLITS_WITH_PREDICTIONS = ("validation", "test")
+
+
+class NoRuns(UserError):
+    """Nothing to report: no run matches, or none finished an epoch. The study page says so instead."""
+
+
+def cell_key(config: RunConfig) -> str:
+    """A configuration up to its seed: the runs that are replicates of one another share it.
+    (data_seed is kept apart from seed: a fixed split and a per-seed split are different cells.)"""
+    unseeded = dataclasses.replace(config, seed=0, data_seed=None if config.data_seed is None else -1)
+    return unseeded.config_hash
+
+
+def lr_free_key(config: RunConfig) -> str:
+    """A configuration up to its seed and its learning rate (and the rule that derived it): the cells
+    among which the tuned protocol picks one EBS's best lr share it."""
+    return cell_key(dataclasses.replace(config, lr=1.0, lr_scaling="none", base_batch_size=64))
+
+
+def series_key(config: RunConfig) -> str:
+    """lr_free_key up to the EBS as well: the cells of one lr x EBS grid, over which the lr scaling
+    exponent is fitted."""
+    return lr_free_key(dataclasses.replace(config, effective_batch_size=1, micro_batch_size=1))
+
+
+@dataclass
+class RunData:
+    runs: pd.DataFrame  # one row per run: its columns, its config, and its summary metrics
+    epochs: pd.DataFrame  # one row per (run, epoch)
+    evals: pd.DataFrame  # one row per --eval-every evaluation (run, step)
+    # Runs of the same filters whose loss diverged (FAILED, 'diverged at step S'): an lr that was tried
+    # and blew up is evidence for the tuned protocol, though it has no metrics.
+    diverged: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=DIVERGED_COLUMNS))
+
+
+DIVERGED_COLUMNS = ["run_id", "lr", "base_lr", "lr_scaling", "lr_free", "series", "effective_batch_size"]
+
+
+def noise_note(config: RunConfig, micro_batch_size: int, measured: bool, value: float) -> str:
+    """Why a run's B_simple is missing, in a few words ('' when it has one). `micro_batch_size` is
+    the run's recorded one (--micro-batch-size auto resolved; 0 if it never got that far)."""
+    if measured:
+        return "" if pd.notna(value) else "beyond resolution"  # EMA(|G|²) <= 0: noise swamps the signal
+    if not config.noise_scale:
+        return "off"
+    if micro_batch_size and not measurable(config.effective_batch_size, micro_batch_size):
+        return "k = 1"
+    return "not recorded"  # e.g. a run recorded before accumbench measured it
+
+
+# What each note means, for the sentence under the report's table.
+NOISE_NOTES = {
+    "k = 1": "one micro-batch per optimizer step gives one batch size, and the estimator needs two",
+    "off": "trained with --no-noise-scale",
+    "beyond resolution": "the |G|² average came out <= 0: the noise swamps the signal at these batch sizes",
+    "not recorded": "recorded before accumbench measured the noise scale",
+}
+
+
+def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
+              backend: str | None = None, status: str | None = FINISHED) -> RunData:
+    """The runs that match, each summarised at its best-validation epoch. UserError if none does."""
+    runs = store.find_runs(status=status, sweep=sweep, model=model, backend=backend)
+    if not runs:
+        filters = ", ".join(f"{k} {v}" for k, v in (("status", status), ("sweep", sweep), ("model", model),
+                                                      ("backend", backend)) if v)
+        known = ", ".join(s["name"] for s in store.list_sweeps()) or "none"
+        raise NoRuns(f"no runs match ({filters}) in {store.url}; sweeps there: {known}")
+    epochs = pd.DataFrame(store.epochs_of([r["id"] for r in runs]))
+    frame = pd.DataFrame(runs).rename(columns={"id": "run_id"})
+    configs = {row["id"]: RunConfig.from_dict(json.loads(row["config_json"])) for row in runs}
+    frame["cell"] = frame["run_id"].map(lambda run_id: cell_key(configs[run_id]))
+    frame["config"] = frame["run_id"].map(configs)
+    # Derived from the config, also for runs recorded before these columns existed.
+    frame["lr_scaling"] = frame["config"].map(lambda c: c.lr_scaling)
+    frame["base_lr"] = frame["config"].map(lambda c: c.lr)
+    frame["lr"] = frame["config"].map(lambda c: c.scaled_lr)
+    frame["lr_free"] = frame["config"].map(lr_free_key)
+    frame["series"] = frame["config"].map(series_key)
+
+    if epochs.empty:
+        raise NoRuns(f"the matching runs in {store.url} have no recorded epochs; nothing to report")
+    per_run = epochs.groupby("run_id").agg(
+        best_train_accuracy=("train_accuracy", "max"), best_test_accuracy=("test_accuracy", "max"),
+        train_seconds=("train_seconds", "sum"), samples_seen=("samples_seen", "max"),
+        optimizer_steps=("optimizer_steps", "max"), peak_memory_mb=("peak_memory_mb", "max"),
+    )
+    per_run["samples_per_second"] = per_run["samples_seen"] / per_run["train_seconds"]
+    # B_simple of the first and the last epoch (noise_steps says whether it was measured at all).
+    ordered = epochs.sort_values(["run_id", "epoch"])
+    for name, keep in (("first", "first"), ("last", "last")):
+        rows = ordered.drop_duplicates("run_id", keep=keep).set_index("run_id")
+        per_run[f"noise_scale_{name}"] = rows["noise_scale"].astype(float)
+        per_run[f"noise_measured_{name}"] = rows["noise_steps"].notna()
+    at_best = epochs.merge(frame[["run_id", "best_epoch"]], left_on=["run_id", "epoch"],
+                           right_on=["run_id", "best_epoch"])
+    at_best = at_best.set_index("run_id")[["val_accuracy", "val_loss", "test_accuracy", "test_loss"]]
+    frame = frame.join(per_run, on="run_id").join(at_best, on="run_id")
+    frame = frame[frame["best_epoch"].notna()]  # e.g. a FAILED run that never finished an epoch
+    if frame.empty:
+        raise NoRuns(f"none of the matching runs in {store.url} finished an epoch; nothing to report")
+    frame["variant"] = _variants(frame)
+    frame["shown_variant"] = _variants(frame, frozenset(_BUDGET_SETTINGS))  # the budget has a column of its own
+    frame["budget_text"] = frame["config"].map(
+        lambda c: f"{c.train_steps} steps" if c.budget == "steps" else f"{c.epochs} epoch{'s' if c.epochs != 1 else ''}")
+    for which in ("first", "last"):
+        frame[f"noise_note_{which}"] = [
+            noise_note(config, int(micro), measured, value) for config, micro, measured, value in zip(
+                frame["config"], frame["micro_batch_size"], frame[f"noise_measured_{which}"],
+                frame[f"noise_scale_{which}"])]
+    evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
+                         columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
+    return RunData(frame.reset_index(drop=True), epochs, evals,
+                   _diverged(store, sweep=sweep, model=model, backend=backend))
+
+
+def _diverged(store: Any, **filters: Any) -> pd.DataFrame:
+    """The diverged runs among those the filters match, keyed like the finished ones."""
+    rows = []
+    for run in store.find_runs(status=FAILED, **filters):
+        if (run["error"] or "").startswith(DIVERGED_PREFIX):
+            config = RunConfig.from_dict(json.loads(run["config_json"]))
+            rows.append(dict(run_id=run["id"], lr=config.scaled_lr, base_lr=config.lr, lr_scaling=config.lr_scaling,
+                             lr_free=lr_free_key(config), series=series_key(config),
+                             effective_batch_size=config.effective_batch_size))
+    return pd.DataFrame(rows, columns=DIVERGED_COLUMNS)
+
+
+def _variants(frame: pd.DataFrame, leave_out: frozenset[str] = frozenset()) -> pd.Series:
+    """For each run, the settings (other than the cell columns, the seed and `leave_out`) that differ
+    between the cells being reported, e.g. 'dropout=0.2, epochs=3'; empty when they differ in nothing else."""
+    settings = {run_id: {k: v for k, v in dataclasses.asdict(c).items() if k not in _NOT_A_VARIANT | leave_out}
+                for run_id, c in zip(frame["run_id"], frame["config"])}
+    keys = sorted({k for s in settings.values() for k in s})
+    varying = [k for k in keys if len({json.dumps(s.get(k)) for s in settings.values()}) > 1]
+    return frame["run_id"].map(lambda run_id: ", ".join(f"{k}={settings[run_id][k]}" for k in varying))
+
+
+
+
+def varying(runs: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
+    """The columns among `columns` whose value differs between the runs. A base lr counts only where
+    the rate trained with differs too: one rate reached from several base rates by a rule is one lr."""
+    def varies(column: str) -> bool:
+        if column == "base_lr" and runs["lr"].map(rate_key).nunique() < 2:
+            return False
+        return runs[column].nunique() > 1
+
+    return [c for c in columns if varies(c)]
+
+
+def cell_label(run: dict[str, Any], vary: list[str]) -> str:
+    """A cell named for people: 'EBS 256', plus the values of the columns that vary, e.g. 'EBS 256 sqrt'.
+    A varying base lr shows as the rate the cell trained with: 'EBS 256 lr 3e-4'."""
+    parts = [f"lr {format_lr(run['lr'])}" if c == "base_lr" else str(run[c]) for c in vary if run[c]]
+    return " ".join([f"EBS {run['effective_batch_size']}", *parts])
+
+
+
+def load_predictions(store: Any, data: RunData) -> dict[str, dict[int, dict[str, Any]]]:
+    """{'validation': {run id: ...}, 'test': {run id: ...}}: the stored predictions of the runs, for
+    the paired tests of pick-best (Store.predictions' shape)."""
+    run_ids = data.runs["run_id"].tolist()
+    return {split: store.predictions(run_ids, split) for split in SPLITS_WITH_PREDICTIONS}
+
+
+def count_running(store: Any, **filters: Any) -> int:
+    """Runs still RUNNING among those the filters match (the study page says so while it waits)."""
+    return len(store.find_runs(status=RUNNING, **filters))

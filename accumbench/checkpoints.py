@@ -1,0 +1,70 @@
+"""Where a run's best checkpoint goes, a check before training that it can be written there, and the
+write itself (aside, then renamed: a reader never sees half a checkpoint).
+
+    <checkpoint root>/<run id>/model.safetensors   the classifier (encoder + head), safetensors
+                              /accumbench.json     its epoch, label names and configuration
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from accumbench.config import RunConfig
+from accumbench.errors import UserError, first_line
+from accumbench.store import sqlite_path
+
+
+def checkpoint_root(url: str, config: RunConfig | None = None) -> Path:
+    """--checkpoint-dir, else checkpoints/ beside the SQLite file (./checkpoints for the default ./runs.db),
+    else (a database server) in the cwd."""
+    if config is not None and config.checkpoint_dir:
+        return Path(config.checkpoint_dir).expanduser()
+    path = sqlite_path(url)
+    return (path.parent if path else Path.cwd()) / "checkpoints"
+
+
+def require_writable_checkpoints(url: str, config: RunConfig) -> None:
+    """A run that keeps checkpoints checks, before anything trains, that it can write them: a read-only
+    or missing-and-uncreatable directory is one error line, not a run that fails after its first epoch."""
+    if not config.checkpoint:
+        return
+    root = checkpoint_root(url, config)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(dir=root, prefix=".accumbench-write-test-")
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"checkpoint directory {root} is not writable ({exc.strerror or exc}); make it writable, "
+                        "pass --checkpoint-dir DIR, or --no-checkpoint") from None
+
+
+def save_checkpoint(model: Any, directory: Path, epoch: int, label_names: list[Any], config: RunConfig) -> Path:
+    """The model's weights and what it takes to use them, into `directory`; returns the directory."""
+    from safetensors.torch import save_model
+
+    directory.mkdir(parents=True, exist_ok=True)
+    meta = {"epoch": epoch, "label_names": label_names, "config": config.to_dict()}
+    # Written aside, then renamed: a reader never sees half a checkpoint, and a write that fails (a full
+    # disk) removes its partial file, so the space is back for the database to record the failure.
+    for name, write in (("model.safetensors", lambda path: save_model(model, path)),
+                        ("accumbench.json", lambda path: Path(path).write_text(json.dumps(meta, indent=2)))):
+        partial = directory / f".{name}.partial"
+        try:
+            write(str(partial))
+            os.replace(partial, directory / name)
+        except BaseException as exc:
+            partial.unlink(missing_ok=True)
+            # safetensors reports an I/O failure as its own error, "... (os error 28)": as an OSError with
+            # that errno and the file, the run's error can say "disk full while writing ...". Any other
+            # error is raised as it is.
+            found = re.search(r"os error (\d+)", str(exc)) if not isinstance(exc, OSError) else None
+            if isinstance(exc, Exception) and found:
+                raise OSError(int(found.group(1)), first_line(exc), str(directory / name)) from exc
+            raise
+    return directory

@@ -1,0 +1,41 @@
+"""How numbers and names read to people, in one notation everywhere (tables, the console, the study page)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+
+def format_lr(lr: float) -> str:
+    """A learning rate as people write it, in one notation everywhere: 1e-5, 3e-5, 1.5e-4, 2e-3."""
+    if not math.isfinite(lr) or lr == 0:
+        return f"{lr:g}"
+    mantissa, exponent = f"{lr:.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def rate_key(lr: float) -> str:
+    """Learning rates as keys: two cells trained at the same rate can reach it by different products
+    (2e-4 x sqrt(1/4) and 1e-4 x 1), equal to about 1e-16 but not always bit for bit."""
+    return f"{lr:.9e}"
+
+
+def format_seconds(seconds: float) -> str:
+    """A training time as people read it: 42s, 12m05s, 1h02m."""
+    if seconds is None or seconds != seconds:  # None or NaN: not measured
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def short_model(model: str) -> str:
+    """A local model directory by its last path component; aliases and hub ids as they are."""
+    return Path(model).name if model.startswith(("/", ".", "~")) else model
+
+
+def spread(std: float, digits: int, sep: str = " ± ") -> str:
+    """The '± std' after a mean, or nothing where there is no spread (one seed: std is NaN)."""
+    return "" if std is None or std != std else f"{sep}{std:.{digits}f}"

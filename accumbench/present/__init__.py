@@ -1,0 +1,11 @@
+"""What people see: text tables, figures, the study page, and the rich console views.
+
+    tables.py      the study's tables as text, markdown, CSV and JSON
+    plots.py       the figures (PNG), for --plot and the study page
+    study_page.py  one self-contained HTML page: the answer first, the evidence under it
+    report.py      `accumbench report`: a store read into one of those, written to a terminal or a file
+    progress.py    a run's and a sweep's progress in a terminal (the engine's and the sweep's hooks)
+    verdicts.py    pick-best's and check-ga's answers in a terminal
+
+Nothing heavy is imported here (matplotlib, pandas): `accumbench --help` stays instant.
+"""

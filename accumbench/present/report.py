@@ -1,0 +1,163 @@
+"""`accumbench report`: the study from the run store (read-only), aggregated over seeds.
+
+    ReportRequest (every option checked before anything is read)
+      -> store, opened read-only -> analysis: runs -> cells, the backend comparison, the lr grids
+      -> table | markdown | csv | json (tables.py) | html: the study page (study_page.py), with the
+         pick per model as pick-best makes it and the figures (plots.py)
+      -> the terminal, or -o FILE (written atomically; --watch rewrites it every N seconds)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from accumbench.analysis import pick
+from accumbench.analysis.cells import backend_comparison, cell_table, noise_per_run, plot_frames
+from accumbench.analysis.runs import NoRuns, count_running, load_predictions, load_runs
+from accumbench.analysis.tuning import lr_grids
+from accumbench.errors import UserError
+from accumbench.present import plots, study_page, tables
+from accumbench.store import Store, display_url, resolve_db_url
+from accumbench.vocabulary import FINISHED, FORMATS, STATUSES
+
+
+@dataclass(frozen=True)
+class ReportRequest:
+    """What `accumbench report` was asked for; checked whole on creation (UserError), before any reading."""
+
+    db: str | None = None
+    sweep: str | None = None
+    model: str | None = None
+    backend: str | None = None
+    status: str = FINISHED  # or 'any'
+    fmt: str = "table"
+    columns: str | None = None
+    wide: bool = False
+    output: Path | None = None
+    plot: Path | None = None
+    watch: float | None = None  # seconds between rewrites of the study page
+
+    def __post_init__(self) -> None:
+        if self.fmt not in FORMATS:
+            raise UserError(f"unknown --format '{self.fmt}'; choose one of: {', '.join(FORMATS)}")
+        if self.status != "any" and self.status not in STATUSES:
+            raise UserError(f"unknown --status '{self.status}'; choose one of: {', '.join(STATUSES)}, any")
+        if self.columns is not None and self.wide:
+            raise UserError("--columns picks columns and --wide shows them all; give one of them")
+        if self.columns is not None:
+            tables.choose_columns(None, self.columns)  # unknown names fail here, before any reading
+        _check_writable(self.output)
+        if self.watch is not None:
+            if not (self.watch > 0) or self.watch != self.watch:
+                raise UserError(f"--watch takes a positive number of seconds, got {self.watch:g}; e.g. --watch 30")
+            if self.fmt != "html" or self.output is None:
+                raise UserError("--watch rewrites a study page: add --format html -o study.html")
+
+    @property
+    def filters(self) -> dict[str, str | None]:
+        return dict(sweep=self.sweep, model=self.model, backend=self.backend)
+
+    @property
+    def db_label(self) -> str:
+        """Where the runs are, as the user would name them: the SQLite file, or the URL without its password."""
+        return display_url(resolve_db_url(self.db))
+
+
+def build(store: Any, request: ReportRequest, width: int | None = None,
+          refresh: int | None = None) -> tuple[str, dict[str, bytes]]:
+    """The report from an open (read-only) store: the text in the request's format (table: for a terminal
+    of `width` columns, None for a pipe; html: the study page, reloading every `refresh` s) and, for the
+    page or for --plot, each figure's PNG by file name. The page picks per model as pick-best does."""
+    status = None if request.status == "any" else request.status
+    try:
+        data = load_runs(store, status=status, **request.filters)
+    except NoRuns as exc:
+        if request.fmt != "html":
+            raise
+        return study_page.empty_page(request.db_label, str(exc).split(";")[0], count_running(store, **request.filters),
+                                     refresh), {}
+    cells, comparison, grids = cell_table(data), backend_comparison(data), lr_grids(data)
+    shown = tables.choose_columns(cells, request.columns, request.wide)
+    title = (f"accumbench report: {len(data.runs)} runs in {len(cells)} cells"
+             + (f", sweep {request.sweep}" if request.sweep else ""))
+    picks, pngs = [], {}
+    if request.fmt == "html" or request.plot is not None:
+        if status == FINISHED:  # a pick is made among finished runs only, as pick-best makes it
+            picks = pick.pick_best(data, load_predictions(store, data))
+        b_crit = {str(p.chosen.runs["model"].iloc[0]): c.fit.b_crit for p in picks for c in p.critical
+                  if c.fit is not None and c.fit.b_crit is not None}
+        pngs = {path.name: png for path, png in plots.figure_pngs(*plot_frames(store, data), lr_grids=grids,
+                                                                    b_crit=b_crit).items()}
+    if request.fmt == "html":
+        text = study_page.study_page(title=title.replace("accumbench report", "accumbench study"),
+                                     db_label=request.db_label, cells=cells, comparison=comparison, data=data,
+                                     picks=picks, grids=grids, figures=pngs, refresh=refresh)
+    elif request.fmt == "table":
+        text = tables.text_report(cells, comparison, title, shown, grids, width)
+    else:
+        text = tables.render(cells, comparison, request.fmt, title, shown, noise_per_run(data), grids)
+    return text, pngs
+
+
+def produce(request: ReportRequest, to_terminal: bool, refresh: float | None = None) -> tuple[str, list[Path]]:
+    """The report as text in its format (also written to request.output, when given), and the figure files
+    --plot wrote."""
+    # A terminal splits a wider table into blocks of its width; a pipe or file gets whole lines.
+    width = shutil.get_terminal_size().columns if to_terminal and sys.stdout.isatty() else None
+    with Store.open_readonly(resolve_db_url(request.db)) as store:
+        text, pngs = build(store, request, width, None if refresh is None else max(1, round(refresh)))
+    figures = [] if request.plot is None else plots.write_pngs(
+        {request.plot / name: png for name, png in pngs.items()}, request.plot)
+    if request.output is not None:
+        write_atomically(request.output, text)
+    return text, figures
+
+
+def watch_page(request: ReportRequest, echo: Callable[[str], Any]) -> None:
+    """Rewrite the study page every request.watch seconds until Ctrl-C; the page reloads itself as often."""
+    echo(f"watching: writing {request.output} every {request.watch:g} s; open it in a browser, Ctrl-C to stop")
+    try:
+        while True:
+            produce(request, to_terminal=False, refresh=request.watch)
+            time.sleep(request.watch)
+    except KeyboardInterrupt:
+        echo(f"stopped watching; {request.output} holds the last page")
+
+
+def _check_writable(output: Path | None) -> None:
+    """-o must name a file in a directory that exists; said before any work. (Whether it can really be
+    written is found out by writing it: see write_atomically.)"""
+    if output is None:
+        return
+    if not output.parent.is_dir():
+        raise UserError(f"directory {output.parent} does not exist; create it or choose another --output")
+    if output.is_dir():
+        raise UserError(f"--output {output} is a directory; give a file name, e.g. {output / 'study.html'}")
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write through a temporary file in the same directory, then rename: a reader (a browser reloading
+    a watched page) sees the old file or the new one, never half of one; a failure leaves nothing."""
+    try:
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException as exc:  # Ctrl-C in the middle of a watched write leaves no temporary file either
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        if isinstance(exc, OSError):
+            raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
+        raise

@@ -1,0 +1,111 @@
+"""What pick-best and check-ga print in a terminal: the answers, with the evidence under them (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from accumbench.formatting import format_lr, format_seconds, spread
+from accumbench.vocabulary import METRIC_HEADINGS, PROTOCOL_MEANINGS
+
+
+def print_picks(picks: list[Any]) -> None:
+    """`accumbench pick-best` in the terminal: per model, the candidates with their p-values, the pick,
+    its test accuracy with a 95% interval, and the justification in words."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for pick in picks:
+        words = METRIC_HEADINGS[pick.metric]
+        if pick.best_lrs:
+            _print_best_lrs(console, pick, words)
+        which = "stage 2: each EBS at its best lr" if pick.protocol == "tuned" else "candidates"
+        table = Table(title=f"{pick.group}: {which}, best {words} first", box=None, header_style="bold",
+                      title_justify="left")
+        # Short headings and no wrapping: the candidates of a tuned lr grid fit 80 columns, and no value is cut.
+        for column in ("candidate", f"{words}\nmean ± std", "seeds", "train\ntime", "p vs best\n(val)", "not\nworse",
+                       "test p\n(report)"):
+            table.add_column(column, justify="left" if column == "candidate" else "right", no_wrap=True)
+        for c in pick.candidates:
+            screen = "best" if c is pick.best else (
+                f"{c.screen_p:.3g} {'Welch' if c.screen_test == 'welch' else 'McNemar'}" if c.screen_p is not None
+                else "untested")
+            mark = "[bold green]* [/]" if c is pick.chosen else "  "
+            table.add_row(f"{mark}{c.label}", f"{c.metric_mean:.4f}{spread(c.metric_std, 4)}", str(len(c.runs)),
+                          format_seconds(c.train_seconds), screen, "yes" if c.not_worse else "no",
+                          "-" if c.mcnemar_test_p is None else f"{c.mcnemar_test_p:.3g}")
+        console.print(table)
+        console.print("* the pick; p vs best: on validation (Welch across seeds, else exact McNemar); test p: exact "
+                      "McNemar on test, reported only")
+        low, high = pick.test_ci
+        console.print(f"[bold]pick: {pick.chosen.label}[/] (chosen on validation, {pick.protocol} protocol; "
+                      f"alpha {pick.alpha:g})\n"
+                      f"test accuracy {pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} "
+                      f"test examples x {len(pick.chosen.runs)} seed(s)\n{pick.justification}")
+        for fit in pick.scaling:
+            console.print(fit.text)
+        if pick.noise is not None:
+            console.print(pick.noise.text)
+        for critical in pick.critical:
+            console.print(critical.text)
+        for warning in pick.warnings:
+            console.print(f"[yellow]warning: {warning}[/]")
+        console.print()
+
+
+def _print_best_lrs(console: Any, pick: Any, words: str) -> None:
+    """The tuned protocol's first stage: per EBS, the lrs tried and the best, on validation."""
+    from rich.table import Table
+
+    table = Table(title="stage 1: the best lr of each EBS, on validation", box=None, header_style="bold",
+                  title_justify="left")
+    for column in ("EBS", "best lr", f"{words}\nmean ± std", "seeds", "lrs tried", "lr*\nrefined"):
+        table.add_column(column, justify="left" if column == "lrs tried" else "right", no_wrap=column != "lrs tried")
+    for b in pick.best_lrs:
+        refined = format_lr(b.refined_lr) if b.refined else ("edge" if b.edge else "-")
+        table.add_row(b.label.removeprefix("EBS "), format_lr(b.best.lr), f"{b.best.mean:.4f}{spread(b.best.std, 4)}",
+                      str(b.best.seeds), b.lrs_tried, refined)
+    console.print(table)
+
+
+def print_comparisons(comparisons: list[Any]) -> None:
+    """`accumbench pick-best --compare-protocols`: per model, one row per protocol, then whether the EBS
+    picked changes with it."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for comparison in comparisons:
+        table = Table(title=f"{comparison.group}: the pick under each protocol (chosen on validation)", box=None,
+                      header_style="bold", title_justify="left")
+        words = METRIC_HEADINGS[comparison.protocols[0].pick.metric] if (
+            comparison.protocols) else "val acc"
+        for column in ("protocol", "pick", "lr", f"{words}\nmean ± std", "seeds", "test acc"):
+            table.add_column(column, justify="left" if column in ("protocol", "pick") else "right")
+        for row in comparison.protocols:
+            chosen = row.pick.chosen
+            table.add_row(row.name, chosen.label, format_lr(float(chosen.runs["lr"].iloc[0])),
+                          f"{chosen.metric_mean:.4f}{spread(chosen.metric_std, 4)}", str(len(chosen.runs)), f"{row.pick.test_accuracy:.4f}")
+        if comparison.protocols:
+            console.print(table)
+            kinds = [kind for kind in PROTOCOL_MEANINGS if any(row.kind == kind for row in comparison.protocols)]
+            if kinds:
+                console.print("; ".join(f"{kind}: {PROTOCOL_MEANINGS[kind]}" for kind in kinds))
+        console.print(f"[bold]{comparison.text}[/]")
+        console.print()
+
+
+def print_gradient_checks(checks: list[Any], samples: int, micro_batch_size: int, precision: str) -> None:
+    """`accumbench check-ga`: per backend, how far the accumulated gradient is from the full-batch one."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"one group of {samples} in micro-batches of {micro_batch_size}, precision {precision}",
+                  box=None, header_style="bold")
+    for column in ("gradient", "max |g-ref|", "relative", "|g|/|ref|", "tolerance", "result"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for check in checks:
+        verdict = "[green]PASS[/]" if check.tolerance and check.passed else "[red]FAIL[/]" if check.tolerance else "(contrast)"
+        table.add_row(check.name, f"{check.max_abs_deviation:.2e}", f"{check.relative_deviation:.2e}",
+                      f"{check.norm_ratio:.4f}", f"{check.tolerance:.0e}" if check.tolerance else "-", verdict)
+    Console().print(table)

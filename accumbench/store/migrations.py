@@ -1,0 +1,120 @@
+"""The schema's version: reading it, refusing a newer one, and upgrading an older database in place.
+
+This is the one place that reads the stored version (read_schema_version): Store.open before it
+upgrades, Store.check_compatible before anything touches an SQLite file, and Store.open_readonly
+before a report reads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, func, insert, inspect, select
+from sqlalchemy.engine import Connection
+
+from accumbench.errors import UserError
+from accumbench.store.schema import Base, Epoch, Run, SchemaVersion, Step
+
+SCHEMA_VERSION = 6
+
+
+def read_schema_version(conn: Connection) -> int | None:
+    """The database's schema version; None when it has no schema_version table (a new database, or
+    someone else's) or an empty one."""
+    if not inspect(conn).has_table(SchemaVersion.__tablename__):
+        return None
+    return conn.scalar(select(func.max(SchemaVersion.version)))
+
+
+def _newer_schema_error(where: Any, found: int) -> UserError:
+    return UserError(
+        f"{where} has schema version {found}, but this accumbench only knows "
+        f"version {SCHEMA_VERSION}; upgrade accumbench (pip install -U accumbench) to use it"
+    )
+
+
+def _add_missing_columns(conn: Connection, table: Any, names: tuple[str, ...]) -> None:
+    """ALTER TABLE ADD COLUMN each of `names` that `table` lacks (idempotent).
+
+    The columns must be nullable and without server defaults: that is all
+    ADD COLUMN can do on every database (SQLite in particular).
+    """
+    existing = {col["name"] for col in inspect(conn).get_columns(table.name)}
+    preparer = conn.dialect.identifier_preparer
+    for name in names:
+        if name in existing:
+            continue
+        column = table.c[name]
+        assert column.nullable and column.server_default is None, column
+        references = ""
+        for fk in column.foreign_keys:  # SQLite allows REFERENCES on ADD COLUMN when the default is NULL
+            references = (f" REFERENCES {preparer.format_table(fk.column.table)} "
+                          f"({preparer.format_column(fk.column)})")
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.format_table(table)} "
+            f"ADD COLUMN {preparer.format_column(column)} {column.type.compile(dialect=conn.dialect)}{references}"
+        )
+
+
+def _migrate_to_2(conn: Connection) -> None:
+    """1 -> 2: per-step rows (table steps, made by create_all), runs.precision,
+    runs.world_size and epochs.skipped_steps."""
+    _add_missing_columns(conn, Run.__table__, ("precision", "world_size"))
+    _add_missing_columns(conn, Epoch.__table__, ("skipped_steps",))
+
+
+def _migrate_to_3(conn: Connection) -> None:
+    """2 -> 3: sweeps (table sweeps, made by create_all), the runs' sweep columns and lr/budget
+    columns, and the one-live-run-per-cell index (create_all skips indexes of existing tables)."""
+    _add_missing_columns(conn, Run.__table__, ("sweep_id", "attempt", "base_lr", "lr_scaling", "base_batch_size",
+                                               "budget", "train_steps"))
+    for index in Run.__table__.indexes:
+        index.create(conn, checkfirst=True)
+
+
+def _migrate_to_4(conn: Connection) -> None:
+    """3 -> 4: the predictions table only, which create_all makes."""
+
+
+def _migrate_to_5(conn: Connection) -> None:
+    """4 -> 5: tokenization time and cache use per run; tokens/s and padding per epoch."""
+    _add_missing_columns(conn, Run.__table__, ("tokenize_seconds", "tokens_cached"))
+    _add_missing_columns(conn, Epoch.__table__, ("tokens_per_second", "padding_fraction"))
+
+
+def _migrate_to_6(conn: Connection) -> None:
+    """5 -> 6: the gradient noise scale per epoch and per step; evals (made by create_all)."""
+    _add_missing_columns(conn, Epoch.__table__, ("noise_scale", "noise_trace", "noise_grad_sq", "noise_steps"))
+    _add_missing_columns(conn, Step.__table__, ("micro_grad_sq", "noise_grad_sq", "noise_trace", "noise_scale"))
+
+
+# Why migrations rather than "delete the old file": a run database holds results
+# that took GPU-hours to produce, so a new accumbench upgrades it in place.
+# upgrade() runs these in order (found+1 .. SCHEMA_VERSION) inside Store.open's single
+# schema transaction (BEGIN IMMEDIATE on SQLite), after create_all has made any missing
+# tables, so an upgrade is all-or-nothing and parallel workers can't both run it. Each function
+# takes the database from version N-1 to N and must be idempotent (inspect before
+# altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
+_MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5, 6: _migrate_to_6}
+assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
+
+
+def upgrade(conn: Connection, where: Any) -> None:
+    """Bring the database behind `conn` to SCHEMA_VERSION: create what is missing, run the migrations
+    from its version on, and record the version. UserError (via _newer_schema_error, naming `where`)
+    for a newer schema, before anything is touched.
+
+    Runs inside the caller's transaction, which holds the schema lock (connection._lock_for_schema)
+    and which the caller commits: parallel workers then can't race to create or upgrade the same tables,
+    and a failed migration leaves the database as it was."""
+    # Checked here too (check_compatible covers SQLite files only), before create_all touches anything.
+    found = read_schema_version(conn)
+    if found is not None and found > SCHEMA_VERSION:
+        raise _newer_schema_error(where, found)
+    Base.metadata.create_all(conn)  # also the tables a migration adds
+    if found is not None and found < SCHEMA_VERSION:
+        for version in range(found + 1, SCHEMA_VERSION + 1):
+            _MIGRATIONS[version](conn)
+        conn.execute(delete(SchemaVersion))
+    if found is None or found < SCHEMA_VERSION:
+        conn.execute(insert(SchemaVersion).values(version=SCHEMA_VERSION))

@@ -1,0 +1,278 @@
+"""The tables of the run database, as SQLAlchemy models, and the plain-dict shape callers get rows in.
+
+Column names are a public contract (people query the file with the ``sqlite3`` CLI), so rename nothing
+without bumping SCHEMA_VERSION (migrations.py), and add a column only with a migration that adds it to
+existing databases.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from array import array
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    LargeBinary,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    inspect,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from accumbench.vocabulary import LIVE_STATUSES
+
+
+class NonFiniteFloat(TypeDecorator):
+    """A float column that keeps NaN (a diverged run is a result, not a crash).
+
+    Python's sqlite3 driver binds float('nan') as NULL, which would make a
+    diverged loss indistinguishable from "not measured". SQLite columns are
+    dynamically typed, so we store NaN as the TEXT 'NaN' and turn it back into
+    a float on the way out. +/-inf need no help: SQLite's REAL holds IEEE
+    infinities natively, so they stay real numbers (MAX/ORDER BY still work).
+    Other databases (e.g. PostgreSQL) store NaN natively and are left alone.
+    """
+
+    impl = Float
+    cache_ok = True
+
+    def bind_processor(self, dialect):
+        # Overrides bind_processor rather than process_bind_param: Float's own
+        # SQLite bind processor runs float() on the value and would undo 'NaN'.
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value):
+            if value is None:
+                return None
+            return "NaN" if math.isnan(value) else float(value)
+
+        return process
+
+    def process_result_value(self, value, dialect):
+        # Float's result processor already float()s 'NaN'; this keeps it explicit.
+        return float(value) if isinstance(value, str) else value
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {float: NonFiniteFloat}
+
+
+class SchemaVersion(Base):
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(primary_key=True)
+
+
+class Sweep(Base):
+    """A named grid of cells. Added in schema version 3."""
+
+    __tablename__ = "sweeps"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(unique=True)
+    grid_hash: Mapped[str]  # sha256 of the cells' sorted config hashes: the same name must mean the same grid
+    spec_json: Mapped[str] = mapped_column(Text)  # the grid as the user gave it (axes and shared options)
+    num_cells: Mapped[int]
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+_LIVE = "status IN (" + ", ".join(f"'{status}'" for status in LIVE_STATUSES) + ")"
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    __table_args__ = (
+        # The guard behind claiming: one live (RUNNING or FINISHED) run per sweep cell, enforced by
+        # the database itself, so no interleaving of workers can run a cell twice. Runs of
+        # `accumbench train` (sweep_id NULL) are free to repeat a configuration.
+        Index("uq_runs_live_sweep_cell", "sweep_id", "config_hash", unique=True,
+              sqlite_where=text(f"sweep_id IS NOT NULL AND {_LIVE}"),
+              postgresql_where=text(f"sweep_id IS NOT NULL AND {_LIVE}")),
+        # AUTOINCREMENT: ids of deleted runs are never handed out again, so a
+        # checkpoint directory or a note that names "run 7" can't be mistaken.
+        {"sqlite_autoincrement": True},
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    status: Mapped[str]
+    backend: Mapped[str]
+    model: Mapped[str]
+    dataset: Mapped[str]
+    seed: Mapped[int]
+    lr: Mapped[float]
+    effective_batch_size: Mapped[int]
+    micro_batch_size: Mapped[int]
+    accumulation_steps: Mapped[int]
+    epochs: Mapped[int]
+    max_length: Mapped[int]
+    optimizer: Mapped[str]
+    scheduler: Mapped[str]
+    config_hash: Mapped[str] = mapped_column(index=True)
+    config_json: Mapped[str] = mapped_column(Text)
+    # Naive datetimes, always UTC (see _now).
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    torch_version: Mapped[str | None]
+    transformers_version: Mapped[str | None]
+    accelerate_version: Mapped[str | None]
+    device: Mapped[str | None]
+    num_train_samples: Mapped[int | None]
+    num_val_samples: Mapped[int | None]
+    num_test_samples: Mapped[int | None]
+    num_labels: Mapped[int | None]
+    best_epoch: Mapped[int | None]
+    checkpoint_path: Mapped[str | None]
+    # Added in schema version 2 (kept last: ALTER TABLE ADD COLUMN appends, so
+    # fresh and migrated databases have the same column order).
+    precision: Mapped[str | None]  # one of PRECISIONS
+    world_size: Mapped[int | None]  # number of processes (GPUs) training together
+    # Added in schema version 3. lr (above) is the rate actually used; base_lr is --lr before scaling.
+    sweep_id: Mapped[int | None] = mapped_column(ForeignKey("sweeps.id"), index=True)
+    attempt: Mapped[int | None]  # 1-based try of this sweep cell
+    base_lr: Mapped[float | None]
+    lr_scaling: Mapped[str | None]  # none, linear or sqrt
+    base_batch_size: Mapped[int | None]
+    budget: Mapped[str | None]  # epochs or steps
+    train_steps: Mapped[int | None]  # optimizer steps planned for the whole run
+    # Added in schema version 5.
+    tokenize_seconds: Mapped[float | None]  # tokenizing the splits, or reading them from the cache
+    tokens_cached: Mapped[bool | None]  # whether the tokenized splits came from the cache
+
+
+class Epoch(Base):
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("run_id", "epoch"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int]  # 1-based
+    train_loss: Mapped[float | None]
+    train_accuracy: Mapped[float | None]
+    val_loss: Mapped[float | None]
+    val_accuracy: Mapped[float | None]
+    test_loss: Mapped[float | None]
+    test_accuracy: Mapped[float | None]
+    optimizer_steps: Mapped[int]  # cumulative over the run
+    samples_seen: Mapped[int]  # cumulative over the run
+    epoch_seconds: Mapped[float]
+    train_seconds: Mapped[float]
+    eval_seconds: Mapped[float]
+    samples_per_second: Mapped[float]
+    peak_memory_mb: Mapped[float | None]  # CUDA max allocated, or peak RSS on CPU
+    # Added in schema version 2: optimizer steps the fp16 GradScaler skipped
+    # (inf/NaN gradients) in this epoch; NULL when not measured (no fp16).
+    skipped_steps: Mapped[int | None]
+    # Added in schema version 5: real (non-pad) tokens trained per second, and the share of padding
+    # in the epoch's micro-batches (pad tokens / all tokens fed).
+    tokens_per_second: Mapped[float | None]
+    padding_fraction: Mapped[float | None]
+    # Added in schema version 6: the gradient noise scale B_simple = tr(Σ)/|G|² at the epoch's end
+    # (noise_scale.py), and its bias-corrected EMA components tr(Σ) and |G|² over noise_steps steps.
+    # NULL when not measured (k = 1, --no-noise-scale); NaN when EMA(|G|²) <= 0 (noise swamps signal).
+    noise_scale: Mapped[float | None]
+    noise_trace: Mapped[float | None]
+    noise_grad_sq: Mapped[float | None]
+    noise_steps: Mapped[int | None]
+
+
+class Step(Base):
+    """One optimizer step (one accumulation group). Added in schema version 2."""
+
+    __tablename__ = "steps"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int]  # 1-based, cumulative over the run
+    epoch: Mapped[int]  # 1-based
+    samples_seen: Mapped[int]  # cumulative over the run, including this step
+    loss: Mapped[float]  # mean training loss of the step's group (NaN kept)
+    grad_norm: Mapped[float | None]  # total gradient norm before clipping
+    lr: Mapped[float]  # learning rate used for this step
+    # Added in schema version 6, every --noise-scale-every steps when the noise scale is measured:
+    # mean |g_j|² over the micro-batches, this step's unbiased |G|² and tr(Σ) estimates, and B_simple
+    # from the epoch's EMAs so far (the step's grad_norm² is the group's |G_big|²).
+    micro_grad_sq: Mapped[float | None]
+    noise_grad_sq: Mapped[float | None]
+    noise_trace: Mapped[float | None]
+    noise_scale: Mapped[float | None]
+
+
+class StepEvaluation(Base):
+    """A validation evaluation between epochs' ends (--eval-every N steps), for steps-to-target.
+    Added in schema version 6; the evaluation at each epoch's end is in epochs."""
+
+    __tablename__ = "evals"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int]  # optimizer steps taken, cumulative over the run
+    epoch: Mapped[int]  # 1-based: the epoch the step belongs to
+    samples_seen: Mapped[int]
+    val_loss: Mapped[float]
+    val_accuracy: Mapped[float]
+
+
+class Prediction(Base):
+    """A run's predicted labels on one split (validation or test) at its best-validation epoch, for
+    paired tests between runs (McNemar). Added in schema version 4.
+
+    Compact: labels and predictions are little-endian uint16 arrays, one entry per example in split
+    order (2 bytes each: 10 kB for a 5,000-example test set). split_hash fingerprints the split's
+    texts and labels, so runs are only ever paired on the very same examples."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("run_id", "split"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    split: Mapped[str]  # validation or test
+    epoch: Mapped[int]  # the best-validation epoch they come from
+    num_examples: Mapped[int]
+    split_hash: Mapped[str]
+    labels: Mapped[bytes] = mapped_column(LargeBinary)
+    predicted: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+SWEEP_COLUMNS = tuple(c.key for c in inspect(Sweep).column_attrs)
+RUN_COLUMNS = tuple(c.key for c in inspect(Run).column_attrs)
+EPOCH_COLUMNS = tuple(c.key for c in inspect(Epoch).column_attrs)
+STEP_COLUMNS = tuple(c.key for c in inspect(Step).column_attrs)
+EVAL_COLUMNS = tuple(c.key for c in inspect(StepEvaluation).column_attrs)
+
+
+def _now() -> datetime:
+    """Now in UTC, without tzinfo: the DateTime columns hold naive UTC times (SQLite keeps no zone)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _pack(values: list[int]) -> bytes:
+    """Class ids as little-endian uint16, whatever this machine's byte order."""
+    packed = array("H", values)  # OverflowError beyond 65,535 classes
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpack(blob: bytes) -> list[int]:
+    values = array("H")
+    values.frombytes(blob)
+    if sys.byteorder == "big":
+        values.byteswap()
+    return values.tolist()
+
+
+def _as_dict(obj: Base, columns: tuple[str, ...]) -> dict[str, Any]:
+    return {name: getattr(obj, name) for name in columns}

@@ -1,0 +1,229 @@
+"""A sweep as the user asked for it: the grid's axes, the options its cells share, and how to run it.
+
+    preset < YAML file < flags -> SweepSpec: axes, shared options, one RunConfig per grid point (a cell,
+    named by its config_hash), checked whole before anything is written (bad input: one UserError)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+from accumbench.config import CONFIG_KEYS, RunConfig, check_value, coerce_field, file_error, read_yaml_mapping
+from accumbench.errors import UserError
+from accumbench.formatting import format_lr
+from accumbench.sweep.presets import PRESETS
+
+# The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary,
+# outermost first. Cells are ordered so that one model/backend's EBS comparison completes early,
+# and a seed's whole lr x EBS grid before the next seed: one seed already gives a tuned answer.
+AXES = {"models": "model", "backends": "backend", "lr_scaling": "lr_scaling", "seeds": "seed", "lrs": "lr",
+        "effective_batch_sizes": "effective_batch_size"}
+# What each axis takes, for the error line when one of its values is wrong.
+AXIS_EXAMPLES = {"models": "bert,modernbert", "backends": "torch,accelerate", "lr_scaling": "none,sqrt",
+                 "seeds": "42,43,44", "lrs": "1e-5,3e-5,1e-4", "effective_batch_sizes": "64,256,1024"}
+SWEEP_OPTIONS = {"name": None, "preset": None, "max_retries": 1, "stale_after": 600.0, "fail_fast": False}
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A sweep as the user asked for it: grid axes, the options every cell shares, and how to run it."""
+
+    axes: dict[str, tuple[Any, ...]]  # RunConfig field -> values
+    options: dict[str, Any]  # RunConfig field -> value, the same for every cell
+    name: str | None = None
+    preset: str | None = None
+    max_retries: int = 1
+    stale_after: float = 600.0
+    fail_fast: bool = False
+    cells: tuple[RunConfig, ...] = field(default=(), compare=False)
+
+    @property
+    def grid_hash(self) -> str:
+        """Names the set of cells: the same grid however it was spelled (preset, YAML, flags, order)."""
+        hashes = sorted(cell.config_hash for cell in self.cells)
+        return hashlib.sha256("\n".join(hashes).encode()).hexdigest()[:16]
+
+    @property
+    def sweep_name(self) -> str:
+        """--name, or one derived from the grid: rerunning the same command resumes the same sweep."""
+        return self.name or f"{self.preset or 'sweep'}-{self.grid_hash[:8]}"
+
+    def to_json(self) -> str:
+        return json.dumps({"preset": self.preset, "axes": {k: list(v) for k, v in self.axes.items()},
+                           "options": self.options}, sort_keys=True)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """Beat four times per --stale-after (at most every 15 s), so a live run is never taken for dead."""
+        return min(15.0, self.stale_after / 4)
+
+    def grid_shape(self) -> str:
+        """'2 models x 3 EBS x 4 lrs x 3 seeds = 72 cells' (what the console shows; see grid_shape)."""
+        return grid_shape(self)
+
+    def describe(self, config: RunConfig) -> str:
+        """One of its cells in a few words (see describe)."""
+        return describe(config, self)
+
+
+
+def split_list(value: Any) -> list[Any]:
+    """'64,256, 1024' -> ['64', '256', '1024']; a YAML list or a single value -> a list."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [value]
+
+
+def read_sweep_yaml(path: Path) -> dict[str, Any]:
+    """A sweep file: grid axes (lists), shared run options, and sweep options, all as top-level keys."""
+    return read_yaml_mapping(path, "sweep file", (*AXES, *SWEEP_OPTIONS, *CONFIG_KEYS),
+                             f"grid keys: {', '.join(AXES)}")
+
+
+def build_spec(config_file: Path | None = None, **given: Any) -> SweepSpec:
+    """Preset, then the YAML file, then the flags that were given (not None). Expands and validates
+    every cell, so a bad value fails here, before anything is written."""
+    values: dict[str, Any] = {}
+    from_file = read_sweep_yaml(config_file) if config_file else {}
+    preset = given.get("preset") or from_file.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"unknown --preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+    flags = {k: v for k, v in given.items() if v is not None}
+    if config_file:
+        check_sweep_file(from_file, config_file, flags)
+    sources = [(PRESETS[preset], f"in --preset {preset}")] if preset is not None else []
+    sources += [(from_file, f"in {config_file}"), (flags, "on the command line")]
+    for source, where in sources:
+        for axis, name in AXES.items():
+            if name != axis and name in source and axis in source:
+                # --lr 1e-4 --lrs 1e-5,1e-4: one rate or a grid? Neither reading is safe to guess.
+                raise UserError(f"{_spelling(name, where)} and {_spelling(axis, where)} both given {where}; "
+                                f"keep {_spelling(axis, where)} for a grid (e.g. {AXIS_EXAMPLES[axis]}) or "
+                                f"{_spelling(name, where)} for one value")
+        for key, value in source.items():
+            if key == "lr" and isinstance(value, (list, tuple)):
+                raise UserError(f"'lr' takes one value in a sweep, got {value!r}; for a grid of learning rates "
+                                f"use 'lrs: [{', '.join(map(str, value))}]' (or --lrs {','.join(map(str, value))})")
+            # The singular spelling of an axis (model: bert in YAML, --lr 1e-4) sets a one-value axis.
+            plural = next((axis for axis, name in AXES.items() if name == key), key)
+            values[plural] = value
+    if preset is not None:
+        values["preset"] = preset
+
+    axes = {name: axis_values(axis, values.pop(axis, getattr(RunConfig, name))) for axis, name in AXES.items()}
+    sweep_options = {key: values.pop(key, default) for key, default in SWEEP_OPTIONS.items()}
+    for key, value in values.items():
+        if isinstance(value, (list, tuple)):
+            raise UserError(
+                f"'{key}' takes one value in a sweep, got {value!r}; the grid axes are: {', '.join(AXES)}"
+            )
+    options = values
+    max_retries, stale_after = retry_options(sweep_options["max_retries"], sweep_options["stale_after"])
+
+    cells: dict[str, RunConfig] = {}
+    for point in product(*axes.values()):
+        cell_values = {**options, **dict(zip(axes, point))}
+        try:
+            cell = RunConfig(**cell_values)
+        except UserError as exc:
+            where = ", ".join(f"{name}={value}" for name, value in zip(axes, point) if len(axes[name]) > 1)
+            raise UserError(f"{exc} (in the cell {where})" if where else str(exc)) from None
+        cells.setdefault(cell.config_hash, cell)
+    return SweepSpec(axes=axes, options=options, name=sweep_options["name"], preset=sweep_options["preset"],
+                     max_retries=max_retries, stale_after=stale_after, fail_fast=bool(sweep_options["fail_fast"]),
+                     cells=tuple(cells.values()))
+
+
+def axis_values(axis: str, raw: Any) -> tuple[Any, ...]:
+    """One grid axis ('64,256' or a YAML list) as RunConfig values, duplicates dropped, order kept;
+    UserError naming the axis and an example when a value is not one."""
+    name, flag, example = AXES[axis], "--" + axis.replace("_", "-"), AXIS_EXAMPLES[axis]
+    items = split_list(raw)
+    if not items:
+        raise UserError(f"{flag} is empty; give at least one value, e.g. {flag} {example}")
+    try:
+        coerced = [coerce_field(name, item) for item in items]
+    except UserError:
+        bad = next(item for item in items if not _coerces(name, item))
+        raise UserError(f"{flag} takes comma-separated values like {example}; {bad!r} is not one") from None
+    if name == "lr":
+        for lr in coerced:
+            if not (lr > 0 and math.isfinite(lr)):
+                raise UserError(f"{flag} must be positive learning rates, got {format_lr(lr)}; e.g. {flag} {example}")
+    return tuple(dict.fromkeys(coerced))
+
+
+def retry_options(max_retries: Any, stale_after: Any) -> tuple[int, float]:
+    try:
+        max_retries, stale_after = int(max_retries), float(stale_after)
+    except (TypeError, ValueError):
+        raise UserError("--max-retries must be an integer and --stale-after a number of seconds") from None
+    if max_retries < 0:
+        raise UserError(f"--max-retries must be >= 0, got {max_retries}; 0 never retries a failed cell")
+    if not stale_after > 0:
+        raise UserError(f"--stale-after must be a positive number of seconds, got {stale_after}; the default is 600")
+    return max_retries, stale_after
+
+
+def check_sweep_file(from_file: dict[str, Any], path: Path, flags: dict[str, Any]) -> None:
+    """A sweep file on its own, before any flag is applied: every axis value, every run option, the retry
+    options. A wrong value in it is an error even where a flag overrides it."""
+    singular = {name: axis for axis, name in AXES.items()}
+    for key, value in from_file.items():
+        axis = key if key in AXES else singular.get(key)
+        overriding = next((k for k in (key, axis, AXES.get(axis or "", "")) if k in flags), None)
+        try:
+            if axis is not None:
+                for item in axis_values(axis, value):
+                    check_value(AXES[axis], item)
+            elif key in ("max_retries", "stale_after"):
+                retry_options(from_file.get("max_retries", 1), from_file.get("stale_after", 600.0))
+            elif key in CONFIG_KEYS and not isinstance(value, (list, tuple)):
+                check_value(key, coerce_field(key, value))
+        except UserError as exc:
+            raise file_error(path, exc, overriding and "--" + overriding.replace("_", "-")) from None
+
+
+def _spelling(key: str, where: str) -> str:
+    """An option as the user wrote it: --lrs on the command line, lrs: in a file."""
+    return f"--{key.replace('_', '-')}" if where == "on the command line" else f"'{key}'"
+
+
+def _coerces(name: str, item: Any) -> bool:
+    try:
+        coerce_field(name, item)
+    except UserError:
+        return False
+    return True
+
+
+def grid_shape(spec: SweepSpec) -> str:
+    """'2 models x 3 EBS x 4 lrs x 3 seeds = 72 cells': the axes that vary, and the cell count."""
+    names = {"model": "models", "backend": "backends", "lr_scaling": "lr rules", "seed": "seeds", "lr": "lrs",
+             "effective_batch_size": "EBS"}
+    sizes = [f"{len(values)} {names[name]}" for name, values in spec.axes.items() if len(values) > 1]
+    product_size = math.prod(len(values) for values in spec.axes.values())
+    # Two grid points can name one configuration (one config_hash); it is then one cell.
+    distinct = "" if product_size == len(spec.cells) else " distinct"
+    return f"{' x '.join(sizes) or 'one point'} = {len(spec.cells)}{distinct} cell{'s' if len(spec.cells) != 1 else ''}"
+
+
+def describe(config: RunConfig, spec: SweepSpec | None = None) -> str:
+    """A cell in a few words: the values of the axes that vary (all of them without a spec)."""
+    parts = {"model": config.model, "effective_batch_size": f"EBS {config.effective_batch_size}",
+             "backend": config.backend, "seed": f"seed {config.seed}", "lr": f"lr {format_lr(config.scaled_lr)}"}
+    if config.lr_scaling != "none":
+        parts["lr"] += f" ({config.lr_scaling})"
+    varies = {name for name in parts if spec is None or len(spec.axes[name]) > 1}
+    if spec is not None and len(spec.axes["lr_scaling"]) > 1:
+        varies.add("lr")
+    shown = [name for name in parts if name in varies] or ["model", "effective_batch_size"]
+    return ", ".join(parts[name] for name in shown)

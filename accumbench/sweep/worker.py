@@ -1,0 +1,274 @@
+"""One sweep worker: claim a cell, train it, record it, repeat until none is left. Any number of workers
+(terminals, GPUs, machines) can run the same sweep against one database, stop and resume it.
+
+    preflight: every cell valid, every dataset and model loadable (bad input: exit 2, nothing written)
+      -> store.open_sweep (the same name must mean the same grid)
+      -> loop: store.claim (stale RUNNING runs -> KILLED; choose the next cell; insert it RUNNING)
+               -> prepare -> fit (heartbeat) -> FINISHED | FAILED | KILLED
+      -> the state of every cell
+
+A worker claims a cell inside one write transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: a lock
+on the sweep's row), and the database refuses a second live run of a cell (a partial unique
+index), so the same command started in many terminals, on many GPUs or machines, runs every cell
+once. What "next cell" means lives here, in `cell_statuses`; the SQL lives in store/.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from accumbench import engine
+from accumbench.backends.base import require_supported_precision
+from accumbench.checkpoints import checkpoint_root, require_writable_checkpoints
+from accumbench.config import RunConfig
+from accumbench.errors import StoreUnavailable, UserError
+from accumbench.lifecycle import RunDiverged, RunLost, describe_failure, recorded_run, sigterm_as_exception
+from accumbench.model import check_model
+from accumbench.preparation import load_dataset, loaded_columns, make_backend, prepare, run_columns, world_size
+from accumbench.store import Store, resolve_db_url
+from accumbench.sweep.presets import NEEDS_GPU_AND_HUB
+from accumbench.sweep.spec import SweepSpec
+from accumbench.vocabulary import (
+    DIVERGED,
+    DIVERGED_PREFIX,
+    DONE,
+    FAILED,
+    FINISHED,
+    GAVE_UP,
+    INTERRUPTED,
+    KILLED,
+    PENDING,
+    RUNNING,
+    RUNNING_ELSEWHERE,
+    TERMINATED,
+)
+
+# --- which cell next --------------------------------------------------------------------------
+
+
+@dataclass
+class CellStatus:
+    config: RunConfig
+    state: str  # PENDING, RUNNING_ELSEWHERE, DONE, DIVERGED or GAVE_UP
+    attempts: int  # runs recorded for the cell
+    failures: int  # of them, the ones that count against --max-retries
+    run: dict[str, Any] | None  # the deciding run: the FINISHED or RUNNING one, else the latest
+
+
+def counts_as_failure(run: dict[str, Any]) -> bool:
+    """A failed attempt: an error, or a death (stale heartbeat). Not a user's Ctrl-C or SIGTERM:
+    stopping a sweep and resuming it later must not use up a cell's retries."""
+    if run["status"] == FAILED:
+        return True
+    return run["status"] == KILLED and run["error"] not in (INTERRUPTED, TERMINATED)
+
+
+def cell_statuses(cells: tuple[RunConfig, ...], runs: list[dict[str, Any]], max_retries: int) -> list[CellStatus]:
+    """Each cell's state from its recorded runs.
+
+    A cell is done once it has a FINISHED run, and busy while it has a RUNNING one. A run that
+    diverged is a result (the same config diverges again), so the cell is not retried. Otherwise
+    it is pending until it has failed max_retries + 1 times."""
+    by_hash: dict[str, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_hash.setdefault(run["config_hash"], []).append(run)
+    statuses = []
+    for cell in cells:
+        cell_runs = by_hash.get(cell.config_hash, [])
+        failures = sum(counts_as_failure(run) for run in cell_runs)
+        finished = [run for run in cell_runs if run["status"] == FINISHED]
+        running = [run for run in cell_runs if run["status"] == RUNNING]
+        diverged = [run for run in cell_runs if run["status"] == FAILED and (run["error"] or "").startswith(DIVERGED_PREFIX)]
+        if finished:
+            state, deciding = DONE, finished[-1]
+        elif running:
+            state, deciding = RUNNING_ELSEWHERE, running[-1]
+        elif diverged:
+            state, deciding = DIVERGED, diverged[-1]
+        elif failures > max_retries:
+            state, deciding = GAVE_UP, cell_runs[-1]
+        else:
+            state, deciding = PENDING, cell_runs[-1] if cell_runs else None
+        statuses.append(CellStatus(cell, state, len(cell_runs), failures, deciding))
+    return statuses
+
+
+# --- preflight --------------------------------------------------------------------------------
+
+
+def require_resources(spec: SweepSpec) -> None:
+    """A preset that needs a GPU and the hub says so, naming everything missing, before any work."""
+    if spec.preset not in NEEDS_GPU_AND_HUB:
+        return
+    import torch
+
+    missing = []
+    if not torch.cuda.is_available():
+        missing.append("a CUDA GPU (torch sees none)")
+
+    not_cached = []
+    for model in spec.axes["model"]:
+        try:
+            check_model(model, local_files_only=True)
+        except UserError:
+            not_cached.append(model)
+    if not_cached:
+        reachable, why = _hub_reachable()
+        if not reachable:
+            missing.append(f"the Hugging Face Hub ({', '.join(not_cached)} not cached, and {why})")
+    if missing:
+        raise UserError(
+            f"--preset {spec.preset} needs {' and '.join(missing)}; run it on a GPU machine with internet access, "
+            "or try --preset demo"
+        )
+
+
+def _hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
+    """(whether the hub answers, why not). One TCP connect rather than a download: huggingface_hub
+    retries a failing download for about a minute before it gives up."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False, "HF_HUB_OFFLINE=1"
+    endpoint = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout=timeout).close()
+    except OSError as exc:
+        return False, f"{endpoint.hostname} is unreachable: {exc}"
+    return True, ""
+
+
+def preflight(spec: SweepSpec, url: str, cache: dict[Any, Any]) -> None:
+    """Everything that could be the user's mistake, checked for every cell before the first claim: the
+    database is ours, the resources are there, models and datasets load (datasets stay in `cache` for
+    the cells), the sizes fit together and the checkpoints can be written. Claims and writes nothing."""
+    Store.check_compatible(url)
+    require_resources(spec)
+    if world_size() > 1:
+        raise UserError("accumbench sweep runs one process per worker; instead of torchrun, start one sweep per GPU "
+                        "with CUDA_VISIBLE_DEVICES=<i> (see the README)")
+    for model in dict.fromkeys(cell.model for cell in spec.cells):
+        check_model(model)
+    for cell in spec.cells:
+        require_supported_precision(cell.precision)
+        require_writable_checkpoints(url, cell)
+        load_dataset(cell, cache)
+
+
+# --- the worker loop ---------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    sweep: dict[str, Any]
+    statuses: list[CellStatus]
+    ran: int  # cells this worker trained (any outcome)
+    stopped_early: bool  # --fail-fast stopped this worker
+    summaries: dict[int, dict[str, Any]]  # run id -> best epoch row, for finished cells
+
+    def count(self, state: str) -> int:
+        return sum(status.state == state for status in self.statuses)
+
+    @property
+    def ok(self) -> bool:
+        """Every cell finished or still running on another worker; nothing failed for good."""
+        return not self.stopped_early and all(s.state in (DONE, RUNNING_ELSEWHERE) for s in self.statuses)
+
+
+class SweepReporter:
+    """Progress hooks of a sweep; this base stays silent (library use, tests)."""
+
+    def sweep_started(self, spec: SweepSpec, sweep: dict[str, Any], statuses: list[CellStatus]) -> None: ...
+    def reaped(self, run_ids: list[int]) -> None: ...
+    def cell_started(self, spec: SweepSpec, status: CellStatus, run_id: int, done: int, eta: float | None) -> None: ...
+    def cell_ended(self, run_id: int, outcome: str, detail: str) -> None: ...
+    def run_reporter(self) -> engine.RunHooks:
+        return engine.SilentHooks()
+
+
+def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | None = None) -> SweepResult:
+    """Work on the sweep until no cell is left to claim. Safe to run in many processes at once."""
+    reporter = reporter or SweepReporter()
+    url = resolve_db_url(db)
+    cache: dict[Any, Any] = {}
+    preflight(spec, url, cache)
+
+    store = Store.open(url)
+    try:
+        sweep = store.open_sweep(spec.sweep_name, spec.grid_hash, spec.to_json(), len(spec.cells))
+        reporter.sweep_started(spec, sweep, cell_statuses(spec.cells, store.sweep_runs(sweep["id"]), spec.max_retries))
+        ran, stopped_early, durations = 0, False, []
+        with sigterm_as_exception():
+            while not stopped_early:
+                picked: list[CellStatus] = []
+                counts: dict[str, int] = {}
+
+                # choose runs inside this iteration's claim only: it fills this iteration's picked and counts.
+                def choose(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+                    picked.clear()  # noqa: B023 - a claim retried after a lost connection chooses afresh
+                    statuses = cell_statuses(spec.cells, runs, spec.max_retries)
+                    counts.update({state: sum(s.state == state for s in statuses) for state in (PENDING, DONE)})  # noqa: B023
+                    for status in statuses:
+                        if status.state == PENDING:
+                            picked.append(status)  # noqa: B023
+                            return {**run_columns(status.config), "attempt": status.attempts + 1}
+                    return None
+
+                run_id, reaped = store.claim(sweep["id"], choose, spec.stale_after)
+                if reaped:
+                    reporter.reaped(reaped)
+                if run_id is None:
+                    break
+                status = picked[0]
+                eta = sum(durations) / len(durations) * counts[PENDING] if durations else None
+                reporter.cell_started(spec, status, run_id, counts[DONE], eta)
+                started = time.perf_counter()
+                ran += 1
+                outcome, detail = _train_cell(store, url, status.config, run_id, cache, spec, reporter)
+                durations.append(time.perf_counter() - started)
+                reporter.cell_ended(run_id, outcome, detail)
+                if outcome == FAILED and spec.fail_fast:
+                    stopped_early = True
+        statuses = cell_statuses(spec.cells, store.sweep_runs(sweep["id"]), spec.max_retries)
+        summaries = {}
+        for status in statuses:
+            if status.state == DONE and status.run["best_epoch"]:
+                epochs = store.epochs(status.run["id"])
+                summaries[status.run["id"]] = next(e for e in epochs if e["epoch"] == status.run["best_epoch"])
+        return SweepResult(sweep, statuses, ran, stopped_early, summaries)
+    finally:
+        store.close()
+
+
+def _train_cell(store: Store, url: str, config: RunConfig, run_id: int, cache: dict[Any, Any],
+                spec: SweepSpec, reporter: SweepReporter) -> tuple[str, str]:
+    """Train one claimed cell to its end. Returns (FINISHED | FAILED | lost, detail). Ctrl-C and
+    SIGTERM are re-raised after the run is recorded as KILLED."""
+    try:
+        with recorded_run(store, run_id, spec.heartbeat_seconds) as heartbeat:
+            prepared = prepare(config, cache)
+            backend = make_backend(prepared)
+            try:
+                store.update_run(run_id, **loaded_columns(prepared, backend))
+                # engine.fit looked up at call time: a test can make a cell crash by replacing it.
+                result = engine.fit(run_id, prepared, backend, store, reporter.run_reporter(),
+                                    checkpoint_root(url, config), heartbeat)
+            finally:
+                backend.close()
+    except RunDiverged as exc:
+        return FAILED, f"{DIVERGED_PREFIX} {exc.step}"
+    except RunLost as exc:
+        return "lost", str(exc)
+    except StoreUnavailable:
+        raise  # no cell can be recorded now: the sweep stops (exit 1), and the same command resumes it
+    except Exception as exc:  # recorded as FAILED by recorded_run; the sweep goes on (or stops: --fail-fast)
+        return FAILED, describe_failure(exc)
+    best = result.epochs[result.best_epoch - 1]
+    return FINISHED, f"val acc {best['val_accuracy']:.3f}, test acc {best['test_accuracy']:.3f}"
+
+

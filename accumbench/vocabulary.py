@@ -1,0 +1,40 @@
+"""The words every layer shares: run statuses, sweep cell states, selection metrics and protocols.
+
+They live on the lowest floor so that the store, the analysis, the console views and the sweep can
+all name the same things without importing one another.
+"""
+
+from __future__ import annotations
+
+# --- run statuses (runs.status): a lifecycle RUNNING -> FINISHED | FAILED | KILLED ---------------------
+
+RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
+STATUSES = (RUNNING, FINISHED, FAILED, KILLED)
+TERMINAL_STATUSES = (FINISHED, FAILED, KILLED)
+LIVE_STATUSES = (RUNNING, FINISHED)  # at most one such run per sweep cell
+# The error of a run that ended KILLED says why. A user's stop (Ctrl-C, SIGTERM) is not the run's
+# fault, so a sweep resumes such cells without counting a failed attempt; a stale heartbeat is
+# (a crash, the OOM killer), so it counts.
+INTERRUPTED = "interrupted (Ctrl-C)"
+TERMINATED = "terminated (SIGTERM)"
+# The error of a run whose loss became NaN or infinite: a result (the same config diverges again), not a fault.
+DIVERGED_PREFIX = "diverged at step"
+STALE_ERROR = "stale heartbeat"  # how a run's error begins when another worker gave it up for dead
+
+# --- the state of a sweep's cell, from the runs recorded for it ----------------------------------------
+
+PENDING, RUNNING_ELSEWHERE, DONE, DIVERGED, GAVE_UP = "pending", "running", "finished", "diverged", "gave up"
+
+# --- choosing an EBS -----------------------------------------------------------------------------------
+
+# The selection metrics of pick-best, on validation only, and how a sentence names them.
+METRICS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}
+# ... and how a table heading names them.
+METRIC_HEADINGS = {"val_accuracy": "val acc", "val_loss": "val loss"}
+PROTOCOLS = ("tuned", "pooled")
+PROTOCOL_MEANINGS = {"pooled": "every (EBS, lr) cell competes as it is",
+                     "tuned": "each EBS at its best lr on validation, then EBS against EBS"}
+
+# --- report -------------------------------------------------------------------------------------------
+
+FORMATS = ("table", "markdown", "csv", "json", "html")
