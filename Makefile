@@ -1,6 +1,6 @@
 # Two commands do all the setup on a fresh machine:
 #   make demo   installs into .venv and sweeps MiniLM over EBS 16/32/64 on the offline demo data (~3 min on 2 CPU cores)
-#   make test   installs into .venv and runs the test suite offline
+#   make test   installs into .venv, checks the layers (lint-imports) and lint (ruff), runs the test suite offline
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -26,7 +26,10 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/accumbench sweep --preset demo
 
+# The layers first (import-linter: no upward import, no circle; see docs/architecture.md), then lint, then the suite.
 test: install
+	$(BIN)/lint-imports
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 bench: install
