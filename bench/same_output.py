@@ -51,12 +51,16 @@ def run_all(python_path: str | None, db: Path, out: Path) -> dict[str, str]:
     return texts
 
 
-def mask(name: str, text: str, timings: bool) -> str:
+def mask(name: str, text: str, timings: bool, dbs: tuple[str, ...] = ()) -> str:
     text = re.sub(r"written \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", "written <time>", text)
     if not timings:
         return text
+    for db in dbs:
+        text = text.replace(db, "<db>")
+    text = re.sub(r"\(\d+ s of\s+training\)", "(<t> s of training)", text)  # the terminal may wrap it
     text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "data:image/png;base64,<figure>", text)
     text = re.sub(r"started [^,]+, finished [^<]+<", "started <time>, finished <time><", text)
+    text = re.sub(r"<table>.*?</table>", _mask_timed_html_columns, text, flags=re.DOTALL)
     if name.endswith("json"):
         head, _, body = text.partition("\n")
         return head + "\n" + json.dumps(_drop_timed(json.loads(body)), indent=1, sort_keys=True)
@@ -68,8 +72,21 @@ def mask(name: str, text: str, timings: bool) -> str:
         return "\n".join([lines[0]] + [",".join(c for i, c in enumerate(line.split(",")) if i in keep)
                                        for line in lines[1:]])
     text = re.sub(r"\b\d+h\d\dm\b|\b\d+m\d\ds\b|\b\d+s\b", "<time>", text)
-    text = re.sub(r"\(\d+ s of training\)", "(<t> s of training)", text)
-    return text
+    # --wide's samples/s and peak MB (one decimal; so is B_simple, which the CSV and JSON compare exactly)
+    return re.sub(r"\b\d[\d,]*\.\d\b", "<x.x>", text) if name == "report-wide" else text
+
+
+def _mask_timed_html_columns(table: re.Match) -> str:
+    """The study page's tables: the cells under a heading that names a time, a rate or memory."""
+    html = table.group(0)
+    headings = re.findall(r"<th[^>]*>(.*?)</th>", html)
+    timed = {i for i, h in enumerate(headings) if re.search(r"time|per s|peak", h)}
+
+    def row(match: re.Match) -> str:
+        cells = re.findall(r"<td[^>]*>.*?</td>", match.group(0))
+        return "<tr>" + "".join("<td>&lt;t&gt;</td>" if i in timed else c for i, c in enumerate(cells)) + "</tr>"
+
+    return re.sub(r"<tr>(?:<td.*?</td>)+</tr>", row, html)
 
 
 def _drop_timed(value):
@@ -100,7 +117,8 @@ def main() -> int:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=True)
     differ = 0
     for name in COMMANDS:
-        old, new = (mask(name, t[name], args.mask_timings) for t in (before, after))
+        dbs = tuple(str(db.resolve()) for db in (args.db, args.db_after) if db is not None)
+        old, new = (mask(name, t[name], args.mask_timings, dbs) for t in (before, after))
         diff = list(difflib.unified_diff(old.splitlines(), new.splitlines(), f"before/{name}", f"after/{name}",
                                          lineterm=""))
         print(f"{name}: {'same' if not diff else f'{len(diff)} diff lines'} ({len(new.splitlines())} lines)")
