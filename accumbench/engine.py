@@ -49,14 +49,9 @@ class RunHooks(Protocol):
     def epoch_finished(self, row: dict[str, Any]) -> None: ...
 
 
-class SilentHooks:
-    """RunHooks that show nothing: library use, tests, and the processes other than the main one."""
-
-    def run_started(self, run_id: int, config: Any, sizes: dict[str, int], device: str, world_size: int = 1,
-                    epochs: int = 0, total_steps: int = 0) -> None: ...
-    def epoch_started(self, epoch: int, num_samples: int) -> None: ...
-    def step(self, samples_done: int, loss: float) -> None: ...
-    def epoch_finished(self, row: dict[str, Any]) -> None: ...
+class SilentHooks(RunHooks):
+    """RunHooks that show nothing (the protocol's own bodies do nothing): library use, tests, and the
+    processes other than the main one."""
 
 
 @dataclass
