@@ -104,6 +104,9 @@ def test_mcnemar_exact_paths_agree_around_the_switch():
     assert mcnemar_exact(5101, 4901) == approx(0.046607451088089884, rel=1e-9)
 
 
+# --- Student t and Welch on seed-averaged metrics -------------------------------------------
+
+
 def test_student_t_sf_table_values():
     assert 2 * student_t_sf(2.228139, 10) == approx(0.05, abs=1e-5)  # t_{0.975, 10} table value
     assert student_t_sf(1.959964, 1e7) == approx(0.025, abs=1e-6)  # df -> inf: normal
