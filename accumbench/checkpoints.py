@@ -7,6 +7,7 @@ write itself (aside, then renamed: a reader never sees half a checkpoint).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -30,18 +31,30 @@ def checkpoint_root(url: str, config: RunConfig | None = None) -> Path:
 
 def require_writable_checkpoints(url: str, config: RunConfig) -> None:
     """A run that keeps checkpoints checks, before anything trains, that it can write them: a read-only
-    or missing-and-uncreatable directory is one error line, not a run that fails after its first epoch."""
+    or missing-and-uncreatable directory is one error line, not a run that fails after its first epoch.
+
+    It creates nothing that stays: the directory itself is made when the first checkpoint is written, so
+    a run refused later for bad input (a missing dataset, an unknown model) leaves no empty checkpoints/.
+    What is probed is what that write will do: a file in the directory if it exists, else a directory in
+    its nearest existing parent (made and removed at once)."""
     if not config.checkpoint:
         return
-    root = checkpoint_root(url, config)
+    root = checkpoint_root(url, config).absolute()
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(dir=root, prefix=".accumbench-write-test-")
-        os.close(handle)
-        os.unlink(probe)
+        if root.is_dir():
+            handle, probe = tempfile.mkstemp(dir=root, prefix=".accumbench-write-test-")
+            os.close(handle)
+            os.unlink(probe)
+            return
+        if root.exists():
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(root))
+        parent = next(p for p in root.parents if p.exists())
+        if not parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(parent))
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".accumbench-write-test-"))
     except OSError as exc:
-        raise UserError(f"checkpoint directory {root} is not writable ({exc.strerror or exc}); make it writable, "
-                        "pass --checkpoint-dir DIR, or --no-checkpoint") from None
+        raise UserError(f"checkpoint directory {checkpoint_root(url, config)} is not writable "
+                        f"({exc.strerror or exc}); make it writable, pass --checkpoint-dir DIR, or --no-checkpoint") from None
 
 
 def save_checkpoint(model: Any, directory: Path, epoch: int, label_names: list[Any], config: RunConfig) -> Path:

@@ -16,13 +16,13 @@ from typing import Any, Optional
 
 import typer
 
-from accumbench.config import RunConfig, base_type, build_config
+from accumbench.config import RunConfig, base_type, build_config, trainer_hint
 from accumbench.errors import StoreUnavailable, Terminated, UserError
 
 try:  # typer 0.2x vendors click as typer._click; earlier ones use click itself
-    from typer._click.exceptions import ClickException
+    from typer._click.exceptions import ClickException, NoSuchOption
 except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException
+    from click.exceptions import ClickException, NoSuchOption
 from typer.core import TyperGroup
 
 
@@ -39,6 +39,9 @@ class OneLineErrors(TyperGroup):
         except ClickException as exc:
             where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "accumbench"
             message = " ".join(exc.format_message().split()).rstrip(".")  # one line, whatever click wrapped
+            hint = trainer_hint(exc.option_name, flag=True) if isinstance(exc, NoSuchOption) else None
+            if hint:  # --learning-rate, --num-train-epochs: the Trainer's names get accumbench's
+                message = f"No such option: {exc.option_name}; {hint}"
             typer.echo(f"error: {message}; see '{where} --help'", err=True)
             sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
         except typer.Abort:

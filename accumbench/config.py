@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from accumbench.errors import UserError
+from accumbench.formatting import plain_number
 
 BACKENDS = ("torch", "accelerate")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -206,24 +207,24 @@ def check_value(name: str, value: Any) -> None:
     value before flags are applied, so a wrong value in it is an error even where a flag overrides it."""
     if name in _POSITIVE:
         if not (name == "micro_batch_size" and value == AUTO) and value <= 0:
-            raise UserError(f"{_flag(name)} must be a positive integer, got {value}; pass a value >= 1")
+            raise UserError(f"{_flag(name)} must be a positive integer, got {plain_number(value)}; pass a value >= 1")
     elif name in _POSITIVE_OR_NONE:
         if value is not None and value <= 0:
-            raise UserError(f"{_flag(name)} must be a positive integer, got {value}; pass a value >= 1 or leave it out")
+            raise UserError(f"{_flag(name)} must be a positive integer, got {plain_number(value)}; pass a value >= 1 or leave it out")
     elif name == "base_batch_size" and value <= 0:
-        raise UserError(f"--base-batch-size must be a positive integer, got {value}; pass e.g. 64")
+        raise UserError(f"--base-batch-size must be a positive integer, got {plain_number(value)}; pass e.g. 64")
     elif name == "lr" and not (value > 0 and math.isfinite(value)):
-        raise UserError(f"--lr must be a positive number, got {value}; pass e.g. --lr 5e-5")
+        raise UserError(f"--lr must be a positive number, got {plain_number(value)}; pass e.g. --lr 5e-5")
     elif name in _CHOICES and value not in _CHOICES[name]:
         raise UserError(f"unknown {_flag(name)} '{value}'; choose one of: {', '.join(_CHOICES[name])}")
     elif name in _UNIT_INTERVAL and not 0.0 <= value < 1.0:
-        raise UserError(f"{_flag(name)} must be in [0, 1), got {value}; pass e.g. {_UNIT_INTERVAL[name]}")
+        raise UserError(f"{_flag(name)} must be in [0, 1), got {plain_number(value)}; pass e.g. {_UNIT_INTERVAL[name]}")
     elif name == "noise_scale_every" and value <= 0:
-        raise UserError(f"--noise-scale-every must be a positive integer, got {value}; pass e.g. 10")
+        raise UserError(f"--noise-scale-every must be a positive integer, got {plain_number(value)}; pass e.g. 10")
     elif name == "weight_decay" and value < 0:
-        raise UserError(f"--weight-decay must be >= 0, got {value}")
+        raise UserError(f"--weight-decay must be >= 0, got {plain_number(value)}")
     elif name == "grad_clip" and value is not None and not value > 0:
-        raise UserError(f"--grad-clip must be a positive norm, got {value}; leave it out to disable clipping")
+        raise UserError(f"--grad-clip must be a positive norm, got {plain_number(value)}; leave it out to disable clipping")
     elif name == "log_with":
         require_tracker(value)
 
@@ -300,6 +301,41 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
     raise UserError(f"{_flag(name)} must be {expected}, got {value!r}{_FIX_SUFFIX}")
 
 
+# Hugging Face TrainingArguments names that people bring from the Trainer: the accumbench option each one
+# is (or stands for), and what to know about it. An unknown key or flag that is one of them gets that name
+# back, rather than a list of every key.
+TRAINER_NAMES = {
+    "learning_rate": ("lr", ""),
+    "num_train_epochs": ("epochs", ""),
+    "per_device_train_batch_size": ("micro_batch_size", "the batch of one forward pass"),
+    "gradient_accumulation_steps": ("effective_batch_size", "accumbench derives the steps: effective batch size = "
+                                                            "micro-batch size x steps"),
+    "max_steps": ("train_steps", "with budget steps"),
+    "max_grad_norm": ("grad_clip", ""),
+    "lr_scheduler_type": ("scheduler", ""),
+    "warmup_steps": ("warmup_ratio", "a share of the optimizer steps"),
+    "optim": ("optimizer", ""),
+    "output_dir": ("checkpoint_dir", ""),
+    "report_to": ("log_with", ""),
+    "dataloader_drop_last": ("drop_last", ""),
+    "model_name_or_path": ("model", ""),
+    "bf16": ("precision", "precision bf16"),
+    "fp16": ("precision", "precision fp16"),
+    "eval_steps": ("eval_every", ""),
+}
+
+
+def trainer_hint(name: str, flag: bool = False) -> str | None:
+    """'did you mean ...' for a Hugging Face Trainer name given as a YAML key (or, with flag, as a --flag);
+    None for any other name."""
+    trainer = name.lstrip("-").replace("-", "_")
+    if trainer not in TRAINER_NAMES:
+        return None
+    ours, note = TRAINER_NAMES[trainer]
+    spelled = _flag(ours) if flag else f"'{ours}'"
+    return f"did you mean {spelled}? (the Hugging Face Trainer's {trainer}{': ' + note if note else ''})"
+
+
 def read_yaml_mapping(path: Path, what: str, known: tuple[str, ...], unknown_hint: str) -> dict[str, Any]:
     """Read a YAML file that must be a mapping whose keys are all in `known` (run and sweep files).
     An unknown key is named with a "did you mean" suggestion, or else `unknown_hint`."""
@@ -317,7 +353,7 @@ def read_yaml_mapping(path: Path, what: str, known: tuple[str, ...], unknown_hin
     for key in data:
         if key not in known:
             close = difflib.get_close_matches(str(key).replace("-", "_"), known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else unknown_hint
+            hint = trainer_hint(str(key)) or (f"did you mean '{close[0]}'?" if close else unknown_hint)
             raise UserError(f"unknown key '{key}' in {path}; {hint}")
     return data
 

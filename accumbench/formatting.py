@@ -14,6 +14,17 @@ def format_lr(lr: float) -> str:
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
+def plain_number(value: object) -> str:
+    """A number in an error message as people write it: -1 (not -1.0 nor -1e0), 0.5, 1.5, 3e-5."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or (math.isfinite(value) and value.is_integer() and abs(value) < 1e15):
+        return str(int(value))
+    if not math.isfinite(value) or 1e-3 <= abs(value) < 1e4:
+        return f"{value:g}"
+    return format_lr(value)
+
+
 def rate_key(lr: float) -> str:
     """Learning rates as keys: two cells trained at the same rate can reach it by different products
     (2e-4 x sqrt(1/4) and 1e-4 x 1), equal to about 1e-16 but not always bit for bit."""
@@ -34,6 +45,12 @@ def format_seconds(seconds: float) -> str:
 def short_model(model: str) -> str:
     """A local model directory by its last path component; aliases and hub ids as they are."""
     return Path(model).name if model.startswith(("/", ".", "~")) else model
+
+
+def portable(value: object) -> object:
+    """A configuration value as a page handed to someone else shows it: a local path (/..., ./..., ~/...)
+    by its last component, like short_model; anything else as it is."""
+    return short_model(value) if isinstance(value, str) and value.startswith(("/", ".", "~")) else value
 
 
 def spread(std: float, digits: int, sep: str = " ± ") -> str:

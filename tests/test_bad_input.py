@@ -152,4 +152,69 @@ def test_drop_last_that_would_leave_no_step(tmp_path):
 
 def test_noise_scale_decay_out_of_range(tmp_path):
     line = _refused(tmp_path, "--noise-scale-decay", "1")
-    assert line == "error: --noise-scale-decay must be in [0, 1), got 1.0; pass e.g. 0.99"
+    assert line == "error: --noise-scale-decay must be in [0, 1), got 1; pass e.g. 0.99"  # as people write it
+
+
+@pytest.mark.parametrize("args", [
+    ["train", "--dataset", "reviews.csv"],  # no such file
+    ["train", "--model", "bert-bsae-uncased"],  # a typo of a hub id, offline
+    ["train", "--model", "./no-such-dir", "--checkpoint-dir", "ckpt"],
+    ["train", "--lr", "-1"],
+    ["train", "--learning-rate", "3e-5"],
+    ["train", "--config", "missing.yaml"],
+    ["sweep", "--effective-batch-sizes", "16,0"],
+    ["sweep", "--preset", "no-such-preset"],
+    ["sweep", "--dataset", "reviews.csv"],
+    ["sweep", "--workers", "0"],
+    ["report"],  # no runs.db yet
+    ["report", "--format", "pdf"],
+    ["report", "--format", "html", "-o", "out/study.html"],  # no such directory
+    ["pick-best", "--alpha", "2"],
+    ["pick-best"],
+    ["check-ga", "--backend", "jax"],
+])
+def test_bad_input_leaves_an_empty_working_directory_empty(tmp_path, monkeypatch, args):
+    """The default store (./runs.db) and checkpoints (./checkpoints) live in the working directory: a refused
+    command creates neither, nor anything else, there."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: "), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("key, ours", [
+    ("learning_rate", "'lr'"), ("num_train_epochs", "'epochs'"), ("per_device_train_batch_size", "'micro_batch_size'"),
+    ("gradient_accumulation_steps", "'effective_batch_size'"), ("max_grad_norm", "'grad_clip'"),
+])
+def test_hugging_face_trainer_names_in_a_file_get_accumbench_names(tmp_path, key, ours):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"{key}: 2\n")
+    line = _refused(tmp_path, "--config", config)
+    assert line == f"error: unknown key '{key}' in {config}; did you mean {ours}? (the Hugging Face Trainer's {key}" + (
+        ": the batch of one forward pass)" if key == "per_device_train_batch_size" else
+        ": accumbench derives the steps: effective batch size = micro-batch size x steps)"
+        if key == "gradient_accumulation_steps" else ")")
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_hugging_face_trainer_names_as_flags_get_accumbench_flags(tmp_path, command):
+    db = tmp_path / "runs.db"
+    result = CliRunner().invoke(app, [command, "--num-train-epochs", "3", "--db", str(db)])
+    assert result.exit_code == 2 and not db.exists()
+    assert result.stderr.strip() == ("error: No such option: --num-train-epochs; did you mean --epochs? (the Hugging "
+                                     f"Face Trainer's num_train_epochs); see 'accumbench {command} --help'")
+    other = CliRunner().invoke(app, [command, "--num-epochs", "3"])  # not a Trainer name: click's own words
+    assert other.exit_code == 2 and "Trainer" not in other.stderr
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--lr", "-1"], "--lr must be a positive number, got -1;"),
+    (["train", "--dropout", "1"], "--dropout must be in [0, 1), got 1;"),
+    (["sweep", "--lrs", "1e-4,-1", "--dry-run"], "--lrs must be positive learning rates, got -1;"),
+    (["sweep", "--lrs", "3e-5,-3e-5", "--dry-run"], "--lrs must be positive learning rates, got -3e-5;"),
+    (["pick-best", "--alpha", "2"], "--alpha must be between 0 and 1, got 2;"),
+])
+def test_numbers_in_messages_read_as_people_write_them(tmp_path, args, fragment):
+    result = CliRunner().invoke(app, [*args, "--db", str(tmp_path / "runs.db")])
+    assert result.exit_code == 2 and fragment in result.stderr, result.stderr

@@ -189,5 +189,5 @@ def test_a_target_out_of_range_is_bad_input(db):
         add_run(store, 8, 1, val=0.9, test=0.9, seconds=100)
     before = db.read_bytes()
     result = pick(db, "--target", "90", code=2)
-    assert "--target is a validation accuracy in (0, 1], got 90.0" in result.stderr
+    assert "--target is a validation accuracy in (0, 1], got 90;" in result.stderr
     assert db.read_bytes() == before

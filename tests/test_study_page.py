@@ -65,6 +65,18 @@ def test_the_page_is_self_contained_and_has_every_section(study_db, tmp_path):
     assert '"noise_scale_decay": 0.99' in page and "torch 2." in page
 
 
+def test_the_page_names_no_path_of_this_machine(study_db, tiny_bert, tmp_path):
+    """A page is handed to others: the database by its file name, local models and data by their last
+    component; no directory of the machine that wrote it."""
+    out = tmp_path / "study.html"
+    write_page(study_db, out)
+    page = out.read_text()
+    assert "from runs.db, written " in page
+    for private in (str(study_db.parent), str(Path(tiny_bert).parent), str(tmp_path), os.getcwd(), str(Path.home())):
+        assert private not in page, private
+    assert '"model": "' + Path(tiny_bert).name + '"' in page  # the model directory's name, in each configuration
+
+
 def test_the_page_in_a_real_browser(study_db, tmp_path):
     if not browser.available():
         if os.environ.get("CI"):

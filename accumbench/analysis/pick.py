@@ -31,7 +31,7 @@ from accumbench.analysis.evidence import CriticalBatch, NoiseAdvice, critical_ba
 from accumbench.analysis.runs import RunData, cell_label, varying
 from accumbench.analysis.tuning import BestLr, ScalingFit, best_lrs, fit_scaling, has_lr_grid, tuned_runs
 from accumbench.errors import UserError
-from accumbench.formatting import format_lr, rate_key, spread
+from accumbench.formatting import format_lr, plain_number, rate_key, spread
 from accumbench.vocabulary import METRICS, PROTOCOLS
 
 TIME_TIE = 0.02  # training times within 2% of each other are a tie: the larger EBS wins it
@@ -56,9 +56,9 @@ class PickOptions:
         if self.by not in GROUPINGS:
             raise UserError(f"unknown --by '{self.by}'; choose one of: {', '.join(GROUPINGS)}")
         if not 0 < self.alpha < 1:
-            raise UserError(f"--alpha must be between 0 and 1, got {self.alpha}; e.g. --alpha 0.05")
+            raise UserError(f"--alpha must be between 0 and 1, got {plain_number(self.alpha)}; e.g. --alpha 0.05")
         if self.target is not None and not 0 < self.target <= 1:
-            raise UserError(f"--target is a validation accuracy in (0, 1], got {self.target}; e.g. --target 0.85")
+            raise UserError(f"--target is a validation accuracy in (0, 1], got {plain_number(self.target)}; e.g. --target 0.85")
         if self.protocol is not None and self.protocol not in PROTOCOLS:
             raise UserError(f"unknown --protocol '{self.protocol}'; choose one of: {', '.join(PROTOCOLS)}")
         if self.protocol is not None and self.compare_protocols:

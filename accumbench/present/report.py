@@ -24,8 +24,9 @@ from accumbench.analysis.cells import backend_comparison, cell_table, noise_per_
 from accumbench.analysis.runs import NoRuns, count_running, load_predictions, load_runs
 from accumbench.analysis.tuning import lr_grids
 from accumbench.errors import UserError
+from accumbench.formatting import plain_number
 from accumbench.present import plots, study_page, tables
-from accumbench.store import Store, display_url, resolve_db_url
+from accumbench.store import Store, portable_url, resolve_db_url
 from accumbench.vocabulary import FINISHED, FORMATS, STATUSES
 
 
@@ -57,7 +58,7 @@ class ReportRequest:
         _check_writable(self.output)
         if self.watch is not None:
             if not (self.watch > 0) or self.watch != self.watch:
-                raise UserError(f"--watch takes a positive number of seconds, got {self.watch:g}; e.g. --watch 30")
+                raise UserError(f"--watch takes a positive number of seconds, got {plain_number(self.watch)}; e.g. --watch 30")
             if self.fmt != "html" or self.output is None:
                 raise UserError("--watch rewrites a study page: add --format html -o study.html")
 
@@ -66,9 +67,10 @@ class ReportRequest:
         return dict(sweep=self.sweep, model=self.model, backend=self.backend)
 
     @property
-    def db_label(self) -> str:
-        """Where the runs are, as the user would name them: the SQLite file, or the URL without its password."""
-        return display_url(resolve_db_url(self.db))
+    def page_label(self) -> str:
+        """The database as the study page names it: the SQLite file's name, or the URL without its password
+        (never this machine's path: the page is handed to others)."""
+        return portable_url(resolve_db_url(self.db))
 
 
 def build(store: Any, request: ReportRequest, width: int | None = None,
@@ -82,8 +84,8 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
     except NoRuns as exc:
         if request.fmt != "html":
             raise
-        return study_page.empty_page(request.db_label, str(exc).split(";")[0], count_running(store, **request.filters),
-                                     refresh), {}
+        why = str(exc).split(";")[0].replace(store.url, request.page_label)
+        return study_page.empty_page(request.page_label, why, count_running(store, **request.filters), refresh), {}
     cells, comparison, grids = cell_table(data), backend_comparison(data), lr_grids(data)
     shown = tables.choose_columns(cells, request.columns, request.wide)
     title = (f"accumbench report: {len(data.runs)} runs in {len(cells)} cells"
@@ -98,7 +100,7 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
                                                                     b_crit=b_crit).items()}
     if request.fmt == "html":
         text = study_page.study_page(title=title.replace("accumbench report", "accumbench study"),
-                                     db_label=request.db_label, cells=cells, comparison=comparison, data=data,
+                                     db_label=request.page_label, cells=cells, comparison=comparison, data=data,
                                      picks=picks, grids=grids, figures=pngs, refresh=refresh)
     elif request.fmt == "table":
         text = tables.text_report(cells, comparison, title, shown, grids, width)

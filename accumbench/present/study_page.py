@@ -20,7 +20,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from accumbench.formatting import format_lr, short_model
+from accumbench.formatting import format_lr, portable, short_model
 from accumbench.present import tables
 
 STYLE = """
@@ -86,7 +86,8 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
     for index, pick in enumerate(picks):
         low, high = pick.test_ci
         lr = format_lr(float(pick.chosen.runs["lr"].iloc[0]))
-        lines = [f"<p class='answer'>{_e(pick.group)}: pick {_e(pick.chosen.label)}"
+        group = ", ".join(str(portable(part)) for part in pick.group.split(", "))  # a local model by its name
+        lines = [f"<p class='answer'>{_e(group)}: pick {_e(pick.chosen.label)}"
                  + ("" if " lr " in pick.chosen.label else f" at lr {lr}") + "</p>",
                  f"<p>{_e(pick.justification)}.</p>",
                  f"<p>Chosen on validation ({_e(pick.protocol)} protocol, alpha {pick.alpha:g}). Test accuracy "
@@ -141,7 +142,9 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
     runs = data.runs.sort_values("run_id")
     rows = []
     for run in runs.itertuples():
-        config = json.dumps(json.loads(run.config_json), indent=1, sort_keys=True)
+        # Local paths (the model's directory, the data file) by their last component: the page travels.
+        config = json.dumps({k: portable(v) for k, v in json.loads(run.config_json).items()}, indent=1,
+                            sort_keys=True)
         rows.append(f"<details><summary>run {run.run_id}: {_e(short_model(run.model))}, EBS "
                     f"{run.effective_batch_size}, {_e(run.backend)}, lr {format_lr(run.lr)}, seed {run.seed}</summary>"
                     f"<p class='note'>device {_e(run.device)}; torch {_e(run.torch_version)}, transformers "

@@ -34,6 +34,7 @@ from accumbench.store.connection import (
     _check_parent_dir,
     _lock_for_schema,
     display_url,
+    portable_url,
     readonly_engine,
     readonly_sqlite_engine,
     reserve_space,
@@ -62,7 +63,7 @@ from accumbench.vocabulary import (
 )
 
 __all__ = [
-    "Store", "NullStore", "resolve_db_url", "sqlite_path", "display_url", "SCHEMA_VERSION", "RESERVE_BYTES",
+    "Store", "NullStore", "resolve_db_url", "sqlite_path", "display_url", "portable_url", "SCHEMA_VERSION", "RESERVE_BYTES",
     "RUNNING", "FINISHED", "FAILED", "KILLED", "STATUSES", "TERMINAL_STATUSES",
     "LIVE_STATUSES", "INTERRUPTED", "TERMINATED", "DIVERGED_PREFIX", "STALE_ERROR",
 ]

@@ -49,6 +49,13 @@ def display_url(url: str) -> str:
     return str(path) if path is not None else make_url(url).render_as_string(hide_password=True)
 
 
+def portable_url(url: str) -> str:
+    """A database as a page handed to someone else may name it: the SQLite file by its name alone (its
+    directory says where it lives on this machine, which may be private), or the URL with its password masked."""
+    path = sqlite_path(url)
+    return path.name if path is not None else make_url(url).render_as_string(hide_password=True)
+
+
 def _check_parent_dir(path: pathlib.Path) -> None:
     parent = path.absolute().parent
     if not parent.is_dir():

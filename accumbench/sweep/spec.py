@@ -16,7 +16,7 @@ from typing import Any
 
 from accumbench.config import CONFIG_KEYS, RunConfig, check_value, coerce_field, file_error, read_yaml_mapping
 from accumbench.errors import UserError
-from accumbench.formatting import format_lr
+from accumbench.formatting import format_lr, plain_number
 from accumbench.sweep.presets import PRESETS
 
 # The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary,
@@ -157,7 +157,7 @@ def axis_values(axis: str, raw: Any) -> tuple[Any, ...]:
     if name == "lr":
         for lr in coerced:
             if not (lr > 0 and math.isfinite(lr)):
-                raise UserError(f"{flag} must be positive learning rates, got {format_lr(lr)}; e.g. {flag} {example}")
+                raise UserError(f"{flag} must be positive learning rates, got {plain_number(lr)}; e.g. {flag} {example}")
     return tuple(dict.fromkeys(coerced))
 
 
@@ -169,7 +169,7 @@ def retry_options(max_retries: Any, stale_after: Any) -> tuple[int, float]:
     if max_retries < 0:
         raise UserError(f"--max-retries must be >= 0, got {max_retries}; 0 never retries a failed cell")
     if not stale_after > 0:
-        raise UserError(f"--stale-after must be a positive number of seconds, got {stale_after}; the default is 600")
+        raise UserError(f"--stale-after must be a positive number of seconds, got {plain_number(stale_after)}; the default is 600")
     return max_retries, stale_after
 
 
