@@ -148,3 +148,18 @@ def test_bad_watch_input_is_one_line_and_exit_2(study_db, tmp_path, args, fragme
     result = CliRunner().invoke(app, ["report", "--db", str(study_db), *args])
     assert result.exit_code == 2 and fragment in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "p.html").exists()
+
+
+def test_captions_say_only_what_their_figure_draws():
+    import pandas as pd
+
+    from accumbench.present.study_page import _caption
+
+    one_seed = pd.DataFrame({"cell": ["a", "b"], "seed": [1, 1]})
+    two_seeds = pd.DataFrame({"cell": ["a", "a", "b"], "seed": [1, 2, 1]})
+    assert _caption("validation", one_seed, None).endswith("(one seed per series: no band)")
+    assert _caption("validation", two_seeds, None).endswith("; the band spans the seeds")
+    assert "mean over seeds" not in _caption("train-loss", one_seed, None)
+    assert _caption("train-loss", two_seeds, None).endswith(", mean over seeds")
+    assert _caption("noise-scale", one_seed, None).endswith("(no critical batch size was fitted)")
+    assert _caption("noise-scale", one_seed, 181.7).endswith("and B_crit ≈ 182 (red)")

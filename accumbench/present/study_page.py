@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from accumbench.formatting import format_lr, portable, short_model
-from accumbench.present import tables
+from accumbench.present import plots, tables
 
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
@@ -71,6 +71,24 @@ def _stamp(db_label: str, refresh: int | None) -> str:
     return f"<p class='note'>from {_e(db_label)}, written {now}{_e(again)}</p>"
 
 
+def _caption(kind: str, runs: Any, b_crit: float | None) -> str:
+    """What one figure draws, said from what it holds: a band only where some series has two seeds or more,
+    B_crit only where it was fitted."""
+    seeds = int(runs.groupby("cell")["seed"].nunique().max()) if len(runs) else 0
+    over_seeds = "; the band spans the seeds" if seeds > 1 else " (one seed per series: no band)"
+    if kind == "validation":
+        return f"validation accuracy and loss per epoch, one line per series{over_seeds}"
+    if kind == "train-loss":
+        return ("training loss per optimizer step against samples seen (smoothed)"
+                + (", mean over seeds" if seeds > 1 else ""))
+    if kind == "time":
+        return "validation accuracy at each epoch's end against the training time so far: which EBS gets there first"
+    if kind == "noise-scale":
+        crit = f" and B_crit ≈ {b_crit:.3g} (red)" if b_crit is not None else " (no critical batch size was fitted)"
+        return f"B_simple per epoch (log scale) beside the EBS tried (grey){crit}"
+    return "mean validation accuracy per lr and EBS; the box marks each EBS's best lr"
+
+
 def empty_page(db_label: str, why: str, running: int, refresh: int | None = None) -> str:
     """A database with no finished run yet: the page says so (and, watching, keeps looking)."""
     live = f" {running} run{'s are' if running != 1 else ' is'} RUNNING." if running else ""
@@ -80,7 +98,8 @@ def empty_page(db_label: str, why: str, running: int, refresh: int | None = None
 
 
 def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: Any, picks: list[Any],
-               grids: list[Any], figures: dict[str, bytes], refresh: int | None = None) -> str:
+               grids: list[Any], figures: dict[str, bytes], refresh: int | None = None,
+               b_crit: dict[str, float] | None = None) -> str:
     """The study page. `figures` maps plots.py's file names ('<slug>-validation.png', ...) to PNG bytes."""
     body = [f"<h1>{_e(title)}</h1>", _stamp(db_label, refresh), "<section id='picks'>"]
     for index, pick in enumerate(picks):
@@ -112,21 +131,20 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
         body.append(f"<p class='note'>{_e(footnote)}</p>")
     body += ["</details></section>"]
 
-    sections = (("curves", "Learning curves", ("validation", "train-loss"),
-                 {"validation": "validation accuracy and loss per epoch, one line per series; the band spans the seeds",
-                  "train-loss": "training loss per optimizer step against samples seen (smoothed), mean over seeds"}),
-                ("efficiency", "Accuracy against training time", ("time",),
-                 {"time": "validation accuracy at each epoch's end against the training time so far: which EBS gets there first"}),
-                ("noise", "The gradient noise scale", ("noise-scale",),
-                 {"noise-scale": "B_simple per epoch (log scale) beside the EBS tried (grey) and B_crit (red) where fitted"}),
-                ("lr-grid", "Learning rate x EBS", ("lr-grid",),
-                 {"lr-grid": "mean validation accuracy per lr and EBS; the box marks each EBS's best lr"}))
-    for section, heading, kinds, captions in sections:
+    sections = (("curves", "Learning curves", ("validation", "train-loss")),
+                ("efficiency", "Accuracy against training time", ("time",)),
+                ("noise", "The gradient noise scale", ("noise-scale",)),
+                ("lr-grid", "Learning rate x EBS", ("lr-grid",)))
+    models = {slug: model for model, slug in plots.unique_slugs(sorted(map(str, data.runs["model"].unique()))).items()}
+    for section, heading, kinds in sections:
         found = [(name, png, kind) for kind in kinds for name, png in figures.items() if name.endswith(f"-{kind}.png")]
         if not found and not (section == "lr-grid" and grids):
             continue
         body.append(f"<section id='{section}'><h2>{heading}</h2>")
-        body += [_figure(png, name, captions[kind]) for name, png, kind in found]
+        for name, png, kind in found:
+            model = models.get(name.removesuffix(f"-{kind}.png"), "")
+            body.append(_figure(png, name, _caption(kind, data.runs[data.runs["model"].astype(str) == model],
+                                                    (b_crit or {}).get(model))))
         if section == "lr-grid":
             for grid in grids:
                 body += [f"<p>{_e(tables.lr_grid_title(grid))}</p>", _table(tables.lr_grid_table(grid), 1)]
