@@ -68,6 +68,7 @@ def test_selection_is_on_validation_even_when_test_disagrees(db):
             add_run(store, 256, seed, val=0.70 + wobble, test=0.95, seconds=30, val_offset=100, test_offset=5)
     out = json.loads(pick(db, "--json").stdout)["picks"][0]
     assert out["pick"] == "EBS 64" and out["best_on_validation"] == "EBS 64"
+    assert out["reconciled"] == []  # no noise scale or critical batch size points elsewhere
     assert out["test_accuracy"] == pytest.approx(0.70)  # reported, never used to choose
     other = next(c for c in out["candidates"] if c["label"] == "EBS 256")
     assert other["screen_test"] == "welch" and other["not_significantly_worse"] is False
@@ -162,8 +163,18 @@ def test_noise_scale_and_critical_batch_size_beside_the_pick(db):
     assert [p["steps"] for p in critical["steps_to_target"]] == pytest.approx([500, 200, 125])
     assert critical["b_crit"] == pytest.approx(64) and critical["s_min"] == pytest.approx(100)
     assert critical["e_min"] == pytest.approx(6400) and critical["nearest_tried"] == 64
+    # Every EBS ties on validation and takes as long, so the tie goes to the largest, 256; both signals point
+    # to 64, and the one answer says what that means and that validation found 64 no better.
+    assert out["pick"] == "EBS 256"
+    verdict = "on validation EBS 64 was as good; among equals the pick won on training cost; act on the pick"
+    assert out["reconciled"] == [
+        f"the noise scale (B_simple ≈ 60) points to EBS 64, the pick is EBS 256: it suggests smaller batches would "
+        f"make better use of each sample; {verdict}",
+        f"the critical batch size (B_crit ≈ 64) points to EBS 64, the pick is EBS 256: it suggests smaller batches "
+        f"would make better use of each sample; {verdict}"]
     text = pick(db, "--target", "0.9").stdout
     assert "B_crit ≈ 64; EBS 64 is the tried size nearest it" in text
+    assert "one answer: the noise scale (B_simple ≈ 60) points to EBS 64, the pick is EBS 256" in text
     assert "noise scale: measured B_simple ≈ 60" in text
 
     # The default target is 99% of the best validation accuracy seen (0.9 -> 0.891), interpolated
@@ -191,3 +202,24 @@ def test_a_target_out_of_range_is_bad_input(db):
     result = pick(db, "--target", "90", code=2)
     assert "--target is a validation accuracy in (0, 1], got 90;" in result.stderr
     assert db.read_bytes() == before
+
+
+def test_one_answer_says_what_validation_found_at_the_ebs_a_signal_points_to():
+    from types import SimpleNamespace
+
+    from accumbench.analysis.pick import reconcile
+
+    def candidate(ebs, not_worse=True, screen_p=0.5):
+        return SimpleNamespace(effective_batch_size=ebs, not_worse=not_worse, screen_p=screen_p)
+
+    best, picked, worse = candidate(64), candidate(256), candidate(16, not_worse=False, screen_p=0.003)
+    noise = SimpleNamespace(first=70.0, nearest=64)
+    answer = SimpleNamespace(chosen=picked, best=best, candidates=[best, picked, worse], noise=noise, critical=[])
+    assert reconcile(answer) == [
+        "the noise scale (B_simple ≈ 70) points to EBS 64, the pick is EBS 256: it suggests smaller batches would "
+        "make better use of each sample; EBS 64 was the best on validation, but not significantly better than the "
+        "pick, which won among equals on training cost; act on the pick"]
+    answer.noise = SimpleNamespace(first=12.0, nearest=16)
+    assert reconcile(answer)[0].endswith("on validation EBS 16 was significantly worse (p=0.003); act on the pick")
+    answer.noise = SimpleNamespace(first=300.0, nearest=256)  # it agrees with the pick: nothing to say
+    assert reconcile(answer) == []

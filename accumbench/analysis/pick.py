@@ -106,6 +106,9 @@ class Pick:
     protocol: str = "pooled"
     best_lrs: list[BestLr] = field(default_factory=list)  # tuned: each EBS's best lr (stage 1)
     scaling: list[ScalingFit] = field(default_factory=list)  # tuned: lr* ∝ EBS^alpha per grid
+    # One line per signal (noise scale, critical batch size) that points to another EBS than the pick: what
+    # that means, and what validation said about that EBS. Empty where they agree.
+    reconciled: list[str] = field(default_factory=list)
 
 
 def _groups(runs: pd.DataFrame, by: str) -> list[tuple[str, pd.DataFrame]]:
@@ -141,6 +144,7 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
             pick.critical = critical_batch_sizes(tuned_runs(group, pick.best_lrs), data, target, slices=("variant",))
         else:
             pick.critical = critical_batch_sizes(group, data, target)
+        pick.reconciled = reconcile(pick)
         picks.append(pick)
     return picks
 
@@ -154,6 +158,41 @@ def _pick_by_protocol(name: str, group: pd.DataFrame, data: RunData, predictions
     pick.protocol, pick.best_lrs, pick.scaling = "tuned", best, fit_scaling(best)
     pick.warnings += [b.warning for b in best if b.warning]
     return pick
+
+
+def reconcile(pick: Pick) -> list[str]:
+    """One answer: where the noise scale or the critical batch size points to another tried EBS than the
+    pick, say what that means and what validation found at that EBS, so the reader knows which to act on."""
+    chosen = pick.chosen.effective_batch_size
+    signals = [] if pick.noise is None or pick.noise.first is None else [
+        (f"the noise scale (B_simple ≈ {pick.noise.first:.3g})", pick.noise.nearest)]
+    signals += [(f"the critical batch size (B_crit ≈ {c.fit.b_crit:.3g})", c.nearest) for c in pick.critical
+                if c.fit is not None and c.fit.b_crit is not None]
+    lines = []
+    for signal, nearest in signals:
+        if nearest is None or nearest == chosen:
+            continue
+        direction = ("larger batches would still train efficiently" if nearest > chosen
+                     else "smaller batches would make better use of each sample")
+        lines.append(f"{signal} points to EBS {nearest}, the pick is EBS {chosen}: it suggests {direction}; "
+                     f"{_validation_verdict(pick, nearest)}")
+    return lines
+
+
+def _validation_verdict(pick: Pick, ebs: int) -> str:
+    """What choosing on validation found at `ebs` (the candidate of that EBS nearest the best)."""
+    at = [c for c in pick.candidates if c.effective_batch_size == ebs]
+    if not at:
+        return f"EBS {ebs} has no candidate here"
+    candidate = at[0]
+    if candidate is pick.best:
+        return (f"EBS {ebs} was the best on validation, but not significantly better than the pick, which won "
+                "among equals on training cost; act on the pick")
+    if candidate.not_worse:
+        return f"on validation EBS {ebs} was as good; among equals the pick won on training cost; act on the pick"
+    if candidate.screen_p is None:
+        return f"on validation EBS {ebs} could not be tested against the best; act on the pick"
+    return f"on validation EBS {ebs} was significantly worse (p={candidate.screen_p:.2g}); act on the pick"
 
 
 def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:

@@ -29,7 +29,7 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
         "effective_batch_size": p.chosen.effective_batch_size, "lr": _lr_of(p.chosen),
         "best_on_validation": p.best.label,
         "test_accuracy": p.test_accuracy, "test_accuracy_ci95": list(p.test_ci), "test_examples": p.test_examples,
-        "justification": p.justification, "warnings": p.warnings,
+        "justification": p.justification, "warnings": p.warnings, "reconciled": p.reconciled,
         "candidates": [candidate(c) for c in p.candidates],
         "noise_scale": None if p.noise is None else {
             "runs": p.noise.runs, "epoch_1": _num(p.noise.first), "epoch_1_range": p.noise.first_range,

@@ -114,6 +114,7 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
                  f"{len(pick.chosen.runs)} seed(s): reported, never used to choose.</p>"]
         extra = [fit.text for fit in pick.scaling] + ([pick.noise.text] if pick.noise else [])
         extra += [critical.text for critical in pick.critical]
+        extra += [f"one answer: {line}" for line in pick.reconciled]
         lines += [f"<p class='note'>{_e(text)}</p>" for text in extra]
         lines += [f"<p class='warning'>warning: {_e(w)}</p>" for w in pick.warnings]
         body.append(f"<div class='pick' id='pick-{index}'>" + "".join(lines) + "</div>")

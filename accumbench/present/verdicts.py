@@ -48,6 +48,8 @@ def print_picks(picks: list[Any]) -> None:
             console.print(pick.noise.text)
         for critical in pick.critical:
             console.print(critical.text)
+        for line in pick.reconciled:
+            console.print(f"[bold]one answer:[/] {line}")
         for warning in pick.warnings:
             console.print(f"[yellow]warning: {warning}[/]")
         console.print()
