@@ -207,7 +207,7 @@ def test_a_target_out_of_range_is_bad_input(db):
 def test_one_answer_says_what_validation_found_at_the_ebs_a_signal_points_to():
     from types import SimpleNamespace
 
-    from accumbench.analysis.pick import reconcile
+    from accumbench.analysis.evidence import reconcile
 
     def candidate(ebs, not_worse=True, screen_p=0.5):
         return SimpleNamespace(effective_batch_size=ebs, not_worse=not_worse, screen_p=screen_p)
@@ -223,3 +223,64 @@ def test_one_answer_says_what_validation_found_at_the_ebs_a_signal_points_to():
     assert reconcile(answer)[0].endswith("on validation EBS 16 was significantly worse (p=0.003); act on the pick")
     answer.noise = SimpleNamespace(first=300.0, nearest=256)  # it agrees with the pick: nothing to say
     assert reconcile(answer) == []
+
+
+def _equal_on_validation(db: Path) -> tuple:
+    """EBS 64, 256 and 1024 that validation cannot tell apart (3 seeds each), trained on the same 100 samples
+    in 16, 4 and 1 optimizer steps: by counts, 1024 is the cheapest."""
+    from accumbench.analysis.runs import load_predictions, load_runs
+
+    with Store.open(resolve_db_url(str(db))) as store:
+        for seed, wobble in ((1, 0.0), (2, 0.01), (3, -0.01)):
+            for ebs, steps in ((64, 16), (256, 4), (1024, 1)):
+                add_run(store, ebs, seed, val=0.90 + wobble, test=0.90, seconds=100, steps=steps)
+    with Store.open_readonly(resolve_db_url(str(db))) as store:
+        data = load_runs(store)
+        return data, load_predictions(store, data)
+
+
+def _with_timings(data, seconds_per_sample: dict[int, list[float]]):
+    """The same runs with each EBS's per-epoch seconds per sample (and its total) replaced."""
+    runs = data.runs.copy()
+    runs["seconds_per_sample"] = [tuple(seconds_per_sample[ebs]) for ebs in runs["effective_batch_size"]]
+    runs["train_seconds"] = [sum(seconds_per_sample[ebs]) * 100 for ebs in runs["effective_batch_size"]]
+    return type(data)(runs, data.epochs, data.evals, data.diverged)
+
+
+def test_the_pick_does_not_move_when_timings_move_within_their_noise(db):
+    import random
+
+    from accumbench.analysis.pick import pick_best
+
+    data, predictions = _equal_on_validation(db)
+    [first] = pick_best(data, predictions)
+    assert first.chosen.label == "EBS 1024" and "the same on every machine" in first.justification
+    rng = random.Random(0)
+    for _ in range(50):  # a loaded machine: every epoch anywhere from 0.5x to 2.5x a nominal second per sample
+        timings = {ebs: [rng.uniform(0.5, 2.5) for _ in range(6)] for ebs in (64, 256, 1024)}
+        [again] = pick_best(_with_timings(data, timings), predictions)
+        assert again.chosen.label == "EBS 1024" and again.justification == first.justification
+
+
+def test_measured_seconds_decide_only_far_beyond_their_spread(db):
+    from accumbench.analysis.pick import pick_best
+
+    data, predictions = _equal_on_validation(db)
+    # EBS 64 trains 3x faster per sample, every epoch within 1% of the others: far beyond the noise.
+    steady = {64: [0.010, 0.0101, 0.0099, 0.010], 256: [0.030, 0.0303, 0.0297, 0.030], 1024: [0.030, 0.0301, 0.0299, 0.030]}
+    [measured] = pick_best(_with_timings(data, steady), predictions)
+    assert measured.chosen.label == "EBS 64"
+    assert "64 is the cheapest of the three as measured: 3.00x faster per sample than 1024, far beyond their " \
+           "run-to-run spread (±1%)" in measured.justification
+    # The same means with a spread of about 60%: not far beyond it, so the counts decide again.
+    noisy = {64: [0.004, 0.016, 0.004, 0.016], 256: [0.030] * 4, 1024: [0.012, 0.048, 0.012, 0.048]}
+    [counted] = pick_best(_with_timings(data, noisy), predictions)
+    assert counted.chosen.label == "EBS 1024"
+    # One timing each (one epoch of one seed): no spread to judge a difference by, so the counts decide.
+    from types import SimpleNamespace
+
+    from accumbench.analysis.cost import cheapest
+
+    small, large = (SimpleNamespace(label=f"EBS {ebs}", effective_batch_size=ebs, samples=100, steps=100 / ebs,
+                                    seconds_per_sample=[seconds]) for ebs, seconds in ((64, 0.01), (1024, 0.03)))
+    assert cheapest([small, large]).chosen is large

@@ -8,7 +8,8 @@ the uncertainty of the choice stated.
     screen     = which candidates are not significantly worse than the best, on validation:
                  Welch's t-test across seeds when both have 2+ seeds, else an exact McNemar test on
                  the paired validation predictions (matched by seed)
-    pick       = among those, the cheapest by training time; a tie (within 2%) goes to the larger EBS
+    pick       = among those, the cheapest by what it trained (cost.py: samples, then optimizer steps;
+                 measured seconds only where far beyond their noise), the same on every machine
 
 Why nested: pooled, a noisy cell at a poor lr can pass the screen and win on time, so the lr choice
 leaks into the EBS answer. `compare_protocols` shows the pick under each protocol the runs support.
@@ -27,14 +28,14 @@ from typing import Any
 import pandas as pd
 
 from accumbench import stats
-from accumbench.analysis.evidence import CriticalBatch, NoiseAdvice, critical_batch_sizes, noise_advice
+from accumbench.analysis.cost import cheapest
+from accumbench.analysis.evidence import CriticalBatch, NoiseAdvice, critical_batch_sizes, noise_advice, reconcile
 from accumbench.analysis.runs import RunData, cell_label, varying
 from accumbench.analysis.tuning import BestLr, ScalingFit, best_lrs, fit_scaling, has_lr_grid, tuned_runs
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, plain_number, rate_key, spread
 from accumbench.vocabulary import METRICS, PROTOCOLS
 
-TIME_TIE = 0.02  # training times within 2% of each other are a tie: the larger EBS wins it
 GROUPINGS = ("model", "none")  # --by: one pick per model, or one over all runs
 
 
@@ -74,6 +75,9 @@ class Candidate:
     metric_mean: float
     metric_std: float  # NaN with one seed
     train_seconds: float  # mean total training time over seeds
+    samples: float = 0.0  # samples trained, mean over seeds (cost.py)
+    steps: float = 0.0  # optimizer steps, mean over seeds
+    seconds_per_sample: list[float] = field(default_factory=list)  # every epoch of every seed
     # Filled in against the best candidate (None for the best itself):
     screen_test: str | None = None  # "welch" or "mcnemar-validation"
     screen_p: float | None = None
@@ -160,41 +164,6 @@ def _pick_by_protocol(name: str, group: pd.DataFrame, data: RunData, predictions
     return pick
 
 
-def reconcile(pick: Pick) -> list[str]:
-    """One answer: where the noise scale or the critical batch size points to another tried EBS than the
-    pick, say what that means and what validation found at that EBS, so the reader knows which to act on."""
-    chosen = pick.chosen.effective_batch_size
-    signals = [] if pick.noise is None or pick.noise.first is None else [
-        (f"the noise scale (B_simple ≈ {pick.noise.first:.3g})", pick.noise.nearest)]
-    signals += [(f"the critical batch size (B_crit ≈ {c.fit.b_crit:.3g})", c.nearest) for c in pick.critical
-                if c.fit is not None and c.fit.b_crit is not None]
-    lines = []
-    for signal, nearest in signals:
-        if nearest is None or nearest == chosen:
-            continue
-        direction = ("larger batches would still train efficiently" if nearest > chosen
-                     else "smaller batches would make better use of each sample")
-        lines.append(f"{signal} points to EBS {nearest}, the pick is EBS {chosen}: it suggests {direction}; "
-                     f"{_validation_verdict(pick, nearest)}")
-    return lines
-
-
-def _validation_verdict(pick: Pick, ebs: int) -> str:
-    """What choosing on validation found at `ebs` (the candidate of that EBS nearest the best)."""
-    at = [c for c in pick.candidates if c.effective_batch_size == ebs]
-    if not at:
-        return f"EBS {ebs} has no candidate here"
-    candidate = at[0]
-    if candidate is pick.best:
-        return (f"EBS {ebs} was the best on validation, but not significantly better than the pick, which won "
-                "among equals on training cost; act on the pick")
-    if candidate.not_worse:
-        return f"on validation EBS {ebs} was as good; among equals the pick won on training cost; act on the pick"
-    if candidate.screen_p is None:
-        return f"on validation EBS {ebs} could not be tested against the best; act on the pick"
-    return f"on validation EBS {ebs} was significantly worse (p={candidate.screen_p:.2g}); act on the pick"
-
-
 def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:
     vary = varying(group, ("model", "lr_scaling", "base_lr", "variant"))
     out = []
@@ -203,7 +172,9 @@ def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:
         values = runs[metric].astype(float)
         out.append(Candidate(cell=cell, label=cell_label(first, vary), effective_batch_size=int(first["effective_batch_size"]),
                              runs=runs, metric_mean=values.mean(), metric_std=values.std(),
-                             train_seconds=runs["train_seconds"].mean()))
+                             train_seconds=runs["train_seconds"].mean(), samples=runs["samples_seen"].mean(),
+                             steps=runs["optimizer_steps"].mean(),
+                             seconds_per_sample=[v for values in runs["seconds_per_sample"] for v in values]))
     higher_is_better = metric == "val_accuracy"
     # NaN (a diverged run's loss) sorts last whichever way the metric goes.
     out.sort(key=lambda c: (math.isnan(c.metric_mean), -c.metric_mean if higher_is_better else c.metric_mean))
@@ -254,14 +225,13 @@ def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int,
             warnings.append(f"{other.label} could not be tested against {best.label} (no paired predictions)")
 
     contenders = [best] + [c for c in candidates[1:] if c.not_worse]
-    fastest = min(c.train_seconds for c in contenders)
-    tied = [c for c in contenders if c.train_seconds <= fastest * (1 + TIME_TIE)]
-    chosen = max(tied, key=lambda c: c.effective_batch_size)
+    cost = cheapest(contenders)
+    chosen = cost.chosen
 
     test_accuracies = chosen.runs["test_accuracy"].astype(float).tolist()
     n_test = int(chosen.runs["num_test_samples"].iloc[0])
     mean, low, high = stats.mean_accuracy_ci(test_accuracies, n_test)
-    justification = _justify(candidates, best, chosen, contenders, metric, alpha)
+    justification = _justify(candidates, best, chosen, contenders, metric, alpha, cost.reason)
     if tuned:
         justification = f"each EBS at its best lr on validation, then EBS against EBS: {justification}"
     return Pick(name, metric, alpha, candidates, best, chosen, mean, (low, high), n_test, justification, warnings)
@@ -282,9 +252,9 @@ def _ps(candidates: list[Candidate]) -> str:
 
 
 def _justify(candidates: list[Candidate], best: Candidate, chosen: Candidate, contenders: list[Candidate],
-             metric: str, alpha: float) -> str:
+             metric: str, alpha: float, cost: str) -> str:
     """The pick in one sentence of evidence, e.g. 'EBS 256: validation accuracy 0.9012±0.0021 (3 seeds);
-    64 and 1024 are not significantly different (p=0.41, 0.63); 256 is the fastest of the three'."""
+    64 and 1024 are not significantly different (p=0.41, 0.63); 256 is the cheapest of the three ...'."""
     words = METRICS[metric]
     others = [c for c in candidates if c is not chosen]
     same = [c for c in others if c.not_worse and c is not best]
@@ -302,9 +272,7 @@ def _justify(candidates: list[Candidate], best: Candidate, chosen: Candidate, co
     if len(contenders) == 1:
         text += f"; no other candidate is as good, so {chosen.label.removeprefix('EBS ')} is the pick"
     else:
-        count = {2: "two", 3: "three", 4: "four", 5: "five"}.get(len(contenders), str(len(contenders)))
-        text += (f"; {chosen.label.removeprefix('EBS ')} is the fastest of the {count} "
-                 f"({chosen.train_seconds:.0f} s of training)")
+        text += f"; {cost}"
     return text
 
 

@@ -125,6 +125,10 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
     per_run["samples_per_second"] = per_run["samples_seen"] / per_run["train_seconds"]
     # B_simple of the first and the last epoch (noise_steps says whether it was measured at all).
     ordered = epochs.sort_values(["run_id", "epoch"])
+    # Each epoch's training seconds per sample, for telling a measured difference from noise (cost.py).
+    epoch_samples = ordered["samples_seen"] - ordered.groupby("run_id")["samples_seen"].shift(fill_value=0)
+    per_sample = (ordered["train_seconds"] / epoch_samples).rename("seconds_per_sample")
+    per_run["seconds_per_sample"] = per_sample.groupby(ordered["run_id"]).agg(tuple)
     for name, keep in (("first", "first"), ("last", "last")):
         rows = ordered.drop_duplicates("run_id", keep=keep).set_index("run_id")
         per_run[f"noise_scale_{name}"] = rows["noise_scale"].astype(float)

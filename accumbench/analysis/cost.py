@@ -1,0 +1,94 @@
+"""Among the candidates that validation cannot tell apart, which costs the least: the same on every machine.
+
+Measured training seconds move with the machine's load (one epoch of the same run took 37 s and the next
+195 s on a busy 2-core machine), so they cannot decide a pick that another day, or another machine, must
+reproduce from the same store. What a run did is counted instead, and counts do not move:
+
+    samples trained (samples_seen)   the forward and backward passes; within 2% is a tie
+    optimizer steps                  each step's optimizer update and synchronisation; fewer is cheaper
+    the larger EBS                   on a tie of both; then the better on validation
+
+At equal epochs every EBS trains the same samples, so the EBS with the fewest steps (the largest) is the
+cheapest; at equal steps (--budget steps) the smallest EBS trains the fewest samples.
+
+Measured seconds decide only where they differ far beyond their own run-to-run spread (per-sample time
+over every epoch and seed of a candidate): a candidate is taken as cheaper when it trained at least 10%
+faster per sample and by more than four times the two candidates' relative spreads added. Then the
+justification says so. Perturbing timings within their noise never changes the pick.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+SAMPLES_TIE = 0.02  # sample counts within 2% of each other are a tie
+MIN_SPEEDUP = 1.10  # a measured difference decides only from 10% faster per sample ...
+SPREADS = 4.0  # ... and beyond four times the run-to-run spreads of the two
+
+
+@dataclass(frozen=True)
+class Timing:
+    """A candidate's training time per sample, over all its epochs and seeds."""
+
+    mean: float
+    relative_spread: float  # standard deviation over mean; NaN with fewer than two epochs in all
+    epochs: int
+
+    @classmethod
+    def of(cls, seconds_per_sample: list[float]) -> Timing:
+        values = [v for v in seconds_per_sample if v == v and v > 0]
+        if not values:
+            return cls(float("nan"), float("nan"), 0)
+        mean = statistics.fmean(values)
+        spread = statistics.stdev(values) / mean if len(values) > 1 else float("nan")
+        return cls(mean, spread, len(values))
+
+
+@dataclass(frozen=True)
+class Cheapest:
+    chosen: Any  # the candidate
+    reason: str  # why, for the justification: '32 is the cheapest of the two: ...'
+
+
+def cheapest(contenders: list[Any]) -> Cheapest:
+    """The cheapest of `contenders` (each with effective_batch_size, label, samples, steps and
+    seconds_per_sample): by counts, unless a measured difference is far beyond its noise."""
+    fewest = min(c.samples for c in contenders)
+    tied = [c for c in contenders if c.samples <= fewest * (1 + SAMPLES_TIE)]
+    by_count = min(tied, key=lambda c: (c.steps, -c.effective_batch_size))
+    count = {2: "two", 3: "three", 4: "four", 5: "five"}.get(len(contenders), str(len(contenders)))
+    name = _short(by_count)
+    others = ", ".join(f"{_counts(c)} for {_short(c)}" for c in contenders if c is not by_count)
+    reason = (f"{name} is the cheapest of the {count} by what it trained: {_counts(by_count)}, against {others} "
+              "(counts, not the clock: the same on every machine)")
+    faster = _far_faster(contenders, by_count)
+    if faster is None:
+        return Cheapest(by_count, reason)
+    candidate, ratio, noise = faster
+    return Cheapest(candidate, f"{_short(candidate)} is the cheapest of the {count} as measured: {ratio:.2f}x faster "
+                               f"per sample than {name}, far beyond their run-to-run spread (±{noise:.0%})")
+
+
+def _far_faster(contenders: list[Any], by_count: Any) -> tuple[Any, float, float] | None:
+    """The contender measured fastest per sample, with its speed-up over `by_count` and their spread, when
+    that speed-up is far beyond the spread; None otherwise (or where the spread cannot be known)."""
+    base = Timing.of(by_count.seconds_per_sample)
+    best = None
+    for c in contenders:
+        timing = Timing.of(c.seconds_per_sample)
+        if c is by_count or timing.epochs < 2 or base.epochs < 2:
+            continue
+        ratio, noise = base.mean / timing.mean, timing.relative_spread + base.relative_spread
+        if ratio >= MIN_SPEEDUP and ratio - 1 > SPREADS * noise and (best is None or ratio > best[1]):
+            best = (c, ratio, noise)
+    return best
+
+
+def _short(candidate: Any) -> str:
+    return candidate.label.removeprefix("EBS ")
+
+
+def _counts(candidate: Any) -> str:
+    return f"{candidate.samples:,.0f} samples in {candidate.steps:,.0f} optimizer steps"
