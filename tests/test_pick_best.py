@@ -69,6 +69,8 @@ def test_selection_is_on_validation_even_when_test_disagrees(db):
     out = json.loads(pick(db, "--json").stdout)["picks"][0]
     assert out["pick"] == "EBS 64" and out["best_on_validation"] == "EBS 64"
     assert out["reconciled"] == []  # no noise scale or critical batch size points elsewhere
+    assert out["answer"] == "EBS 64 at lr 5e-5: the best on validation (validation accuracy 0.9000)"
+    assert pick(db).stdout.startswith("m: pick EBS 64 at lr 5e-5: the best on validation")  # the answer first
     assert out["test_accuracy"] == pytest.approx(0.70)  # reported, never used to choose
     other = next(c for c in out["candidates"] if c["label"] == "EBS 256")
     assert other["screen_test"] == "welch" and other["not_significantly_worse"] is False
@@ -88,6 +90,7 @@ def test_the_cheapest_of_the_not_worse_wins_and_a_tie_goes_to_the_larger_ebs(db)
             add_run(store, 16, seed, val=0.60 + wobble / 10, test=0.60, seconds=10)  # fastest, but clearly worse
     result = pick(db)
     assert "pick: EBS 1024" in result.stdout
+    assert result.stdout.startswith("m: pick EBS 1024 at lr 5e-5: as good as the best, EBS 64 (p = 0.")
     assert "not significantly better" in result.stdout and "16 is significantly worse" in result.stdout
     out = json.loads(pick(db, "--json").stdout)["picks"][0]
     assert out["pick"] == "EBS 1024" and out["best_on_validation"] == "EBS 64"
@@ -207,7 +210,7 @@ def test_a_target_out_of_range_is_bad_input(db):
 def test_one_answer_says_what_validation_found_at_the_ebs_a_signal_points_to():
     from types import SimpleNamespace
 
-    from accumbench.analysis.evidence import reconcile
+    from accumbench.analysis.answer import reconcile
 
     def candidate(ebs, not_worse=True, screen_p=0.5):
         return SimpleNamespace(effective_batch_size=ebs, not_worse=not_worse, screen_p=screen_p)
@@ -284,3 +287,26 @@ def test_measured_seconds_decide_only_far_beyond_their_spread(db):
     small, large = (SimpleNamespace(label=f"EBS {ebs}", effective_batch_size=ebs, samples=100, steps=100 / ebs,
                                     seconds_per_sample=[seconds]) for ebs, seconds in ((64, 0.01), (1024, 0.03)))
     assert cheapest([small, large]).chosen is large
+
+
+def test_the_answer_in_one_sentence_says_what_the_pick_saves():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from accumbench.analysis.answer import sentence
+
+    def candidate(ebs, samples, steps, screen_p=None, lr=1e-4):
+        return SimpleNamespace(label=f"EBS {ebs}", runs=pd.DataFrame({"lr": [lr]}), samples=samples, steps=steps,
+                               screen_p=screen_p, not_worse=True, metric_mean=0.9)
+
+    best, cheap = candidate(64, 1000, 16), candidate(256, 1000, 4, screen_p=0.5, lr=2e-4)
+    answer = SimpleNamespace(chosen=cheap, best=best, candidates=[best, cheap], metric="val_accuracy", cost=None)
+    assert sentence(answer) == "EBS 256 at lr 2e-4: as good as the best, EBS 64 (p = 0.5), with 4.0x fewer optimizer steps"
+    cheap.samples = 250  # --budget steps: the same steps on a quarter of the samples
+    assert sentence(answer).endswith("with 4.0x fewer samples to train")
+    answer.cost = SimpleNamespace(measured_speedup=2.6)
+    assert sentence(answer).endswith("and 2.6x faster per sample to train, as measured")
+    answer.chosen = best
+    assert sentence(answer) == ("EBS 64 at lr 1e-4: the best on validation (validation accuracy 0.9000), and the "
+                                "cheapest of the 2 that validation cannot tell apart")

@@ -60,6 +60,11 @@ def test_the_page_is_self_contained_and_has_every_section(study_db, tmp_path):
     assert len(picks) == 2 and all(": pick EBS " in p for p in picks)
     assert page.index("class='answer'") < page.index("<section id='table'>")
     assert "Chosen on validation (tuned protocol" in page and "reported, never used to choose" in page
+    # Each answer is one sentence, e.g. 'EBS 16 at lr 1e-3: as good as the best, EBS 8 (p = 0.5), with 2.0x fewer
+    # optimizer steps'; the justification with its p-values is folded under "why".
+    assert all(re.search(r": pick EBS (8|16) at lr [0-9.e-]+: (the best on validation|as good as the best)", p)
+               for p in picks), picks
+    assert page.count("<details class='why'><summary>why</summary>") == 2
     # The full table and each run's configuration are a click away.
     assert page.count("<details>") == 2 + 12 and "all columns" in page and "best test acc<br>(picked on test)" in page
     assert '"noise_scale_decay": 0.99' in page and "torch 2." in page
@@ -94,6 +99,8 @@ def test_the_page_in_a_real_browser(study_db, tmp_path):
     # The pick is visible text; the runs' configurations stay folded until clicked.
     assert re.search(r"tiny-bert\w*, torch: pick EBS (8|16)", view.visible_text)
     assert "Chosen on validation" in view.visible_text and "noise_scale_decay" not in view.visible_text
+    # The evidence behind each pick (p-values, the noise scale in words) is folded under "why" until opened.
+    assert "why" in view.visible_text and "B_simple, the gradient noise scale, is" not in view.visible_text
 
 
 def test_no_finished_run_gives_a_page_that_says_so(tmp_path):

@@ -50,6 +50,7 @@ class Timing:
 class Cheapest:
     chosen: Any  # the candidate
     reason: str  # why, for the justification: '32 is the cheapest of the two: ...'
+    measured_speedup: float | None = None  # set where measured seconds decided: per sample, against the counts' pick
 
 
 def cheapest(contenders: list[Any]) -> Cheapest:
@@ -68,7 +69,7 @@ def cheapest(contenders: list[Any]) -> Cheapest:
         return Cheapest(by_count, reason)
     candidate, ratio, noise = faster
     return Cheapest(candidate, f"{_short(candidate)} is the cheapest of the {count} as measured: {ratio:.2f}x faster "
-                               f"per sample than {name}, far beyond their run-to-run spread (±{noise:.0%})")
+                               f"per sample than {name}, far beyond their run-to-run spread (±{noise:.0%})", ratio)
 
 
 def _far_faster(contenders: list[Any], by_count: Any) -> tuple[Any, float, float] | None:

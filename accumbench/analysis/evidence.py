@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
 
@@ -136,38 +135,3 @@ def _critical_batch(label: str, target: float, rule: str, points: list[tuple[int
         outside = "" if fit.b_crit_in_tried_range else " (outside the tried sizes: an extrapolation)"
         verdict = f"B_crit ≈ {fit.b_crit:.3g}{outside}; EBS {nearest} is the tried size nearest it"
     return CriticalBatch(label, target, rule, points, unreached, fit, nearest, f"{head}: {shape}: {verdict}{missed}")
-
-
-def reconcile(pick: Any) -> list[str]:
-    """One answer: where the noise scale or the critical batch size points to another tried EBS than the
-    pick, say what that means and what validation found at that EBS, so the reader knows which to act on."""
-    chosen = pick.chosen.effective_batch_size
-    signals = [] if pick.noise is None or pick.noise.first is None else [
-        (f"the noise scale (B_simple ≈ {pick.noise.first:.3g})", pick.noise.nearest)]
-    signals += [(f"the critical batch size (B_crit ≈ {c.fit.b_crit:.3g})", c.nearest) for c in pick.critical
-                if c.fit is not None and c.fit.b_crit is not None]
-    lines = []
-    for signal, nearest in signals:
-        if nearest is None or nearest == chosen:
-            continue
-        direction = ("larger batches would still train efficiently" if nearest > chosen
-                     else "smaller batches would make better use of each sample")
-        lines.append(f"{signal} points to EBS {nearest}, the pick is EBS {chosen}: it suggests {direction}; "
-                     f"{_validation_verdict(pick, nearest)}")
-    return lines
-
-
-def _validation_verdict(pick: Any, ebs: int) -> str:
-    """What choosing on validation found at `ebs` (the candidate of that EBS nearest the best)."""
-    at = [c for c in pick.candidates if c.effective_batch_size == ebs]
-    if not at:
-        return f"EBS {ebs} has no candidate here"
-    candidate = at[0]
-    if candidate is pick.best:
-        return (f"EBS {ebs} was the best on validation, but not significantly better than the pick, which won "
-                "among equals on training cost; act on the pick")
-    if candidate.not_worse:
-        return f"on validation EBS {ebs} was as good; among equals the pick won on training cost; act on the pick"
-    if candidate.screen_p is None:
-        return f"on validation EBS {ebs} could not be tested against the best; act on the pick"
-    return f"on validation EBS {ebs} was significantly worse (p={candidate.screen_p:.2g}); act on the pick"

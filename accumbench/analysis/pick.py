@@ -28,8 +28,9 @@ from typing import Any
 import pandas as pd
 
 from accumbench import stats
-from accumbench.analysis.cost import cheapest
-from accumbench.analysis.evidence import CriticalBatch, NoiseAdvice, critical_batch_sizes, noise_advice, reconcile
+from accumbench.analysis.answer import reconcile
+from accumbench.analysis.cost import Cheapest, cheapest
+from accumbench.analysis.evidence import CriticalBatch, NoiseAdvice, critical_batch_sizes, noise_advice
 from accumbench.analysis.runs import RunData, cell_label, varying
 from accumbench.analysis.tuning import BestLr, ScalingFit, best_lrs, fit_scaling, has_lr_grid, tuned_runs
 from accumbench.errors import UserError
@@ -113,6 +114,7 @@ class Pick:
     # One line per signal (noise scale, critical batch size) that points to another EBS than the pick: what
     # that means, and what validation said about that EBS. Empty where they agree.
     reconciled: list[str] = field(default_factory=list)
+    cost: Cheapest | None = None  # how the pick won among the candidates validation cannot tell apart
 
 
 def _groups(runs: pd.DataFrame, by: str) -> list[tuple[str, pd.DataFrame]]:
@@ -234,7 +236,8 @@ def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int,
     justification = _justify(candidates, best, chosen, contenders, metric, alpha, cost.reason)
     if tuned:
         justification = f"each EBS at its best lr on validation, then EBS against EBS: {justification}"
-    return Pick(name, metric, alpha, candidates, best, chosen, mean, (low, high), n_test, justification, warnings)
+    return Pick(name, metric, alpha, candidates, best, chosen, mean, (low, high), n_test, justification, warnings,
+                cost=cost)
 
 
 def _fmt(candidate: Candidate, metric: str) -> str:

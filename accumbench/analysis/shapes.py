@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from accumbench.analysis import answer
 from accumbench.analysis.pick import Candidate, Pick, ProtocolComparison, ProtocolPick
 from accumbench.analysis.tuning import LINEAR_ALPHA, SQRT_ALPHA, BestLr
 
@@ -25,7 +26,8 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
         }
 
     return {"picks": [{
-        "group": p.group, "metric": p.metric, "alpha": p.alpha, "protocol": p.protocol, "pick": p.chosen.label,
+        "group": p.group, "answer": answer.sentence(p), "metric": p.metric, "alpha": p.alpha, "protocol": p.protocol,
+        "pick": p.chosen.label,
         "effective_batch_size": p.chosen.effective_batch_size, "lr": _lr_of(p.chosen),
         "best_on_validation": p.best.label,
         "test_accuracy": p.test_accuracy, "test_accuracy_ci95": list(p.test_ci), "test_examples": p.test_examples,

@@ -20,6 +20,7 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
+from accumbench.analysis import answer
 from accumbench.formatting import format_lr, portable, short_model
 from accumbench.present import plots, tables
 
@@ -36,6 +37,12 @@ figure{margin:1em 0}img{max-width:100%;height:auto}figcaption{color:#555;font-si
 details{margin:.5em 0}summary{cursor:pointer;color:#246}
 pre{font-size:.8em;background:#f6f6f6;padding:.5em;overflow-x:auto}
 """
+
+
+# The gradient noise scale in two plain sentences, under the pick's "why".
+NOISE_SCALE_IN_WORDS = ("B_simple, the gradient noise scale, is the batch size at which the noise in a batch's gradient "
+                        "is about as large as the gradient itself. Batches much smaller than it spend optimizer steps "
+                        "on noise; batches much larger spend samples averaging away noise that is already small.")
 
 
 def _e(text: Any) -> str:
@@ -104,19 +111,18 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
     body = [f"<h1>{_e(title)}</h1>", _stamp(db_label, refresh), "<section id='picks'>"]
     for index, pick in enumerate(picks):
         low, high = pick.test_ci
-        lr = format_lr(float(pick.chosen.runs["lr"].iloc[0]))
         group = ", ".join(str(portable(part)) for part in pick.group.split(", "))  # a local model by its name
-        lines = [f"<p class='answer'>{_e(group)}: pick {_e(pick.chosen.label)}"
-                 + ("" if " lr " in pick.chosen.label else f" at lr {lr}") + "</p>",
-                 f"<p>{_e(pick.justification)}.</p>",
+        # The answer in one sentence, what stands behind it in a line, and the evidence folded under "why".
+        lines = [f"<p class='answer'>{_e(group)}: pick {_e(answer.sentence(pick))}</p>",
                  f"<p>Chosen on validation ({_e(pick.protocol)} protocol, alpha {pick.alpha:g}). Test accuracy "
                  f"{pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} examples x "
                  f"{len(pick.chosen.runs)} seed(s): reported, never used to choose.</p>"]
-        extra = [fit.text for fit in pick.scaling] + ([pick.noise.text] if pick.noise else [])
-        extra += [critical.text for critical in pick.critical]
-        extra += [f"one answer: {line}" for line in pick.reconciled]
-        lines += [f"<p class='note'>{_e(text)}</p>" for text in extra]
+        lines += [f"<p class='note'>one answer: {_e(line)}</p>" for line in pick.reconciled]
         lines += [f"<p class='warning'>warning: {_e(w)}</p>" for w in pick.warnings]
+        why = [f"{pick.justification}."] + [fit.text for fit in pick.scaling]
+        why += ([pick.noise.text, NOISE_SCALE_IN_WORDS] if pick.noise else []) + [c.text for c in pick.critical]
+        lines.append("<details class='why'><summary>why</summary>"
+                     + "".join(f"<p class='note'>{_e(text)}</p>" for text in why) + "</details>")
         body.append(f"<div class='pick' id='pick-{index}'>" + "".join(lines) + "</div>")
     body.append("</section>")
 

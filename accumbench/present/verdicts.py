@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from accumbench.analysis import answer
 from accumbench.formatting import format_lr, format_seconds, spread
 from accumbench.vocabulary import METRIC_HEADINGS, PROTOCOL_MEANINGS
 
@@ -16,6 +17,7 @@ def print_picks(picks: list[Any]) -> None:
 
     console = Console()
     for pick in picks:
+        console.print(f"[bold]{pick.group}: pick {answer.sentence(pick)}[/]")  # the answer first, then its evidence
         words = METRIC_HEADINGS[pick.metric]
         if pick.best_lrs:
             _print_best_lrs(console, pick, words)
