@@ -30,11 +30,13 @@ def available() -> bool:
 
 @dataclass
 class PageView:
-    images: list[dict]  # per <img>: src prefix, complete, naturalWidth, naturalHeight
+    images: list[dict]  # per <img>: src prefix, alt, complete, naturalWidth, naturalHeight
     console: list[dict]  # the browser's console entries (level, message)
     visible_text: str  # document.body.innerText: what is rendered, not what is hidden in <details>
     title: str
     screenshot: bytes = field(repr=False)
+    answer_bottom: float = 0.0  # where the first '.answer' ends, in CSS pixels from the top (0: none)
+    viewport_height: float = 0.0  # window.innerHeight: what shows without scrolling
 
     @property
     def errors(self) -> list[dict]:
@@ -61,11 +63,14 @@ def view(path: Path, width: int = 1280, height: int = 2400) -> PageView:
         driver.get(Path(path).resolve().as_uri())
         WebDriverWait(driver, 60).until(lambda d: d.execute_script("return document.readyState") == "complete")
         images = driver.execute_script(
-            "return Array.from(document.images).map(i => ({src: i.src.slice(0, 30), complete: i.complete, "
+            "return Array.from(document.images).map(i => ({src: i.src.slice(0, 30), alt: i.alt, complete: i.complete, "
             "naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight}))")
+        answer = driver.execute_script(
+            "const a = document.querySelector('.answer'); return a ? a.getBoundingClientRect().bottom : 0")
         return PageView(images=images, console=driver.get_log("browser"),
                         visible_text=driver.execute_script("return document.body.innerText"), title=driver.title,
-                        screenshot=driver.get_screenshot_as_png())
+                        screenshot=driver.get_screenshot_as_png(), answer_bottom=answer,
+                        viewport_height=driver.execute_script("return window.innerHeight"))
     finally:
         driver.quit()
         shutil.rmtree(profile, ignore_errors=True)

@@ -310,3 +310,43 @@ def test_the_answer_in_one_sentence_says_what_the_pick_saves():
     answer.chosen = best
     assert sentence(answer) == ("EBS 64 at lr 1e-4: the best on validation (validation accuracy 0.9000), and the "
                                 "cheapest of the 2 that validation cannot tell apart")
+
+
+def test_the_headline_plots_pick_bests_numbers_and_marks_the_pick(db):
+    """Its data, not its pixels: one point per EBS at pick-best's mean, with the t interval over the 3 seeds,
+    the pick marked, and every EBS as good as the best in the shaded group."""
+    import statistics
+
+    from accumbench.analysis.headline import headline
+    from accumbench.analysis.pick import pick_best
+
+    data, predictions = _equal_on_validation(db)
+    [answer] = pick_best(data, predictions)
+    out = json.loads(pick(db, "--json").stdout)["picks"][0]
+    shown = headline(answer)
+    assert [p.effective_batch_size for p in shown.points] == [64, 256, 1024]
+    means = {c["effective_batch_size"]: c["metric_mean"] for c in out["candidates"]}
+    half = stats.student_t_quantile(0.975, 2) * statistics.stdev([0.90, 0.91, 0.89]) / 3 ** 0.5  # 4.303 · 0.01/√3
+    for point in shown.points:
+        assert point.mean == pytest.approx(means[point.effective_batch_size])
+        assert (point.low, point.high) == pytest.approx((point.mean - half, point.mean + half))
+        assert point.interval == "t over seeds" and point.seeds == 3 and point.as_good
+    assert [p.effective_batch_size for p in shown.points if p.picked] == [out["effective_batch_size"]] == [1024]
+    assert [p.optimizer_steps for p in shown.points] == [16, 4, 1]
+
+
+def test_with_one_seed_the_headline_interval_is_binomial(db):
+    from accumbench.analysis.headline import headline
+    from accumbench.analysis.pick import pick_best
+    from accumbench.analysis.runs import load_predictions, load_runs
+
+    with Store.open(resolve_db_url(str(db))) as store:
+        add_run(store, 64, 1, val=0.90, test=0.90, seconds=100)
+        add_run(store, 256, 1, val=0.80, test=0.91, seconds=50, val_offset=100)
+    with Store.open_readonly(resolve_db_url(str(db))) as store:
+        data = load_runs(store)
+        [answer] = pick_best(data, load_predictions(store, data))
+    points = {p.effective_batch_size: p for p in headline(answer).points}
+    half = stats.Z95 * (0.9 * 0.1 / N) ** 0.5  # 200 validation examples
+    assert (points[64].low, points[64].high) == pytest.approx((0.9 - half, 0.9 + half))
+    assert points[64].interval == "binomial" and points[64].picked and not points[256].as_good

@@ -53,7 +53,9 @@ def test_the_page_is_self_contained_and_has_every_section(study_db, tmp_path):
     # Nothing from the network: no script, no external source or link, figures are PNG data.
     assert "<script" not in page and not re.search(r"(src|href)=['\"]?(https?:)?//", page)
     images = re.findall(r"<img src='data:image/png;base64,([^']+)'", page)
-    assert len(images) == len(re.findall("<img", page)) == 5  # validation, train loss, time, noise scale, lr grid
+    # The headline first, then validation, train loss, time, noise scale and lr grid.
+    assert len(images) == len(re.findall("<img", page)) == 6
+    assert re.search(r"<img src='data:image/png;base64,[^']+' alt='([^']+)'", page).group(1).endswith("-headline.png")
     assert all(base64.b64decode(data)[:8] == b"\x89PNG\r\n\x1a\n" for data in images)
     # The answer first: a pick per backend (both ran), each with its words, before the table.
     picks = re.findall(r"<p class='answer'>([^<]+)</p>", page)
@@ -92,13 +94,16 @@ def test_the_page_in_a_real_browser(study_db, tmp_path):
     view = browser.view(out)
     (tmp_path / "study.png").write_bytes(view.screenshot)
     assert view.screenshot[:8] == b"\x89PNG\r\n\x1a\n" and len(view.screenshot) > 50_000
-    assert len(view.images) == 5
+    assert len(view.images) == 6 and view.images[0]["alt"].endswith("-headline.png")  # the answer at a glance first
     assert all(image["complete"] and image["naturalWidth"] > 0 and image["naturalHeight"] > 0 for image in view.images)
     assert view.errors == [], view.console
     assert view.title.startswith("accumbench study: 12 runs in 6 cells")
     # The pick is visible text; the runs' configurations stay folded until clicked.
     assert re.search(r"tiny-bert\w*, torch: pick EBS (8|16)", view.visible_text)
     assert "Chosen on validation" in view.visible_text and "noise_scale_decay" not in view.visible_text
+    # The one-sentence answer shows without scrolling on a 1280x800 screen.
+    laptop = browser.view(out, height=800)
+    assert 0 < laptop.answer_bottom <= laptop.viewport_height, (laptop.answer_bottom, laptop.viewport_height)
     # The evidence behind each pick (p-values, the noise scale in words) is folded under "why" until opened.
     assert "why" in view.visible_text and "B_simple, the gradient noise scale, is" not in view.visible_text
 

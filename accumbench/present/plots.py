@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from accumbench.errors import UserError
-from accumbench.formatting import short_model, spread
+from accumbench.formatting import format_lr, short_model, spread
+from accumbench.vocabulary import METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -252,8 +253,51 @@ def _lr_grid_figure(model: str, grids: list) -> Figure:
     return fig
 
 
-def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path,
-                  lr_grids: tuple = (), b_crit: dict[str, float] | None = None) -> dict[Path, Figure]:
+def _headline_figure(model: str, headlines: list) -> Figure:
+    """The answer at a glance, one column per pick of the model (one per backend where both ran): above,
+    the selection metric at each EBS (its best lr printed by the point) with its 95% interval, the EBS that
+    validation cannot tell from the best shaded as one group and the pick starred; below, what each EBS
+    cost to train (mean seconds, with its optimizer steps)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(max(6.0, 5.2 * len(headlines)), 5.4), dpi=DPI, layout="constrained")
+    axes = fig.subplots(2, len(headlines), squeeze=False, sharex="col", height_ratios=(3, 1.3))
+    for column, headline in enumerate(headlines):
+        top, bottom = axes[0][column], axes[1][column]
+        points = headline.points
+        xs = [p.effective_batch_size for p in points]
+        good = [p.effective_batch_size for p in points if p.as_good]
+        if good:  # one group: from the smallest to the largest EBS as good as the best, a little wider
+            top.axvspan(min(good) / 1.25, max(good) * 1.25, color="#2a7", alpha=0.12, linewidth=0,
+                        label="not significantly worse than the best")
+        for p in points:
+            color = "#2a7" if p.as_good else "#888"
+            top.errorbar([p.effective_batch_size], [p.mean], yerr=[[p.mean - p.low], [p.high - p.mean]], fmt="o",
+                         color=color, capsize=4, markersize=6)
+            top.annotate(f"lr {format_lr(p.lr)}", (p.effective_batch_size, p.high), textcoords="offset points",
+                         xytext=(0, 6), ha="center", fontsize="small")
+        picked = [p for p in points if p.picked]
+        top.plot([p.effective_batch_size for p in picked], [p.mean for p in picked], marker="*", markersize=18,
+                 color="#d62", linestyle="none", label=f"the pick: EBS {picked[0].effective_batch_size}" if picked else None)
+        intervals = sorted({p.interval for p in points} - {"none"})
+        top.set(title=", ".join(short_model(part) for part in headline.group.split(", ")), ylabel=METRICS[headline.metric])
+        top.legend(fontsize="small", loc="best", title=f"95% interval: {', '.join(intervals) or 'none'}",
+                   title_fontsize="small")
+        top.grid(alpha=0.3)
+        bottom.bar(xs, [p.train_seconds for p in points], width=[x * 0.35 for x in xs], color="#8ab")
+        for p in points:
+            bottom.annotate(f"{p.optimizer_steps:,.0f} steps", (p.effective_batch_size, p.train_seconds),
+                            textcoords="offset points", xytext=(0, 2), ha="center", fontsize="x-small")
+        bottom.set(xscale="log", xlabel="effective batch size", ylabel="train seconds")
+        bottom.set_xticks(xs, [str(x) for x in xs])
+        bottom.minorticks_off()
+        bottom.grid(alpha=0.3, axis="y")
+    fig.suptitle(f"{short_model(model)}: each EBS at its best lr, on validation, and what it cost")
+    return fig
+
+
+def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path, lr_grids: tuple = (),
+                  b_crit: dict[str, float] | None = None, headlines: tuple = ()) -> dict[Path, Figure]:
     """The figures of figure_pngs, keyed by their path, in a stable order: models sorted, and
     for each its validation figure, its training-loss figure (left out without finite steps), its
     accuracy against training time, its noise-scale figure (left out where nothing measured it; with
@@ -272,6 +316,9 @@ def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path,
     models = sorted(set(epochs["model"]) | set(steps["model"]), key=str)
     figures: dict[Path, Figure] = {}
     for model, slug in unique_slugs([str(m) for m in models]).items():
+        picked = [h for h in headlines if h.model == model]
+        if picked:  # the answer first (analysis.headline)
+            figures[out_dir / f"{slug}-headline.png"] = _headline_figure(model, picked)
         model_epochs = epochs[epochs["model"].astype(str) == model]
         model_steps = steps[steps["model"].astype(str) == model]
         if not model_epochs.empty:
@@ -293,11 +340,11 @@ def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path,
 
 
 def figure_pngs(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path = Path("."), lr_grids: tuple = (),
-                b_crit: dict[str, float] | None = None) -> dict[Path, bytes]:
+                b_crit: dict[str, float] | None = None, headlines: tuple = ()) -> dict[Path, bytes]:
     """build_figures rendered: each figure's PNG bytes, for files (--plot) and for the study page."""
     import io
 
-    figures = build_figures(epochs, steps, out_dir, lr_grids, b_crit)
+    figures = build_figures(epochs, steps, out_dir, lr_grids, b_crit, headlines)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     out = {}

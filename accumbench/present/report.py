@@ -21,6 +21,7 @@ from typing import Any
 
 from accumbench.analysis import pick
 from accumbench.analysis.cells import backend_comparison, cell_table, noise_per_run, plot_frames
+from accumbench.analysis.headline import headline
 from accumbench.analysis.runs import NoRuns, count_running, load_predictions, load_runs
 from accumbench.analysis.tuning import lr_grids
 from accumbench.errors import UserError
@@ -96,8 +97,9 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
             picks = pick.pick_best(data, load_predictions(store, data))
         b_crit = {str(p.chosen.runs["model"].iloc[0]): c.fit.b_crit for p in picks for c in p.critical
                   if c.fit is not None and c.fit.b_crit is not None}
+        headlines = tuple(headline(p) for p in picks)
         pngs = {path.name: png for path, png in plots.figure_pngs(*plot_frames(store, data), lr_grids=grids,
-                                                                    b_crit=b_crit).items()}
+                                                                    b_crit=b_crit, headlines=headlines).items()}
     if request.fmt == "html":
         text = study_page.study_page(title=title.replace("accumbench report", "accumbench study"),
                                      db_label=request.page_label, cells=cells, comparison=comparison, data=data,

@@ -39,6 +39,9 @@ pre{font-size:.8em;background:#f6f6f6;padding:.5em;overflow-x:auto}
 """
 
 
+HEADLINE_CAPTION = ("each EBS at its best lr: the selection metric on validation with its 95% interval (over seeds, or "
+                    "binomial with one seed); shaded, the EBS not significantly worse than the best; starred, the pick; "
+                    "below, what each cost to train (seconds, and optimizer steps)")
 # The gradient noise scale in two plain sentences, under the pick's "why".
 NOISE_SCALE_IN_WORDS = ("B_simple, the gradient noise scale, is the batch size at which the noise in a batch's gradient "
                         "is about as large as the gradient itself. Batches much smaller than it spend optimizer steps "
@@ -124,6 +127,9 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
         lines.append("<details class='why'><summary>why</summary>"
                      + "".join(f"<p class='note'>{_e(text)}</p>" for text in why) + "</details>")
         body.append(f"<div class='pick' id='pick-{index}'>" + "".join(lines) + "</div>")
+    for name, png in figures.items():  # the answer at a glance, under the answers in words
+        if name.endswith("-headline.png"):
+            body.append(_figure(png, name, HEADLINE_CAPTION))
     body.append("</section>")
 
     default = tables.choose_columns(cells)
