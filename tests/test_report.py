@@ -198,8 +198,8 @@ def test_filters_and_plots(swept, tmp_path):
     assert set(torch_only["backend"]) == {"torch"} and len(torch_only) == 2
     result = report(swept, "--format", "csv", "--plot", str(tmp_path / "figures"))
     written = sorted((tmp_path / "figures").iterdir())
-    assert [p.name for p in written] == ["tiny-bert0-noise-scale.png", "tiny-bert0-time.png", "tiny-bert0-train-loss.png",
-                                         "tiny-bert0-validation.png"]
+    assert [p.name for p in written] == ["tiny-bert0-headline.png", "tiny-bert0-noise-scale.png", "tiny-bert0-time.png",
+                                         "tiny-bert0-train-loss.png", "tiny-bert0-validation.png"]
     for png in written:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
         assert f"wrote {png}" in result.stdout

@@ -257,6 +257,17 @@ def test_report_shows_the_lr_by_ebs_table_with_the_best_marked(db, tmp_path):
     figures = tmp_path / "figures"
     out = cli(db, "report", "--plot", str(figures)).stdout
     assert (figures / "m-lr-grid.png").stat().st_size > 0 and "m-lr-grid.png" in out
+    # The study table reads as the seed study's: by EBS, then lr, each EBS's best lr marked (* in text, bold on
+    # the page, best_lr in CSV and JSON).
+    cells = json.loads(cli(db, "report", "--format", "json").stdout)["cells"]
+    assert [(c["effective_batch_size"], c["lr"], c["best_lr"]) for c in cells] == [
+        (16, 3e-4, False), (16, 1e-3, True), (32, 3e-4, False), (32, 1e-3, True)]
+    rows = [line.split()[1:5:2] for line in text.splitlines() if line.startswith("m ")]  # EBS and lr
+    assert rows == [["16", "3e-4"], ["16", "1e-3"], ["32", "3e-4"], ["32", "1e-3"]]
+    assert "1e-3 *" in text and "* marks each EBS's best lr on validation" in " ".join(text.split())
+    page = tmp_path / "study.html"
+    cli(db, "report", "--format", "html", "-o", str(page))
+    assert page.read_text().count("<tr class='best'>") == 2 * 2  # the table, and the same under 'all columns'
 
 
 # --- bad input ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import pandas as pd
 
 from accumbench.analysis.runs import CELL_COLUMNS, NOISE_METRICS, RunData, cell_key, cell_label, varying
+from accumbench.analysis.tuning import best_lrs, has_lr_grid
 
 # The per-run metrics aggregated over seeds (mean and std per cell).
 METRICS = ("best_train_accuracy", "val_accuracy", "best_epoch", "test_accuracy", "best_test_accuracy", "val_loss",
@@ -35,7 +36,12 @@ def cell_table(data: RunData) -> pd.DataFrame:
     # Why a cell has no B_simple: the reason most of its seeds give (they share their config).
     for note in NOISE_METRICS.values():
         table[note] = group[note].agg(lambda notes: max(sorted(set(notes)), key=list(notes).count))
-    table = table.sort_values(["model", "lr_scaling", "backend", "variant", "lr", "effective_batch_size"])
+    # Each EBS's best lr, where it was trained at two or more (the row a reader of a grid looks for).
+    best = {b.best.cell for _, series in runs.groupby("series", sort=False) if has_lr_grid(series)
+            for b in best_lrs(series, "val_accuracy", data.diverged)}
+    table["best_lr"] = [cell in best for cell in table.index]
+    # As the seed study's table reads: by model, then EBS, then lr.
+    table = table.sort_values(["model", "effective_batch_size", "backend", "lr_scaling", "variant", "lr"])
     return table.reset_index(drop=True)
 
 

@@ -261,7 +261,10 @@ def _justify(candidates: list[Candidate], best: Candidate, chosen: Candidate, co
     words = METRICS[metric]
     others = [c for c in candidates if c is not chosen]
     same = [c for c in others if c.not_worse and c is not best]
-    worse = [c for c in others if not c.not_worse and c is not best]
+    rest = [c for c in others if not c.not_worse and c is not best]
+    diverged = [c for c in rest if math.isnan(c.metric_mean)]
+    untested = [c for c in rest if c.screen_p is None and c not in diverged]
+    worse = [c for c in rest if c not in diverged and c not in untested]
     text = f"{chosen.label}: {words} {_fmt(chosen, metric)}"
     if chosen is not best:
         text += (f"; the best, {best.label} at {_fmt(best, metric)}, is not significantly better "
@@ -271,7 +274,12 @@ def _justify(candidates: list[Candidate], best: Candidate, chosen: Candidate, co
         text += f"; {_names(same)} {verb} not significantly different from the best (p={_ps(same)})"
     if worse:
         verb = "is" if len(worse) == 1 else "are"
-        text += f"; {_names(worse)} {verb} significantly worse or untested (p={_ps(worse)}, alpha {alpha:g})"
+        text += f"; {_names(worse)} {verb} significantly worse (p={_ps(worse)}, alpha {alpha:g})"
+    if untested:
+        verb = "has" if len(untested) == 1 else "have"
+        text += f"; {_names(untested)} {verb} no paired predictions to test, so cannot count as as good"
+    if diverged:
+        text += f"; {_names(diverged)} diverged"
     if len(contenders) == 1:
         text += f"; no other candidate is as good, so {chosen.label.removeprefix('EBS ')} is the pick"
     else:

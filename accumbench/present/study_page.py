@@ -29,7 +29,7 @@ body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;m
 h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:.5em 0}td,th{padding:2px 8px;text-align:right;white-space:nowrap}
 th{border-bottom:1px solid #999;vertical-align:bottom}tr:nth-child(even) td{background:#f6f6f6}
-td.key,th.key{text-align:left}
+td.key,th.key{text-align:left}tr.best td{font-weight:bold}
 .pick{border-left:4px solid #2a7;padding:.3em 1em;margin:1em 0;background:#f3fbf6}
 .pick .answer{font-size:1.25em;font-weight:bold}
 .warning{color:#a60}.note{color:#555;font-size:.9em}
@@ -52,12 +52,16 @@ def _e(text: Any) -> str:
     return html.escape(str(text))
 
 
-def _table(frame: Any, keys: int = 0) -> str:
-    """A DataFrame of display strings as an HTML table; the first `keys` columns left-aligned."""
+def _table(frame: Any, keys: int = 0, bold: list[bool] | None = None) -> str:
+    """A DataFrame of display strings as an HTML table; the first `keys` columns left-aligned; the rows where
+    `bold` is true in bold (each EBS's best lr)."""
     head = "".join(f"<th class='key'>{_e(c).replace(chr(10), '<br>')}</th>" if i < keys
                    else f"<th>{_e(c).replace(chr(10), '<br>')}</th>" for i, c in enumerate(frame.columns))
-    rows = "".join("<tr>" + "".join(f"<td class='key'>{_e(v)}</td>" if i < keys else f"<td>{_e(v)}</td>"
-                                    for i, v in enumerate(row)) + "</tr>" for row in frame.itertuples(index=False))
+    marks = bold or [False] * len(frame)
+    rows = "".join(("<tr class='best'>" if mark else "<tr>")
+                   + "".join(f"<td class='key'>{_e(v)}</td>" if i < keys else f"<td>{_e(v)}</td>"
+                             for i, v in enumerate(row)) + "</tr>"
+                   for row, mark in zip(frame.itertuples(index=False), marks))
     return f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>"
 
 
@@ -135,10 +139,10 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
     default = tables.choose_columns(cells)
     every = tables.choose_columns(cells, wide=True)
     body += ["<section id='table'><h2>The study table</h2>",
-             _table(tables.display_table(cells, default), tables.key_count(default)),
-             f"<p class='note'>{_e(tables.TABLE_NOTE)}</p>",
+             _table(tables.display_table(cells, default), tables.key_count(default), cells["best_lr"].tolist()),
+             f"<p class='note'>{_e(tables.table_note(cells, default))}</p>",
              "<details><summary>all columns</summary>",
-             _table(tables.display_table(cells, every), tables.key_count(every))]
+             _table(tables.display_table(cells, every), tables.key_count(every), cells["best_lr"].tolist())]
     footnote = tables.noise_footnote(cells)
     if footnote:
         body.append(f"<p class='note'>{_e(footnote)}</p>")

@@ -61,7 +61,8 @@ COLUMNS = {c.name: c for c in (
     Column("model", "model", True, lambda cells: cells["model"].map(short_model).tolist()),
     Column("ebs", "EBS", True, lambda cells: [str(int(v)) for v in cells["effective_batch_size"]]),
     Column("backend", "backend", True, lambda cells: cells["backend"].tolist()),
-    Column("lr", "lr", True, lambda cells: cells["lr"].map(format_lr).tolist()),
+    Column("lr", "lr", True, lambda cells: [f"{format_lr(lr)}{' *' if best else ''}"
+                                            for lr, best in zip(cells["lr"], cells["best_lr"])]),
     Column("lr_rule", "lr\nrule", True, lambda cells: cells["lr_scaling"].tolist()),
     Column("budget", "budget", True, lambda cells: cells["budget_text"].tolist()),
     Column("variant", "variant", True, lambda cells: cells["shown_variant"].tolist()),
@@ -89,6 +90,12 @@ _WHERE_THEY_VARY = ("lr", "lr_rule", "budget", "variant")  # in the default only
 TABLE_NOTE = ("val and test acc at each run's best-validation epoch (test is read where validation chose), mean±std "
               "over the n seeds; train acc the best epoch's running average, mean over seeds; train time summed "
               "over epochs; optimizer steps in total")
+BEST_LR_NOTE = "; * marks each EBS's best lr on validation"
+
+
+def table_note(cells: pd.DataFrame, columns: list[str]) -> str:
+    """What the table means, with the best-lr mark explained where the lr column shows one."""
+    return TABLE_NOTE + (BEST_LR_NOTE if "lr" in columns and cells["best_lr"].any() else "")
 
 
 def choose_columns(cells: pd.DataFrame, columns: str | None = None, wide: bool = False) -> list[str]:
@@ -177,7 +184,7 @@ def text_report(cells: pd.DataFrame, comparison: pd.DataFrame, title: str, colum
     shown = display_table(cells, columns)
     prose = width or 80  # sentences are wrapped for reading; table lines never are
     parts = [title, _text(shown, [COLUMNS[c].key for c in columns], key_count(columns), width),
-             textwrap.fill(TABLE_NOTE, prose)]
+             textwrap.fill(table_note(cells, columns), prose)]
     if noise_footnote(cells) and any(c.startswith("b_simple") for c in columns):
         parts.append(textwrap.fill(noise_footnote(cells), prose))
     for grid in lr_grids:
@@ -212,7 +219,7 @@ def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str, 
     if fmt == "markdown":
         shown, compared = display_table(cells, columns), display_comparison(comparison)
         footnote = noise_footnote(cells)
-        text = f"# {title}\n\n{_markdown(shown)}\n\n{TABLE_NOTE}\n" + (f"\n{footnote}\n" if footnote else "")
+        text = f"# {title}\n\n{_markdown(shown)}\n\n{table_note(cells, columns)}\n" + (f"\n{footnote}\n" if footnote else "")
         for grid in lr_grids:
             text += f"\n## {lr_grid_title(grid)}\n\n{_markdown(lr_grid_table(grid))}\n"
         if not compared.empty:
