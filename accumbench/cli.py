@@ -268,6 +268,9 @@ def report(
     wide: bool = typer.Option(False, "--wide", help="Every column (a table wider than the terminal is split in blocks)."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the report to this file instead of the terminal."),
     plot: Path | None = typer.Option(None, "--plot", help="Also write PNG figures per model into this directory."),
+    curves: str = typer.Option(
+        "best", "--curves", help="Learning curves (html, --plot): best (each EBS at its best lr in colour, other lrs "
+                                 "faded) or all (every series in its own colour)."),
     watch: float | None = typer.Option(
         None, "--watch", help="With --format html -o FILE: rewrite the page every SECONDS while sweeps run (the page "
                               "reloads itself); Ctrl-C stops.", metavar="SECONDS"),
@@ -291,7 +294,7 @@ def report(
 
     try:
         request = ReportRequest(db=db, sweep=sweep, model=model, backend=backend, status=status, fmt=fmt,
-                                columns=columns, wide=wide, output=output, plot=plot, watch=watch)
+                                columns=columns, wide=wide, output=output, plot=plot, watch=watch, curves=curves)
         if watch is not None:
             watch_page(request, typer.echo)
             return

@@ -38,3 +38,4 @@ PROTOCOL_MEANINGS = {"pooled": "every (EBS, lr) cell competes as it is",
 # --- report -------------------------------------------------------------------------------------------
 
 FORMATS = ("table", "markdown", "csv", "json", "html")
+CURVES = ("best", "all")  # report --curves: each EBS at its best lr with the other lrs faded, or every series alike

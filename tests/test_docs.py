@@ -22,7 +22,7 @@ TRAIN_FLAGS = """--model --dataset --backend --effective-batch-size --micro-batc
 # The issue's sweep contract: the grid axes, the sweep's own options, and every train option.
 SWEEP_FLAGS = """--models --effective-batch-sizes --backends --seeds --lrs --lr-scaling --name --max-retries --stale-after
 --fail-fast --preset --base-batch-size --budget --train-steps --warmup-ratio --config --db --dry-run""".split()
-REPORT_FLAGS = "--sweep --status --format --columns --wide --output --plot --watch --db".split()
+REPORT_FLAGS = "--sweep --status --format --columns --wide --output --plot --watch --curves --db".split()
 PICK_FLAGS = "--sweep --model --backend --metric --by --alpha --target --protocol --compare-protocols --json --db".split()
 HEAVY = ("torch", "transformers", "datasets", "accelerate", "pandas", "sqlalchemy")
 

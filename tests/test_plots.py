@@ -8,6 +8,7 @@ import math
 import struct
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -108,7 +109,7 @@ def test_validation_figure_shows_the_seed_mean_band_and_labels_in_order(tmp_path
     figures = build_figures(epochs, steps, tmp_path)
     fig = figures[tmp_path / "tiny-bert-validation.png"]
 
-    assert fig._suptitle.get_text() == "/tmp/x/tiny-bert: validation per epoch (mean over 2 seeds, band: min-max)"
+    assert fig._suptitle.get_text() == "tiny-bert: validation per epoch (mean over 2 seeds, band: min-max)"
     acc, loss = fig.axes
     assert (acc.get_xlabel(), acc.get_ylabel()) == ("epoch", "validation accuracy")
     assert (loss.get_xlabel(), loss.get_ylabel()) == ("epoch", "validation loss")
@@ -140,7 +141,7 @@ def test_train_loss_figure_averages_smoothed_runs_and_drops_non_finite_losses(tm
     fig = figures[tmp_path / "tiny-bert-train-loss.png"]
 
     (ax,) = fig.axes
-    assert ax.get_title().startswith("/tmp/x/tiny-bert: training loss")
+    assert ax.get_title().startswith("tiny-bert: training loss")
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("samples seen", "training loss (per optimizer step)")
     assert legend_texts(ax) == ["EBS 64", "EBS 256", "EBS 256 sqrt"]
     assert len(ax.lines) == len(LABELS)
@@ -249,3 +250,27 @@ def test_accuracy_against_time_and_the_noise_scale_beside_the_ebs_tried(tmp_path
     assert len(series) == 1 and list(series[0].get_ydata()) == pytest.approx([100, 200, 300])
     levels = sorted(ln.get_ydata()[0] for ln in ax.lines if ln.get_linestyle() in (":", "--"))
     assert levels == [64, 150, 256] and "B_crit ≈ 150" in legend_texts(ax)
+
+
+def test_curves_show_each_ebs_at_its_best_lr_in_one_colour_per_ebs_and_fade_the_rest():
+    """Three series (their labels are only names here): 'EBS 256' at EBS 256; 'EBS 256 sqrt' and 'EBS 64' at EBS
+    64, the first its best lr. By default the best lrs are drawn in their EBS's colour, the same in every figure,
+    with one legend entry each, and the other lr thin and grey; --curves all gives every series its own colour
+    and legend entry."""
+    epochs, steps = make_runs(models=["m"])
+    series = {"EBS 64": (64, True), "EBS 256": (256, False), "EBS 256 sqrt": (64, False)}  # label -> (EBS, faded)
+    for frame in (epochs, steps):
+        frame["effective_batch_size"] = frame["label"].map(lambda label: series[label][0])
+        frame["faded"] = frame["label"].map(lambda label: series[label][1])
+    figures = build_figures(epochs, steps, Path("."))
+    validation, loss = (figures[Path(f"m-{kind}.png")].axes[0] for kind in ("validation", "train-loss"))
+    assert legend_texts(validation) == legend_texts(loss) == ["EBS 256", "EBS 256 sqrt"]  # the faded one has none
+    def colour(ax, label):
+        return next(line.get_color() for line in ax.get_lines() if line.get_label() == label)
+    assert colour(validation, "EBS 256") == colour(loss, "EBS 256") != colour(validation, "EBS 256 sqrt")
+    assert colour(validation, "EBS 256 sqrt") == colour(loss, "EBS 256 sqrt")
+    grey = [line for line in validation.get_lines() if line.get_color() == "#bbb"]
+    assert len(grey) == 1 and grey[0].get_linewidth() < 1 and grey[0].get_label().startswith("_")
+    everything = build_figures(epochs, steps, Path("."), curves="all")[Path("m-validation.png")].axes[0]
+    assert legend_texts(everything) == ["EBS 64", "EBS 256", "EBS 256 sqrt"]
+    assert len({line.get_color() for line in everything.get_lines()}) == 3

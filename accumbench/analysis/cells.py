@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from accumbench.analysis.runs import CELL_COLUMNS, NOISE_METRICS, RunData, cell_key, cell_label, varying
-from accumbench.analysis.tuning import best_lrs, has_lr_grid
+from accumbench.analysis.tuning import best_lr_cells, has_lr_grid
 
 # The per-run metrics aggregated over seeds (mean and std per cell).
 METRICS = ("best_train_accuracy", "val_accuracy", "best_epoch", "test_accuracy", "best_test_accuracy", "val_loss",
@@ -37,8 +37,7 @@ def cell_table(data: RunData) -> pd.DataFrame:
     for note in NOISE_METRICS.values():
         table[note] = group[note].agg(lambda notes: max(sorted(set(notes)), key=list(notes).count))
     # Each EBS's best lr, where it was trained at two or more (the row a reader of a grid looks for).
-    best = {b.best.cell for _, series in runs.groupby("series", sort=False) if has_lr_grid(series)
-            for b in best_lrs(series, "val_accuracy", data.diverged)}
+    best = best_lr_cells(data)
     table["best_lr"] = [cell in best for cell in table.index]
     # As the seed study's table reads: by model, then EBS, then lr.
     table = table.sort_values(["model", "effective_batch_size", "backend", "lr_scaling", "variant", "lr"])
@@ -94,9 +93,12 @@ def plot_frames(store: Any, data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
     keys = runs[["run_id", "model", "cell", "seed", "effective_batch_size"]].copy()
     keys["label"] = keys["cell"].map(lambda c: labels[c][0])
     keys["order"] = keys["cell"].map(lambda c: labels[c][1])
+    # Where a model was trained at several lrs per EBS, the figures draw each EBS's best lr and fade the rest.
+    best, gridded = best_lr_cells(data), {m for m, group in runs.groupby("model") if has_lr_grid(group)}
+    keys["faded"] = [model in gridded and cell not in best for model, cell in zip(keys["model"], keys["cell"])]
     keys = keys.drop(columns="cell")
     epochs = data.epochs.merge(keys, on="run_id")
     steps = pd.DataFrame(store.steps_of(runs["run_id"].tolist()))
     steps = steps.merge(keys, on="run_id") if not steps.empty else pd.DataFrame(
-        columns=["run_id", "model", "label", "order", "seed", "samples_seen", "loss"])
+        columns=["run_id", "model", "label", "order", "seed", "samples_seen", "loss", "faded"])
     return epochs, steps

@@ -276,3 +276,9 @@ def lr_grids(data: RunData) -> list[LrGrid]:
         grids.append(LrGrid(str(first["model"]), str(first["backend"]), str(first["variant"]), rows,
                             sorted(group["effective_batch_size"].astype(int).unique().tolist()), cells, chosen))
     return grids
+
+
+def best_lr_cells(data: RunData) -> set[str]:
+    """The cells that are their EBS's best lr on validation, in every series trained at two or more lrs."""
+    return {b.best.cell for _, series in data.runs.groupby("series", sort=False) if has_lr_grid(series)
+            for b in best_lrs(series, "val_accuracy", data.diverged)}

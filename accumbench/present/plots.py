@@ -90,11 +90,40 @@ def _label_order(*frames: pd.DataFrame) -> list[str]:
     return sorted(first.index, key=lambda label: (first[label], label))
 
 
-def _band(ax: Axes, x, stats: pd.DataFrame, color, label: str, marker: str | None = None) -> None:
-    """The mean as a line, and the min-max band around it where more than one run contributes."""
-    ax.plot(x, stats["mean"], color=color, label=label, marker=marker, markersize=4)
+def _band(ax: Axes, x, stats: pd.DataFrame, style, label: str, marker: str | None = None) -> None:
+    """The mean as a line, and the min-max band around it where more than one run contributes. `style` is
+    (colour, line style), or None for a faded series: thin, grey, no band and no legend entry."""
+    if style is None:
+        ax.plot(x, stats["mean"], color="#bbb", linewidth=0.8, alpha=0.8, zorder=1)
+        return
+    color, linestyle = style
+    ax.plot(x, stats["mean"], color=color, linestyle=linestyle, label=label, marker=marker, markersize=4, zorder=2)
     if (stats["count"] > 1).any():
         ax.fill_between(x, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
+
+
+def _styles(frames: list[pd.DataFrame], labels: list[str], curves: str, palette) -> dict[str, tuple | None]:
+    """Each label's style. curves 'best': one colour per EBS in every figure, a line style per series of one
+    EBS (backends, rules), and None (faded) for a lr that is not its EBS's best; 'all': a colour per label."""
+    known = [f[["label", "effective_batch_size", "faded"]] for f in frames
+             if not f.empty and {"effective_batch_size", "faded"} <= set(f)]
+    if curves == "all" or not known:  # (frames without EBS and fading: a colour per label too)
+        return {label: (palette(i % palette.N), "-") for i, label in enumerate(labels)}
+    import pandas as pd
+
+    rows = pd.concat(known).drop_duplicates("label").set_index("label")
+    sizes = sorted({int(v) for v in rows["effective_batch_size"]})
+    styles: dict[str, tuple | None] = {}
+    per_ebs: dict[int, int] = {}
+    for label in labels:
+        if bool(rows.at[label, "faded"]):
+            styles[label] = None
+            continue
+        ebs = int(rows.at[label, "effective_batch_size"])
+        dash = ("-", "--", ":", "-.")[per_ebs.get(ebs, 0) % 4]
+        per_ebs[ebs] = per_ebs.get(ebs, 0) + 1
+        styles[label] = (palette(sizes.index(ebs) % palette.N), dash)
+    return styles
 
 
 def _seed_phrase(frame: pd.DataFrame) -> str:
@@ -123,7 +152,7 @@ def _validation_figure(model: str, frame: pd.DataFrame, labels: list[str], color
         ax.grid(alpha=0.3)
     if axes[0].lines:
         axes[0].legend(title="series", fontsize="small")
-    fig.suptitle(f"{model}: validation per epoch ({_seed_phrase(frame)})")
+    fig.suptitle(f"{short_model(model)}: validation per epoch ({_seed_phrase(frame)})")
     return fig
 
 
@@ -158,7 +187,7 @@ def _train_loss_figure(model: str, frame: pd.DataFrame, labels: list[str], color
         stats = _smoothed_mean(frame[frame["label"] == label])
         _band(ax, stats.index, stats, colors[label], label)
     ax.set(xlabel="samples seen", ylabel="training loss (per optimizer step)",
-           title=f"{model}: training loss (smoothed; {_seed_phrase(frame)})")
+           title=f"{short_model(model)}: training loss (smoothed; {_seed_phrase(frame)})")
     ax.xaxis.set_major_formatter(EngFormatter())  # 12k, not 12000 or an offset
     ax.grid(alpha=0.3)
     ax.legend(title="series", fontsize="small")
@@ -179,7 +208,7 @@ def _time_figure(model: str, frame: pd.DataFrame, labels: list[str], colors) -> 
         stats = by_epoch["val_accuracy"].agg(["mean", "min", "max", "count"])
         _band(ax, by_epoch["elapsed"].mean(), stats, colors[label], label, marker="o")
     ax.set(xlabel="training time, s (summed over epochs; mean over seeds)", ylabel="validation accuracy",
-           title=f"{model}: validation accuracy against training time ({_seed_phrase(frame)})")
+           title=f"{short_model(model)}: validation accuracy against training time ({_seed_phrase(frame)})")
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(title="series", fontsize="small")
@@ -208,7 +237,7 @@ def _noise_figure(model: str, frame: pd.DataFrame, labels: list[str], colors, b_
     ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="B_simple (gradient noise scale)",
-           title=f"{model}: the gradient noise scale per epoch beside the EBS tried")
+           title=f"{short_model(model)}: the gradient noise scale per epoch beside the EBS tried")
     ax.grid(alpha=0.3, which="both")
     ax.legend(title="series", fontsize="small")
     return fig
@@ -249,7 +278,7 @@ def _lr_grid_figure(model: str, grids: list) -> Figure:
                title=", ".join([grid.backend] + ([grid.variant] if grid.variant else [])))
     if image is not None:
         fig.colorbar(image, ax=list(axes), label="validation accuracy (mean over seeds)")
-    fig.suptitle(f"{model}: validation accuracy by lr and EBS (red box: the best lr of each EBS)")
+    fig.suptitle(f"{short_model(model)}: validation accuracy by lr and EBS (red box: the best lr of each EBS)")
     return fig
 
 
@@ -297,7 +326,7 @@ def _headline_figure(model: str, headlines: list) -> Figure:
 
 
 def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path, lr_grids: tuple = (),
-                  b_crit: dict[str, float] | None = None, headlines: tuple = ()) -> dict[Path, Figure]:
+                  b_crit: dict[str, float] | None = None, headlines: tuple = (), curves: str = "best") -> dict[Path, Figure]:
     """The figures of figure_pngs, keyed by their path, in a stable order: models sorted, and
     for each its validation figure, its training-loss figure (left out without finite steps), its
     accuracy against training time, its noise-scale figure (left out where nothing measured it; with
@@ -311,8 +340,7 @@ def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path, lr_g
     epochs = epochs if not epochs.empty else pd.DataFrame(columns=["model", "label", "order"])
     steps = _finite(steps, "loss") if not steps.empty else pd.DataFrame(columns=["model", "label", "order"])
     labels = _label_order(epochs, steps)
-    palette = colormaps["tab10"]
-    colors = {label: palette(i % palette.N) for i, label in enumerate(labels)}
+    colors = _styles([epochs, steps], labels, curves, colormaps["tab10"])
     models = sorted(set(epochs["model"]) | set(steps["model"]), key=str)
     figures: dict[Path, Figure] = {}
     for model, slug in unique_slugs([str(m) for m in models]).items():
@@ -340,11 +368,11 @@ def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path, lr_g
 
 
 def figure_pngs(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path = Path("."), lr_grids: tuple = (),
-                b_crit: dict[str, float] | None = None, headlines: tuple = ()) -> dict[Path, bytes]:
+                b_crit: dict[str, float] | None = None, headlines: tuple = (), curves: str = "best") -> dict[Path, bytes]:
     """build_figures rendered: each figure's PNG bytes, for files (--plot) and for the study page."""
     import io
 
-    figures = build_figures(epochs, steps, out_dir, lr_grids, b_crit, headlines)
+    figures = build_figures(epochs, steps, out_dir, lr_grids, b_crit, headlines, curves)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     out = {}

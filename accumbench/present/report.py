@@ -28,7 +28,7 @@ from accumbench.errors import UserError
 from accumbench.formatting import plain_number
 from accumbench.present import plots, study_page, tables
 from accumbench.store import Store, portable_url, resolve_db_url
-from accumbench.vocabulary import FINISHED, FORMATS, STATUSES
+from accumbench.vocabulary import CURVES, FINISHED, FORMATS, STATUSES
 
 
 @dataclass(frozen=True)
@@ -46,8 +46,11 @@ class ReportRequest:
     output: Path | None = None
     plot: Path | None = None
     watch: float | None = None  # seconds between rewrites of the study page
+    curves: str = "best"  # the learning curves: each EBS at its best lr (others faded), or all alike
 
     def __post_init__(self) -> None:
+        if self.curves not in CURVES:
+            raise UserError(f"unknown --curves '{self.curves}'; choose one of: {', '.join(CURVES)}")
         if self.fmt not in FORMATS:
             raise UserError(f"unknown --format '{self.fmt}'; choose one of: {', '.join(FORMATS)}")
         if self.status != "any" and self.status not in STATUSES:
@@ -99,7 +102,8 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
                   if c.fit is not None and c.fit.b_crit is not None}
         headlines = tuple(headline(p) for p in picks)
         pngs = {path.name: png for path, png in plots.figure_pngs(*plot_frames(store, data), lr_grids=grids,
-                                                                    b_crit=b_crit, headlines=headlines).items()}
+                                                                    b_crit=b_crit, headlines=headlines,
+                                                                    curves=request.curves).items()}
     if request.fmt == "html":
         text = study_page.study_page(title=title.replace("accumbench report", "accumbench study"),
                                      db_label=request.page_label, cells=cells, comparison=comparison, data=data,
