@@ -47,7 +47,8 @@ def headline(pick: Any) -> Headline:
     points = []
     for ebs, candidate in sorted(per_ebs.items()):
         values = candidate.runs[pick.metric].astype(float).tolist()
-        low, high, interval = _interval(values, pick.metric, int(candidate.runs["num_val_samples"].iloc[0] or 0))
+        examples = candidate.runs["num_val_samples"].iloc[0]  # None or NaN where a run did not record it
+        low, high, interval = _interval(values, pick.metric, int(examples) if examples == examples and examples else 0)
         points.append(HeadlinePoint(
             ebs, float(candidate.runs["lr"].iloc[0]), statistics.fmean(values), low, high, len(values), interval,
             candidate is pick.chosen, candidate is pick.best or candidate.not_worse, float(candidate.train_seconds),
