@@ -242,11 +242,12 @@ def _equal_on_validation(db: Path) -> tuple:
         return data, load_predictions(store, data)
 
 
-def _with_timings(data, seconds_per_sample: dict[int, list[float]]):
-    """The same runs with each EBS's per-epoch seconds per sample (and its total) replaced."""
+def _with_timings(data, timings: dict[int, list[list[float]]]):
+    """The same runs with their seconds per sample replaced: per EBS, one list of per-epoch values per seed."""
     runs = data.runs.copy()
-    runs["seconds_per_sample"] = [tuple(seconds_per_sample[ebs]) for ebs in runs["effective_batch_size"]]
-    runs["train_seconds"] = [sum(seconds_per_sample[ebs]) * 100 for ebs in runs["effective_batch_size"]]
+    per_run = [timings[ebs][seed - 1] for ebs, seed in zip(runs["effective_batch_size"], runs["seed"])]
+    runs["seconds_per_sample"] = [tuple(values) for values in per_run]
+    runs["train_seconds"] = [sum(values) * 100 for values in per_run]
     return type(data)(runs, data.epochs, data.evals, data.diverged)
 
 
@@ -260,32 +261,35 @@ def test_the_pick_does_not_move_when_timings_move_within_their_noise(db):
     assert first.chosen.label == "EBS 1024" and "the same on every machine" in first.justification
     rng = random.Random(0)
     for _ in range(50):  # a loaded machine: every epoch anywhere from 0.5x to 2.5x a nominal second per sample
-        timings = {ebs: [rng.uniform(0.5, 2.5) for _ in range(6)] for ebs in (64, 256, 1024)}
+        timings = {ebs: [[rng.uniform(0.5, 2.5) for _ in range(2)] for _ in range(3)] for ebs in (64, 256, 1024)}
         [again] = pick_best(_with_timings(data, timings), predictions)
         assert again.chosen.label == "EBS 1024" and again.justification == first.justification
 
 
 def test_measured_seconds_decide_only_far_beyond_their_spread(db):
+    from types import SimpleNamespace
+
+    from accumbench.analysis.cost import cheapest
     from accumbench.analysis.pick import pick_best
 
     data, predictions = _equal_on_validation(db)
-    # EBS 64 trains 3x faster per sample, every epoch within 1% of the others: far beyond the noise.
-    steady = {64: [0.010, 0.0101, 0.0099, 0.010], 256: [0.030, 0.0303, 0.0297, 0.030], 1024: [0.030, 0.0301, 0.0299, 0.030]}
+    # EBS 64 trains 3x faster per sample, its 3 runs within 1% of each other: far beyond the noise.
+    def runs(*means):
+        return [[m, m] for m in means]  # two epochs per run
+    steady = {64: runs(0.010, 0.0101, 0.0099), 256: runs(0.030, 0.0303, 0.0297), 1024: runs(0.030, 0.0301, 0.0299)}
     [measured] = pick_best(_with_timings(data, steady), predictions)
     assert measured.chosen.label == "EBS 64"
     assert "64 is the cheapest of the three as measured: 3.00x faster per sample than 1024, far beyond their " \
            "run-to-run spread (±1%)" in measured.justification
-    # The same means with a spread of about 60%: not far beyond it, so the counts decide again.
-    noisy = {64: [0.004, 0.016, 0.004, 0.016], 256: [0.030] * 4, 1024: [0.012, 0.048, 0.012, 0.048]}
+    # The same means with runs 60% apart: not far beyond that, so the counts decide again.
+    noisy = {64: runs(0.004, 0.016, 0.010), 256: runs(0.030, 0.030, 0.030), 1024: runs(0.012, 0.048, 0.030)}
     [counted] = pick_best(_with_timings(data, noisy), predictions)
     assert counted.chosen.label == "EBS 1024"
-    # One timing each (one epoch of one seed): no spread to judge a difference by, so the counts decide.
-    from types import SimpleNamespace
-
-    from accumbench.analysis.cost import cheapest
-
+    # One run each (one seed): its epochs agree, but they share one moment's load; a demo trained beside
+    # another job measured 2.7x between two such runs. No run-to-run spread, so the counts decide.
     small, large = (SimpleNamespace(label=f"EBS {ebs}", effective_batch_size=ebs, samples=100, steps=100 / ebs,
-                                    seconds_per_sample=[seconds]) for ebs, seconds in ((64, 0.01), (1024, 0.03)))
+                                    seconds_per_sample=[[seconds, seconds * 1.01]])
+                    for ebs, seconds in ((64, 0.01), (1024, 0.027)))
     assert cheapest([small, large]).chosen is large
 
 

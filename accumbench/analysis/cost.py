@@ -11,10 +11,14 @@ reproduce from the same store. What a run did is counted instead, and counts do 
 At equal epochs every EBS trains the same samples, so the EBS with the fewest steps (the largest) is the
 cheapest; at equal steps (--budget steps) the smallest EBS trains the fewest samples.
 
-Measured seconds decide only where they differ far beyond their own run-to-run spread (per-sample time
-over every epoch and seed of a candidate): a candidate is taken as cheaper when it trained at least 10%
-faster per sample and by more than four times the two candidates' relative spreads added. Then the
-justification says so. Perturbing timings within their noise never changes the pick.
+Measured seconds decide only where they differ far beyond their own run-to-run spread: each run's time
+per sample (over its epochs), spread over the runs (seeds) of a candidate, which a sweep trains far apart
+in time, so the spread sees the machine's load come and go. A candidate is taken as cheaper when it trained
+at least 10% faster per sample and by more than four times the two candidates' relative spreads added;
+the justification then says so. With one run a candidate has no run-to-run spread, and the counts decide:
+the epochs of one run share one moment's load (a demo trained beside another job measured 2.7x between
+two runs whose epochs agreed within a few percent). Perturbing timings within their noise never changes
+the pick.
 """
 
 from __future__ import annotations
@@ -30,20 +34,21 @@ SPREADS = 4.0  # ... and beyond four times the run-to-run spreads of the two
 
 @dataclass(frozen=True)
 class Timing:
-    """A candidate's training time per sample, over all its epochs and seeds."""
+    """A candidate's training time per sample: the mean over its runs, and the spread between them."""
 
     mean: float
-    relative_spread: float  # standard deviation over mean; NaN with fewer than two epochs in all
-    epochs: int
+    relative_spread: float  # standard deviation over mean, between runs; NaN with fewer than two runs
+    runs: int
 
     @classmethod
-    def of(cls, seconds_per_sample: list[float]) -> Timing:
-        values = [v for v in seconds_per_sample if v == v and v > 0]
-        if not values:
+    def of(cls, per_run: list[list[float]]) -> Timing:
+        """`per_run`: each run's seconds per sample, one value per epoch."""
+        means = [statistics.fmean(kept) for kept in ([v for v in run if v == v and v > 0] for run in per_run) if kept]
+        if not means:
             return cls(float("nan"), float("nan"), 0)
-        mean = statistics.fmean(values)
-        spread = statistics.stdev(values) / mean if len(values) > 1 else float("nan")
-        return cls(mean, spread, len(values))
+        mean = statistics.fmean(means)
+        spread = statistics.stdev(means) / mean if len(means) > 1 else float("nan")
+        return cls(mean, spread, len(means))
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ class Cheapest:
 
 def cheapest(contenders: list[Any]) -> Cheapest:
     """The cheapest of `contenders` (each with effective_batch_size, label, samples, steps and
-    seconds_per_sample): by counts, unless a measured difference is far beyond its noise."""
+    seconds_per_sample, one list per run): by counts, unless a measured difference is far beyond its noise."""
     fewest = min(c.samples for c in contenders)
     tied = [c for c in contenders if c.samples <= fewest * (1 + SAMPLES_TIE)]
     by_count = min(tied, key=lambda c: (c.steps, -c.effective_batch_size))
@@ -79,7 +84,7 @@ def _far_faster(contenders: list[Any], by_count: Any) -> tuple[Any, float, float
     best = None
     for c in contenders:
         timing = Timing.of(c.seconds_per_sample)
-        if c is by_count or timing.epochs < 2 or base.epochs < 2:
+        if c is by_count or timing.runs < 2 or base.runs < 2:
             continue
         ratio, noise = base.mean / timing.mean, timing.relative_spread + base.relative_spread
         if ratio >= MIN_SPEEDUP and ratio - 1 > SPREADS * noise and (best is None or ratio > best[1]):

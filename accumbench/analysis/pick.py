@@ -78,7 +78,7 @@ class Candidate:
     train_seconds: float  # mean total training time over seeds
     samples: float = 0.0  # samples trained, mean over seeds (cost.py)
     steps: float = 0.0  # optimizer steps, mean over seeds
-    seconds_per_sample: list[float] = field(default_factory=list)  # every epoch of every seed
+    seconds_per_sample: list[list[float]] = field(default_factory=list)  # per run (seed), per epoch
     # Filled in against the best candidate (None for the best itself):
     screen_test: str | None = None  # "welch" or "mcnemar-validation"
     screen_p: float | None = None
@@ -176,7 +176,7 @@ def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:
                              runs=runs, metric_mean=values.mean(), metric_std=values.std(),
                              train_seconds=runs["train_seconds"].mean(), samples=runs["samples_seen"].mean(),
                              steps=runs["optimizer_steps"].mean(),
-                             seconds_per_sample=[v for values in runs["seconds_per_sample"] for v in values]))
+                             seconds_per_sample=[list(values) for values in runs["seconds_per_sample"]]))
     higher_is_better = metric == "val_accuracy"
     # NaN (a diverged run's loss) sorts last whichever way the metric goes.
     out.sort(key=lambda c: (math.isnan(c.metric_mean), -c.metric_mean if higher_is_better else c.metric_mean))
