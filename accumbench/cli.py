@@ -327,7 +327,8 @@ def pick_best(
 ) -> None:
     """Pick the effective batch size per model on validation only, test it, and say how sure it is:
     with an lr grid each EBS first gets its own best lr (the tuned protocol); then candidates not
-    significantly worse than the best (Welch across seeds, or exact McNemar) compete on training time.
+    significantly worse than the best (Welch across seeds, or exact McNemar) compete on cost: what they
+    trained (samples, then optimizer steps), so the same store gives the same pick on every machine.
     Reports the pick's test accuracy with a 95% interval, the best lr per EBS and the lr scaling exponent
     it implies, and what the gradient noise scale and the critical batch size recommend.
 
