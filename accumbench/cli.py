@@ -39,8 +39,8 @@ class OneLineErrors(TyperGroup):
         except ClickException as exc:
             where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "accumbench"
             message = " ".join(exc.format_message().split()).rstrip(".")  # one line, whatever click wrapped
-            hint = trainer_hint(exc.option_name, flag=True) if isinstance(exc, NoSuchOption) else None
-            if hint:  # --learning-rate, --num-train-epochs: the Trainer's names get accumbench's
+            # --learning-rate, --num-train-epochs: the Trainer's names get accumbench's.
+            if isinstance(exc, NoSuchOption) and (hint := trainer_hint(exc.option_name, flag=True)):
                 message = f"No such option: {exc.option_name}; {hint}"
             typer.echo(f"error: {message}; see '{where} --help'", err=True)
             sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
@@ -63,7 +63,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
 
 
 @app.callback()
