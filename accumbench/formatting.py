@@ -53,6 +53,11 @@ def portable(value: object) -> object:
     return short_model(value) if isinstance(value, str) and value.startswith(("/", ".", "~")) else value
 
 
+def short_group(group: str) -> str:
+    """A pick's group ('/tmp/x/tiny-bert, torch') with a local model by its name ('tiny-bert, torch')."""
+    return ", ".join(short_model(part) for part in group.split(", "))
+
+
 def spread(std: float, digits: int, sep: str = " ± ") -> str:
     """The '± std' after a mean, or nothing where there is no spread (one seed: std is NaN)."""
     return "" if std is None or std != std else f"{sep}{std:.{digits}f}"

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from accumbench.errors import UserError
-from accumbench.formatting import format_lr, short_model, spread
+from accumbench.formatting import format_lr, short_group, short_model, spread
 from accumbench.vocabulary import METRICS
 
 if TYPE_CHECKING:
@@ -309,7 +309,7 @@ def _headline_figure(model: str, headlines: list) -> Figure:
         top.plot([p.effective_batch_size for p in picked], [p.mean for p in picked], marker="*", markersize=18,
                  color="#d62", linestyle="none", label=f"the pick: EBS {picked[0].effective_batch_size}" if picked else None)
         intervals = sorted({p.interval for p in points} - {"none"})
-        top.set(title=", ".join(short_model(part) for part in headline.group.split(", ")), ylabel=METRICS[headline.metric])
+        top.set(title=short_group(headline.group), ylabel=METRICS[headline.metric])
         top.legend(fontsize="small", loc="best", title=f"95% interval: {', '.join(intervals) or 'none'}",
                    title_fontsize="small")
         top.grid(alpha=0.3)

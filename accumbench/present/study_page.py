@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from accumbench.analysis import answer
-from accumbench.formatting import format_lr, portable, short_model
+from accumbench.formatting import format_lr, portable, short_group, short_model
 from accumbench.present import plots, tables
 
 STYLE = """
@@ -118,9 +118,8 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
     body = [f"<h1>{_e(title)}</h1>", _stamp(db_label, refresh), "<section id='picks'>"]
     for index, pick in enumerate(picks):
         low, high = pick.test_ci
-        group = ", ".join(str(portable(part)) for part in pick.group.split(", "))  # a local model by its name
         # The answer in one sentence, what stands behind it in a line, and the evidence folded under "why".
-        lines = [f"<p class='answer'>{_e(group)}: pick {_e(answer.sentence(pick))}</p>",
+        lines = [f"<p class='answer'>{_e(short_group(pick.group))}: pick {_e(answer.sentence(pick))}</p>",
                  f"<p>Chosen on validation ({_e(pick.protocol)} protocol, alpha {pick.alpha:g}). Test accuracy "
                  f"{pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} examples x "
                  f"{len(pick.chosen.runs)} seed(s): reported, never used to choose.</p>"]
