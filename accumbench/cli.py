@@ -248,12 +248,6 @@ _FILTERS = dict(
 )
 
 
-def _open_for_reading(db: str | None) -> Any:
-    from accumbench.store import Store, resolve_db_url
-
-    return Store.open_readonly(resolve_db_url(db))
-
-
 @app.command()
 def report(
     sweep: str | None = _FILTERS["sweep"],
@@ -345,11 +339,12 @@ def pick_best(
     from accumbench.analysis.pick import PickOptions, choose
     from accumbench.analysis.runs import load_predictions, load_runs
     from accumbench.present.verdicts import print_comparisons, print_picks
+    from accumbench.store import open_for_reading
 
     try:
         options = PickOptions(metric=metric, by=by, alpha=alpha, target=target, protocol=protocol,
                               compare_protocols=compare_protocols)
-        with _open_for_reading(db) as store:
+        with open_for_reading(db) as store:
             data = load_runs(store, sweep=sweep, model=model, backend=backend)
             answer = choose(data, load_predictions(store, data), options)
     except UserError as exc:

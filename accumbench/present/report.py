@@ -27,7 +27,7 @@ from accumbench.analysis.tuning import lr_grids
 from accumbench.errors import UserError
 from accumbench.formatting import plain_number
 from accumbench.present import plots, study_page, tables
-from accumbench.store import Store, portable_url, resolve_db_url
+from accumbench.store import open_for_reading, portable_url, resolve_db_url
 from accumbench.vocabulary import CURVES, FINISHED, FORMATS, STATUSES
 
 
@@ -120,7 +120,7 @@ def produce(request: ReportRequest, to_terminal: bool, refresh: float | None = N
     --plot wrote."""
     # A terminal splits a wider table into blocks of its width; a pipe or file gets whole lines.
     width = shutil.get_terminal_size().columns if to_terminal and sys.stdout.isatty() else None
-    with Store.open_readonly(resolve_db_url(request.db)) as store:
+    with open_for_reading(request.db) as store:
         text, pngs = build(store, request, width, None if refresh is None else max(1, round(refresh)))
     figures = [] if request.plot is None else plots.write_pngs(
         {request.plot / name: png for name, png in pngs.items()}, request.plot)

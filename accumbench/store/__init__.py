@@ -63,7 +63,7 @@ from accumbench.vocabulary import (
 )
 
 __all__ = [
-    "Store", "NullStore", "resolve_db_url", "sqlite_path", "display_url", "portable_url", "SCHEMA_VERSION", "RESERVE_BYTES",
+    "Store", "NullStore", "open_for_reading", "resolve_db_url", "sqlite_path", "display_url", "portable_url", "SCHEMA_VERSION", "RESERVE_BYTES",
     "RUNNING", "FINISHED", "FAILED", "KILLED", "STATUSES", "TERMINAL_STATUSES",
     "LIVE_STATUSES", "INTERRUPTED", "TERMINATED", "DIVERGED_PREFIX", "STALE_ERROR",
 ]
@@ -173,6 +173,11 @@ class Store(RunRecords, SweepClaims):
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+def open_for_reading(db: str | None) -> Store:
+    """The store that --db names (or $ACCUMBENCH_DB, or ./runs.db), opened read-only: report and pick-best."""
+    return Store.open_readonly(resolve_db_url(db))
 
 
 class NullStore:
