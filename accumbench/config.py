@@ -36,7 +36,8 @@ _NOT_HASHED = frozenset({"checkpoint", "checkpoint_dir", "log_with", "noise_scal
 # left out of config_hash at that value, so the hash of an earlier run still names the same
 # configuration. (group_by_length is on by default now, but earlier runs trained without it.)
 _EARLIER_RUNS_HAD = {"lr_scaling": "none", "base_batch_size": 64, "budget": "epochs", "train_steps": None,
-                     "data_seed": None, "group_by_length": False, "compile": False}
+                     "data_seed": None, "group_by_length": False, "compile": False, "text_pair_column": None,
+                     "dataset_config": None, "positive_label": None}
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,9 @@ class RunConfig:
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Use only the first N validation and test samples."})
     text_column: Optional[str] = field(default=None, metadata={"help": "Text column (default: auto-detect)."})
     label_column: Optional[str] = field(default=None, metadata={"help": "Label column (default: auto-detect)."})
+    text_pair_column: Optional[str] = field(default=None, metadata={"help": "Second text of a sentence pair, tokenized as a pair (default: auto-detect sentence1/sentence2, premise/hypothesis, question1/question2, question/sentence, sentence_a/sentence_b unless --text-column is given)."})
+    dataset_config: Optional[str] = field(default=None, metadata={"help": "The hub dataset's configuration, e.g. mrpc for nyu-mll/glue."})
+    positive_label: Optional[str] = field(default=None, metadata={"help": "The positive class of a two-label task, for F1 (default: the second label in sorted order, id 1)."})
     drop_last: bool = field(default=False, metadata={"help": "Drop the short last optimizer group of each epoch."})
     group_by_length: bool = field(default=True, metadata={"help": "Sort each optimizer group by length before cutting micro-batches: less padding, same gradient."})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model (pays off on a GPU for long runs)."})
@@ -135,6 +139,9 @@ class RunConfig:
                 f"effective batch size {self.effective_batch_size} is not a multiple of micro-batch size "
                 f"{self.micro_batch_size}; use --effective-batch-size {lower} or {upper}, or change --micro-batch-size"
             )
+        if self.text_pair_column is not None and self.text_pair_column == self.text_column:
+            raise UserError(f"--text-pair-column '{self.text_pair_column}' is also the --text-column; a pair needs "
+                            "two different columns, e.g. --text-column premise --text-pair-column hypothesis")
         if self.budget == "steps" and self.train_steps is None:
             raise UserError("--budget steps needs the number of optimizer steps; pass e.g. --train-steps 200")
         if self.budget == "epochs" and self.train_steps is not None:

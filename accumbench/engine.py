@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from accumbench import accumulation, data
+from accumbench import accumulation, data, task_metrics
 from accumbench.backends.base import Backend, Diverged, to_device
 from accumbench.checkpoints import checkpoint_root, require_writable_checkpoints, save_checkpoint
 from accumbench.config import RunConfig
@@ -43,7 +43,7 @@ class RunHooks(Protocol):
     """What the engine tells whoever shows a run's progress (present/progress.py's RichReporter)."""
 
     def run_started(self, run_id: int, config: Any, sizes: dict[str, int], device: str, world_size: int = 1,
-                    epochs: int = 0, total_steps: int = 0) -> None: ...
+                    epochs: int = 0, total_steps: int = 0, data_notes: str = "") -> None: ...
     def epoch_started(self, epoch: int, num_samples: int) -> None: ...
     def step(self, samples_done: int, loss: float) -> None: ...
     def epoch_finished(self, row: dict[str, Any]) -> None: ...
@@ -99,7 +99,8 @@ def fit(run_id: int, prepared: Prepared, backend: Backend, store: Store, reporte
     reporter = reporter or SilentHooks()
     sizes = {name: len(split) for name, split in prepared.splits.items()}
     reporter.run_started(run_id, prepared.config, sizes, device_name(backend.device), backend.world_size,
-                         epochs=prepared.epochs, total_steps=prepared.total_steps)
+                         epochs=prepared.epochs, total_steps=prepared.total_steps,
+                         data_notes=prepared.dataset.describe())
     return _fit(run_id, prepared, backend, store, reporter, checkpoints, heartbeat)
 
 
@@ -173,27 +174,32 @@ def _epochs(run_id: int | None, prepared: Prepared, backend: Backend, store: Sto
         val = evaluate(backend, splits["validation"], prepared.pad_token_id, config.micro_batch_size)
         test = evaluate(backend, splits["test"], prepared.pad_token_id, config.micro_batch_size)
         val_loss, val_accuracy, test_loss, test_accuracy = val.loss, val.accuracy, test.loss, test.accuracy
+        task = {f"{prefix}_{name}": value for prefix, split, evaluation in (("val", "validation", val), ("test", "test", test))
+                for name, value in task_metrics.scores(getattr(prepared.dataset, split).labels, evaluation.predicted,
+                                                       prepared.dataset.num_labels, prepared.positive).items()}
         eval_seconds = time.perf_counter() - eval_start + eval_seconds_between
 
         optimizer_steps += stats.optimizer_steps
         samples_seen += stats.samples
         row = dict(
             epoch=epoch, train_loss=stats.loss, train_accuracy=stats.accuracy,
-            val_loss=val_loss, val_accuracy=val_accuracy, test_loss=test_loss, test_accuracy=test_accuracy,
+            val_loss=val_loss, val_accuracy=val_accuracy, test_loss=test_loss, test_accuracy=test_accuracy, **task,
             optimizer_steps=optimizer_steps, samples_seen=samples_seen, skipped_steps=stats.skipped_steps,
             epoch_seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, eval_seconds=eval_seconds,
             samples_per_second=stats.samples / train_seconds, tokens_per_second=real_tokens / train_seconds,
             padding_fraction=1 - real_tokens / padded_tokens, peak_memory_mb=_peak_memory_mb(device),
             **stats.noise_columns(),
         )
-        if best is None or _better(row, best):
+        improved = best is None or _better(row, best)
+        # Every epoch's predictions, for paired tests between runs at the epoch a metric chooses (pick-best's
+        # McNemar tests and bootstraps); the best epoch's also as the checkpoint's.
+        for name, evaluation in (("validation", val), ("test", test)):
+            text_split = getattr(prepared.dataset, name)
+            store.save_predictions(run_id, name, epoch, text_split.fingerprint, list(text_split.labels),
+                                   evaluation.predicted, best=improved)
+        if improved:
             best = row
             store.update_run(run_id, best_epoch=epoch)
-            # The best epoch's predictions, for paired tests between runs (pick-best's McNemar tests).
-            for name, evaluation in (("validation", val), ("test", test)):
-                text_split = getattr(prepared.dataset, name)
-                store.save_predictions(run_id, name, epoch, text_split.fingerprint, list(text_split.labels),
-                                       evaluation.predicted)
             if config.checkpoint and backend.is_main:
                 checkpoint_path = str(save_checkpoint(backend.unwrapped_model(), checkpoints / str(run_id), epoch,
                                                       prepared.dataset.label_names, config))
@@ -237,7 +243,7 @@ def evaluate(backend: Backend, split: data.EncodedSplit, pad_token_id: int, batc
     predicted = torch.zeros(len(split), device=device, dtype=torch.float64)  # float64: exact for class ids
     for indices in batches[backend.rank :: backend.world_size]:
         batch = to_device(data.collate(split, indices, pad_token_id), device)
-        logits = model(batch["input_ids"], batch["attention_mask"]).double()
+        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).double()
         loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum")
         guess = logits.argmax(dim=-1)
         correct += (guess == batch["labels"]).sum()

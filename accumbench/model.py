@@ -78,6 +78,12 @@ def load_tokenizer_and_encoder(name: str) -> tuple[Any, Any]:
     return tokenizer, encoder
 
 
+def embeds_segments(encoder: Any) -> bool:
+    """Whether the encoder has a token type (segment) embedding to tell a pair's two texts apart: BERT's
+    type_vocab_size is 2; ModernBERT has none and sees the pair through its separator token alone."""
+    return (getattr(encoder.config, "type_vocab_size", 0) or 0) >= 2
+
+
 class TextClassifier(nn.Module):
     """encoder -> pooled [CLS] or mean of real tokens -> dropout -> linear.
 
@@ -94,9 +100,12 @@ class TextClassifier(nn.Module):
         self.head = nn.Linear(encoder.config.hidden_size, num_labels)
         self.pooling = pooling
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """attention_mask None: no padding in this batch (see data.collate)."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """attention_mask None: no padding in this batch (see data.collate). token_type_ids: a pair's
+        segments, given only to encoders that embed them (ModernBERT's forward takes none)."""
+        segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif attention_mask is None:

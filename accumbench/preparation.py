@@ -33,7 +33,7 @@ from accumbench.backends.base import (
 )
 from accumbench.config import RunConfig
 from accumbench.errors import UserError
-from accumbench.model import TextClassifier, load_tokenizer_and_encoder
+from accumbench.model import TextClassifier, embeds_segments, load_tokenizer_and_encoder
 from accumbench.noise_scale import measurable
 
 
@@ -50,6 +50,7 @@ class Prepared:
     total_steps: int  # optimizer steps of the whole run
     tokenize_seconds: float  # spent tokenizing, or reading the tokens back from the cache
     tokens_cached: bool  # whether the tokenized splits came from a cache (disk, or a sweep's memory)
+    positive: int = 1  # the label id whose F1 a two-label task reports (positive_class)
 
 
 def world_size() -> int:
@@ -77,7 +78,8 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
     token_key = (data_key(config), config.model, config.max_length)
     started, tokens_cached = time.perf_counter(), True
     if token_key not in cache:
-        cache[token_key], tokens_cached = data.TokenCache().load_or_tokenize(dataset, tokenizer, config.max_length)
+        cache[token_key], tokens_cached = data.TokenCache().load_or_tokenize(dataset, tokenizer, config.max_length,
+                                                                             segment_ids=embeds_segments(encoder))
     splits = cache[token_key]
     tokenize_seconds = time.perf_counter() - started
     torch.manual_seed(config.seed)  # the head's init depends on the seed only
@@ -88,7 +90,7 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
         len(splits["train"]), config.effective_batch_size, config.drop_last, config.epochs,
         config.train_steps if config.budget == "steps" else None)
     return Prepared(config, dataset, splits, model, tokenizer.pad_token_id, epochs, total_steps, tokenize_seconds,
-                    tokens_cached)
+                    tokens_cached, positive_class(dataset, config))
 
 
 def _probe_micro_batch_size(model: TextClassifier, config: RunConfig) -> int:
@@ -103,8 +105,8 @@ def _probe_micro_batch_size(model: TextClassifier, config: RunConfig) -> int:
 
 def data_key(config: RunConfig) -> tuple[Any, ...]:
     """Everything that decides which examples a run gets: runs with equal keys share a loaded dataset."""
-    return (config.dataset, config.split_seed, config.text_column, config.label_column,
-            config.max_train_samples, config.max_eval_samples)
+    return (config.dataset, config.dataset_config, config.split_seed, config.text_column, config.text_pair_column,
+            config.label_column, config.max_train_samples, config.max_eval_samples)
 
 
 def load_dataset(config: RunConfig, cache: dict[Any, Any]) -> data.TextDataset:
@@ -114,15 +116,34 @@ def load_dataset(config: RunConfig, cache: dict[Any, Any]) -> data.TextDataset:
         cache[key] = data.load_text_dataset(
             config.dataset, seed=config.split_seed, text_column=config.text_column,
             label_column=config.label_column, max_train_samples=config.max_train_samples,
-            max_eval_samples=config.max_eval_samples,
+            max_eval_samples=config.max_eval_samples, text_pair_column=config.text_pair_column,
+            dataset_config=config.dataset_config,
         )
     dataset = cache[key]
+    positive_class(dataset, config)  # a --positive-label that is not a label: before anything loads
     if config.drop_last and len(dataset.train) < config.effective_batch_size:
         raise UserError(
             f"--drop-last with {len(dataset.train)} training samples and effective batch size "
             f"{config.effective_batch_size} leaves no optimizer step; lower --effective-batch-size or use --keep-last"
         )
     return dataset
+
+
+def positive_class(dataset: data.TextDataset, config: RunConfig) -> int:
+    """The label id whose F1 a two-label task reports: --positive-label's, else id 1 (the second label in
+    sorted order, e.g. 1 of 0/1, 'pos' of neg/pos). UserError for a label the data does not have, or for
+    --positive-label on a task of more labels, whose F1 is the macro average over all of them."""
+    positive_label = config.positive_label
+    if positive_label is None:
+        return 1
+    names = ", ".join(dataset.label_names)
+    if dataset.num_labels != 2:
+        raise UserError(f"--positive-label applies to two-label tasks; this dataset has {dataset.num_labels} labels "
+                        f"({names}), whose F1 is the macro average: drop --positive-label")
+    if str(positive_label) not in dataset.label_names:
+        raise UserError(f"--positive-label {positive_label!r} is not a label of dataset '{config.dataset}' "
+                        f"(labels: {names}); pass one of those")
+    return dataset.label_names.index(str(positive_label))
 
 
 def make_backend(prepared: Prepared) -> Backend:
@@ -176,6 +197,9 @@ def loaded_columns(prepared: Prepared, backend: Backend) -> dict[str, Any]:
         accelerate_version=_version("accelerate"), device=device_name(backend.device),
         num_train_samples=len(prepared.splits["train"]), num_val_samples=len(prepared.splits["validation"]),
         num_test_samples=len(prepared.splits["test"]), num_labels=prepared.dataset.num_labels,
+        text_columns=",".join(prepared.dataset.columns), split_source=prepared.dataset.source,
+        dropped_rows=prepared.dataset.dropped,
+        positive_label=prepared.dataset.label_names[prepared.positive] if prepared.dataset.num_labels == 2 else None,
     )
 
 

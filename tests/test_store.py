@@ -114,6 +114,7 @@ EXPECTED_COLUMNS = {
         "precision", "world_size",
         "sweep_id", "attempt", "base_lr", "lr_scaling", "base_batch_size", "budget", "train_steps",
         "tokenize_seconds", "tokens_cached",
+        "text_columns", "split_source", "dropped_rows", "positive_label",
     },
     "epochs": {
         "id", "run_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
@@ -121,12 +122,14 @@ EXPECTED_COLUMNS = {
         "train_seconds", "eval_seconds", "samples_per_second", "peak_memory_mb",
         "skipped_steps", "tokens_per_second", "padding_fraction",
         "noise_scale", "noise_trace", "noise_grad_sq", "noise_steps",
+        "val_f1", "val_mcc", "test_f1", "test_mcc",
     },
     "steps": {"id", "run_id", "step", "epoch", "samples_seen", "loss", "grad_norm", "lr",
               "micro_grad_sq", "noise_grad_sq", "noise_trace", "noise_scale"},
     "evals": {"id", "run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"},
     "sweeps": {"id", "name", "grid_hash", "spec_json", "num_cells", "created_at"},
     "predictions": {"id", "run_id", "split", "epoch", "num_examples", "split_hash", "labels", "predicted"},
+    "epoch_predictions": {"id", "run_id", "split", "epoch", "num_examples", "split_hash", "labels", "predicted"},
 }
 
 

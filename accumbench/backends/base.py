@@ -63,7 +63,7 @@ class Diverged(Exception):
 def micro_batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean cross-entropy over the micro-batch, number correct). The loss is computed in at least
     fp32 even when the forward ran in bf16/fp16, and in fp64 when the model is fp64 (the exactness tests)."""
-    logits = model(batch["input_ids"], batch["attention_mask"])
+    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     loss = F.cross_entropy(logits, batch["labels"])
     return loss, (logits.detach().argmax(dim=-1) == batch["labels"]).sum()

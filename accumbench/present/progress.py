@@ -22,7 +22,7 @@ class RichReporter:
         self._epochs = 0
 
     def run_started(self, run_id: int, config: Any, sizes: dict[str, int], device: str, world_size: int = 1,
-                    epochs: int = 0, total_steps: int = 0) -> None:
+                    epochs: int = 0, total_steps: int = 0, data_notes: str = "") -> None:
         self._epochs = epochs
         processes = f"{world_size} processes x " if world_size > 1 else ""
         lr = f"lr {format_lr(config.scaled_lr)}"
@@ -34,6 +34,7 @@ class RichReporter:
             f"(train/val/test {sizes['train']}/{sizes['validation']}/{sizes['test']})\n"
             f"EBS {config.effective_batch_size} = {processes}{config.accumulation_steps_for(world_size)} x "
             f"{config.micro_batch_size}, {lr}, {length}, {config.backend} backend on {device}"
+            + (f"\ndata: {data_notes}" if data_notes else "")
         )
 
     def epoch_started(self, epoch: int, num_samples: int) -> None:

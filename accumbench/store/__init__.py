@@ -190,7 +190,7 @@ class NullStore:
         pass
 
     def save_predictions(self, run_id: int, split: str, epoch: int, split_hash: str,
-                         labels: list[int], predicted: list[int]) -> None:
+                         labels: list[int], predicted: list[int], best: bool = True) -> None:
         pass
 
     def add_steps(self, run_id: int, rows: list[dict[str, Any]]) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from accumbench.errors import UserError
 from accumbench.store.schema import Base, Epoch, Run, SchemaVersion, Step
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def read_schema_version(conn: Connection) -> int | None:
@@ -88,6 +88,13 @@ def _migrate_to_6(conn: Connection) -> None:
     _add_missing_columns(conn, Step.__table__, ("micro_grad_sq", "noise_grad_sq", "noise_trace", "noise_scale"))
 
 
+def _migrate_to_7(conn: Connection) -> None:
+    """6 -> 7: sentence pairs and task metrics: the runs' text columns, split source, dropped rows and
+    positive label; F1 and MCC per epoch; epoch_predictions (made by create_all)."""
+    _add_missing_columns(conn, Run.__table__, ("text_columns", "split_source", "dropped_rows", "positive_label"))
+    _add_missing_columns(conn, Epoch.__table__, ("val_f1", "val_mcc", "test_f1", "test_mcc"))
+
+
 # Why migrations rather than "delete the old file": a run database holds results
 # that took GPU-hours to produce, so a new accumbench upgrades it in place.
 # upgrade() runs these in order (found+1 .. SCHEMA_VERSION) inside Store.open's single
@@ -95,7 +102,8 @@ def _migrate_to_6(conn: Connection) -> None:
 # tables, so an upgrade is all-or-nothing and parallel workers can't both run it. Each function
 # takes the database from version N-1 to N and must be idempotent (inspect before
 # altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
-_MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5, 6: _migrate_to_6}
+_MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5, 6: _migrate_to_6,
+               7: _migrate_to_7}
 assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
 
 

@@ -18,6 +18,7 @@ from accumbench.store.schema import (
     STEP_COLUMNS,
     SWEEP_COLUMNS,
     Epoch,
+    EpochPrediction,
     Prediction,
     Run,
     Step,
@@ -54,6 +55,8 @@ class RunRecords:
         base_lr: float | None = None, lr_scaling: str | None = None, base_batch_size: int | None = None,
         budget: str | None = None, train_steps: int | None = None,
         tokenize_seconds: float | None = None, tokens_cached: bool | None = None,
+        text_columns: str | None = None, split_source: str | None = None, dropped_rows: str | None = None,
+        positive_label: str | None = None,
     ) -> int:
         """Insert a run with status RUNNING; created/started/heartbeat = now. Returns its id.
         (Runs of a sweep are inserted by claim() instead.)"""
@@ -156,15 +159,21 @@ class RunRecords:
 
     @_resilient(idempotent=True)
     def save_predictions(self, run_id: int, split: str, epoch: int, split_hash: str,
-                         labels: list[int], predicted: list[int]) -> None:
-        """Record (replacing any earlier ones) the run's predictions on `split` at `epoch`."""
+                         labels: list[int], predicted: list[int], best: bool = True) -> None:
+        """Record the run's predictions on `split` at `epoch` (replacing any earlier ones of that epoch),
+        and, with `best`, as its checkpoint's (replacing the earlier best)."""
         if len(labels) != len(predicted):
             raise ValueError("save_predictions: labels and predicted differ in length")
+        row = dict(run_id=run_id, split=split, epoch=epoch, num_examples=len(labels), split_hash=split_hash,
+                   labels=_pack(labels), predicted=_pack(predicted))
         with self._session.begin() as session:
             self._get(session, run_id)
-            session.execute(delete(Prediction).where(Prediction.run_id == run_id, Prediction.split == split))
-            session.add(Prediction(run_id=run_id, split=split, epoch=epoch, num_examples=len(labels),
-                                   split_hash=split_hash, labels=_pack(labels), predicted=_pack(predicted)))
+            session.execute(delete(EpochPrediction).where(EpochPrediction.run_id == run_id,
+                                                          EpochPrediction.split == split, EpochPrediction.epoch == epoch))
+            session.add(EpochPrediction(**row))
+            if best:
+                session.execute(delete(Prediction).where(Prediction.run_id == run_id, Prediction.split == split))
+                session.add(Prediction(**row))
 
     # --- reading ----------------------------------------------------------------------------------
 
@@ -181,12 +190,23 @@ class RunRecords:
         with self._session() as session:
             return [_as_dict(row, EPOCH_COLUMNS) for row in session.scalars(query)]
 
-    def predictions(self, run_ids: list[int], split: str) -> dict[int, dict[str, Any]]:
-        """{run id: {epoch, split_hash, labels, predicted}} for the runs that have predictions on `split`."""
-        query = select(Prediction).where(Prediction.run_id.in_(run_ids), Prediction.split == split)
+    def predictions(self, run_ids: list[int], split: str, epochs: dict[int, int] | None = None
+                    ) -> dict[int, dict[str, Any]]:
+        """{run id: {epoch, split_hash, labels, predicted}} for the runs that have predictions on `split`:
+        at the checkpoint's epoch, or with `epochs` ({run id: epoch}) at that epoch, from every epoch's
+        predictions or (a run recorded before those were kept) the checkpoint's when its epoch is that one."""
+        found: dict[int, Any] = {}
         with self._session() as session:
-            return {p.run_id: dict(epoch=p.epoch, split_hash=p.split_hash, labels=_unpack(p.labels),
-                                   predicted=_unpack(p.predicted)) for p in session.scalars(query)}
+            if epochs is not None:
+                query = select(EpochPrediction).where(EpochPrediction.run_id.in_(run_ids),
+                                                      EpochPrediction.split == split)
+                found = {p.run_id: p for p in session.scalars(query) if epochs.get(p.run_id) == p.epoch}
+            query = select(Prediction).where(Prediction.run_id.in_(run_ids), Prediction.split == split)
+            for p in session.scalars(query):
+                if p.run_id not in found and (epochs is None or epochs.get(p.run_id) == p.epoch):
+                    found[p.run_id] = p
+            return {run_id: dict(epoch=p.epoch, split_hash=p.split_hash, labels=_unpack(p.labels),
+                                 predicted=_unpack(p.predicted)) for run_id, p in found.items()}
 
     # --- reading for reports (report and pick-best open the store with open_readonly) -------------
 

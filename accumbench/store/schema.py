@@ -148,6 +148,14 @@ class Run(Base):
     # Added in schema version 5.
     tokenize_seconds: Mapped[float | None]  # tokenizing the splits, or reading them from the cache
     tokens_cached: Mapped[bool | None]  # whether the tokenized splits came from the cache
+    # Added in schema version 7: the text column(s) used ("premise,hypothesis" for a pair), how the
+    # splits were made (e.g. "test split unlabelled: validation used as test; ..."), what loading
+    # left out ("dropped 3 rows with no label"; '' for nothing), and the label whose F1 is reported
+    # (NULL with more than two labels: their F1 is the macro average).
+    text_columns: Mapped[str | None]
+    split_source: Mapped[str | None] = mapped_column(Text)
+    dropped_rows: Mapped[str | None]
+    positive_label: Mapped[str | None]
 
 
 class Epoch(Base):
@@ -184,6 +192,13 @@ class Epoch(Base):
     noise_trace: Mapped[float | None]
     noise_grad_sq: Mapped[float | None]
     noise_steps: Mapped[int | None]
+    # Added in schema version 7: the task metrics of validation and test at the epoch's end. F1 is the
+    # positive class's with two labels (runs.positive_label), else macro-F1; MCC is Matthews' (Gorodkin's
+    # for more labels). NULL for runs recorded before.
+    val_f1: Mapped[float | None]
+    val_mcc: Mapped[float | None]
+    test_f1: Mapped[float | None]
+    test_mcc: Mapped[float | None]
 
 
 class Step(Base):
@@ -240,6 +255,24 @@ class Prediction(Base):
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     split: Mapped[str]  # validation or test
     epoch: Mapped[int]  # the best-validation epoch they come from
+    num_examples: Mapped[int]
+    split_hash: Mapped[str]
+    labels: Mapped[bytes] = mapped_column(LargeBinary)
+    predicted: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class EpochPrediction(Base):
+    """A run's predicted labels on one split at every epoch's end (Prediction keeps the checkpoint's
+    epoch): the paired tests can then compare runs at the epoch each metric chooses, and any later
+    replay at any epoch. The same compact encoding as Prediction. Added in schema version 7."""
+
+    __tablename__ = "epoch_predictions"
+    __table_args__ = (UniqueConstraint("run_id", "split", "epoch"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    split: Mapped[str]  # validation or test
+    epoch: Mapped[int]
     num_examples: Mapped[int]
     split_hash: Mapped[str]
     labels: Mapped[bytes] = mapped_column(LargeBinary)
