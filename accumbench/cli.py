@@ -241,6 +241,9 @@ def sweep(
         raise typer.Exit(1)
 
 
+_METRIC_OPTION = typer.Option(
+    "val_accuracy", help="Selection metric, on validation only: val_accuracy, val_loss, val_f1 (positive class; "
+                         "macro with 3+ labels) or val_mcc. Each run's best epoch is chosen on it.")
 _FILTERS = dict(
     sweep=typer.Option(None, help="Only the runs of this sweep (its name)."),
     model=typer.Option(None, help="Only this model (as recorded, e.g. minilm)."),
@@ -261,6 +264,7 @@ def report(
     wide: bool = typer.Option(False, "--wide", help="Every column (a table wider than the terminal is split in blocks)."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the report to this file instead of the terminal."),
     plot: Path | None = typer.Option(None, "--plot", help="Also write PNG figures per model into this directory."),
+    metric: str = _METRIC_OPTION,
     curves: str = typer.Option(
         "best", "--curves", help="Learning curves (html, --plot): best (each EBS at its best lr in colour, other lrs "
                                  "faded) or all (every series in its own colour)."),
@@ -287,7 +291,8 @@ def report(
 
     try:
         request = ReportRequest(db=db, sweep=sweep, model=model, backend=backend, status=status, fmt=fmt,
-                                columns=columns, wide=wide, output=output, plot=plot, watch=watch, curves=curves)
+                                columns=columns, wide=wide, output=output, plot=plot, watch=watch, curves=curves,
+                                metric=metric)
         if watch is not None:
             watch_page(request, typer.echo)
             return
@@ -304,7 +309,7 @@ def pick_best(
     sweep: str | None = _FILTERS["sweep"],
     model: str | None = _FILTERS["model"],
     backend: str | None = _FILTERS["backend"],
-    metric: str = typer.Option("val_accuracy", help="Selection metric, on validation only: val_accuracy or val_loss."),
+    metric: str = _METRIC_OPTION,
     by: str = typer.Option("model", help="model (one pick per model) or none (one pick over all runs)."),
     alpha: float = typer.Option(0.05, help="Significance level: candidates with p >= alpha count as not worse."),
     target: float | None = typer.Option(
@@ -345,7 +350,7 @@ def pick_best(
         options = PickOptions(metric=metric, by=by, alpha=alpha, target=target, protocol=protocol,
                               compare_protocols=compare_protocols)
         with open_for_reading(db) as store:
-            data = load_runs(store, sweep=sweep, model=model, backend=backend)
+            data = load_runs(store, sweep=sweep, model=model, backend=backend, metric=options.metric)
             answer = choose(data, load_predictions(store, data), options)
     except UserError as exc:
         fail(str(exc))

@@ -311,6 +311,10 @@ def _load_hub(name: str, config_name: str | None = None) -> dict[str, dict[str, 
         if "Config name is missing" in message or "BuilderConfig" in message:
             raise UserError(f"dataset '{name}' has several configurations ({message}); name one with --dataset-config"
                             ) from None
+        if Path(name).is_dir():  # a local copy of a hub repository: its files or its README are wrong
+            raise UserError(f"cannot load configuration '{config_name}' of the dataset directory {name} "
+                            f"({type(exc).__name__}: {message}); check the configs in its README.md and their files"
+                            ) from None
         raise UserError(
             f"dataset '{name}' is not 'demo', a local file or directory, or a hub dataset that could be loaded "
             f"({type(exc).__name__}: {message}); check the name, or run once with internet to cache it"

@@ -200,6 +200,7 @@ def loaded_columns(prepared: Prepared, backend: Backend) -> dict[str, Any]:
         text_columns=",".join(prepared.dataset.columns), split_source=prepared.dataset.source,
         dropped_rows=prepared.dataset.dropped,
         positive_label=prepared.dataset.label_names[prepared.positive] if prepared.dataset.num_labels == 2 else None,
+        positive_class=prepared.positive if prepared.dataset.num_labels == 2 else None,
     )
 
 

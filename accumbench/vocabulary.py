@@ -27,10 +27,25 @@ PENDING, RUNNING_ELSEWHERE, DONE, DIVERGED, GAVE_UP = "pending", "running", "fin
 
 # --- choosing an EBS -----------------------------------------------------------------------------------
 
-# The selection metrics of pick-best, on validation only, and how a sentence names them.
-METRICS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss"}
+# The selection metrics of pick-best and report, on validation only, and how a sentence names them.
+# F1 is the positive class's with two labels (runs.positive_label), macro-F1 with more; MCC is Matthews'.
+METRICS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss", "val_f1": "validation F1",
+           "val_mcc": "validation MCC"}
 # ... and how a table heading names them.
-METRIC_HEADINGS = {"val_accuracy": "val acc", "val_loss": "val loss"}
+METRIC_HEADINGS = {"val_accuracy": "val acc", "val_loss": "val loss", "val_f1": "val F1", "val_mcc": "val MCC"}
+# Metrics that are not a mean over examples: two runs are compared on them by a paired bootstrap over the
+# examples (task_metrics.paired_bootstrap), not McNemar, which tests accuracy alone.
+BOOTSTRAPPED = {"val_f1": "f1", "val_mcc": "mcc"}
+
+
+def higher_is_better(metric: str) -> bool:
+    """Every selection metric but the loss."""
+    return metric != "val_loss"
+
+
+def test_metric(metric: str) -> str:
+    """The test column of a validation metric: val_f1 -> test_f1."""
+    return "test_" + metric.removeprefix("val_")
 PROTOCOLS = ("tuned", "pooled")
 PROTOCOL_MEANINGS = {"pooled": "every (EBS, lr) cell competes as it is",
                      "tuned": "each EBS at its best lr on validation, then EBS against EBS"}

@@ -18,7 +18,7 @@ from accumbench.analysis.tuning import best_lr_cells, has_lr_grid
 
 # The per-run metrics aggregated over seeds (mean and std per cell).
 METRICS = ("best_train_accuracy", "val_accuracy", "best_epoch", "test_accuracy", "best_test_accuracy", "val_loss",
-           "test_loss", "train_seconds", "samples_per_second", "optimizer_steps", "peak_memory_mb",
+           "test_loss", "val_f1", "val_mcc", "test_f1", "test_mcc", "train_seconds", "samples_per_second", "optimizer_steps", "peak_memory_mb",
            "noise_scale_first", "noise_scale_last")
 
 
@@ -41,7 +41,9 @@ def cell_table(data: RunData) -> pd.DataFrame:
     table["best_lr"] = [cell in best for cell in table.index]
     # As the seed study's table reads: by model, then EBS, then lr.
     table = table.sort_values(["model", "effective_batch_size", "backend", "lr_scaling", "variant", "lr"])
-    return table.reset_index(drop=True)
+    table = table.reset_index(drop=True)
+    table.attrs["metric"] = data.metric  # what the best epochs (and best lrs) were chosen on: the table leads with it
+    return table
 
 
 def backend_comparison(data: RunData) -> pd.DataFrame:

@@ -56,15 +56,17 @@ def headline(pick: Any) -> Headline:
     return Headline(str(pick.chosen.runs["model"].iloc[0]), pick.group, pick.metric, points)
 
 
+_RANGES = {"val_accuracy": (0.0, 1.0), "val_f1": (0.0, 1.0), "val_mcc": (-1.0, 1.0)}
+
+
 def _interval(values: list[float], metric: str, examples: int) -> tuple[float, float, str]:
     mean = statistics.fmean(values)
     if any(math.isnan(v) for v in values):
         return mean, mean, "none"
     if len(values) > 1:
         half = stats.student_t_quantile(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values))
-        if metric == "val_accuracy":  # an accuracy cannot leave [0, 1]
-            return max(0.0, mean - half), min(1.0, mean + half), "t over seeds"
-        return mean - half, mean + half, "t over seeds"
+        low, high = _RANGES.get(metric, (-math.inf, math.inf))  # an accuracy cannot leave [0, 1]
+        return max(low, mean - half), min(high, mean + half), "t over seeds"
     if metric == "val_accuracy" and examples > 0:
         half = stats.Z95 * stats.accuracy_se(min(max(mean, 0.0), 1.0), examples)
         return max(0.0, mean - half), min(1.0, mean + half), "binomial"

@@ -6,8 +6,9 @@ the uncertainty of the choice stated.
     candidates = the cells of a model (configurations up to their seed; runs.cell_key)
     best       = the highest mean validation accuracy over seeds (or lowest val loss, --metric)
     screen     = which candidates are not significantly worse than the best, on validation:
-                 Welch's t-test across seeds when both have 2+ seeds, else an exact McNemar test on
-                 the paired validation predictions (matched by seed)
+                 Welch's t-test across seeds when both have 2+ seeds, else a paired test on the
+                 validation predictions of the seeds both ran: exact McNemar for accuracy (and loss),
+                 a paired bootstrap over the examples, stratified by seed, for F1 and MCC
     pick       = among those, the cheapest by what it trained (cost.py: samples, then optimizer steps;
                  measured seconds only where far beyond their noise), the same on every machine
 
@@ -27,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from accumbench import stats
+from accumbench import stats, task_metrics
 from accumbench.analysis.answer import reconcile
 from accumbench.analysis.cost import Cheapest, cheapest
 from accumbench.analysis.evidence import CriticalBatch, NoiseAdvice, critical_batch_sizes, noise_advice
@@ -35,7 +36,7 @@ from accumbench.analysis.runs import RunData, cell_label, varying
 from accumbench.analysis.tuning import BestLr, ScalingFit, best_lrs, fit_scaling, has_lr_grid, tuned_runs
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, plain_number, rate_key, spread
-from accumbench.vocabulary import METRICS, PROTOCOLS
+from accumbench.vocabulary import BOOTSTRAPPED, METRICS, PROTOCOLS, higher_is_better, test_metric
 
 GROUPINGS = ("model", "none")  # --by: one pick per model, or one over all runs
 
@@ -80,10 +81,11 @@ class Candidate:
     steps: float = 0.0  # optimizer steps, mean over seeds
     seconds_per_sample: list[list[float]] = field(default_factory=list)  # per run (seed), per epoch
     # Filled in against the best candidate (None for the best itself):
-    screen_test: str | None = None  # "welch" or "mcnemar-validation"
+    screen_test: str | None = None  # "welch", "mcnemar-validation" or "bootstrap-validation"
     screen_p: float | None = None
     welch_p: float | None = None
     mcnemar_validation_p: float | None = None
+    bootstrap_validation_p: float | None = None  # F1 and MCC: paired bootstrap against the best
     mcnemar_test_p: float | None = None
     mcnemar_test_discordant: tuple[int, int] | None = None  # (best right & this wrong, best wrong & this right)
     not_worse: bool = True
@@ -115,6 +117,7 @@ class Pick:
     # that means, and what validation said about that EBS. Empty where they agree.
     reconciled: list[str] = field(default_factory=list)
     cost: Cheapest | None = None  # how the pick won among the candidates validation cannot tell apart
+    test_score: float | None = None  # F1 or MCC: the pick's mean on test, beside its accuracy
 
 
 def _groups(runs: pd.DataFrame, by: str) -> list[tuple[str, pd.DataFrame]]:
@@ -177,9 +180,9 @@ def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:
                              train_seconds=runs["train_seconds"].mean(), samples=runs["samples_seen"].mean(),
                              steps=runs["optimizer_steps"].mean(),
                              seconds_per_sample=[list(values) for values in runs["seconds_per_sample"]]))
-    higher_is_better = metric == "val_accuracy"
+    higher = higher_is_better(metric)
     # NaN (a diverged run's loss) sorts last whichever way the metric goes.
-    out.sort(key=lambda c: (math.isnan(c.metric_mean), -c.metric_mean if higher_is_better else c.metric_mean))
+    out.sort(key=lambda c: (math.isnan(c.metric_mean), -c.metric_mean if higher else c.metric_mean))
     return out
 
 
@@ -197,14 +200,34 @@ def _paired_discordance(best: Candidate, other: Candidate, preds: dict[int, dict
     return (b, c) if paired else None
 
 
+def _paired_bootstrap(best: Candidate, other: Candidate, preds: dict[int, dict[str, Any]], metric: str
+                      ) -> task_metrics.BootstrapResult | None:
+    """The paired bootstrap of `metric` (f1 or mcc) between the best and `other` over the validation
+    examples, one stratum per seed both ran on the same examples; None when no seed can be paired."""
+    strata = []
+    others = {row.seed: row.run_id for row in other.runs.itertuples()}
+    for row in best.runs.itertuples():
+        mine, theirs = preds.get(row.run_id), preds.get(others.get(row.seed))
+        if mine is not None and theirs is not None and mine["split_hash"] == theirs["split_hash"]:
+            strata.append((mine["labels"], mine["predicted"], theirs["predicted"]))
+    if not strata:
+        return None
+    first = best.runs.iloc[0]
+    positive = first.get("positive_class")
+    return task_metrics.paired_bootstrap(strata, metric, int(first["num_labels"]),
+                                         positive=1 if positive is None or positive != positive else int(positive))
+
+
 def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int, dict[str, Any]]],
                 metric: str, alpha: float, tuned: bool = False) -> Pick:
     candidates = _candidates(group, metric)
     best = candidates[0]
     warnings = []
     if all(len(c.runs) < 2 for c in candidates):
-        warnings.append("one seed per cell: the comparison rests on exact McNemar tests of single runs "
-                        "(validation to choose, test to report); run more seeds (--seeds) for a test across seeds")
+        tests = ("paired bootstraps of single runs on validation (McNemar on test, reported)" if metric in BOOTSTRAPPED
+                 else "exact McNemar tests of single runs (validation to choose, test to report)")
+        warnings.append(f"one seed per cell: the comparison rests on {tests}; run more seeds (--seeds) "
+                        "for a test across seeds")
     for other in candidates[1:]:
         if len(best.runs) >= 2 and len(other.runs) >= 2:
             _, _, other.welch_p = stats.welch_t_test(best.runs[metric].astype(float).tolist(),
@@ -216,8 +239,14 @@ def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int,
         if test is not None:
             other.mcnemar_test_discordant = test
             other.mcnemar_test_p = stats.mcnemar_exact(*test)
+        if metric in BOOTSTRAPPED and (boot := _paired_bootstrap(best, other, predictions.get("validation", {}),
+                                                                 BOOTSTRAPPED[metric])) is not None:
+            other.bootstrap_validation_p = boot.p_value
         if other.welch_p is not None and not math.isnan(other.welch_p):
             other.screen_test, other.screen_p = "welch", other.welch_p
+        elif metric in BOOTSTRAPPED:  # McNemar tests accuracy, which is not what F1 or MCC ranks on
+            if other.bootstrap_validation_p is not None:
+                other.screen_test, other.screen_p = "bootstrap-validation", other.bootstrap_validation_p
         elif other.mcnemar_validation_p is not None:
             other.screen_test, other.screen_p = "mcnemar-validation", other.mcnemar_validation_p
         # Untestable (no paired predictions, a single seed) or diverged: no evidence it is as good.
@@ -236,8 +265,9 @@ def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int,
     justification = _justify(candidates, best, chosen, contenders, metric, alpha, cost.reason)
     if tuned:
         justification = f"each EBS at its best lr on validation, then EBS against EBS: {justification}"
+    on_test = chosen.runs[test_metric(metric)].astype(float).mean() if metric in BOOTSTRAPPED else None
     return Pick(name, metric, alpha, candidates, best, chosen, mean, (low, high), n_test, justification, warnings,
-                cost=cost)
+                cost=cost, test_score=on_test)
 
 
 def _fmt(candidate: Candidate, metric: str) -> str:
@@ -288,7 +318,8 @@ def _justify(candidates: list[Candidate], best: Candidate, chosen: Candidate, co
 
 
 def _test_name(candidate: Candidate) -> str:
-    return {"welch": "Welch's t-test across seeds", "mcnemar-validation": "exact McNemar on validation"}.get(
+    return {"welch": "Welch's t-test across seeds", "mcnemar-validation": "exact McNemar on validation",
+            "bootstrap-validation": "paired bootstrap on validation"}.get(
         candidate.screen_test or "", "untested")
 
 

@@ -6,9 +6,11 @@ by the cell it replicates.
       lr_free_key: ... and up to its lr (the cells among which the tuned protocol picks an lr)
       series_key:  ... and up to its EBS (one lr x EBS grid)
 
-Selection is on validation: a run's "best epoch" is the one with the highest validation accuracy
-(the run's recorded best_epoch), and its test accuracy is read at that epoch. The best test accuracy
-over epochs is kept too, but only under a name that says it was chosen on the test set.
+Selection is on validation: a run's "best epoch" is the one with the best value of the selection metric
+(--metric: validation accuracy by default, which is the run's recorded best_epoch; else the highest F1 or
+MCC, or the lowest loss, ties to the lower loss, then the earlier epoch), and every test number is read
+at that epoch. The best test accuracy over epochs is kept too, but only under a name that says it was
+chosen on the test set.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from accumbench.config import RunConfig
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, rate_key
 from accumbench.noise_scale import measurable
-from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, RUNNING
+from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, METRICS, RUNNING, higher_is_better
 
 # The columns that name a cell in the study's table ("lr": the rate it trained with, runs.lr); any
 # other setting that differs between cells is listed in a "variant" column rather than averaged over.
@@ -35,6 +37,8 @@ _BUDGET_SETTINGS = {"budget", "epochs", "train_steps"}
 # Each B_simple column, and the column that says why a run has none there.
 NOISE_METRICS = {"noise_scale_first": "noise_note_first", "noise_scale_last": "noise_note_last"}
 SPLITS_WITH_PREDICTIONS = ("validation", "test")
+# The numbers read at each run's best epoch (F1 and MCC: NaN for runs recorded before schema 7).
+AT_BEST_EPOCH = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "val_f1", "val_mcc", "test_f1", "test_mcc")
 
 
 class NoRuns(UserError):
@@ -68,6 +72,7 @@ class RunData:
     # Runs of the same filters whose loss diverged (FAILED, 'diverged at step S'): an lr that was tried
     # and blew up is evidence for the tuned protocol, though it has no metrics.
     diverged: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=DIVERGED_COLUMNS))
+    metric: str = "val_accuracy"  # the validation metric each run's best epoch was chosen on
 
 
 DIVERGED_COLUMNS = ["run_id", "lr", "base_lr", "lr_scaling", "lr_free", "series", "effective_batch_size"]
@@ -95,8 +100,9 @@ NOISE_NOTES = {
 
 
 def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
-              backend: str | None = None, status: str | None = FINISHED) -> RunData:
-    """The runs that match, each summarised at its best-validation epoch. UserError if none does."""
+              backend: str | None = None, status: str | None = FINISHED, metric: str = "val_accuracy") -> RunData:
+    """The runs that match, each summarised at its best epoch on `metric`. UserError if none does, or if
+    none recorded `metric` (runs recorded before schema version 7 have no F1 or MCC)."""
     runs = store.find_runs(status=status, sweep=sweep, model=model, backend=backend)
     if not runs:
         filters = ", ".join(f"{k} {v}" for k, v in (("status", status), ("sweep", sweep), ("model", model),
@@ -133,12 +139,19 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
         rows = ordered.drop_duplicates("run_id", keep=keep).set_index("run_id")
         per_run[f"noise_scale_{name}"] = rows["noise_scale"].astype(float)
         per_run[f"noise_measured_{name}"] = rows["noise_steps"].notna()
+    for column in AT_BEST_EPOCH:  # a store of runs all recorded before F1 and MCC has no values there
+        epochs[column] = epochs[column].astype(float) if column in epochs else float("nan")
+    if metric != "val_accuracy":  # the recorded best_epoch is the best on validation accuracy
+        frame["best_epoch"] = frame["run_id"].map(best_epochs(epochs, metric))
     at_best = epochs.merge(frame[["run_id", "best_epoch"]], left_on=["run_id", "epoch"],
                            right_on=["run_id", "best_epoch"])
-    at_best = at_best.set_index("run_id")[["val_accuracy", "val_loss", "test_accuracy", "test_loss"]]
+    at_best = at_best.set_index("run_id")[list(AT_BEST_EPOCH)]
     frame = frame.join(per_run, on="run_id").join(at_best, on="run_id")
     frame = frame[frame["best_epoch"].notna()]  # e.g. a FAILED run that never finished an epoch
     if frame.empty:
+        if metric != "val_accuracy" and epochs["val_accuracy"].notna().any():
+            raise UserError(f"none of the matching runs in {store.url} recorded {METRICS[metric]} (they were trained "
+                            "before accumbench recorded F1 and MCC); choose with --metric val_accuracy or val_loss")
         raise NoRuns(f"none of the matching runs in {store.url} finished an epoch; nothing to report")
     frame["variant"] = _variants(frame)
     frame["shown_variant"] = _variants(frame, frozenset(_BUDGET_SETTINGS))  # the budget has a column of its own
@@ -152,7 +165,16 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
     evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
                          columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
     return RunData(frame.reset_index(drop=True), epochs, evals,
-                   _diverged(store, sweep=sweep, model=model, backend=backend))
+                   _diverged(store, sweep=sweep, model=model, backend=backend), metric)
+
+
+def best_epochs(epochs: pd.DataFrame, metric: str) -> pd.Series:
+    """{run id: its best epoch on `metric`}; ties go to the lower validation loss, then to the earlier epoch.
+    A run with no value of `metric` (recorded before the metric was) has none."""
+    ranked = epochs[epochs[metric].notna()].assign(_loss=epochs["val_loss"].astype(float).fillna(float("inf")))
+    ranked = ranked.sort_values(["run_id", metric, "_loss", "epoch"],
+                                ascending=[True, not higher_is_better(metric), True, True])
+    return ranked.drop_duplicates("run_id").set_index("run_id")["epoch"]
 
 
 def _diverged(store: Any, **filters: Any) -> pd.DataFrame:
@@ -201,8 +223,8 @@ def cell_label(run: dict[str, Any], vary: list[str]) -> str:
 def load_predictions(store: Any, data: RunData) -> dict[str, dict[int, dict[str, Any]]]:
     """{'validation': {run id: ...}, 'test': {run id: ...}}: the stored predictions of the runs, for
     the paired tests of pick-best (Store.predictions' shape)."""
-    run_ids = data.runs["run_id"].tolist()
-    return {split: store.predictions(run_ids, split) for split in SPLITS_WITH_PREDICTIONS}
+    at = {int(run_id): int(epoch) for run_id, epoch in zip(data.runs["run_id"], data.runs["best_epoch"])}
+    return {split: store.predictions(list(at), split, epochs=at) for split in SPLITS_WITH_PREDICTIONS}
 
 
 def count_running(store: Any, **filters: Any) -> int:

@@ -21,6 +21,7 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
             "metric_std": _num(c.metric_std), "train_seconds": _num(c.train_seconds),
             "screen_test": c.screen_test, "screen_p": _num(c.screen_p), "welch_p": _num(c.welch_p),
             "mcnemar_validation_p": _num(c.mcnemar_validation_p), "mcnemar_test_p": _num(c.mcnemar_test_p),
+            "bootstrap_validation_p": _num(c.bootstrap_validation_p),
             "mcnemar_test_discordant": list(c.mcnemar_test_discordant) if c.mcnemar_test_discordant else None,
             "not_significantly_worse": c.not_worse,
         }
@@ -31,6 +32,8 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
         "effective_batch_size": p.chosen.effective_batch_size, "lr": _lr_of(p.chosen),
         "best_on_validation": p.best.label,
         "test_accuracy": p.test_accuracy, "test_accuracy_ci95": list(p.test_ci), "test_examples": p.test_examples,
+        "test_metric": None if p.test_score is None else {"name": "test_" + p.metric.removeprefix("val_"),
+                                                          "mean": _num(p.test_score)},
         "justification": p.justification, "warnings": p.warnings, "reconciled": p.reconciled,
         "candidates": [candidate(c) for c in p.candidates],
         "noise_scale": None if p.noise is None else {

@@ -28,6 +28,7 @@ import pandas as pd
 from accumbench import stats
 from accumbench.analysis.runs import DIVERGED_COLUMNS, RunData, cell_label, varying
 from accumbench.formatting import format_lr, rate_key
+from accumbench.vocabulary import higher_is_better
 
 SQRT_ALPHA, LINEAR_ALPHA = 0.5, 1.0
 
@@ -99,7 +100,7 @@ def next_lr(edge: float, neighbour: float) -> float:
 def _points(runs: pd.DataFrame, diverged: pd.DataFrame, metric: str) -> list[LrPoint]:
     """The lrs tried at one EBS, ascending. Two cells that trained at the same rate (an lr rule at its
     base EBS, and the plain rate) ran the same training: the better one stands for that lr."""
-    higher = metric == "val_accuracy"
+    higher = higher_is_better(metric)
     by_lr: dict[str, LrPoint] = {}
     for cell, cell_runs in runs.groupby("cell", sort=False):
         values = cell_runs[metric].astype(float)
@@ -128,7 +129,7 @@ def best_lrs(runs: pd.DataFrame, metric: str = "val_accuracy", diverged: pd.Data
     """Per EBS (per lr_free_key) of `runs`, the lr with the best mean `metric` over seeds, ordered by
     series, then EBS. `diverged` (RunData.diverged) adds the lrs whose runs blew up to the grid tried."""
     diverged = diverged if diverged is not None else pd.DataFrame(columns=DIVERGED_COLUMNS)
-    higher = metric == "val_accuracy"
+    higher = higher_is_better(metric)
     vary = varying(runs, ("model", "variant"))
     out = []
     for key, at_ebs in runs.groupby("lr_free", sort=False):
@@ -224,6 +225,7 @@ class LrGrid:
     model: str
     backend: str
     variant: str
+    metric: str  # the validation metric of the cells (the one the runs' best epochs were chosen on)
     rows: list[tuple[str, float]]  # (lr rule, base lr), in display order
     effective_batch_sizes: list[int]
     cells: dict[tuple[int, int], tuple[float, float, int, float]]  # (row, EBS) -> (mean, std, seeds, lr trained)
@@ -234,7 +236,7 @@ class LrGrid:
         return format_lr(base_lr) if rule == "none" else f"{format_lr(base_lr)} {rule}"
 
     def to_json(self) -> dict:
-        return {"model": self.model, "backend": self.backend, "variant": self.variant, "metric": "val_accuracy",
+        return {"model": self.model, "backend": self.backend, "variant": self.variant, "metric": self.metric,
                 "effective_batch_sizes": self.effective_batch_sizes,
                 "rows": [{"lr_scaling": rule, "base_lr": base, "cells": [
                     {"effective_batch_size": ebs, "lr": self.cells[(i, ebs)][3],
@@ -253,7 +255,7 @@ def lr_grids(data: RunData) -> list[LrGrid]:
     for series, group in runs.groupby("series", sort=False):
         if not has_lr_grid(group):
             continue
-        best = best_lrs(group, "val_accuracy", data.diverged)
+        best = best_lrs(group, data.metric, data.diverged)
         blown = data.diverged[data.diverged["series"] == series]
         rows = sorted({(rule, float(base)) for frame in (group, blown)
                        for rule, base in zip(frame["lr_scaling"], frame["base_lr"])},
@@ -265,7 +267,7 @@ def lr_grids(data: RunData) -> list[LrGrid]:
                 math.nan, math.nan, 0, float(run.lr))
         for _, cell_runs in group.groupby("cell", sort=False):
             first = cell_runs.iloc[0]
-            values = cell_runs["val_accuracy"].astype(float)
+            values = cell_runs[data.metric].astype(float)
             row = index[(first["lr_scaling"], float(first["base_lr"]))]
             cells[(row, int(first["effective_batch_size"]))] = (values.mean(), values.std(), len(values), float(first["lr"]))
         chosen = {}
@@ -273,7 +275,7 @@ def lr_grids(data: RunData) -> list[LrGrid]:
             first = group[group["cell"] == b.best.cell].iloc[0]
             chosen[b.effective_batch_size] = index[(first["lr_scaling"], float(first["base_lr"]))]
         first = group.iloc[0]
-        grids.append(LrGrid(str(first["model"]), str(first["backend"]), str(first["variant"]), rows,
+        grids.append(LrGrid(str(first["model"]), str(first["backend"]), str(first["variant"]), data.metric, rows,
                             sorted(group["effective_batch_size"].astype(int).unique().tolist()), cells, chosen))
     return grids
 
@@ -281,4 +283,4 @@ def lr_grids(data: RunData) -> list[LrGrid]:
 def best_lr_cells(data: RunData) -> set[str]:
     """The cells that are their EBS's best lr on validation, in every series trained at two or more lrs."""
     return {b.best.cell for _, series in data.runs.groupby("series", sort=False) if has_lr_grid(series)
-            for b in best_lrs(series, "val_accuracy", data.diverged)}
+            for b in best_lrs(series, data.metric, data.diverged)}

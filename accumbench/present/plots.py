@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, short_group, short_model, spread
-from accumbench.vocabulary import METRICS
+from accumbench.vocabulary import BOOTSTRAPPED, METRICS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -134,18 +134,24 @@ def _seed_phrase(frame: pd.DataFrame) -> str:
     return f"mean over {count} seed{'s' if high > 1 else ''}{band}"
 
 
-def _validation_figure(model: str, frame: pd.DataFrame, labels: list[str], colors) -> Figure:
+def _curve_metric(metric: str) -> tuple[str, str]:
+    """The validation metric the curves draw beside the loss: F1 or MCC when chosen on it, else accuracy."""
+    return (metric, METRICS[metric]) if metric in BOOTSTRAPPED else ("val_accuracy", "validation accuracy")
+
+
+def _validation_figure(model: str, frame: pd.DataFrame, labels: list[str], colors, metric: str = "val_accuracy"
+                       ) -> Figure:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(10, 4.2), dpi=DPI, layout="tight")
     axes = fig.subplots(1, 2)
-    for ax, metric, name in zip(axes, ("val_accuracy", "val_loss"), ("validation accuracy", "validation loss")):
-        points = _finite(frame, metric)
+    for ax, (column, name) in zip(axes, (_curve_metric(metric), ("val_loss", "validation loss"))):
+        points = _finite(frame, column)
         for label in (lab for lab in labels if lab in set(points["label"])):
             # Mean over the runs that have a finite value at that epoch: a run that diverged in
             # epoch 3 still counts in epochs 1 and 2.
-            stats = points[points["label"] == label].groupby("epoch")[metric].agg(["mean", "min", "max", "count"])
+            stats = points[points["label"] == label].groupby("epoch")[column].agg(["mean", "min", "max", "count"])
             _band(ax, stats.index, stats, colors[label], label, marker="o")
         ax.set(xlabel="epoch", ylabel=name, title=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -194,21 +200,22 @@ def _train_loss_figure(model: str, frame: pd.DataFrame, labels: list[str], color
     return fig
 
 
-def _time_figure(model: str, frame: pd.DataFrame, labels: list[str], colors) -> Figure:
-    """Validation accuracy against training time (summed over epochs), one line per series: which EBS
-    gets where first, the efficiency the seed study asked about."""
+def _time_figure(model: str, frame: pd.DataFrame, labels: list[str], colors, metric: str = "val_accuracy") -> Figure:
+    """Validation accuracy (F1, MCC where chosen on them) against training time (summed over epochs), one line
+    per series: which EBS gets where first, the efficiency the seed study asked about."""
     from matplotlib.figure import Figure
 
+    metric, name = _curve_metric(metric)
     fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="tight")
     ax = fig.subplots()
-    points = _finite(frame, "val_accuracy").sort_values(["run_id", "epoch"])
+    points = _finite(frame, metric).sort_values(["run_id", "epoch"])
     points = points.assign(elapsed=points.groupby("run_id")["train_seconds"].cumsum())
     for label in (lab for lab in labels if lab in set(points["label"])):
         by_epoch = points[points["label"] == label].groupby("epoch")
-        stats = by_epoch["val_accuracy"].agg(["mean", "min", "max", "count"])
+        stats = by_epoch[metric].agg(["mean", "min", "max", "count"])
         _band(ax, by_epoch["elapsed"].mean(), stats, colors[label], label, marker="o")
-    ax.set(xlabel="training time, s (summed over epochs; mean over seeds)", ylabel="validation accuracy",
-           title=f"{short_model(model)}: validation accuracy against training time ({_seed_phrase(frame)})")
+    ax.set(xlabel="training time, s (summed over epochs; mean over seeds)", ylabel=name,
+           title=f"{short_model(model)}: {name} against training time ({_seed_phrase(frame)})")
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(title="series", fontsize="small")
@@ -276,9 +283,10 @@ def _lr_grid_figure(model: str, grids: list) -> Figure:
         ax.set_yticks(range(len(grid.rows)), [grid.row_label(*r) for r in grid.rows])
         ax.set(xlabel="effective batch size", ylabel="learning rate",
                title=", ".join([grid.backend] + ([grid.variant] if grid.variant else [])))
+    name = METRICS[grids[0].metric]
     if image is not None:
-        fig.colorbar(image, ax=list(axes), label="validation accuracy (mean over seeds)")
-    fig.suptitle(f"{short_model(model)}: validation accuracy by lr and EBS (red box: the best lr of each EBS)")
+        fig.colorbar(image, ax=list(axes), label=f"{name} (mean over seeds)")
+    fig.suptitle(f"{short_model(model)}: {name} by lr and EBS (red box: the best lr of each EBS)")
     return fig
 
 
@@ -326,7 +334,8 @@ def _headline_figure(model: str, headlines: list) -> Figure:
 
 
 def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path, lr_grids: tuple = (),
-                  b_crit: dict[str, float] | None = None, headlines: tuple = (), curves: str = "best") -> dict[Path, Figure]:
+                  b_crit: dict[str, float] | None = None, headlines: tuple = (), curves: str = "best",
+                  metric: str = "val_accuracy") -> dict[Path, Figure]:
     """The figures of figure_pngs, keyed by their path, in a stable order: models sorted, and
     for each its validation figure, its training-loss figure (left out without finite steps), its
     accuracy against training time, its noise-scale figure (left out where nothing measured it; with
@@ -350,12 +359,12 @@ def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path, lr_g
         model_epochs = epochs[epochs["model"].astype(str) == model]
         model_steps = steps[steps["model"].astype(str) == model]
         if not model_epochs.empty:
-            figures[out_dir / f"{slug}-validation.png"] = _validation_figure(model, model_epochs, labels, colors)
+            figures[out_dir / f"{slug}-validation.png"] = _validation_figure(model, model_epochs, labels, colors, metric)
         if not model_steps.empty:
             figures[out_dir / f"{slug}-train-loss.png"] = _train_loss_figure(model, model_steps, labels, colors)
         # Drawn from what the runs recorded: training time per epoch, and the noise scale where measured.
         if not model_epochs.empty and "train_seconds" in model_epochs:
-            figures[out_dir / f"{slug}-time.png"] = _time_figure(model, model_epochs, labels, colors)
+            figures[out_dir / f"{slug}-time.png"] = _time_figure(model, model_epochs, labels, colors, metric)
         if not model_epochs.empty and {"noise_scale", "effective_batch_size"} <= set(model_epochs):
             noise = _finite(model_epochs, "noise_scale")
             if not noise[noise["noise_scale"] > 0].empty:
@@ -368,11 +377,12 @@ def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path, lr_g
 
 
 def figure_pngs(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path = Path("."), lr_grids: tuple = (),
-                b_crit: dict[str, float] | None = None, headlines: tuple = (), curves: str = "best") -> dict[Path, bytes]:
+                b_crit: dict[str, float] | None = None, headlines: tuple = (), curves: str = "best",
+                metric: str = "val_accuracy") -> dict[Path, bytes]:
     """build_figures rendered: each figure's PNG bytes, for files (--plot) and for the study page."""
     import io
 
-    figures = build_figures(epochs, steps, out_dir, lr_grids, b_crit, headlines, curves)
+    figures = build_figures(epochs, steps, out_dir, lr_grids, b_crit, headlines, curves, metric)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     out = {}

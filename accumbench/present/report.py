@@ -28,7 +28,7 @@ from accumbench.errors import UserError
 from accumbench.formatting import plain_number
 from accumbench.present import plots, study_page, tables
 from accumbench.store import open_for_reading, portable_url, resolve_db_url
-from accumbench.vocabulary import CURVES, FINISHED, FORMATS, STATUSES
+from accumbench.vocabulary import CURVES, FINISHED, FORMATS, METRICS, STATUSES
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,12 @@ class ReportRequest:
     plot: Path | None = None
     watch: float | None = None  # seconds between rewrites of the study page
     curves: str = "best"  # the learning curves: each EBS at its best lr (others faded), or all alike
+    metric: str = "val_accuracy"  # each run's best epoch, each EBS's best lr and the page's pick are chosen on it
 
     def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise UserError(f"unknown --metric '{self.metric}'; choose one of: {', '.join(METRICS)} "
+                            "(selection is on validation)")
         if self.curves not in CURVES:
             raise UserError(f"unknown --curves '{self.curves}'; choose one of: {', '.join(CURVES)}")
         if self.fmt not in FORMATS:
@@ -84,7 +88,7 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
     page or for --plot, each figure's PNG by file name. The page picks per model as pick-best does."""
     status = None if request.status == "any" else request.status
     try:
-        data = load_runs(store, status=status, **request.filters)
+        data = load_runs(store, status=status, metric=request.metric, **request.filters)
     except NoRuns as exc:
         if request.fmt != "html":
             raise
@@ -97,13 +101,14 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
     picks, pngs, b_crit = [], {}, {}
     if request.fmt == "html" or request.plot is not None:
         if status == FINISHED:  # a pick is made among finished runs only, as pick-best makes it
-            picks = pick.pick_best(data, load_predictions(store, data))
+            picks = pick.pick_best(data, load_predictions(store, data), metric=request.metric)
         b_crit = {str(p.chosen.runs["model"].iloc[0]): c.fit.b_crit for p in picks for c in p.critical
                   if c.fit is not None and c.fit.b_crit is not None}
         headlines = tuple(headline(p) for p in picks)
         pngs = {path.name: png for path, png in plots.figure_pngs(*plot_frames(store, data), lr_grids=grids,
                                                                     b_crit=b_crit, headlines=headlines,
-                                                                    curves=request.curves).items()}
+                                                                    curves=request.curves,
+                                                                    metric=request.metric).items()}
     if request.fmt == "html":
         text = study_page.study_page(title=title.replace("accumbench report", "accumbench study"),
                                      db_label=request.page_label, cells=cells, comparison=comparison, data=data,

@@ -23,6 +23,7 @@ from typing import Any
 from accumbench.analysis import answer
 from accumbench.formatting import format_lr, portable, short_group, short_model
 from accumbench.present import plots, tables
+from accumbench.vocabulary import BOOTSTRAPPED, METRICS
 
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
@@ -85,22 +86,23 @@ def _stamp(db_label: str, refresh: int | None) -> str:
     return f"<p class='note'>from {_e(db_label)}, written {now}{_e(again)}</p>"
 
 
-def _caption(kind: str, runs: Any, b_crit: float | None) -> str:
+def _caption(kind: str, runs: Any, b_crit: float | None, metric: str = "val_accuracy") -> str:
     """What one figure draws, said from what it holds: a band only where some series has two seeds or more,
-    B_crit only where it was fitted."""
+    B_crit only where it was fitted; the validation metric the page was chosen on."""
+    drawn = METRICS[metric] if metric in BOOTSTRAPPED else "validation accuracy"  # the curves draw it beside the loss
     seeds = int(runs.groupby("cell")["seed"].nunique().max()) if len(runs) else 0
     over_seeds = "; the band spans the seeds" if seeds > 1 else " (one seed per series: no band)"
     if kind == "validation":
-        return f"validation accuracy and loss per epoch, one line per series{over_seeds}"
+        return f"{drawn} and validation loss per epoch, one line per series{over_seeds}"
     if kind == "train-loss":
         return ("training loss per optimizer step against samples seen (smoothed)"
                 + (", mean over seeds" if seeds > 1 else ""))
     if kind == "time":
-        return "validation accuracy at each epoch's end against the training time so far: which EBS gets there first"
+        return f"{drawn} at each epoch's end against the training time so far: which EBS gets there first"
     if kind == "noise-scale":
         crit = f" and B_crit ≈ {b_crit:.3g} (red)" if b_crit is not None else " (no critical batch size was fitted)"
         return f"B_simple per epoch (log scale) beside the EBS tried (grey){crit}"
-    return "mean validation accuracy per lr and EBS; the box marks each EBS's best lr"
+    return f"mean {METRICS[metric]} per lr and EBS; the box marks each EBS's best lr"
 
 
 def empty_page(db_label: str, why: str, running: int, refresh: int | None = None) -> str:
@@ -122,7 +124,10 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
         lines = [f"<p class='answer'>{_e(short_group(pick.group))}: pick {_e(answer.sentence(pick))}</p>",
                  f"<p>Chosen on validation ({_e(pick.protocol)} protocol, alpha {pick.alpha:g}). Test accuracy "
                  f"{pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} examples x "
-                 f"{len(pick.chosen.runs)} seed(s): reported, never used to choose.</p>"]
+                 f"{len(pick.chosen.runs)} seed(s)"
+                 + ("" if pick.test_score is None else f"; test {METRICS[pick.metric].removeprefix('validation ')} "
+                                                       f"{pick.test_score:.4f}")
+                 + ": reported, never used to choose.</p>"]
         lines += [f"<p class='note'>one answer: {_e(line)}</p>" for line in pick.reconciled]
         lines += [f"<p class='warning'>warning: {_e(w)}</p>" for w in pick.warnings]
         why = [f"{pick.justification}."] + [fit.text for fit in pick.scaling]
@@ -160,7 +165,7 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
         for name, png, kind in found:
             model = models.get(name.removesuffix(f"-{kind}.png"), "")
             body.append(_figure(png, name, _caption(kind, data.runs[data.runs["model"].astype(str) == model],
-                                                    (b_crit or {}).get(model))))
+                                                    (b_crit or {}).get(model), data.metric)))
         if section == "lr-grid":
             for grid in grids:
                 body += [f"<p>{_e(tables.lr_grid_title(grid))}</p>", _table(tables.lr_grid_table(grid), 1)]

@@ -19,6 +19,7 @@ from accumbench.analysis.runs import NOISE_METRICS, NOISE_NOTES
 from accumbench.analysis.tuning import LrGrid
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, format_seconds, short_model, spread
+from accumbench.vocabulary import METRICS
 
 
 def _mean_std(mean: float, std: float, digits: int, sep: str = " ± ") -> str:
@@ -77,6 +78,11 @@ COLUMNS = {c.name: c for c in (
     Column("best_test_acc", "best test acc\n(picked on test)", False, _metric("best_test_accuracy", 3)),
     Column("val_loss", "val\nloss", False, _metric("val_loss", 4)),
     Column("test_loss", "test\nloss", False, _metric("test_loss", 4)),
+    # F1 (the positive class's, macro with 3+ labels) and MCC, '-' for runs recorded before they were.
+    Column("val_f1", "val F1\nmean±std", False, _metric("val_f1", 3)),
+    Column("test_f1", "test F1\nmean±std", False, _metric("test_f1", 3)),
+    Column("val_mcc", "val MCC\nmean±std", False, _metric("val_mcc", 3)),
+    Column("test_mcc", "test MCC\nmean±std", False, _metric("test_mcc", 3)),
     Column("time", "train\ntime", False, lambda cells: [format_seconds(v) for v in cells["train_seconds_mean"]]),
     Column("samples_per_s", "samples\nper s", False, _metric("samples_per_second", 1)),
     Column("steps", "optim\nsteps", False, _metric("optimizer_steps", 0)),
@@ -90,12 +96,19 @@ _WHERE_THEY_VARY = ("lr", "lr_rule", "budget", "variant")  # in the default only
 TABLE_NOTE = ("val and test acc at each run's best-validation epoch (test is read where validation chose), mean±std "
               "over the n seeds; train acc the best epoch's running average, mean over seeds; train time summed "
               "over epochs; optimizer steps in total")
+# With --metric other than accuracy, its validation and test columns lead the table.
+LEADING_COLUMNS = {"val_loss": ("val_loss", "test_loss"), "val_f1": ("val_f1", "test_f1"),
+                   "val_mcc": ("val_mcc", "test_mcc")}
 BEST_LR_NOTE = "; * marks each EBS's best lr on validation"
 
 
 def table_note(cells: pd.DataFrame, columns: list[str]) -> str:
     """What the table means, with the best-lr mark explained where the lr column shows one."""
-    return TABLE_NOTE + (BEST_LR_NOTE if "lr" in columns and cells["best_lr"].any() else "")
+    metric = cells.attrs.get("metric", "val_accuracy")
+    note = TABLE_NOTE if metric == "val_accuracy" else TABLE_NOTE.replace(
+        "val and test acc at each run's best-validation epoch",
+        f"every val and test number at each run's best epoch on {METRICS[metric]}")
+    return note + (BEST_LR_NOTE if "lr" in columns and cells["best_lr"].any() else "")
 
 
 def choose_columns(cells: pd.DataFrame, columns: str | None = None, wide: bool = False) -> list[str]:
@@ -111,7 +124,10 @@ def choose_columns(cells: pd.DataFrame, columns: str | None = None, wide: bool =
                             f"choose from: {', '.join(COLUMNS)}")
         return names
     constant = {name for name in _WHERE_THEY_VARY if len(set(COLUMNS[name].text(cells))) < 2}
-    return [name for name in DEFAULT_COLUMNS if name not in constant]
+    leading = LEADING_COLUMNS.get(cells.attrs.get("metric", "val_accuracy"), ())
+    order = [*DEFAULT_COLUMNS[: DEFAULT_COLUMNS.index("n") + 1], *leading,
+             *(name for name in DEFAULT_COLUMNS[DEFAULT_COLUMNS.index("n") + 1 :] if name not in leading)]
+    return [name for name in order if name not in constant]
 
 
 def display_table(cells: pd.DataFrame, columns: list[str] | None = None) -> pd.DataFrame:
@@ -155,7 +171,7 @@ COMPARISON_TITLE = "backends: accelerate against torch, same cell and seed"
 
 def lr_grid_title(grid: LrGrid) -> str:
     parts = [short_model(grid.model), grid.backend] + ([grid.variant] if grid.variant else [])
-    return f"{', '.join(parts)}: validation accuracy, lr x EBS (* best lr per EBS)"
+    return f"{', '.join(parts)}: {METRICS[grid.metric]}, lr x EBS (* best lr per EBS)"
 
 
 def lr_grid_table(grid: LrGrid) -> pd.DataFrame:

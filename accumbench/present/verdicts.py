@@ -6,7 +6,9 @@ from typing import Any
 
 from accumbench.analysis import answer
 from accumbench.formatting import format_lr, format_seconds, spread
-from accumbench.vocabulary import METRIC_HEADINGS, PROTOCOL_MEANINGS
+from accumbench.vocabulary import BOOTSTRAPPED, METRIC_HEADINGS, PROTOCOL_MEANINGS
+
+SCREEN_NAMES = {"welch": "Welch", "mcnemar-validation": "McNemar", "bootstrap-validation": "bootstrap"}
 
 
 def print_picks(picks: list[Any]) -> None:
@@ -30,20 +32,22 @@ def print_picks(picks: list[Any]) -> None:
             table.add_column(column, justify="left" if column == "candidate" else "right", no_wrap=True)
         for c in pick.candidates:
             screen = "best" if c is pick.best else (
-                f"{c.screen_p:.3g} {'Welch' if c.screen_test == 'welch' else 'McNemar'}" if c.screen_p is not None
+                f"{c.screen_p:.3g} {SCREEN_NAMES.get(c.screen_test or '', '')}" if c.screen_p is not None
                 else "untested")
             mark = "[bold green]* [/]" if c is pick.chosen else "  "
             table.add_row(f"{mark}{c.label}", f"{c.metric_mean:.4f}{spread(c.metric_std, 4)}", str(len(c.runs)),
                           format_seconds(c.train_seconds), screen, "yes" if c.not_worse else "no",
                           "-" if c.mcnemar_test_p is None else f"{c.mcnemar_test_p:.3g}")
         console.print(table)
-        console.print("* the pick; p vs best: on validation (Welch across seeds, else exact McNemar); test p: exact "
+        single = "paired bootstrap" if pick.metric in BOOTSTRAPPED else "exact McNemar"
+        console.print(f"* the pick; p vs best: on validation (Welch across seeds, else {single}); test p: exact "
                       "McNemar on test, reported only")
         low, high = pick.test_ci
+        also = "" if pick.test_score is None else f"; test {METRIC_HEADINGS[pick.metric].removeprefix('val ')} {pick.test_score:.4f}"
         console.print(f"[bold]pick: {pick.chosen.label}[/] (chosen on validation, {pick.protocol} protocol; "
                       f"alpha {pick.alpha:g})\n"
                       f"test accuracy {pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} "
-                      f"test examples x {len(pick.chosen.runs)} seed(s)\n{pick.justification}")
+                      f"test examples x {len(pick.chosen.runs)} seed(s){also}\n{pick.justification}")
         for fit in pick.scaling:
             console.print(fit.text)
         if pick.noise is not None:

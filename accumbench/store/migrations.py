@@ -91,7 +91,8 @@ def _migrate_to_6(conn: Connection) -> None:
 def _migrate_to_7(conn: Connection) -> None:
     """6 -> 7: sentence pairs and task metrics: the runs' text columns, split source, dropped rows and
     positive label; F1 and MCC per epoch; epoch_predictions (made by create_all)."""
-    _add_missing_columns(conn, Run.__table__, ("text_columns", "split_source", "dropped_rows", "positive_label"))
+    _add_missing_columns(conn, Run.__table__, ("text_columns", "split_source", "dropped_rows", "positive_label",
+                                               "positive_class"))
     _add_missing_columns(conn, Epoch.__table__, ("val_f1", "val_mcc", "test_f1", "test_mcc"))
 
 

@@ -56,7 +56,7 @@ class RunRecords:
         budget: str | None = None, train_steps: int | None = None,
         tokenize_seconds: float | None = None, tokens_cached: bool | None = None,
         text_columns: str | None = None, split_source: str | None = None, dropped_rows: str | None = None,
-        positive_label: str | None = None,
+        positive_label: str | None = None, positive_class: int | None = None,
     ) -> int:
         """Insert a run with status RUNNING; created/started/heartbeat = now. Returns its id.
         (Runs of a sweep are inserted by claim() instead.)"""

@@ -156,6 +156,7 @@ class Run(Base):
     split_source: Mapped[str | None] = mapped_column(Text)
     dropped_rows: Mapped[str | None]
     positive_label: Mapped[str | None]
+    positive_class: Mapped[int | None]  # its label id (1 unless --positive-label names the other)
 
 
 class Epoch(Base):
