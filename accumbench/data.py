@@ -275,17 +275,37 @@ def _load_file(path: Path) -> dict[str, list]:
         raise UserError(
             f"cannot read {path}: unsupported file type '{path.suffix}'; use one of {', '.join(FILE_FORMATS)}"
         )
+    if path.suffix.lower() == ".tsv":
+        return _load_tsv(path)
+    return _read(path, fmt)
+
+
+def _read(path: Path, fmt: str, **kwargs: Any) -> dict[str, list]:
     import datasets
 
-    kwargs: dict[str, Any] = {}
-    if path.suffix.lower() == ".tsv":
-        # QUOTE_NONE: sentences such as SST-2's contain bare quote characters.
-        kwargs = {"delimiter": "\t", "quoting": 3}
     try:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     except Exception as exc:  # the loaders raise many types for malformed files
         raise UserError(f"cannot read {path} as {fmt} ({type(exc).__name__}: {first_line(exc)}); fix the file") from None
     return ds.to_dict()
+
+
+def _load_tsv(path: Path) -> dict[str, list]:
+    """GLUE's TSV files quote a field that holds quotes CSV-style (RTE: "Mao's ""Little Red Book""."), so
+    quotes are read as quotes first. A file whose bare quote opens a field (one sentence per line, no
+    quoting meant) then swallows the lines up to the next quote: read with fewer rows than lines, or not
+    at all, it is read again taking every quote literally."""
+    lines = sum(1 for line in path.open("rb") if line.strip()) - 1  # data lines, after the header
+    try:
+        quoted = _read(path, "csv", delimiter="\t")
+    except UserError:
+        quoted = None
+    if quoted is not None and len(next(iter(quoted.values()), [])) == lines:
+        return quoted
+    literal = _read(path, "csv", delimiter="\t", quoting=3)  # csv.QUOTE_NONE
+    if quoted is None or len(next(iter(literal.values()), [])) == lines:
+        return literal
+    return quoted  # quoted fields that span lines: the quoting was meant
 
 
 def _load_directory(path: Path) -> dict[str, dict[str, list]]:

@@ -67,6 +67,22 @@ def test_tsv_with_quote_characters_keeps_every_row(tmp_path):
     assert all(t.startswith('a "quoted') for t in ds.train.texts)
 
 
+def test_tsv_reads_glue_quoting_and_bare_opening_quotes(tmp_path):
+    # GLUE's RTE quotes a field that holds quotes, CSV-style; a one-sentence-per-line file may open a
+    # sentence with a bare quote, which CSV quoting would run on to the next quote.
+    glue = tmp_path / "glue.tsv"
+    glue.write_text("sentence1\tsentence2\tlabel\n" + "".join(
+        f'"Lin Piao wrote Mao\'s ""Little Red Book"" {i}."\tHe wrote a book.\t{i % 2}\n' for i in range(40)))
+    ds = load_text_dataset(str(glue), seed=0)
+    texts = ds.train.texts + ds.validation.texts + ds.test.texts
+    assert len(texts) == 40 and all(t.startswith('Lin Piao wrote Mao\'s "Little Red Book" ') for t in texts)
+    bare = tmp_path / "bare.tsv"
+    bare.write_text("sentence\tlabel\n" + "".join(f'" opens a quote {i}\t{i % 2}\n' for i in range(40)))
+    ds = load_text_dataset(str(bare), seed=0)
+    texts = ds.train.texts + ds.validation.texts + ds.test.texts
+    assert len(texts) == 40 and all(t.startswith('" opens a quote') for t in texts)
+
+
 def test_string_labels_become_ids_and_columns_can_be_named(tmp_path):
     rows = [{"body": f"text {i}", "stars": ["neg", "pos", "neutral"][i % 3], "label": "ignored"} for i in range(60)]
     path = _write(tmp_path / "data.csv", rows)
