@@ -109,3 +109,25 @@ def test_repeat_signal_tests_counts_every_round(tmp_path, monkeypatch, capsys):
     tally = json.loads(out.read_text())["tests"]
     assert tally == {"test_study_page::test_watch_rewrites_the_page_until_ctrl_c": {"passed": 1, "failed": 0, "skipped": 0}}
     assert "| test_study_page::test_watch_rewrites_the_page_until_ctrl_c | 1/1 | 0 | 0 |" in capsys.readouterr().out
+
+
+def test_pairs_bench_compares_encodings_and_metrics_on_a_hidden_test_split(tiny_bert, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "pairs.json"
+    _run_script("pairs.py", ["--tiny", tiny_bert, "--out", str(out)], monkeypatch)
+    results = json.loads(out.read_text())
+    pair, glued = results["encodings"]["pair"], results["encodings"]["glued"]
+    assert pair["text_columns"] == "sentence1,sentence2" and glued["text_columns"] == "text"
+    for section in (pair, glued):
+        # The test file's labels are hidden (-1), as on the hub: validation became test, train split 9:1.
+        [source] = section["split_source"]
+        assert source.startswith("test split unlabelled: validation used as test; train split 9:1")
+        assert section["sizes"] == {"train": 96, "validation": 30, "test": 48}
+        assert set(section["per_ebs"]) == {"16", "32"}
+        for row in section["per_ebs"].values():
+            assert {"val_accuracy", "val_f1", "val_mcc", "test_accuracy", "test_f1", "test_mcc"} <= set(row)
+        assert set(section["picks"]) == {"val_accuracy", "val_f1", "val_mcc"}
+        assert section["picks"]["val_f1"]["test_metric"]["name"] == "test_f1"
+    # Truncation at 64 tokens: a pair keeps every hypothesis whole, the glued string loses the end of each long one.
+    cut = results["truncation"]
+    assert cut["hypothesis_cut_as_pair"] == 0 and cut["hypothesis_cut_glued"] == cut["longer_than_max_length"] > 0
+    assert "| pair | val_f1 |" in capsys.readouterr().out

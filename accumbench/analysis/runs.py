@@ -73,6 +73,7 @@ class RunData:
     # and blew up is evidence for the tuned protocol, though it has no metrics.
     diverged: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=DIVERGED_COLUMNS))
     metric: str = "val_accuracy"  # the validation metric each run's best epoch was chosen on
+    without_metric: int = 0  # finished runs left out because they never recorded it (before F1 and MCC were)
 
 
 DIVERGED_COLUMNS = ["run_id", "lr", "base_lr", "lr_scaling", "lr_free", "series", "effective_batch_size"]
@@ -147,6 +148,8 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
                            right_on=["run_id", "best_epoch"])
     at_best = at_best.set_index("run_id")[list(AT_BEST_EPOCH)]
     frame = frame.join(per_run, on="run_id").join(at_best, on="run_id")
+    finished_an_epoch = frame["run_id"].isin(epochs["run_id"])
+    without_metric = int((finished_an_epoch & frame["best_epoch"].isna()).sum()) if metric != "val_accuracy" else 0
     frame = frame[frame["best_epoch"].notna()]  # e.g. a FAILED run that never finished an epoch
     if frame.empty:
         if metric != "val_accuracy" and epochs["val_accuracy"].notna().any():
@@ -165,7 +168,7 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
     evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
                          columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
     return RunData(frame.reset_index(drop=True), epochs, evals,
-                   _diverged(store, sweep=sweep, model=model, backend=backend), metric)
+                   _diverged(store, sweep=sweep, model=model, backend=backend), metric, without_metric)
 
 
 def best_epochs(epochs: pd.DataFrame, metric: str) -> pd.Series:
