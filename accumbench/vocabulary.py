@@ -43,6 +43,12 @@ def higher_is_better(metric: str) -> bool:
     return metric != "val_loss"
 
 
+def curve_metric(metric: str) -> tuple[str, str]:
+    """The validation metric learning curves draw beside the loss, and its words: F1 or MCC when chosen on
+    it, else accuracy."""
+    return (metric, METRICS[metric]) if metric in BOOTSTRAPPED else ("val_accuracy", "validation accuracy")
+
+
 def test_metric(metric: str) -> str:
     """The test column of a validation metric: val_f1 -> test_f1."""
     return "test_" + metric.removeprefix("val_")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from accumbench.data import collate, load_text_dataset, split_8_1_1, tokenize
+from accumbench.data import collate, load_text_dataset, split_rows, tokenize
 from accumbench.errors import UserError
 
 
@@ -42,10 +42,15 @@ def test_a_local_file_is_split_8_1_1(tmp_path, suffix):
     assert "8:1:1" in ds.source
 
 
-def test_split_is_seeded():
-    texts, labels = [str(i) for i in range(50)], [i % 2 for i in range(50)]
-    assert split_8_1_1(texts, labels, seed=1) == split_8_1_1(texts, labels, seed=1)
-    assert split_8_1_1(texts, labels, seed=1) != split_8_1_1(texts, labels, seed=2)
+def test_split_is_seeded_and_cut_by_its_shares():
+    rows = [(str(i), None, i % 2) for i in range(50)]
+    cut = split_rows(rows, seed=1, shares=(0.8, 0.1, 0.1), names=("train", "validation", "test"))
+    assert cut == split_rows(rows, 1, (0.8, 0.1, 0.1), ("train", "validation", "test"))
+    assert cut != split_rows(rows, 2, (0.8, 0.1, 0.1), ("train", "validation", "test"))
+    assert [len(part) for part in cut.values()] == [40, 5, 5]
+    assert sorted(row for part in cut.values() for row in part) == sorted(rows)  # nothing lost or repeated
+    nine_one = split_rows(rows, 1, (0.9, 0.1), ("train", "validation"))
+    assert [len(part) for part in nine_one.values()] == [45, 5]
 
 
 def test_a_directory_is_used_as_given_and_dev_counts_as_validation(tmp_path):

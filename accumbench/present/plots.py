@@ -1,19 +1,17 @@
 """Figures of recorded runs, for `report --plot` (PNG files) and the study page (the same PNGs inline).
 
-    epochs (one row per run and epoch) -> <slug>-validation.png: accuracy | loss against epoch
-                                       -> <slug>-time.png: accuracy against training time
-                                       -> <slug>-noise-scale.png: B_simple per epoch, the EBS tried, B_crit
+    epochs (one row per run and epoch) -> <slug>-validation.png: accuracy (F1, MCC) | loss against epoch,
+         <slug>-time.png: the same against training time, <slug>-noise-scale.png: B_simple, EBS tried, B_crit
     steps  (one row per optimizer step) -> <slug>-train-loss.png: smoothed loss against samples seen
-    lr grids (analysis.tuning.lr_grids) -> <slug>-lr-grid.png: validation accuracy by lr and EBS
+    lr grids (analysis.tuning.lr_grids) -> <slug>-lr-grid.png: the validation metric by lr and EBS
 
 Each series is one label (an EBS, with its LR rule), drawn as the mean over its runs (one run per
 seed) with a shaded min-max band where it has two or more. Non-finite values (a diverged run's NaN
 or inf) are dropped point by point: a diverged run is a result to show, not a reason to crash.
 
-matplotlib is an optional extra (`accumbench[plot]`) and, like pandas, is imported inside the
-functions, so that `accumbench --help` stays fast. Figures are built with `Figure` and the Agg
-canvas directly, not pyplot: no global backend switch, no figure registry to leak into, and safe
-from threads.
+matplotlib (the extra `accumbench[plot]`) and pandas are imported inside the functions, so that
+`accumbench --help` stays fast. Figures use `Figure` and the Agg canvas directly, not pyplot: no global
+backend switch, no figure registry to leak into, and safe from threads.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, short_group, short_model, spread
-from accumbench.vocabulary import BOOTSTRAPPED, METRICS
+from accumbench.vocabulary import METRICS, curve_metric
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -134,11 +132,6 @@ def _seed_phrase(frame: pd.DataFrame) -> str:
     return f"mean over {count} seed{'s' if high > 1 else ''}{band}"
 
 
-def _curve_metric(metric: str) -> tuple[str, str]:
-    """The validation metric the curves draw beside the loss: F1 or MCC when chosen on it, else accuracy."""
-    return (metric, METRICS[metric]) if metric in BOOTSTRAPPED else ("val_accuracy", "validation accuracy")
-
-
 def _validation_figure(model: str, frame: pd.DataFrame, labels: list[str], colors, metric: str = "val_accuracy"
                        ) -> Figure:
     from matplotlib.figure import Figure
@@ -146,7 +139,7 @@ def _validation_figure(model: str, frame: pd.DataFrame, labels: list[str], color
 
     fig = Figure(figsize=(10, 4.2), dpi=DPI, layout="tight")
     axes = fig.subplots(1, 2)
-    for ax, (column, name) in zip(axes, (_curve_metric(metric), ("val_loss", "validation loss"))):
+    for ax, (column, name) in zip(axes, (curve_metric(metric), ("val_loss", "validation loss"))):
         points = _finite(frame, column)
         for label in (lab for lab in labels if lab in set(points["label"])):
             # Mean over the runs that have a finite value at that epoch: a run that diverged in
@@ -205,7 +198,7 @@ def _time_figure(model: str, frame: pd.DataFrame, labels: list[str], colors, met
     per series: which EBS gets where first, the efficiency the seed study asked about."""
     from matplotlib.figure import Figure
 
-    metric, name = _curve_metric(metric)
+    metric, name = curve_metric(metric)
     fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="tight")
     ax = fig.subplots()
     points = _finite(frame, metric).sort_values(["run_id", "epoch"])

@@ -23,7 +23,7 @@ from typing import Any
 from accumbench.analysis import answer
 from accumbench.formatting import format_lr, portable, short_group, short_model
 from accumbench.present import plots, tables
-from accumbench.vocabulary import BOOTSTRAPPED, METRICS
+from accumbench.vocabulary import METRICS, curve_metric
 
 STYLE = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2em auto;max-width:1100px;padding:0 1em;color:#222}
@@ -89,7 +89,7 @@ def _stamp(db_label: str, refresh: int | None) -> str:
 def _caption(kind: str, runs: Any, b_crit: float | None, metric: str = "val_accuracy") -> str:
     """What one figure draws, said from what it holds: a band only where some series has two seeds or more,
     B_crit only where it was fitted; the validation metric the page was chosen on."""
-    drawn = METRICS[metric] if metric in BOOTSTRAPPED else "validation accuracy"  # the curves draw it beside the loss
+    drawn = curve_metric(metric)[1]  # the curves draw it beside the loss
     seeds = int(runs.groupby("cell")["seed"].nunique().max()) if len(runs) else 0
     over_seeds = "; the band spans the seeds" if seeds > 1 else " (one seed per series: no band)"
     if kind == "validation":
