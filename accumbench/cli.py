@@ -6,49 +6,17 @@ Nothing heavy is imported at module level (torch, transformers, datasets, pandas
 
 from __future__ import annotations
 
-import inspect
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
-from accumbench.config import RunConfig, base_type, build_config, trainer_hint
+from accumbench.command_line import OneLineErrors, run_options
+from accumbench.config import build_config
 from accumbench.errors import StoreUnavailable, Terminated, UserError
-
-try:  # typer 0.2x vendors click as typer._click; earlier ones use click itself
-    from typer._click.exceptions import ClickException, NoSuchOption
-except ImportError:  # pragma: no cover
-    from click.exceptions import ClickException, NoSuchOption
-from typer.core import TyperGroup
-
-
-class OneLineErrors(TyperGroup):
-    """Click's own parse errors (`--lr abc`, an unknown option) as every other error here: one `error:`
-    line naming the problem and where to look, exit code 2, instead of a usage banner and a boxed message.
-    --help, the commands' own exit codes and Ctrl-C are left as they are."""
-
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
-        try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
-        except ClickException as exc:
-            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "accumbench"
-            message = " ".join(exc.format_message().split()).rstrip(".")  # one line, whatever click wrapped
-            # --learning-rate, --num-train-epochs: the Trainer's names get accumbench's.
-            if isinstance(exc, NoSuchOption) and (hint := trainer_hint(exc.option_name, flag=True)):
-                message = f"No such option: {exc.option_name}; {hint}"
-            typer.echo(f"error: {message}; see '{where} --help'", err=True)
-            sys.exit(2 if exc.exit_code in (1, 2) else exc.exit_code)
-        except typer.Abort:
-            typer.echo("error: aborted", err=True)
-            sys.exit(1)
-        sys.exit(code if isinstance(code, int) else 0)
-
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -68,44 +36,6 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Keeps `accumbench` a group of commands (train, ...), even while it has few."""
-
-
-_CONFIG_FIELDS = {f.name: f for f in fields(RunConfig)}
-# Union[int, str] is --micro-batch-size (a number or auto): read as text, RunConfig converts it.
-_TYPES = {"int": int, "float": float, "str": str, "bool": bool, "Union[int, str]": str}
-_BOOLEAN_FLAGS = {"drop_last": "--drop-last/--keep-last", "checkpoint": "--checkpoint/--no-checkpoint",
-                  "group_by_length": "--group-by-length/--no-group-by-length", "compile": "--compile/--no-compile",
-                  "noise_scale": "--noise-scale/--no-noise-scale"}
-
-
-def _help(name: str) -> str:
-    """Option help from the RunConfig field, with the default shown (flags default to None so
-    that only the flags a user typed override the YAML file)."""
-    f = _CONFIG_FIELDS[name]
-    return f"{f.metadata['help']} (default: {f.default})"
-
-
-def run_options(skip: tuple[str, ...] = (), own_first: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a command one option per RunConfig field (its help from the field), passed to the command
-    as **options. train and sweep thus take the same options, and neither can drift from the config.
-    The command's own options come after them in --help, or before with own_first."""
-
-    def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
-        added = []
-        for name, f in _CONFIG_FIELDS.items():
-            if name in skip:
-                continue
-            base = _TYPES[base_type(f.type)]
-            declarations = (_BOOLEAN_FLAGS[name],) if name in _BOOLEAN_FLAGS else ()
-            added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[base],  # noqa: UP045 - built at run time for typer
-                                           default=typer.Option(None, *declarations, help=_help(name))))
-        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
-               for p in inspect.signature(command, eval_str=True).parameters.values()
-               if p.kind is not inspect.Parameter.VAR_KEYWORD]
-        command.__signature__ = inspect.Signature(own + added if own_first else added + own)  # type: ignore[attr-defined]
-        return command
-
-    return decorate
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -150,6 +80,14 @@ def train(config: Path | None = _CONFIG_OPTION, db: str | None = _DB_OPTION, **o
     Example:
 
         accumbench train --model minilm --dataset demo --effective-batch-size 64 --micro-batch-size 16 --epochs 2
+
+    Example, sentence pairs (GLUE MRPC from the hub; its hidden test labels make validation the test set):
+
+        accumbench train --dataset nyu-mll/glue --dataset-config mrpc --effective-batch-size 32 --micro-batch-size 16
+
+    Example, pairs from your own file, F1 of the label 'duplicate':
+
+        accumbench train --dataset pairs.csv --text-column question1 --text-pair-column question2 --positive-label duplicate
     """
     with _stops_as_exit_codes("the run is recorded as KILLED"):
         try:
@@ -214,6 +152,10 @@ def sweep(
     Example, every EBS at three learning rates (9 cells; pick-best then tunes the lr per EBS):
 
         accumbench sweep --effective-batch-sizes 16,32,64 --lrs 3e-5,1e-4,3e-4 --micro-batch-size 16 --epochs 2 --dry-run
+
+    Example, sentence pairs offline (demo-pairs: a generated 3-class entailment set):
+
+        accumbench sweep --dataset demo-pairs --effective-batch-sizes 16,32 --micro-batch-size 16 --epochs 2 --name pairs
     """
     with _stops_as_exit_codes("the current run is recorded as KILLED; run the same command to resume"):
         try:
@@ -274,7 +216,8 @@ def report(
     db: str | None = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
     """The study's table: per model x EBS x backend (x lr, lr rule, budget where they vary), train, validation
-    and test accuracy (mean ± std over seeds, at each run's best-validation epoch), training time and
+    and test accuracy (mean ± std over seeds, at each run's best epoch on --metric; its F1 or MCC lead the
+    table when chosen), training time and
     optimizer steps; an lr x EBS table where EBS were trained at several lrs, and the backend comparison.
     --format html writes one self-contained study page: the pick, the table, the curves and the evidence.
     Opens the database read-only.
@@ -286,6 +229,10 @@ def report(
     Example, the study page, rewritten every 30 s while a sweep runs:
 
         accumbench report --format html -o study.html --watch 30
+
+    Example, a pair task read by F1 (each run at its best epoch on F1, the table led by it):
+
+        accumbench report --sweep pairs --metric val_f1
     """
     from accumbench.present.report import ReportRequest, produce, watch_page
 
@@ -325,7 +272,8 @@ def pick_best(
 ) -> None:
     """Pick the effective batch size per model on validation only, test it, and say how sure it is:
     with an lr grid each EBS first gets its own best lr (the tuned protocol); then candidates not
-    significantly worse than the best (Welch across seeds, or exact McNemar) compete on cost: what they
+    significantly worse than the best (Welch across seeds, else exact McNemar, or for F1 and MCC a paired
+    bootstrap) compete on cost: what they
     trained (samples, then optimizer steps), so the same store gives the same pick on every machine.
     Reports the pick's test accuracy with a 95% interval, the best lr per EBS and the lr scaling exponent
     it implies, and what the gradient noise scale and the critical batch size recommend.
@@ -337,6 +285,10 @@ def pick_best(
     Example, the same runs under every protocol (does the lr choice change the EBS answer?):
 
         accumbench pick-best --compare-protocols --json
+
+    Example, a GLUE task judged by F1 (single seeds are then compared by a paired bootstrap):
+
+        accumbench pick-best --metric val_f1
     """
     import json
 

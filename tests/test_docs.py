@@ -18,11 +18,12 @@ COMMANDS = [cmd.name or cmd.callback.__name__.replace("_", "-") for cmd in app.r
 TRAIN_FLAGS = """--model --dataset --backend --effective-batch-size --micro-batch-size --epochs --lr --optimizer
 --scheduler --warmup-ratio --weight-decay --grad-clip --max-length --dropout --pooling --seed --max-train-samples
 --max-eval-samples --text-column --label-column --drop-last --no-checkpoint --config --db --lr-scaling
---base-batch-size --budget --train-steps --data-seed --precision""".split()
+--base-batch-size --budget --train-steps --data-seed --precision --text-pair-column --dataset-config
+--positive-label""".split()
 # The issue's sweep contract: the grid axes, the sweep's own options, and every train option.
 SWEEP_FLAGS = """--models --effective-batch-sizes --backends --seeds --lrs --lr-scaling --name --max-retries --stale-after
 --fail-fast --preset --base-batch-size --budget --train-steps --warmup-ratio --config --db --dry-run""".split()
-REPORT_FLAGS = "--sweep --status --format --columns --wide --output --plot --watch --curves --db".split()
+REPORT_FLAGS = "--sweep --status --format --columns --wide --output --plot --watch --curves --metric --db".split()
 PICK_FLAGS = "--sweep --model --backend --metric --by --alpha --target --protocol --compare-protocols --json --db".split()
 HEAVY = ("torch", "transformers", "datasets", "accelerate", "pandas", "sqlalchemy")
 
