@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from accumbench.analysis import answer
+from accumbench.analysis.headline import headline
 from accumbench.formatting import format_lr, portable, short_group, short_model
 from accumbench.present import plots, tables
 from accumbench.vocabulary import METRICS, curve_metric
@@ -40,9 +41,17 @@ pre{font-size:.8em;background:#f6f6f6;padding:.5em;overflow-x:auto}
 """
 
 
-HEADLINE_CAPTION = ("each EBS at its best lr: the selection metric on validation with its 95% interval (over seeds, or "
-                    "binomial with one seed); shaded, the EBS not significantly worse than the best; starred, the pick; "
-                    "below, what each cost to train (seconds, and optimizer steps)")
+HEADLINE_CAPTION = ("each EBS at its best lr: {metric} with its 95% interval ({interval}); shaded, the EBS not "
+                    "significantly worse than the best; starred, the pick; below, what each cost to train (seconds, "
+                    "and optimizer steps)")
+INTERVAL_WORDS = {"t over seeds": "over seeds", "binomial": "binomial with one seed",
+                  "none": "none for one seed of F1 or MCC, or a diverged run"}
+
+
+def headline_caption(pick: Any) -> str:
+    """The headline's caption, naming the intervals it draws (t over seeds, binomial, or none)."""
+    kinds = dict.fromkeys(point.interval for point in headline(pick).points)
+    return HEADLINE_CAPTION.format(metric=METRICS[pick.metric], interval=", ".join(INTERVAL_WORDS[k] for k in kinds))
 # The gradient noise scale in two plain sentences, under the pick's "why".
 NOISE_SCALE_IN_WORDS = ("B_simple, the gradient noise scale, is the batch size at which the noise in a batch's gradient "
                         "is about as large as the gradient itself. Batches much smaller than it spend optimizer steps "
@@ -135,9 +144,13 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
         lines.append("<details class='why'><summary>why</summary>"
                      + "".join(f"<p class='note'>{_e(text)}</p>" for text in why) + "</details>")
         body.append(f"<div class='pick' id='pick-{index}'>" + "".join(lines) + "</div>")
+    models = {slug: model for model, slug in plots.unique_slugs(sorted(map(str, data.runs["model"].unique()))).items()}
     for name, png in figures.items():  # the answer at a glance, under the answers in words
         if name.endswith("-headline.png"):
-            body.append(_figure(png, name, HEADLINE_CAPTION))
+            model = models.get(name.removesuffix("-headline.png"), "")
+            shown = [p for p in picks if str(p.chosen.runs["model"].iloc[0]) == model][:1]
+            body.append(_figure(png, name, headline_caption(shown[0]) if shown else HEADLINE_CAPTION.format(
+                metric="the selection metric on validation", interval="over seeds, or binomial with one seed")))
     body.append("</section>")
 
     default = tables.choose_columns(cells)
@@ -156,7 +169,6 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
                 ("efficiency", "Accuracy against training time", ("time",)),
                 ("noise", "The gradient noise scale", ("noise-scale",)),
                 ("lr-grid", "Learning rate x EBS", ("lr-grid",)))
-    models = {slug: model for model, slug in plots.unique_slugs(sorted(map(str, data.runs["model"].unique()))).items()}
     for section, heading, kinds in sections:
         found = [(name, png, kind) for kind in kinds for name, png in figures.items() if name.endswith(f"-{kind}.png")]
         if not found and not (section == "lr-grid" and grids):
