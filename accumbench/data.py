@@ -106,7 +106,7 @@ def load_text_dataset(dataset: str, seed: int, text_column: str | None = None, l
         for text, pair, label in zip(table[columns[0]], pair_values, table[label_col]):
             if _missing(label):
                 missing["label"] += 1
-            elif text is None or (len(columns) == 2 and pair is None):
+            elif _missing(text) or (len(columns) == 2 and _missing(pair)):
                 missing["text"] += 1
             else:
                 raw[split].append((str(text), None if pair is None else str(pair), label))
@@ -158,9 +158,9 @@ def load_text_dataset(dataset: str, seed: int, text_column: str | None = None, l
     )
 
 
-def _missing(label: Any) -> bool:
-    """No label: None (an empty CSV cell, a null) or blank text."""
-    return label is None or (isinstance(label, str) and not label.strip())
+def _missing(value: Any) -> bool:
+    """No label, or no text: None (an empty CSV cell, a null) or a blank string."""
+    return value is None or (isinstance(value, str) and not value.strip())
 
 
 def split_rows(rows: list[Row], seed: int, shares: tuple[float, ...], names: tuple[str, ...]) -> dict[str, list[Row]]:
