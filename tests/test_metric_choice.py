@@ -222,7 +222,7 @@ def test_runs_without_the_metric_are_left_out_with_a_warning(tmp_path):
                                    val_mcc=0.5, test_f1=0.7, test_mcc=0.5)])
     [pick] = json.loads(cli("pick-best", "--db", str(db), "--metric", "val_f1", "--json").stdout)["picks"]
     assert [c["effective_batch_size"] for c in pick["candidates"]] == [1024]
-    assert any(w.startswith("2 run(s) recorded before validation F1") for w in pick["warnings"])
+    assert any(w.startswith("2 run(s) left out: recorded before accumbench recorded validation F1") for w in pick["warnings"])
 
 
 # --- 5. bad input ----------------------------------------------------------------------------------

@@ -155,8 +155,8 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
             pick.critical = critical_batch_sizes(group, data, target)
         pick.reconciled = reconcile(pick)
         if data.without_metric:
-            pick.warnings.append(f"{data.without_metric} run(s) recorded before {METRICS[metric]} was are left out; "
-                                 "--metric val_accuracy compares them all")
+            pick.warnings.append(f"{data.without_metric} run(s) left out: recorded before accumbench recorded "
+                                 f"{METRICS[metric]}; --metric val_accuracy compares them all")
         picks.append(pick)
     return picks
 
