@@ -310,7 +310,9 @@ def _headline_figure(model: str, headlines: list) -> Figure:
         top.plot([p.effective_batch_size for p in picked], [p.mean for p in picked], marker="*", markersize=18,
                  color="#d62", linestyle="none", label=f"the pick: EBS {picked[0].effective_batch_size}" if picked else None)
         intervals = sorted({p.interval for p in points} - {"none"})
-        top.set(title=short_group(headline.group), ylabel=METRICS[headline.metric])
+        # One panel: the figure's title names the model already. Headroom above for the lr labels.
+        top.set(title=short_group(headline.group) if len(headlines) > 1 else None, ylabel=METRICS[headline.metric])
+        top.margins(y=0.12)
         top.legend(fontsize="small", loc="best", title=f"95% interval: {', '.join(intervals) or 'none'}",
                    title_fontsize="small")
         top.grid(alpha=0.3)
@@ -318,7 +320,8 @@ def _headline_figure(model: str, headlines: list) -> Figure:
         for p in points:
             bottom.annotate(f"{p.optimizer_steps:,.0f} steps", (p.effective_batch_size, p.train_seconds),
                             textcoords="offset points", xytext=(0, 2), ha="center", fontsize="x-small")
-        bottom.set(xscale="log", xlabel="effective batch size", ylabel="train seconds")
+        bottom.set(xscale="log", xlabel="effective batch size", ylabel="train seconds",
+                   ylim=(0, 1.3 * max((p.train_seconds for p in points), default=1.0) or 1.0))
         bottom.set_xticks(xs, [str(x) for x in xs])
         bottom.minorticks_off()
         bottom.grid(alpha=0.3, axis="y")
