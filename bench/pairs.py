@@ -165,8 +165,9 @@ def truncation(source: Path, model: str, max_length: int) -> dict[str, Any]:
     # The pair keeps the hypothesis whole when its segment (type 1, less the final [SEP]) keeps every token.
     pair_cut = sum(sum(types) - 1 < n for types, n in zip(pair, hyp_tokens))
     # The glued string is truncated from its end, where the hypothesis is: cut whenever it is too long.
+    glued = tokenizer([f"{a} {b}" for a, b in zip(premises, hypotheses)])["input_ids"]
     return {"examples": len(rows), "longer_than_max_length": long, "hypothesis_cut_as_pair": pair_cut,
-            "hypothesis_cut_glued": long}
+            "hypothesis_cut_glued": sum(len(ids) > max_length for ids in glued)}
 
 
 def _sweep_seconds(db: Path) -> float:

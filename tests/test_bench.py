@@ -129,5 +129,5 @@ def test_pairs_bench_compares_encodings_and_metrics_on_a_hidden_test_split(tiny_
         assert section["picks"]["val_f1"]["test_metric"]["name"] == "test_f1"
     # Truncation at 64 tokens: a pair keeps every hypothesis whole, the glued string loses the end of each long one.
     cut = results["truncation"]
-    assert cut["hypothesis_cut_as_pair"] == 0 and cut["hypothesis_cut_glued"] == cut["longer_than_max_length"] > 0
+    assert cut["hypothesis_cut_as_pair"] == 0 and 0 < cut["hypothesis_cut_glued"] <= cut["longer_than_max_length"]
     assert "| pair | val_f1 |" in capsys.readouterr().out
