@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation, data, task_metrics
-from accumbench.backends.base import Backend, Diverged, to_device
+from accumbench.backends.base import Backend, Diverged, segment_ids, to_device
 from accumbench.checkpoints import checkpoint_root, require_writable_checkpoints, save_checkpoint
 from accumbench.config import RunConfig
 from accumbench.lifecycle import (
@@ -243,7 +243,7 @@ def evaluate(backend: Backend, split: data.EncodedSplit, pad_token_id: int, batc
     predicted = torch.zeros(len(split), device=device, dtype=torch.float64)  # float64: exact for class ids
     for indices in batches[backend.rank :: backend.world_size]:
         batch = to_device(data.collate(split, indices, pad_token_id), device)
-        logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).double()
+        logits = model(batch["input_ids"], batch["attention_mask"], **segment_ids(batch)).double()
         loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum")
         guess = logits.argmax(dim=-1)
         correct += (guess == batch["labels"]).sum()

@@ -60,10 +60,16 @@ class Diverged(Exception):
         self.steps = steps  # this epoch's step rows, up to and including the diverged one
 
 
+def segment_ids(batch: dict[str, Any]) -> dict[str, Any]:
+    """{"token_type_ids": ...} for a pair batch of a model with segment embeddings (data.collate adds them),
+    else nothing: single texts call the model exactly as before pairs existed."""
+    return {"token_type_ids": batch["token_type_ids"]} if batch.get("token_type_ids") is not None else {}
+
+
 def micro_batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(mean cross-entropy over the micro-batch, number correct). The loss is computed in at least
     fp32 even when the forward ran in bf16/fp16, and in fp64 when the model is fp64 (the exactness tests)."""
-    logits = model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+    logits = model(batch["input_ids"], batch["attention_mask"], **segment_ids(batch))
     logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
     loss = F.cross_entropy(logits, batch["labels"])
     return loss, (logits.detach().argmax(dim=-1) == batch["labels"]).sum()
