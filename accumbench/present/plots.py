@@ -1,9 +1,7 @@
-"""Figures of recorded runs, for `report --plot` (PNG files) and the study page (the same PNGs inline).
-
-    epochs (one row per run and epoch) -> <slug>-validation.png: accuracy (F1, MCC) | loss against epoch,
-         <slug>-time.png: the same against training time, <slug>-noise-scale.png: B_simple, EBS tried, B_crit
-    steps  (one row per optimizer step) -> <slug>-train-loss.png: smoothed loss against samples seen
-    lr grids (analysis.tuning.lr_grids) -> <slug>-lr-grid.png: the validation metric by lr and EBS
+"""Figures of recorded runs, for `report --plot` (PNG files) and the study page (the same PNGs inline), per
+model: <slug>-headline.png (each EBS at its best lr, and what it cost), -validation.png (accuracy, or F1/MCC,
+and loss per epoch), -time.png (the same against training time), -train-loss.png (per optimizer step),
+-noise-scale.png (B_simple, the EBS tried, B_crit) and -lr-grid.png (the validation metric by lr and EBS).
 
 Each series is one label (an EBS, with its LR rule), drawn as the mean over its runs (one run per
 seed) with a shaded min-max band where it has two or more. Non-finite values (a diverged run's NaN
@@ -13,7 +11,6 @@ matplotlib (the extra `accumbench[plot]`) and pandas are imported inside the fun
 `accumbench --help` stays fast. Figures use `Figure` and the Agg canvas directly, not pyplot: no global
 backend switch, no figure registry to leak into, and safe from threads.
 """
-
 from __future__ import annotations
 
 import re
