@@ -19,6 +19,16 @@ def accumbench(*args: str, cwd: Path) -> str:
     return done.stdout
 
 
+def sweep_seconds(db: Path) -> float:
+    """A store's wall time of training from its runs: first start to last finish (the same on a resumed rerun)."""
+    import sqlite3
+    from datetime import datetime
+
+    with sqlite3.connect(db) as con:
+        start, end = con.execute("SELECT MIN(started_at), MAX(finished_at) FROM runs").fetchone()
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
 def machine() -> str:
     import platform
 

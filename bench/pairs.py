@@ -34,7 +34,7 @@ RTE = ROOT.parent / "shared" / "data" / "rte"
 RESULTS = ROOT / "bench" / "results"
 METRICS = ("val_accuracy", "val_f1", "val_mcc")
 
-from commands import accumbench, machine  # noqa: E402
+from commands import accumbench, machine, sweep_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -78,7 +78,7 @@ def main() -> None:
             accumbench("sweep", *shared, *dataset, "--name", f"rte-{name}", cwd=work)
             results["encodings"][name] = analyse(db, work, f"rte-{name}")
         results["truncation"] = truncation(source, model, max_length)
-        results["sweep_seconds"] = _sweep_seconds(db)
+        results["sweep_seconds"] = sweep_seconds(db)
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
@@ -168,15 +168,6 @@ def truncation(source: Path, model: str, max_length: int) -> dict[str, Any]:
     glued = tokenizer([f"{a} {b}" for a, b in zip(premises, hypotheses)])["input_ids"]
     return {"examples": len(rows), "longer_than_max_length": long, "hypothesis_cut_as_pair": pair_cut,
             "hypothesis_cut_glued": sum(len(ids) > max_length for ids in glued)}
-
-
-def _sweep_seconds(db: Path) -> float:
-    import sqlite3
-    from datetime import datetime
-
-    with sqlite3.connect(db) as con:
-        start, end = con.execute("SELECT MIN(started_at), MAX(finished_at) FROM runs").fetchone()
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 def table(results: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
 RESULTS = ROOT / "bench" / "results"
 
-from commands import accumbench, machine  # noqa: E402
+from commands import accumbench, machine, sweep_seconds  # noqa: E402
 
 
 def main() -> None:
@@ -82,7 +82,7 @@ def main() -> None:
             accumbench("sweep", *shared, "--effective-batch-sizes", str(at), "--lrs", f"{base:.6g}",
                        "--name", f"tuned-sst2-edge-{at}", cwd=work)
         extended = analyse(db, work, None) if edges else None
-        seconds = _sweep_seconds(db)
+        seconds = sweep_seconds(db)
     results: dict[str, Any] = {
         "machine": machine(), "model": model, "dataset": "sst2" if not args.tiny else "demo",
         "train_samples": samples, "eval_samples": eval_samples, "epochs": epochs, "effective_batch_sizes": ebs,
@@ -116,16 +116,6 @@ def analyse(db: Path, work: Path, sweep: str | None) -> dict[str, Any]:
         "report_markdown": accumbench("report", "--format", "markdown", *only, "--db", str(db), cwd=work),
         "pick_best_text": accumbench("pick-best", *only, "--db", str(db), cwd=work),
     }
-
-
-def _sweep_seconds(db: Path) -> float:
-    """The sweep's wall time from its runs: first start to last finish (the same on a resumed rerun)."""
-    import sqlite3
-    from datetime import datetime
-
-    with sqlite3.connect(db) as con:
-        start, end = con.execute("SELECT MIN(started_at), MAX(finished_at) FROM runs").fetchone()
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 def table(results: dict[str, Any]) -> str:

@@ -18,7 +18,8 @@ from accumbench.analysis.tuning import best_lr_cells, has_lr_grid
 
 # The per-run metrics aggregated over seeds (mean and std per cell).
 METRICS = ("best_train_accuracy", "val_accuracy", "best_epoch", "test_accuracy", "best_test_accuracy", "val_loss",
-           "test_loss", "val_f1", "val_mcc", "test_f1", "test_mcc", "train_seconds", "samples_per_second", "optimizer_steps", "peak_memory_mb",
+           "test_loss", "val_f1", "val_mcc", "test_f1", "test_mcc", "train_seconds", "samples_per_second",
+           "optimizer_steps", "peak_memory_mb",
            "noise_scale_first", "noise_scale_last")
 
 

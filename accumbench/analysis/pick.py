@@ -189,36 +189,33 @@ def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:
     return out
 
 
-def _paired_discordance(best: Candidate, other: Candidate, preds: dict[int, dict[str, Any]]) -> tuple[int, int] | None:
-    """(b, c) summed over the seeds both ran, pairing runs of the same seed on the same examples;
-    None when no seed can be paired (no predictions recorded, or different splits)."""
-    b = c = paired = 0
+def _paired_predictions(best: Candidate, other: Candidate, preds: dict[int, dict[str, Any]]
+                        ) -> list[tuple[list[int], list[int], list[int]]]:
+    """(labels, best's predictions, other's) for each seed both ran on the same examples (equal split
+    fingerprints); empty when none can be paired (no predictions recorded, or different splits)."""
     others = {row.seed: row.run_id for row in other.runs.itertuples()}
-    for row in best.runs.itertuples():
-        mine, theirs = preds.get(row.run_id), preds.get(others.get(row.seed))
-        if mine is None or theirs is None or mine["split_hash"] != theirs["split_hash"]:
-            continue
-        db, dc = stats.discordant_pairs(mine["labels"], mine["predicted"], theirs["predicted"])
-        b, c, paired = b + db, c + dc, paired + 1
-    return (b, c) if paired else None
+    pairs = ((preds.get(row.run_id), preds.get(others.get(row.seed))) for row in best.runs.itertuples())
+    return [(mine["labels"], mine["predicted"], theirs["predicted"]) for mine, theirs in pairs
+            if mine is not None and theirs is not None and mine["split_hash"] == theirs["split_hash"]]
+
+
+def _paired_discordance(best: Candidate, other: Candidate, preds: dict[int, dict[str, Any]]) -> tuple[int, int] | None:
+    """(b, c) summed over the seeds both ran (McNemar's counts); None when no seed can be paired."""
+    counts = [stats.discordant_pairs(*paired) for paired in _paired_predictions(best, other, preds)]
+    return (sum(b for b, _ in counts), sum(c for _, c in counts)) if counts else None
 
 
 def _paired_bootstrap(best: Candidate, other: Candidate, preds: dict[int, dict[str, Any]], metric: str
                       ) -> task_metrics.BootstrapResult | None:
     """The paired bootstrap of `metric` (f1 or mcc) between the best and `other` over the validation
-    examples, one stratum per seed both ran on the same examples; None when no seed can be paired."""
-    strata = []
-    others = {row.seed: row.run_id for row in other.runs.itertuples()}
-    for row in best.runs.itertuples():
-        mine, theirs = preds.get(row.run_id), preds.get(others.get(row.seed))
-        if mine is not None and theirs is not None and mine["split_hash"] == theirs["split_hash"]:
-            strata.append((mine["labels"], mine["predicted"], theirs["predicted"]))
+    examples, one stratum per seed both ran; None when no seed can be paired."""
+    strata = _paired_predictions(best, other, preds)
     if not strata:
         return None
     first = best.runs.iloc[0]
-    positive = first.get("positive_class")
+    positive = first.get("positive_class")  # NaN or None for runs of 3+ labels, or recorded before it was
     return task_metrics.paired_bootstrap(strata, metric, int(first["num_labels"]),
-                                         positive=1 if positive is None or positive != positive else int(positive))
+                                         positive=1 if pd.isna(positive) else int(positive))
 
 
 def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int, dict[str, Any]]],
@@ -248,8 +245,8 @@ def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int,
         if other.welch_p is not None and not math.isnan(other.welch_p):
             other.screen_test, other.screen_p = "welch", other.welch_p
         elif metric in BOOTSTRAPPED:  # McNemar tests accuracy, which is not what F1 or MCC ranks on
-            if other.bootstrap_validation_p is not None:
-                other.screen_test, other.screen_p = "bootstrap-validation", other.bootstrap_validation_p
+            other.screen_test = None if other.bootstrap_validation_p is None else "bootstrap-validation"
+            other.screen_p = other.bootstrap_validation_p
         elif other.mcnemar_validation_p is not None:
             other.screen_test, other.screen_p = "mcnemar-validation", other.mcnemar_validation_p
         # Untestable (no paired predictions, a single seed) or diverged: no evidence it is as good.

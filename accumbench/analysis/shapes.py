@@ -9,6 +9,7 @@ from typing import Any
 from accumbench.analysis import answer
 from accumbench.analysis.pick import Candidate, Pick, ProtocolComparison, ProtocolPick
 from accumbench.analysis.tuning import LINEAR_ALPHA, SQRT_ALPHA, BestLr
+from accumbench.vocabulary import test_metric
 
 
 def as_json(picks: list[Pick]) -> dict[str, Any]:
@@ -32,7 +33,7 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
         "effective_batch_size": p.chosen.effective_batch_size, "lr": _lr_of(p.chosen),
         "best_on_validation": p.best.label,
         "test_accuracy": p.test_accuracy, "test_accuracy_ci95": list(p.test_ci), "test_examples": p.test_examples,
-        "test_metric": None if p.test_score is None else {"name": "test_" + p.metric.removeprefix("val_"),
+        "test_metric": None if p.test_score is None else {"name": test_metric(p.metric),
                                                           "mean": _num(p.test_score)},
         "justification": p.justification, "warnings": p.warnings, "reconciled": p.reconciled,
         "candidates": [candidate(c) for c in p.candidates],

@@ -98,7 +98,7 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
     shown = tables.choose_columns(cells, request.columns, request.wide)
     title = (f"accumbench report: {len(data.runs)} runs in {len(cells)} cells"
              + (f", sweep {request.sweep}" if request.sweep else ""))
-    picks, pngs, b_crit = [], {}, {}
+    picks, pngs, b_crit, headlines = [], {}, {}, ()
     if request.fmt == "html" or request.plot is not None:
         if status == FINISHED:  # a pick is made among finished runs only, as pick-best makes it
             picks = pick.pick_best(data, load_predictions(store, data), metric=request.metric)
@@ -112,7 +112,8 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
     if request.fmt == "html":
         text = study_page.study_page(title=title.replace("accumbench report", "accumbench study"),
                                      db_label=request.page_label, cells=cells, comparison=comparison, data=data,
-                                     picks=picks, grids=grids, figures=pngs, refresh=refresh, b_crit=b_crit)
+                                     picks=picks, grids=grids, figures=pngs, refresh=refresh, b_crit=b_crit,
+                                     headlines=headlines)
     elif request.fmt == "table":
         text = tables.text_report(cells, comparison, title, shown, grids, width)
     else:

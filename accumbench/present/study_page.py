@@ -21,7 +21,6 @@ from datetime import datetime, timezone
 from typing import Any
 
 from accumbench.analysis import answer
-from accumbench.analysis.headline import headline
 from accumbench.formatting import format_lr, portable, short_group, short_model
 from accumbench.present import plots, tables
 from accumbench.vocabulary import METRICS, curve_metric
@@ -48,10 +47,11 @@ INTERVAL_WORDS = {"t over seeds": "over seeds", "binomial": "binomial with one s
                   "none": "none for one seed of F1 or MCC, or a diverged run"}
 
 
-def headline_caption(pick: Any) -> str:
-    """The headline's caption, naming the intervals it draws (t over seeds, binomial, or none)."""
-    kinds = dict.fromkeys(point.interval for point in headline(pick).points)
-    return HEADLINE_CAPTION.format(metric=METRICS[pick.metric], interval=", ".join(INTERVAL_WORDS[k] for k in kinds))
+def headline_caption(headlines: list[Any]) -> str:
+    """A model's headline caption, naming the intervals its panels draw (t over seeds, binomial, or none)."""
+    kinds = dict.fromkeys(point.interval for h in headlines for point in h.points)
+    return HEADLINE_CAPTION.format(metric=METRICS[headlines[0].metric],
+                                   interval=", ".join(INTERVAL_WORDS[k] for k in kinds))
 # The gradient noise scale in two plain sentences, under the pick's "why".
 NOISE_SCALE_IN_WORDS = ("B_simple, the gradient noise scale, is the batch size at which the noise in a batch's gradient "
                         "is about as large as the gradient itself. Batches much smaller than it spend optimizer steps "
@@ -124,7 +124,7 @@ def empty_page(db_label: str, why: str, running: int, refresh: int | None = None
 
 def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: Any, picks: list[Any],
                grids: list[Any], figures: dict[str, bytes], refresh: int | None = None,
-               b_crit: dict[str, float] | None = None) -> str:
+               b_crit: dict[str, float] | None = None, headlines: tuple[Any, ...] = ()) -> str:
     """The study page. `figures` maps plots.py's file names ('<slug>-validation.png', ...) to PNG bytes."""
     body = [f"<h1>{_e(title)}</h1>", _stamp(db_label, refresh), "<section id='picks'>"]
     for index, pick in enumerate(picks):
@@ -147,10 +147,8 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
     models = {slug: model for model, slug in plots.unique_slugs(sorted(map(str, data.runs["model"].unique()))).items()}
     for name, png in figures.items():  # the answer at a glance, under the answers in words
         if name.endswith("-headline.png"):
-            model = models.get(name.removesuffix("-headline.png"), "")
-            shown = [p for p in picks if str(p.chosen.runs["model"].iloc[0]) == model][:1]
-            body.append(_figure(png, name, headline_caption(shown[0]) if shown else HEADLINE_CAPTION.format(
-                metric="the selection metric on validation", interval="over seeds, or binomial with one seed")))
+            model = models.get(name.removesuffix("-headline.png"), "")  # drawn from these headlines (plots.py)
+            body.append(_figure(png, name, headline_caption([h for h in headlines if h.model == model])))
     body.append("</section>")
 
     default = tables.choose_columns(cells)
