@@ -131,6 +131,16 @@ def sweep(
     stale_after: float | None = typer.Option(
         None, help="Seconds without a heartbeat after which another worker's RUNNING run counts as dead (default: 600)."),
     fail_fast: bool | None = typer.Option(None, "--fail-fast/--keep-going", help="Stop at the first failed run (default: keep going)."),
+    race: bool | None = typer.Option(
+        None, "--race/--no-race", help="Race the lr grid: after each epoch, stop a run whose lr is significantly "
+                                       "worse than its group's best (paired test on validation); it ends PRUNED."),
+    race_alpha: float | None = typer.Option(
+        None, help="Significance level of racing: a run stops only at p < alpha (default: 1e-4, strict: an early "
+                   "epoch is a short horizon)."),
+    race_after: int | None = typer.Option(None, help="The first epoch after which racing may stop a run (default: 1)."),
+    race_metric: str | None = typer.Option(
+        None, help="The validation metric racing compares: val_accuracy (McNemar), val_loss, val_f1 or val_mcc "
+                   "(paired bootstrap) (default: val_accuracy)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and exit; touches no database."),
     workers: int = typer.Option(
         1, "--workers", help="Start this many workers on this machine against one --db: one per visible GPU "
@@ -153,6 +163,10 @@ def sweep(
 
         accumbench sweep --effective-batch-sizes 16,32,64 --lrs 3e-5,1e-4,3e-4 --micro-batch-size 16 --epochs 2 --dry-run
 
+    Example, racing the lr grid (a run whose lr is clearly worse than its EBS's best stops early, PRUNED):
+
+        accumbench sweep --effective-batch-sizes 16,64 --lrs 3e-5,1e-4,3e-4,1e-3 --seeds 42,43 --epochs 5 --race
+
     Example, sentence pairs offline (demo-pairs: a generated 3-class entailment set):
 
         accumbench sweep --dataset demo-pairs --effective-batch-sizes 16,32 --micro-batch-size 16 --epochs 2 --name pairs
@@ -166,7 +180,8 @@ def sweep(
             check_worker_count(workers)
             spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
                               seeds=seeds, lrs=lrs, lr_scaling=lr_scaling, preset=preset, name=name, max_retries=max_retries,
-                              stale_after=stale_after, fail_fast=fail_fast, **options)
+                              stale_after=stale_after, fail_fast=fail_fast, race=race, race_alpha=race_alpha,
+                              race_after=race_after, race_metric=race_metric, **options)
             reporter = RichSweepReporter()
             if dry_run:
                 reporter.dry_run(spec)
@@ -267,6 +282,11 @@ def pick_best(
     compare_protocols: bool = typer.Option(
         False, "--compare-protocols", help="Print the pick under every protocol the runs support: each single lr, "
                                            "each lr scaling rule, pooled and tuned."),
+    replay_race: bool = typer.Option(
+        False, "--replay-race", help="Replay sweep --race over a complete lr grid from its stored epochs: the "
+                                     "training time it would save, whether the pick changes, and its wrong prunes."),
+    race_alpha: float = typer.Option(1e-4, help="With --replay-race: racing's significance level."),
+    race_after: int = typer.Option(1, help="With --replay-race: the first epoch after which a run may stop."),
     as_json: bool = typer.Option(False, "--json", help="Print the picks, candidates and p-values as JSON."),
     db: str | None = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
@@ -289,29 +309,33 @@ def pick_best(
     Example, a GLUE task judged by F1 (single seeds are then compared by a paired bootstrap):
 
         accumbench pick-best --metric val_f1
+
+    Example, what racing (sweep --race) would have saved on a grid trained in full, and what it would have cost:
+
+        accumbench pick-best --sweep race-sst2 --replay-race --race-alpha 1e-4
     """
     import json
 
     from accumbench.analysis import shapes
-    from accumbench.analysis.pick import PickOptions, choose
-    from accumbench.analysis.runs import load_predictions, load_runs
-    from accumbench.present.verdicts import print_comparisons, print_picks
+    from accumbench.analysis.choice import choose
+    from accumbench.analysis.pick import PickOptions
+    from accumbench.analysis.runs import load_runs
+    from accumbench.present.verdicts import print_answer
     from accumbench.store import open_for_reading
 
     try:
         options = PickOptions(metric=metric, by=by, alpha=alpha, target=target, protocol=protocol,
-                              compare_protocols=compare_protocols)
+                              compare_protocols=compare_protocols, replay_race=replay_race, race_alpha=race_alpha,
+                              race_after=race_after)
         with open_for_reading(db) as store:
             data = load_runs(store, sweep=sweep, model=model, backend=backend, metric=options.metric)
-            answer = choose(data, load_predictions(store, data), options)
+            answer = choose(store, data, options)
     except UserError as exc:
         fail(str(exc))
     if as_json:
-        typer.echo(json.dumps(shapes.comparison_json(answer) if compare_protocols else shapes.as_json(answer), indent=2))
-    elif compare_protocols:
-        print_comparisons(answer)
+        typer.echo(json.dumps(shapes.answer_json(answer), indent=2))
     else:
-        print_picks(answer)
+        print_answer(answer)
 
 
 @app.command("check-ga")

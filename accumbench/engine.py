@@ -31,6 +31,7 @@ from accumbench.config import RunConfig
 from accumbench.lifecycle import (
     Heartbeat,
     RunDiverged,
+    RunPruned,
     pause_for_tests,
     recorded_run,
     sigterm_as_exception,
@@ -47,6 +48,14 @@ class RunHooks(Protocol):
     def epoch_started(self, epoch: int, num_samples: int) -> None: ...
     def step(self, samples_done: int, loss: float) -> None: ...
     def epoch_finished(self, row: dict[str, Any]) -> None: ...
+
+
+class Race(Protocol):
+    """Racing's judge (sweep/race.py's Racer), asked after each recorded epoch of a raced run."""
+
+    metric: str
+
+    def decide(self, run_id: int, epoch: int) -> Any: ...  # a PruneDecision to stop the run, or None
 
 
 class SilentHooks(RunHooks):
@@ -94,18 +103,19 @@ def train(config: RunConfig, db: str | None = None, reporter: RunHooks | None = 
 
 
 def fit(run_id: int, prepared: Prepared, backend: Backend, store: Store, reporter: RunHooks | None,
-        checkpoints: Path, heartbeat: Heartbeat | None = None) -> TrainResult:
-    """Train a recorded run epoch by epoch, recording as it goes (inside recorded_run)."""
+        checkpoints: Path, heartbeat: Heartbeat | None = None, race: Race | None = None) -> TrainResult:
+    """Train a recorded run epoch by epoch, recording as it goes (inside recorded_run). With `race` (sweep
+    --race), after each recorded epoch but the last, racing may stop it: RunPruned."""
     reporter = reporter or SilentHooks()
     sizes = {name: len(split) for name, split in prepared.splits.items()}
     reporter.run_started(run_id, prepared.config, sizes, device_name(backend.device), backend.world_size,
                          epochs=prepared.epochs, total_steps=prepared.total_steps,
                          data_notes=prepared.dataset.describe())
-    return _fit(run_id, prepared, backend, store, reporter, checkpoints, heartbeat)
+    return _fit(run_id, prepared, backend, store, reporter, checkpoints, heartbeat, race)
 
 
 def _fit(run_id: int | None, prepared: Prepared, backend: Backend, store: Store | NullStore, reporter: RunHooks,
-         checkpoints: Path, heartbeat: Heartbeat | None = None) -> TrainResult:
+         checkpoints: Path, heartbeat: Heartbeat | None = None, race: Race | None = None) -> TrainResult:
     config = prepared.config
     train_split = prepared.splits["train"]
     batch_for = lambda indices: data.collate(train_split, indices, prepared.pad_token_id)  # noqa: E731
@@ -121,14 +131,14 @@ def _fit(run_id: int | None, prepared: Prepared, backend: Backend, store: Store 
 
         tracker = RunTracker(config.log_with, f"run-{run_id}", checkpoints.parent / "tracking", config.to_dict())
     try:
-        return _epochs(run_id, prepared, backend, store, reporter, checkpoints, on_step, batch_for, tracker)
+        return _epochs(run_id, prepared, backend, store, reporter, checkpoints, on_step, batch_for, tracker, race)
     finally:
         if tracker is not None:
             tracker.finish()
 
 
 def _epochs(run_id: int | None, prepared: Prepared, backend: Backend, store: Store | NullStore, reporter: RunHooks,
-            checkpoints: Path, on_step: Any, batch_for: Any, tracker: Any) -> TrainResult:
+            checkpoints: Path, on_step: Any, batch_for: Any, tracker: Any, race: Race | None) -> TrainResult:
     config, splits = prepared.config, prepared.splits
     train_split, device = splits["train"], backend.device
     rows: list[dict[str, Any]] = []
@@ -218,6 +228,9 @@ def _epochs(run_id: int | None, prepared: Prepared, backend: Backend, store: Sto
         for loss in (val_loss, test_loss):
             if not math.isfinite(loss):
                 raise Diverged(optimizer_steps, loss, steps=[])  # this epoch's steps are recorded above
+        # After the last epoch there is nothing left to save: a run that got there is FINISHED.
+        if race is not None and epoch < prepared.epochs and (decision := race.decide(run_id, epoch)) is not None:
+            raise RunPruned(decision, race.metric)
     assert best is not None
     return TrainResult(run_id=run_id, epochs=rows, best_epoch=best["epoch"], checkpoint_path=checkpoint_path)
 

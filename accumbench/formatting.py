@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 
@@ -61,3 +62,31 @@ def short_group(group: str) -> str:
 def spread(std: float, digits: int, sep: str = " ± ") -> str:
     """The '± std' after a mean, or nothing where there is no spread (one seed: std is NaN)."""
     return "" if std is None or std != std else f"{sep}{std:.{digits}f}"
+
+
+def slugify(model: str) -> str:
+    """A file-name-safe stem for a model name.
+
+    A local directory ("/tmp/x/tiny-bert", "./ckpt/", "~/m") is named by its last component
+    ("tiny-bert"): its parents say where it lives, not what it is. A hub id keeps its organisation
+    ("answerdotai/ModernBERT-base" -> "answerdotai_ModernBERT-base"), which tells models apart.
+    Anything but letters, digits, '.', '_' and '-' then becomes '_'."""
+    name = short_model(model.strip().replace("\\", "/"))
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    return slug or "model"
+
+
+def unique_slugs(models: list[str]) -> dict[str, str]:
+    """slugify for each model, with -2, -3, ... appended where two models (in the order given) would
+    share a file. Compared case-insensitively, as on macOS and Windows file systems."""
+    taken: set[str] = set()
+    slugs = {}
+    for model in models:
+        base = slug = slugify(model)
+        n = 1
+        while slug.casefold() in taken:
+            n += 1
+            slug = f"{base}-{n}"
+        taken.add(slug.casefold())
+        slugs[model] = slug
+    return slugs

@@ -24,7 +24,7 @@ from typing import Any
 from accumbench.backends.base import Diverged
 from accumbench.errors import StoreUnavailable, Terminated, first_line
 from accumbench.store import Store
-from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, INTERRUPTED, KILLED, TERMINATED
+from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, INTERRUPTED, KILLED, PRUNED, TERMINATED
 
 # A running run says it is alive this often (and at every epoch end), so a sweep can tell a
 # crashed worker's run from a slow one. Sweeps shorten it to a quarter of their --stale-after.
@@ -48,17 +48,31 @@ class RunLost(Exception):
         self.run_id = run_id
 
 
+class RunPruned(Exception):
+    """Racing stopped the run after an epoch (sweep --race): `decision` (analysis.racing.PruneDecision)
+    says why. It is recorded as PRUNED, with the decision in its columns."""
+
+    def __init__(self, decision: Any, metric: str = "val_accuracy") -> None:
+        super().__init__(decision.describe(metric))
+        self.decision = decision
+
+
 @contextmanager
 def recorded_run(store: Store, run_id: int, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> Iterator[Heartbeat]:
     """Keep a RUNNING run's heartbeat fresh while the block trains it, then close the run whatever
-    happened: FINISHED; FAILED on an error, or 'diverged at step S' (raised as RunDiverged); KILLED on
-    Ctrl-C or SIGTERM (re-raised). If another worker gave the run up for dead meanwhile, RunLost is
+    happened: FINISHED; FAILED on an error, or 'diverged at step S' (raised as RunDiverged); PRUNED when
+    racing stopped it (RunPruned, re-raised); KILLED on Ctrl-C or SIGTERM (re-raised). If another worker gave the run up for dead meanwhile, RunLost is
     raised and the run is left as that worker recorded it."""
     try:
         with Heartbeat(store, run_id, heartbeat_seconds) as heartbeat:
             yield heartbeat
     except RunLost:
         raise  # not ours to close: another worker has marked it KILLED
+    except RunPruned as exc:
+        # The status and the decision in one write: no run is ever PRUNED without saying why.
+        if not store.finish_run(run_id, PRUNED, str(exc), **exc.decision.columns()):
+            raise RunLost(run_id) from None
+        raise
     except Diverged as exc:
         store.add_steps(run_id, exc.steps)  # the steps up to and including the one that diverged
         store.finish_run(run_id, FAILED, f"{DIVERGED_PREFIX} {exc.step}")

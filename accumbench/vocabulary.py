@@ -6,11 +6,14 @@ all name the same things without importing one another.
 
 from __future__ import annotations
 
-# --- run statuses (runs.status): a lifecycle RUNNING -> FINISHED | FAILED | KILLED ---------------------
+# --- run statuses (runs.status): a lifecycle RUNNING -> FINISHED | FAILED | KILLED | PRUNED ------------
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
-STATUSES = (RUNNING, FINISHED, FAILED, KILLED)
-TERMINAL_STATUSES = (FINISHED, FAILED, KILLED)
+# A raced run stopped early because its lr was significantly worse than its group's best at that epoch
+# (sweep --race): final, like FINISHED. runs.pruned_epoch, pruned_by and pruned_p record the decision.
+PRUNED = "PRUNED"
+STATUSES = (RUNNING, FINISHED, FAILED, KILLED, PRUNED)
+TERMINAL_STATUSES = (FINISHED, FAILED, KILLED, PRUNED)
 LIVE_STATUSES = (RUNNING, FINISHED)  # at most one such run per sweep cell
 # The error of a run that ended KILLED says why. A user's stop (Ctrl-C, SIGTERM) is not the run's
 # fault, so a sweep resumes such cells without counting a failed attempt; a stale heartbeat is
@@ -24,6 +27,7 @@ STALE_ERROR = "stale heartbeat"  # how a run's error begins when another worker 
 # --- the state of a sweep's cell, from the runs recorded for it ----------------------------------------
 
 PENDING, RUNNING_ELSEWHERE, DONE, DIVERGED, GAVE_UP = "pending", "running", "finished", "diverged", "gave up"
+CUT = "pruned"  # its run was PRUNED by racing: done, never rerun
 
 # --- choosing an EBS -----------------------------------------------------------------------------------
 
@@ -53,6 +57,10 @@ def test_metric(metric: str) -> str:
     """The test column of a validation metric: val_f1 -> test_f1."""
     return "test_" + metric.removeprefix("val_")
 PROTOCOLS = ("tuned", "pooled")
+# The defaults of sweep --race-alpha and --race-after (and of pick-best --replay-race), chosen by replaying
+# racing over the SST-2 grid of bench/race.py: the loosest level that made no wrong prune there.
+RACE_ALPHA = 1e-4
+RACE_AFTER = 1
 PROTOCOL_MEANINGS = {"pooled": "every (EBS, lr) cell competes as it is",
                      "tuned": "each EBS at its best lr on validation, then EBS against EBS"}
 

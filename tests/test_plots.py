@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 
 from accumbench.errors import UserError
-from accumbench.present.plots import MISSING, build_figures, figure_pngs, slugify, unique_slugs, write_pngs
+from accumbench.formatting import slugify, unique_slugs
+from accumbench.present.plots import MISSING, build_figures, figure_pngs, write_pngs
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODELS = ["/tmp/x/tiny-bert", "answerdotai/ModernBERT-base"]

@@ -15,6 +15,7 @@ import pandas as pd
 
 from accumbench.analysis.runs import CELL_COLUMNS, NOISE_METRICS, RunData, cell_key, cell_label, varying
 from accumbench.analysis.tuning import best_lr_cells, has_lr_grid
+from accumbench.formatting import format_lr
 
 # The per-run metrics aggregated over seeds (mean and std per cell).
 METRICS = ("best_train_accuracy", "val_accuracy", "best_epoch", "test_accuracy", "best_test_accuracy", "val_loss",
@@ -84,8 +85,25 @@ def noise_per_run(data: RunData) -> pd.DataFrame:
 
 
 
+def _pruned_curves(data: RunData) -> pd.DataFrame:
+    """The epochs of the runs racing stopped, as faded series of their own ('EBS 16 lr 1e-3 (pruned)'), each
+    with the epoch it stopped after (pruned_at), where the validation figure marks it."""
+    cut = data.pruned.set_index("run_id")
+    if cut.empty or data.pruned_epochs.empty:
+        return pd.DataFrame()
+    frame = data.pruned_epochs[data.pruned_epochs["run_id"].isin(cut.index)].copy()
+    for column in ("model", "seed", "effective_batch_size"):
+        frame[column] = frame["run_id"].map(cut[column])
+    frame["label"] = frame["run_id"].map(
+        lambda run: f"EBS {cut.at[run, 'effective_batch_size']} lr {format_lr(cut.at[run, 'lr'])} (pruned)")
+    frame["order"], frame["faded"] = 10**6, True
+    frame["pruned_at"] = frame["run_id"].map(cut["pruned_epoch"])
+    return frame
+
+
 def plot_frames(store: Any, data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The epochs and steps of the runs, each row labelled with its series (one per cell of a model)."""
+    """The epochs and steps of the runs, each row labelled with its series (one per cell of a model), and the
+    runs racing pruned, faded, to where they stopped."""
     runs = data.runs
     labels = {}
     for _model, group in runs.groupby("model"):
@@ -97,10 +115,10 @@ def plot_frames(store: Any, data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
     keys["label"] = keys["cell"].map(lambda c: labels[c][0])
     keys["order"] = keys["cell"].map(lambda c: labels[c][1])
     # Where a model was trained at several lrs per EBS, the figures draw each EBS's best lr and fade the rest.
-    best, gridded = best_lr_cells(data), {m for m, group in runs.groupby("model") if has_lr_grid(group)}
+    best, gridded = best_lr_cells(data), {m for m, group in runs.groupby("model") if has_lr_grid(group, data.pruned)}
     keys["faded"] = [model in gridded and cell not in best for model, cell in zip(keys["model"], keys["cell"])]
     keys = keys.drop(columns="cell")
-    epochs = data.epochs.merge(keys, on="run_id")
+    epochs = pd.concat([data.epochs.merge(keys, on="run_id"), _pruned_curves(data)], ignore_index=True)
     steps = pd.DataFrame(store.steps_of(runs["run_id"].tolist()))
     steps = steps.merge(keys, on="run_id") if not steps.empty else pd.DataFrame(
         columns=["run_id", "model", "label", "order", "seed", "samples_seen", "loss", "faded"])

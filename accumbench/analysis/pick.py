@@ -35,8 +35,16 @@ from accumbench.analysis.evidence import CriticalBatch, NoiseAdvice, critical_ba
 from accumbench.analysis.runs import RunData, cell_label, varying
 from accumbench.analysis.tuning import BestLr, ScalingFit, best_lrs, fit_scaling, has_lr_grid, tuned_runs
 from accumbench.errors import UserError
-from accumbench.formatting import format_lr, plain_number, rate_key, spread
-from accumbench.vocabulary import BOOTSTRAPPED, METRICS, PROTOCOLS, higher_is_better, test_metric
+from accumbench.formatting import plain_number, spread
+from accumbench.vocabulary import (
+    BOOTSTRAPPED,
+    METRICS,
+    PROTOCOLS,
+    RACE_AFTER,
+    RACE_ALPHA,
+    higher_is_better,
+    test_metric,
+)
 
 GROUPINGS = ("model", "none")  # --by: one pick per model, or one over all runs
 
@@ -51,6 +59,9 @@ class PickOptions:
     target: float | None = None  # the validation accuracy steps-to-target counts to
     protocol: str | None = None  # None: per group, default_protocol
     compare_protocols: bool = False
+    replay_race: bool = False  # race_replay.py: racing replayed over the grid instead of a pick
+    race_alpha: float = RACE_ALPHA
+    race_after: int = RACE_AFTER
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -66,6 +77,14 @@ class PickOptions:
             raise UserError(f"unknown --protocol '{self.protocol}'; choose one of: {', '.join(PROTOCOLS)}")
         if self.protocol is not None and self.compare_protocols:
             raise UserError("--compare-protocols shows every protocol; drop --protocol")
+        if self.replay_race and (self.compare_protocols or self.protocol is not None):
+            raise UserError("--replay-race replays racing under the tuned protocol; drop --compare-protocols and --protocol")
+        if not 0 < self.race_alpha < 1:
+            raise UserError(f"--race-alpha must be between 0 and 1, got {plain_number(self.race_alpha)}; the default "
+                            f"is {RACE_ALPHA:g}")
+        if self.race_after < 1:
+            raise UserError(f"--race-after must be at least 1, got {self.race_after}: a run can stop after its first "
+                            "epoch at the earliest")
 
 
 @dataclass
@@ -118,9 +137,10 @@ class Pick:
     reconciled: list[str] = field(default_factory=list)
     cost: Cheapest | None = None  # how the pick won among the candidates validation cannot tell apart
     test_score: float | None = None  # F1 or MCC: the pick's mean on test, beside its accuracy
+    pruned: list[dict[str, Any]] = field(default_factory=list)  # racing's decisions in this group (sweep --race)
 
 
-def _groups(runs: pd.DataFrame, by: str) -> list[tuple[str, pd.DataFrame]]:
+def pick_groups(runs: pd.DataFrame, by: str) -> list[tuple[str, pd.DataFrame]]:
     """One group per model (by='model') or one over everything (by='none'), and per backend when both
     ran: they are two implementations of one training, so letting them compete would pick a backend
     (by speed) rather than a batch size, and pooling their runs would count every seed twice.
@@ -132,9 +152,10 @@ def _groups(runs: pd.DataFrame, by: str) -> list[tuple[str, pd.DataFrame]]:
             for name, group in runs.groupby(keys, sort=True)]
 
 
-def default_protocol(runs: pd.DataFrame) -> str:
-    """tuned when some EBS has more than one lr (there is an lr to tune), else pooled (the same then)."""
-    return "tuned" if has_lr_grid(runs) else "pooled"
+def default_protocol(runs: pd.DataFrame, pruned: pd.DataFrame | None = None) -> str:
+    """tuned when some EBS has more than one lr (there is an lr to tune, racing's pruned lrs included), else
+    pooled (the same then)."""
+    return "tuned" if has_lr_grid(runs, pruned) else "pooled"
 
 
 def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
@@ -144,8 +165,8 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
     `predictions` is {'validation': {run_id: ...}, 'test': {run_id: ...}} as Store.predictions returns.
     `protocol` None chooses per group (default_protocol)."""
     picks = []
-    for name, group in _groups(data.runs, by):
-        pick = _pick_by_protocol(name, group, data, predictions, metric, alpha, protocol or default_protocol(group))
+    for name, group in pick_groups(data.runs, by):
+        pick = pick_by_protocol(name, group, data, predictions, metric, alpha, protocol or default_protocol(group, data.pruned))
         tried = sorted({c.effective_batch_size for c in pick.candidates})
         pick.noise = noise_advice(group, tried)
         if pick.protocol == "tuned":
@@ -154,6 +175,10 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
         else:
             pick.critical = critical_batch_sizes(group, data, target)
         pick.reconciled = reconcile(pick)
+        cut = data.pruned[data.pruned["lr_free"].isin(group["lr_free"])]
+        pick.pruned = [dict(run_id=int(r.run_id), effective_batch_size=int(r.effective_batch_size), lr=float(r.lr),
+                            seed=int(r.seed), epoch=int(r.pruned_epoch), lost_to=int(r.pruned_by), p=float(r.pruned_p),
+                            test=r.pruned_test) for r in cut.itertuples()]
         if data.without_metric:
             pick.warnings.append(f"{data.without_metric} run(s) left out: recorded before accumbench recorded "
                                  f"{METRICS[metric]}; --metric val_accuracy compares them all")
@@ -161,12 +186,12 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
     return picks
 
 
-def _pick_by_protocol(name: str, group: pd.DataFrame, data: RunData, predictions: dict[str, dict[int, dict[str, Any]]],
+def pick_by_protocol(name: str, group: pd.DataFrame, data: RunData, predictions: dict[str, dict[int, dict[str, Any]]],
                       metric: str, alpha: float, protocol: str) -> Pick:
     if protocol == "pooled":
-        return _pick_group(name, group, predictions, metric, alpha)
-    best = best_lrs(group, metric, data.diverged)
-    pick = _pick_group(name, tuned_runs(group, best), predictions, metric, alpha, tuned=True)
+        return pick_among(name, group, predictions, metric, alpha)
+    best = best_lrs(group, metric, data.diverged, data.pruned)
+    pick = pick_among(name, tuned_runs(group, best), predictions, metric, alpha, tuned=True)
     pick.protocol, pick.best_lrs, pick.scaling = "tuned", best, fit_scaling(best)
     pick.warnings += [b.warning for b in best if b.warning]
     return pick
@@ -218,7 +243,7 @@ def _paired_bootstrap(best: Candidate, other: Candidate, preds: dict[int, dict[s
                                          positive=1 if pd.isna(positive) else int(positive))
 
 
-def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int, dict[str, Any]]],
+def pick_among(name: str, group: pd.DataFrame, predictions: dict[str, dict[int, dict[str, Any]]],
                 metric: str, alpha: float, tuned: bool = False) -> Pick:
     candidates = _candidates(group, metric)
     best = candidates[0]
@@ -268,6 +293,13 @@ def _pick_group(name: str, group: pd.DataFrame, predictions: dict[str, dict[int,
     on_test = chosen.runs[test_metric(metric)].astype(float).mean() if metric in BOOTSTRAPPED else None
     return Pick(name, metric, alpha, candidates, best, chosen, mean, (low, high), n_test, justification, warnings,
                 cost=cost, test_score=on_test)
+
+
+def screened_candidates(runs: pd.DataFrame, predictions: dict[str, dict[int, dict[str, Any]]],
+                        metric: str = "val_accuracy", alpha: float = 0.05) -> list[Candidate]:
+    """The cells of `runs` as candidates, best first, each screened against the best as pick-best screens
+    them (Candidate.not_worse): how the race replay tells a wrong prune."""
+    return pick_among("", runs, {"validation": predictions}, metric, alpha).candidates
 
 
 def _fmt(candidate: Candidate, metric: str) -> str:
@@ -321,74 +353,3 @@ def _test_name(candidate: Candidate) -> str:
     return {"welch": "Welch's t-test across seeds", "mcnemar-validation": "exact McNemar on validation",
             "bootstrap-validation": "paired bootstrap on validation"}.get(
         candidate.screen_test or "", "untested")
-
-
-# --- the same runs under every protocol they support -------------------------------------------------
-
-
-@dataclass
-class ProtocolPick:
-    kind: str  # 'single lr', 'scaling rule', 'pooled' or 'tuned'
-    name: str  # e.g. 'single lr 1e-4', 'sqrt scaling of 1e-4 at EBS 64', 'pooled', 'tuned'
-    pick: Pick
-
-
-@dataclass
-class ProtocolComparison:
-    group: str
-    protocols: list[ProtocolPick]
-
-    @property
-    def picked(self) -> list[int]:
-        return sorted({p.pick.chosen.effective_batch_size for p in self.protocols})
-
-    @property
-    def answer_changes(self) -> bool:
-        return len(self.picked) > 1
-
-    @property
-    def text(self) -> str:
-        if not self.protocols:
-            return "no protocol can be compared: every lr was tried at one EBS only"
-        if not self.answer_changes:
-            return f"every protocol picks EBS {self.picked[0]}"
-        by_ebs = {ebs: [p.name for p in self.protocols if p.pick.chosen.effective_batch_size == ebs] for ebs in self.picked}
-        return "the EBS picked depends on the protocol: " + "; ".join(
-            f"EBS {ebs} under {', '.join(names)}" for ebs, names in by_ebs.items())
-
-
-def compare_protocols(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
-                      alpha: float = 0.05, by: str = "model") -> list[ProtocolComparison]:
-    """Per group, the pick under each protocol the runs support: every EBS at one lr (the seed study's
-    way; one per lr trained at 2+ EBS, whatever rule led there), each recorded scaling rule from each base
-    lr, every cell pooled, and tuned. Whether the EBS picked changes is the finding."""
-    out = []
-    for name, group in _groups(data.runs, by):
-        rows = []
-        rates = group.assign(rate=group["lr"].map(rate_key))
-        for _, at_rate in sorted(rates.groupby("rate"), key=lambda item: float(item[0])):
-            if at_rate["effective_batch_size"].nunique() > 1:
-                lr = float(at_rate["lr"].iloc[0])
-                rows.append(ProtocolPick("single lr", f"single lr {format_lr(lr)}",
-                                         _pick_group(name, at_rate.drop(columns="rate"), predictions, metric, alpha)))
-        scaled = group[group["lr_scaling"] != "none"]
-        for (rule, base, at), rule_runs in scaled.groupby(["lr_scaling", "base_lr", "base_batch_size"], sort=True):
-            if rule_runs["effective_batch_size"].nunique() > 1:
-                rows.append(ProtocolPick("scaling rule", f"{rule} scaling of {format_lr(base)} at EBS {at}",
-                                         _pick_group(name, rule_runs, predictions, metric, alpha)))
-        if has_lr_grid(group):
-            for protocol in ("pooled", "tuned"):
-                rows.append(ProtocolPick(protocol, protocol,
-                                         _pick_by_protocol(name, group, data, predictions, metric, alpha, protocol)))
-        out.append(ProtocolComparison(name, rows))
-    return out
-
-
-
-def choose(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]],
-           options: PickOptions) -> list[Pick] | list[ProtocolComparison]:
-    """pick-best's answer: the picks, or with compare_protocols the pick under every protocol."""
-    if options.compare_protocols:
-        return compare_protocols(data, predictions, metric=options.metric, alpha=options.alpha, by=options.by)
-    return pick_best(data, predictions, metric=options.metric, alpha=options.alpha, by=options.by,
-                     target=options.target, protocol=options.protocol)

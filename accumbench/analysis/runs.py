@@ -26,7 +26,7 @@ from accumbench.config import RunConfig
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, rate_key
 from accumbench.noise_scale import measurable
-from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, METRICS, RUNNING, higher_is_better
+from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, METRICS, PRUNED, RUNNING, higher_is_better
 
 # The columns that name a cell in the study's table ("lr": the rate it trained with, runs.lr); any
 # other setting that differs between cells is listed in a "variant" column rather than averaged over.
@@ -74,9 +74,15 @@ class RunData:
     diverged: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=DIVERGED_COLUMNS))
     metric: str = "val_accuracy"  # the validation metric each run's best epoch was chosen on
     without_metric: int = 0  # finished runs left out because they never recorded it (before F1 and MCC were)
+    # Runs that racing stopped (PRUNED, sweep --race): their lr was tried and found worse, so it bounds the
+    # grid and is never picked. One row per run with its decision, and their epochs for the curves.
+    pruned: pd.DataFrame = dataclasses.field(default_factory=lambda: pd.DataFrame(columns=PRUNED_COLUMNS))
+    pruned_epochs: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
 
 DIVERGED_COLUMNS = ["run_id", "lr", "base_lr", "lr_scaling", "lr_free", "series", "effective_batch_size"]
+PRUNED_COLUMNS = [*DIVERGED_COLUMNS, "model", "backend", "seed", "pruned_epoch", "pruned_by", "pruned_p", "pruned_test",
+                  "epochs_planned", "seconds", "saved_seconds", "error"]
 
 
 def noise_note(config: RunConfig, micro_batch_size: int, measured: bool, value: float) -> str:
@@ -167,8 +173,10 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
                 frame[f"noise_scale_{which}"])]
     evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
                          columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
-    return RunData(frame.reset_index(drop=True), epochs, evals,
-                   _diverged(store, sweep=sweep, model=model, backend=backend), metric, without_metric)
+    filters = dict(sweep=sweep, model=model, backend=backend)
+    pruned, pruned_epochs = _pruned(store, **filters)
+    return RunData(frame.reset_index(drop=True), epochs, evals, _diverged(store, **filters), metric, without_metric,
+                   pruned, pruned_epochs)
 
 
 def best_epochs(epochs: pd.DataFrame, metric: str) -> pd.Series:
@@ -190,6 +198,27 @@ def _diverged(store: Any, **filters: Any) -> pd.DataFrame:
                              lr_free=lr_free_key(config), series=series_key(config),
                              effective_batch_size=config.effective_batch_size))
     return pd.DataFrame(rows, columns=DIVERGED_COLUMNS)
+
+
+def _pruned(store: Any, **filters: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The PRUNED runs among those the filters match, keyed like the finished ones, with their decision and
+    the training time racing saved: the epochs it did not train, at the pace of the ones it did."""
+    runs = store.find_runs(status=PRUNED, **filters)
+    epochs = pd.DataFrame(store.epochs_of([run["id"] for run in runs])) if runs else pd.DataFrame()
+    rows = []
+    for run in runs:
+        config = RunConfig.from_dict(json.loads(run["config_json"]))
+        own = epochs[epochs["run_id"] == run["id"]] if not epochs.empty else epochs
+        seconds = float(own["epoch_seconds"].sum()) if len(own) else 0.0
+        left = max(0, int(run["epochs"]) - len(own))
+        rows.append(dict(run_id=run["id"], lr=config.scaled_lr, base_lr=config.lr, lr_scaling=config.lr_scaling,
+                         lr_free=lr_free_key(config), series=series_key(config),
+                         effective_batch_size=config.effective_batch_size, model=run["model"], backend=run["backend"],
+                         seed=run["seed"], pruned_epoch=run["pruned_epoch"], pruned_by=run["pruned_by"],
+                         pruned_p=run["pruned_p"], pruned_test=run["pruned_test"], epochs_planned=int(run["epochs"]),
+                         seconds=seconds, saved_seconds=seconds / len(own) * left if len(own) else 0.0,
+                         error=run["error"]))
+    return pd.DataFrame(rows, columns=PRUNED_COLUMNS), epochs
 
 
 def _variants(frame: pd.DataFrame, leave_out: frozenset[str] = frozenset()) -> pd.Series:

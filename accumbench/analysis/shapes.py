@@ -7,9 +7,20 @@ import math
 from typing import Any
 
 from accumbench.analysis import answer
-from accumbench.analysis.pick import Candidate, Pick, ProtocolComparison, ProtocolPick
+from accumbench.analysis.choice import ProtocolComparison, ProtocolPick
+from accumbench.analysis.pick import Candidate, Pick
+from accumbench.analysis.race_replay import RaceReplay
 from accumbench.analysis.tuning import LINEAR_ALPHA, SQRT_ALPHA, BestLr
 from accumbench.vocabulary import test_metric
+
+
+def answer_json(answer: list[Any]) -> dict[str, Any]:
+    """pick-best --json, whichever answer analysis.choice.choose gave."""
+    if answer and isinstance(answer[0], RaceReplay):
+        return {"replays": [replay.to_json() for replay in answer]}
+    if answer and isinstance(answer[0], ProtocolComparison):
+        return comparison_json(answer)
+    return as_json(answer)
 
 
 def as_json(picks: list[Pick]) -> dict[str, Any]:
@@ -35,7 +46,7 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
         "test_accuracy": p.test_accuracy, "test_accuracy_ci95": list(p.test_ci), "test_examples": p.test_examples,
         "test_metric": None if p.test_score is None else {"name": test_metric(p.metric),
                                                           "mean": _num(p.test_score)},
-        "justification": p.justification, "warnings": p.warnings, "reconciled": p.reconciled,
+        "justification": p.justification, "warnings": p.warnings, "reconciled": p.reconciled, "pruned": p.pruned,
         "candidates": [candidate(c) for c in p.candidates],
         "noise_scale": None if p.noise is None else {
             "runs": p.noise.runs, "epoch_1": _num(p.noise.first), "epoch_1_range": p.noise.first_range,
@@ -61,7 +72,7 @@ def best_lr_json(b: BestLr) -> dict[str, Any]:
         "label": b.label, "effective_batch_size": b.effective_batch_size, "lr": b.best.lr,
         "metric_mean": _num(b.best.mean), "metric_std": _num(b.best.std), "seeds": b.best.seeds,
         "lrs_tried": [{"lr": t.lr, "metric_mean": _num(t.mean), "metric_std": _num(t.std), "seeds": t.seeds,
-                       "diverged": t.diverged} for t in b.tried],
+                       "diverged": t.diverged, "pruned": t.pruned} for t in b.tried],
         "edge": b.edge, "suggested_lr": b.suggestion, "refined_lr": b.refined_lr, "refined": b.refined,
         "warning": b.warning,
     }

@@ -15,18 +15,19 @@ Learning Tuning Playbook). So `pick-best` selects in two nested stages, on valid
 
 A cell's lr is the rate it trained with (runs.lr: --lr scaled by its rule), so a grid of base rates
 under --lr-scaling tunes the same way as a plain one. An lr whose runs all diverged is part of the grid
-tried (it bounds the search) but can never be the best.
+tried (it bounds the search) but can never be the best; so is an lr that racing pruned (sweep --race):
+it was found significantly worse than the best at some epoch, and a run of it is PRUNED.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from accumbench import stats
-from accumbench.analysis.runs import DIVERGED_COLUMNS, RunData, cell_label, varying
+from accumbench.analysis.runs import DIVERGED_COLUMNS, PRUNED_COLUMNS, RunData, cell_label, varying
 from accumbench.formatting import format_lr, rate_key
 from accumbench.vocabulary import higher_is_better
 
@@ -43,6 +44,7 @@ class LrPoint:
     std: float  # NaN with one seed
     seeds: int  # finished runs
     diverged: int  # runs that diverged
+    pruned: int = 0  # runs that racing stopped: the lr lost to a better one, so it is never the best
 
 
 @dataclass
@@ -70,7 +72,8 @@ class BestLr:
 
     @property
     def lrs_tried(self) -> str:
-        return ", ".join(format_lr(p.lr) + (" (diverged)" if p.seeds == 0 else "") for p in self.tried)
+        return ", ".join(format_lr(p.lr) + (" (pruned)" if p.pruned else " (diverged)" if p.seeds == 0 else "")
+                         for p in self.tried)
 
 
 def parabola_vertex(x0: float, y0: float, x1: float, y1: float, x2: float, y2: float) -> float:
@@ -97,7 +100,7 @@ def next_lr(edge: float, neighbour: float) -> float:
     return nice if beyond else float(f"{raw:.2g}")  # a fine grid: rounding would land back on the edge
 
 
-def _points(runs: pd.DataFrame, diverged: pd.DataFrame, metric: str) -> list[LrPoint]:
+def _points(runs: pd.DataFrame, diverged: pd.DataFrame, pruned: pd.DataFrame, metric: str) -> list[LrPoint]:
     """The lrs tried at one EBS, ascending. Two cells that trained at the same rate (an lr rule at its
     base EBS, and the plain rate) ran the same training: the better one stands for that lr."""
     higher = higher_is_better(metric)
@@ -115,6 +118,9 @@ def _points(runs: pd.DataFrame, diverged: pd.DataFrame, metric: str) -> list[LrP
             by_lr[key].diverged += int(count)
         else:
             by_lr[key] = LrPoint(float(lr), None, math.nan, math.nan, 0, int(count))
+    for lr, count in pruned["lr"].astype(float).value_counts().items():
+        key = rate_key(lr)
+        by_lr.setdefault(key, LrPoint(float(lr), None, math.nan, math.nan, 0, 0)).pruned += int(count)
     return sorted(by_lr.values(), key=lambda p: p.lr)
 
 
@@ -125,17 +131,23 @@ def _better(a: float, b: float, higher: bool) -> bool:
     return math.isnan(b) or (a > b if higher else a < b)
 
 
-def best_lrs(runs: pd.DataFrame, metric: str = "val_accuracy", diverged: pd.DataFrame | None = None) -> list[BestLr]:
+def best_lrs(runs: pd.DataFrame, metric: str = "val_accuracy", diverged: pd.DataFrame | None = None,
+             pruned: pd.DataFrame | None = None) -> list[BestLr]:
     """Per EBS (per lr_free_key) of `runs`, the lr with the best mean `metric` over seeds, ordered by
-    series, then EBS. `diverged` (RunData.diverged) adds the lrs whose runs blew up to the grid tried."""
+    series, then EBS. `diverged` (RunData.diverged) adds the lrs whose runs blew up to the grid tried, and
+    `pruned` (RunData.pruned) the lrs racing stopped: tried, and never the best."""
     diverged = diverged if diverged is not None else pd.DataFrame(columns=DIVERGED_COLUMNS)
+    pruned = pruned if pruned is not None else pd.DataFrame(columns=PRUNED_COLUMNS)
     higher = higher_is_better(metric)
     vary = varying(runs, ("model", "variant"))
     out = []
     for key, at_ebs in runs.groupby("lr_free", sort=False):
-        tried = _points(at_ebs, diverged[diverged["lr_free"] == key], metric)
-        best = tried[0]
-        for point in tried[1:]:
+        tried = _points(at_ebs, diverged[diverged["lr_free"] == key], pruned[pruned["lr_free"] == key], metric)
+        # A pruned lr lost to another; only if racing left no lr whole (a best that later lost a seed) do
+        # the finished runs of pruned lrs compete.
+        eligible = [p for p in tried if p.seeds and not p.pruned] or [p for p in tried if p.seeds]
+        best = eligible[0]
+        for point in eligible[1:]:
             if _better(point.mean, best.mean, higher):
                 best = point
         index = tried.index(best)
@@ -146,7 +158,7 @@ def best_lrs(runs: pd.DataFrame, metric: str = "val_accuracy", diverged: pd.Data
         refined_lr, refined = best.lr, False
         if edge is None and len(tried) >= 3:
             low, high = tried[index - 1], tried[index + 1]
-            if low.seeds and high.seeds:  # a diverged neighbour has no metric to fit through
+            if low.seeds and high.seeds and not (low.pruned or high.pruned):  # no whole metric to fit through
                 x = parabola_vertex(math.log(low.lr), low.mean, math.log(best.lr), best.mean,
                                     math.log(high.lr), high.mean)
                 refined_lr, refined = math.exp(x), True
@@ -158,8 +170,11 @@ def best_lrs(runs: pd.DataFrame, metric: str = "val_accuracy", diverged: pd.Data
     return sorted(out, key=lambda b: (order[b.series], b.effective_batch_size))
 
 
-def has_lr_grid(runs: pd.DataFrame) -> bool:
-    """Whether some EBS was trained at more than one lr: then the tuned protocol has something to tune."""
+def has_lr_grid(runs: pd.DataFrame, pruned: pd.DataFrame | None = None) -> bool:
+    """Whether some EBS was trained at more than one lr (counting the lrs racing pruned there): then the tuned
+    protocol has something to tune."""
+    if pruned is not None and len(pruned):
+        runs = pd.concat([runs[["lr_free", "lr"]], pruned[pruned["lr_free"].isin(runs["lr_free"])][["lr_free", "lr"]]])
     rates = runs.assign(rate=runs["lr"].map(rate_key))
     return bool((rates.groupby("lr_free")["rate"].nunique() > 1).any())
 
@@ -230,6 +245,7 @@ class LrGrid:
     effective_batch_sizes: list[int]
     cells: dict[tuple[int, int], tuple[float, float, int, float]]  # (row, EBS) -> (mean, std, seeds, lr trained)
     best: dict[int, int]  # EBS -> row of its best lr
+    pruned: dict[tuple[int, int], int] = field(default_factory=dict)  # (row, EBS) -> runs racing stopped there
 
     @staticmethod
     def row_label(rule: str, base_lr: float) -> str:
@@ -242,8 +258,9 @@ class LrGrid:
                     {"effective_batch_size": ebs, "lr": self.cells[(i, ebs)][3],
                      "mean": None if math.isnan(self.cells[(i, ebs)][0]) else self.cells[(i, ebs)][0],
                      "std": None if math.isnan(self.cells[(i, ebs)][1]) else self.cells[(i, ebs)][1],
-                     "seeds": self.cells[(i, ebs)][2], "diverged": self.cells[(i, ebs)][2] == 0,
-                     "best": self.best.get(ebs) == i}
+                     "seeds": self.cells[(i, ebs)][2],
+                     "diverged": self.cells[(i, ebs)][2] == 0 and (i, ebs) not in self.pruned,
+                     "pruned": self.pruned.get((i, ebs), 0), "best": self.best.get(ebs) == i}
                     for ebs in self.effective_batch_sizes if (i, ebs) in self.cells]}
                     for i, (rule, base) in enumerate(self.rows)]}
 
@@ -253,18 +270,23 @@ def lr_grids(data: RunData) -> list[LrGrid]:
     runs = data.runs
     grids = []
     for series, group in runs.groupby("series", sort=False):
-        if not has_lr_grid(group):
+        if not has_lr_grid(group, data.pruned):
             continue
-        best = best_lrs(group, data.metric, data.diverged)
+        best = best_lrs(group, data.metric, data.diverged, data.pruned)
         blown = data.diverged[data.diverged["series"] == series]
-        rows = sorted({(rule, float(base)) for frame in (group, blown)
+        cut = data.pruned[data.pruned["series"] == series]
+        rows = sorted({(rule, float(base)) for frame in (group, blown, cut)
                        for rule, base in zip(frame["lr_scaling"], frame["base_lr"])},
                       key=lambda r: (r[0] != "none", r[0], r[1]))
         index = {row: i for i, row in enumerate(rows)}
         cells = {}
-        for run in blown.itertuples():  # (NaN, NaN, 0 seeds): tried, and diverged
+        pruned: dict[tuple[int, int], int] = {}
+        for run in (*blown.itertuples(), *cut.itertuples()):  # (NaN, NaN, 0 seeds): tried, and diverged or pruned
             cells[(index[(run.lr_scaling, float(run.base_lr))], int(run.effective_batch_size))] = (
                 math.nan, math.nan, 0, float(run.lr))
+        for run in cut.itertuples():
+            where = (index[(run.lr_scaling, float(run.base_lr))], int(run.effective_batch_size))
+            pruned[where] = pruned.get(where, 0) + 1
         for _, cell_runs in group.groupby("cell", sort=False):
             first = cell_runs.iloc[0]
             values = cell_runs[data.metric].astype(float)
@@ -276,11 +298,11 @@ def lr_grids(data: RunData) -> list[LrGrid]:
             chosen[b.effective_batch_size] = index[(first["lr_scaling"], float(first["base_lr"]))]
         first = group.iloc[0]
         grids.append(LrGrid(str(first["model"]), str(first["backend"]), str(first["variant"]), data.metric, rows,
-                            sorted(group["effective_batch_size"].astype(int).unique().tolist()), cells, chosen))
+                            sorted(group["effective_batch_size"].astype(int).unique().tolist()), cells, chosen, pruned))
     return grids
 
 
 def best_lr_cells(data: RunData) -> set[str]:
     """The cells that are their EBS's best lr on validation, in every series trained at two or more lrs."""
-    return {b.best.cell for _, series in data.runs.groupby("series", sort=False) if has_lr_grid(series)
-            for b in best_lrs(series, data.metric, data.diverged)}
+    return {b.best.cell for _, series in data.runs.groupby("series", sort=False) if has_lr_grid(series, data.pruned)
+            for b in best_lrs(series, data.metric, data.diverged, data.pruned)}

@@ -13,12 +13,11 @@ backend switch, no figure registry to leak into, and safe from threads.
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from accumbench.errors import UserError
-from accumbench.formatting import format_lr, short_group, short_model, spread
+from accumbench.formatting import format_lr, short_group, short_model, spread, unique_slugs
 from accumbench.vocabulary import METRICS, curve_metric
 
 if TYPE_CHECKING:
@@ -28,34 +27,6 @@ if TYPE_CHECKING:
 
 DPI = 120
 MISSING = "--plot needs matplotlib; pip install 'accumbench[plot]'"
-
-
-def slugify(model: str) -> str:
-    """A file-name-safe stem for a model name.
-
-    A local directory ("/tmp/x/tiny-bert", "./ckpt/", "~/m") is named by its last component
-    ("tiny-bert"): its parents say where it lives, not what it is. A hub id keeps its organisation
-    ("answerdotai/ModernBERT-base" -> "answerdotai_ModernBERT-base"), which tells models apart.
-    Anything but letters, digits, '.', '_' and '-' then becomes '_'."""
-    name = short_model(model.strip().replace("\\", "/"))
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return slug or "model"
-
-
-def unique_slugs(models: list[str]) -> dict[str, str]:
-    """slugify for each model, with -2, -3, ... appended where two models (in the order given) would
-    share a file. Compared case-insensitively, as on macOS and Windows file systems."""
-    taken: set[str] = set()
-    slugs = {}
-    for model in models:
-        base = slug = slugify(model)
-        n = 1
-        while slug.casefold() in taken:
-            n += 1
-            slug = f"{base}-{n}"
-        taken.add(slug.casefold())
-        slugs[model] = slug
-    return slugs
 
 
 def _require_matplotlib() -> None:
@@ -143,6 +114,9 @@ def _validation_figure(model: str, frame: pd.DataFrame, labels: list[str], color
             # epoch 3 still counts in epochs 1 and 2.
             stats = points[points["label"] == label].groupby("epoch")[column].agg(["mean", "min", "max", "count"])
             _band(ax, stats.index, stats, colors[label], label, marker="o")
+        stops = points[points["epoch"] == points["pruned_at"]] if "pruned_at" in points else points.iloc[:0]
+        if not stops.empty:  # racing stopped these runs here (sweep --race)
+            ax.scatter(stops["epoch"], stops[column], marker="x", color="#c0392b", zorder=3, label="pruned (racing)")
         ax.set(xlabel="epoch", ylabel=name, title=name)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)

@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from accumbench.formatting import format_lr, format_seconds, short_model
-from accumbench.vocabulary import DONE, GAVE_UP, PENDING, RUNNING_ELSEWHERE
+from accumbench.vocabulary import CUT, DONE, GAVE_UP, PENDING, RUNNING_ELSEWHERE
 
 
 class RichReporter:
@@ -117,7 +117,10 @@ class RichSweepReporter:
         self.console.print(spec.grid_shape())
         for column in ("#", "model", "EBS", "micro x k", "backend", "seed", "lr rule", "lr", "budget", "config hash"):
             table.add_column(column, justify="right" if column in ("#", "EBS", "seed", "lr") else "left")
-        for index, cell in enumerate(spec.cells, 1):
+        if spec.race:
+            self.console.print(f"racing at alpha {spec.race_alpha:g} from epoch {spec.race_after} on "
+                               f"{spec.race_metric}; cells in claim order")
+        for index, cell in enumerate(spec.claim_order(), 1):
             budget = f"{cell.train_steps} steps" if cell.budget == "steps" else f"{cell.epochs} epochs"
             table.add_row(str(index), cell.model, str(cell.effective_batch_size),
                           "auto" if cell.auto_micro_batch else f"{cell.micro_batch_size} x {cell.accumulation_steps}",
@@ -130,7 +133,9 @@ class RichSweepReporter:
         count = lambda state: sum(s.state == state for s in statuses)  # noqa: E731
         self.console.print(
             f"sweep [bold]{sweep['name']}[/]: {self._total} cells, {count(DONE)} finished, "
-            f"{count(RUNNING_ELSEWHERE)} running elsewhere, {count(PENDING)} to run"
+            + (f"{count(CUT)} pruned, " if count(CUT) else "")
+            + f"{count(RUNNING_ELSEWHERE)} running elsewhere, {count(PENDING)} to run"
+            + (f"; racing at alpha {spec.race_alpha:g}" if spec.race else "")
         )
 
     def reaped(self, run_ids: list[int]) -> None:
@@ -144,7 +149,7 @@ class RichSweepReporter:
                           align="left")
 
     def cell_ended(self, run_id: int, outcome: str, detail: str) -> None:
-        colour = {"FINISHED": "green", "FAILED": "red"}.get(outcome, "yellow")
+        colour = {"FINISHED": "green", "FAILED": "red", "PRUNED": "cyan"}.get(outcome, "yellow")
         self.console.print(f"run {run_id} [{colour}]{outcome}[/]: {detail}")
 
     def summary(self, spec: Any, result: Any, db_label: str) -> None:
@@ -160,7 +165,9 @@ class RichSweepReporter:
             cell, run = status.config, status.run
             best = result.summaries.get(run["id"]) if run else None
             state = "[green]finished[/]" if status.state == DONE else status.state
-            if status.state not in (DONE, RUNNING_ELSEWHERE) and run and run["error"]:
+            if status.state == CUT:
+                state = f"[cyan]pruned[/] after epoch {run['pruned_epoch']}, p={run['pruned_p']:.1g}"
+            elif status.state not in (DONE, RUNNING_ELSEWHERE) and run and run["error"]:
                 state = f"[red]{status.state}[/]: {run['error'][:32]}"
             values = {"model": short_model(cell.model), "backend": cell.backend,
                       "lr_scaling": cell.lr_scaling, "seed": str(cell.seed)}
@@ -173,6 +180,8 @@ class RichSweepReporter:
         self.console.print(table)
         done, running = result.count(DONE), result.count(RUNNING_ELSEWHERE)
         line = f"{done}/{len(result.statuses)} cells finished ({result.ran} run by this worker)"
+        if result.count(CUT):
+            line += f"; {result.count(CUT)} pruned by racing"
         if running:
             line += f"; {running} still running on other workers"
         if result.count(GAVE_UP):

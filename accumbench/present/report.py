@@ -22,6 +22,7 @@ from typing import Any
 from accumbench.analysis import pick
 from accumbench.analysis.cells import backend_comparison, cell_table, noise_per_run, plot_frames
 from accumbench.analysis.headline import headline
+from accumbench.analysis.racing import race_summary
 from accumbench.analysis.runs import NoRuns, count_running, load_predictions, load_runs
 from accumbench.analysis.tuning import lr_grids
 from accumbench.errors import UserError
@@ -95,6 +96,7 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
         why = str(exc).split(";")[0].replace(store.url, request.page_label)
         return study_page.empty_page(request.page_label, why, count_running(store, **request.filters), refresh), {}
     cells, comparison, grids = cell_table(data), backend_comparison(data), lr_grids(data)
+    raced = tuple(race_summary(data))
     shown = tables.choose_columns(cells, request.columns, request.wide)
     title = (f"accumbench report: {len(data.runs)} runs in {len(cells)} cells"
              + (f", sweep {request.sweep}" if request.sweep else ""))
@@ -113,11 +115,11 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
         text = study_page.study_page(title=title.replace("accumbench report", "accumbench study"),
                                      db_label=request.page_label, cells=cells, comparison=comparison, data=data,
                                      picks=picks, grids=grids, figures=pngs, refresh=refresh, b_crit=b_crit,
-                                     headlines=headlines)
+                                     headlines=headlines, raced=raced)
     elif request.fmt == "table":
-        text = tables.text_report(cells, comparison, title, shown, grids, width)
+        text = tables.text_report(cells, comparison, title, shown, grids, width, raced)
     else:
-        text = tables.render(cells, comparison, request.fmt, title, shown, noise_per_run(data), grids)
+        text = tables.render(cells, comparison, request.fmt, title, shown, noise_per_run(data), grids, raced)
     return text, pngs
 
 

@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from accumbench.analysis import answer
-from accumbench.formatting import format_lr, portable, short_group, short_model
-from accumbench.present import plots, tables
+from accumbench.formatting import format_lr, portable, short_group, short_model, unique_slugs
+from accumbench.present import tables
 from accumbench.vocabulary import METRICS, curve_metric
 
 STYLE = """
@@ -124,7 +124,7 @@ def empty_page(db_label: str, why: str, running: int, refresh: int | None = None
 
 def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: Any, picks: list[Any],
                grids: list[Any], figures: dict[str, bytes], refresh: int | None = None,
-               b_crit: dict[str, float] | None = None, headlines: tuple[Any, ...] = ()) -> str:
+               b_crit: dict[str, float] | None = None, headlines: tuple[Any, ...] = (), raced: tuple[Any, ...] = ()) -> str:
     """The study page. `figures` maps plots.py's file names ('<slug>-validation.png', ...) to PNG bytes."""
     body = [f"<h1>{_e(title)}</h1>", _stamp(db_label, refresh), "<section id='picks'>"]
     for index, pick in enumerate(picks):
@@ -144,7 +144,7 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
         lines.append("<details class='why'><summary>why</summary>"
                      + "".join(f"<p class='note'>{_e(text)}</p>" for text in why) + "</details>")
         body.append(f"<div class='pick' id='pick-{index}'>" + "".join(lines) + "</div>")
-    models = {slug: model for model, slug in plots.unique_slugs(sorted(map(str, data.runs["model"].unique()))).items()}
+    models = {slug: model for model, slug in unique_slugs(sorted(map(str, data.runs["model"].unique()))).items()}
     for name, png in figures.items():  # the answer at a glance, under the answers in words
         if name.endswith("-headline.png"):
             model = models.get(name.removesuffix("-headline.png"), "")  # drawn from these headlines (plots.py)
@@ -180,6 +180,9 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
             for grid in grids:
                 body += [f"<p>{_e(tables.lr_grid_title(grid))}</p>", _table(tables.lr_grid_table(grid), 1)]
         body.append("</section>")
+    if raced:  # the curves mark where each pruned run stopped (x); here, why and what it saved
+        body += [f"<section id='racing'><h2>{_e(tables.RACING_TITLE.capitalize())}</h2>",
+                 *(f"<p class='note'>{_e(group.text)}</p>" for group in raced), "</section>"]
 
     compared = tables.display_comparison(comparison)
     if not compared.empty:

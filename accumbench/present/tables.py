@@ -167,6 +167,7 @@ def display_comparison(comparison: pd.DataFrame) -> pd.DataFrame:
 
 
 COMPARISON_TITLE = "backends: accelerate against torch, same cell and seed"
+RACING_TITLE = "racing (sweep --race): the runs stopped early, and the training time that saved"
 
 
 def lr_grid_title(grid: LrGrid) -> str:
@@ -175,7 +176,8 @@ def lr_grid_title(grid: LrGrid) -> str:
 
 
 def lr_grid_table(grid: LrGrid) -> pd.DataFrame:
-    """Rows 'lr', one column per EBS: 'mean ± std (n)', '*' on each EBS's best, 'diverged', or '-'."""
+    """Rows 'lr', one column per EBS: 'mean ± std (n)', '*' on each EBS's best, 'diverged', 'pruned' (racing
+    stopped it), or '-'."""
     table = {"lr": [grid.row_label(*row) for row in grid.rows]}
     for ebs in grid.effective_batch_sizes:
         column = []
@@ -184,16 +186,18 @@ def lr_grid_table(grid: LrGrid) -> pd.DataFrame:
                 column.append("-")
                 continue
             mean, std, seeds, _ = grid.cells[(i, ebs)]
+            pruned = grid.pruned.get((i, ebs), 0)
             if seeds == 0:
-                column.append("diverged")
+                column.append("pruned" if pruned else "diverged")
                 continue
-            column.append(f"{mean:.3f}{spread(std, 3)} ({seeds}){' *' if grid.best.get(ebs) == i else ''}")
+            column.append(f"{mean:.3f}{spread(std, 3)} ({seeds}){' *' if grid.best.get(ebs) == i else ''}"
+                          + (f" +{pruned} pruned" if pruned else ""))
         table[f"EBS {ebs}"] = column
     return pd.DataFrame(table)
 
 
 def text_report(cells: pd.DataFrame, comparison: pd.DataFrame, title: str, columns: list[str],
-                lr_grids: tuple[Any, ...] = (), width: int | None = None) -> str:
+                lr_grids: tuple[Any, ...] = (), width: int | None = None, raced: tuple[Any, ...] = ()) -> str:
     """`report` for a terminal (width: its columns; a wider table is split into blocks) or a pipe (None:
     one block, lines as long as they need): the cell table, what it means, the lr x EBS grids, the
     backend comparison. Every value is printed whole."""
@@ -206,6 +210,8 @@ def text_report(cells: pd.DataFrame, comparison: pd.DataFrame, title: str, colum
     for grid in lr_grids:
         frame = lr_grid_table(grid)
         parts += ["", lr_grid_title(grid), _text(frame, [True] + [False] * (frame.shape[1] - 1), 1, width)]
+    if raced:  # analysis.racing.race_summary: what sweep --race stopped, and what that saved
+        parts += ["", RACING_TITLE, *(textwrap.fill(group.text, prose, subsequent_indent="  ") for group in raced)]
     compared = display_comparison(comparison)
     if not compared.empty:
         keys = sum(1 for c in compared.columns if c in ("model", "EBS", "lr\nrule", "lr", "variant"))
@@ -219,7 +225,7 @@ def _text(frame: pd.DataFrame, left: list[bool], keys: int, width: int | None) -
 
 
 def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str, columns: list[str],
-           runs: pd.DataFrame | None = None, lr_grids: tuple[Any, ...] = ()) -> str:
+           runs: pd.DataFrame | None = None, lr_grids: tuple[Any, ...] = (), raced: tuple[Any, ...] = ()) -> str:
     """The report as csv, json or markdown (`columns`: those of the table for people). `runs`
     (noise_per_run) adds each run's B_simple to the JSON; `lr_grids` (analysis.tuning.lr_grids) the lr x EBS
     tables of validation accuracy. CSV and JSON carry every column, unrounded."""
@@ -230,7 +236,7 @@ def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str, 
                    "noise_scale_notes": {note: NOISE_NOTES[note] for note in _noise_notes(cells)},
                    "noise_scale_runs": [] if runs is None else json.loads(runs.to_json(orient="records")),
                    "backend_comparison": json.loads(comparison.to_json(orient="records")),
-                   "lr_grids": [grid.to_json() for grid in lr_grids]}
+                   "lr_grids": [grid.to_json() for grid in lr_grids], "racing": [group.to_json() for group in raced]}
         return json.dumps(payload, indent=2) + "\n"
     if fmt == "markdown":
         shown, compared = display_table(cells, columns), display_comparison(comparison)
@@ -238,6 +244,8 @@ def render(cells: pd.DataFrame, comparison: pd.DataFrame, fmt: str, title: str, 
         text = f"# {title}\n\n{_markdown(shown)}\n\n{table_note(cells, columns)}\n" + (f"\n{footnote}\n" if footnote else "")
         for grid in lr_grids:
             text += f"\n## {lr_grid_title(grid)}\n\n{_markdown(lr_grid_table(grid))}\n"
+        if raced:
+            text += f"\n## {RACING_TITLE[0].upper()}{RACING_TITLE[1:]}\n\n" + "".join(f"- {g.text}\n" for g in raced)
         if not compared.empty:
             text += f"\n## {COMPARISON_TITLE[0].upper()}{COMPARISON_TITLE[1:]}\n\n{_markdown(compared)}\n"
         return text

@@ -11,6 +11,20 @@ from accumbench.vocabulary import BOOTSTRAPPED, METRIC_HEADINGS, PROTOCOL_MEANIN
 SCREEN_NAMES = {"welch": "Welch", "mcnemar-validation": "McNemar", "bootstrap-validation": "bootstrap"}
 
 
+def print_answer(answer: list[Any]) -> None:
+    """pick-best in the terminal, whichever answer analysis.choice.choose gave: picks, protocol comparisons
+    (they have .protocols) or race replays (.prunes)."""
+    if answer and hasattr(answer[0], "prunes"):
+        from rich.console import Console
+
+        for replay in answer:
+            Console().print(replay.text)
+    elif answer and hasattr(answer[0], "protocols"):
+        print_comparisons(answer)
+    else:
+        print_picks(answer)
+
+
 def print_picks(picks: list[Any]) -> None:
     """`accumbench pick-best` in the terminal: per model, the candidates with their p-values, the pick,
     its test accuracy with a 95% interval, and the justification in words."""
@@ -54,6 +68,10 @@ def print_picks(picks: list[Any]) -> None:
             console.print(pick.noise.text)
         for critical in pick.critical:
             console.print(critical.text)
+        if pick.pruned:  # racing's decisions: their lrs counted as tried and worse above
+            stops = ", ".join(f"EBS {p['effective_batch_size']} lr {format_lr(p['lr'])} seed {p['seed']} after epoch "
+                              f"{p['epoch']} (p={p['p']:.1g})" for p in pick.pruned)
+            console.print(f"racing pruned {len(pick.pruned)} run{'s' if len(pick.pruned) != 1 else ''}: {stops}")
         for line in pick.reconciled:
             console.print(f"[bold]one answer:[/] {line}")
         for warning in pick.warnings:

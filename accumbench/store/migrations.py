@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from accumbench.errors import UserError
 from accumbench.store.schema import Base, Epoch, Run, SchemaVersion, Step
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def read_schema_version(conn: Connection) -> int | None:
@@ -96,6 +96,11 @@ def _migrate_to_7(conn: Connection) -> None:
     _add_missing_columns(conn, Epoch.__table__, ("val_f1", "val_mcc", "test_f1", "test_mcc"))
 
 
+def _migrate_to_8(conn: Connection) -> None:
+    """7 -> 8: racing (sweep --race): a PRUNED run's decision."""
+    _add_missing_columns(conn, Run.__table__, ("pruned_epoch", "pruned_by", "pruned_p", "pruned_test"))
+
+
 # Why migrations rather than "delete the old file": a run database holds results
 # that took GPU-hours to produce, so a new accumbench upgrades it in place.
 # upgrade() runs these in order (found+1 .. SCHEMA_VERSION) inside Store.open's single
@@ -104,7 +109,7 @@ def _migrate_to_7(conn: Connection) -> None:
 # takes the database from version N-1 to N and must be idempotent (inspect before
 # altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
 _MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5, 6: _migrate_to_6,
-               7: _migrate_to_7}
+               7: _migrate_to_7, 8: _migrate_to_8}
 assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
 
 

@@ -126,17 +126,21 @@ class RunRecords:
                 setattr(run, name, value)
 
     @_resilient()
-    def finish_run(self, run_id: int, status: str, error: str | None = None) -> bool:
-        """Move a RUNNING run to a terminal status (FINISHED, FAILED or KILLED), with finished_at=now
-        and error. Returns False, changing nothing, when the run had already ended: e.g. another
-        worker marked it KILLED because its heartbeat had gone stale. KeyError if there is no such run."""
+    def finish_run(self, run_id: int, status: str, error: str | None = None, **columns: Any) -> bool:
+        """Move a RUNNING run to a terminal status (FINISHED, FAILED, KILLED or PRUNED), with finished_at=now,
+        error and any other run `columns` (a PRUNED run's decision) in the same write. Returns False, changing
+        nothing, when the run had already ended: e.g. another worker marked it KILLED because its heartbeat
+        had gone stale. KeyError if there is no such run."""
         if status not in TERMINAL_STATUSES:
             raise ValueError(f"finish_run: status must be one of {TERMINAL_STATUSES}, not {status!r}")
+        unknown = set(columns) - (set(RUN_COLUMNS) - {"id", "status", "finished_at", "error"})
+        if unknown:
+            raise TypeError(f"finish_run: not a run column to set: {', '.join(sorted(unknown))}")
         with self._session.begin() as session:
             self._get(session, run_id)
             result = session.execute(
                 update(Run).where(Run.id == run_id, Run.status == RUNNING)
-                .values(status=status, finished_at=_now(), error=error)
+                .values(status=status, finished_at=_now(), error=error, **columns)
             )
             return result.rowcount == 1
 

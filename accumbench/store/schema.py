@@ -157,6 +157,13 @@ class Run(Base):
     dropped_rows: Mapped[str | None]
     positive_label: Mapped[str | None]
     positive_class: Mapped[int | None]  # its label id (1 unless --positive-label names the other)
+    # Added in schema version 8: a PRUNED run's racing decision (sweep --race): the epoch it stopped after,
+    # the run of its group's best lr it lost to, the p-value, and the test ('mcnemar' on accuracy and loss,
+    # 'bootstrap' on F1 and MCC). NULL for every other run.
+    pruned_epoch: Mapped[int | None]
+    pruned_by: Mapped[int | None]
+    pruned_p: Mapped[float | None]
+    pruned_test: Mapped[str | None]
 
 
 class Epoch(Base):

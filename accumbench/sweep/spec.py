@@ -18,6 +18,7 @@ from accumbench.config import CONFIG_KEYS, RunConfig, check_value, coerce_field,
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, plain_number
 from accumbench.sweep.presets import PRESETS
+from accumbench.vocabulary import METRICS, RACE_AFTER, RACE_ALPHA
 
 # The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary,
 # outermost first. Cells are ordered so that one model/backend's EBS comparison completes early,
@@ -27,7 +28,8 @@ AXES = {"models": "model", "backends": "backend", "lr_scaling": "lr_scaling", "s
 # What each axis takes, for the error line when one of its values is wrong.
 AXIS_EXAMPLES = {"models": "bert,modernbert", "backends": "torch,accelerate", "lr_scaling": "none,sqrt",
                  "seeds": "42,43,44", "lrs": "1e-5,3e-5,1e-4", "effective_batch_sizes": "64,256,1024"}
-SWEEP_OPTIONS = {"name": None, "preset": None, "max_retries": 1, "stale_after": 600.0, "fail_fast": False}
+SWEEP_OPTIONS = {"name": None, "preset": None, "max_retries": 1, "stale_after": 600.0, "fail_fast": False,
+                 "race": False, "race_alpha": RACE_ALPHA, "race_after": RACE_AFTER, "race_metric": "val_accuracy"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,12 @@ class SweepSpec:
     max_retries: int = 1
     stale_after: float = 600.0
     fail_fast: bool = False
+    # --race: stop runs whose lr is significantly worse than their group's best (sweep/race.py). How a sweep
+    # runs, not what its cells are: the same grid raced or not is the same sweep (the same grid hash).
+    race: bool = False
+    race_alpha: float = RACE_ALPHA
+    race_after: int = RACE_AFTER
+    race_metric: str = "val_accuracy"
     cells: tuple[RunConfig, ...] = field(default=(), compare=False)
 
     @property
@@ -55,8 +63,10 @@ class SweepSpec:
         return self.name or f"{self.preset or 'sweep'}-{self.grid_hash[:8]}"
 
     def to_json(self) -> str:
+        race = {"race": self.race, "race_alpha": self.race_alpha, "race_after": self.race_after,
+                "race_metric": self.race_metric} if self.race else {}
         return json.dumps({"preset": self.preset, "axes": {k: list(v) for k, v in self.axes.items()},
-                           "options": self.options}, sort_keys=True)
+                           "options": self.options, **race}, sort_keys=True)
 
     @property
     def heartbeat_seconds(self) -> float:
@@ -66,6 +76,14 @@ class SweepSpec:
     def grid_shape(self) -> str:
         """'2 models x 3 EBS x 4 lrs x 3 seeds = 72 cells' (what the console shows; see grid_shape)."""
         return grid_shape(self)
+
+    def claim_order(self) -> list[RunConfig]:
+        """The cells in the order workers claim them: as given, or with --race racing's (analysis/racing.py)."""
+        if not self.race:
+            return list(self.cells)
+        from accumbench.analysis.racing import claim_order  # pandas: only for a raced sweep
+
+        return claim_order(self.cells)
 
     def describe(self, config: RunConfig) -> str:
         """One of its cells in a few words (see describe)."""
@@ -127,6 +145,7 @@ def build_spec(config_file: Path | None = None, **given: Any) -> SweepSpec:
             )
     options = values
     max_retries, stale_after = retry_options(sweep_options["max_retries"], sweep_options["stale_after"])
+    race = race_options(sweep_options, axes)
 
     cells: dict[str, RunConfig] = {}
     for point in product(*axes.values()):
@@ -137,9 +156,17 @@ def build_spec(config_file: Path | None = None, **given: Any) -> SweepSpec:
             where = ", ".join(f"{name}={value}" for name, value in zip(axes, point) if len(axes[name]) > 1)
             raise UserError(f"{exc} (in the cell {where})" if where else str(exc)) from None
         cells.setdefault(cell.config_hash, cell)
+    if race["race"]:
+        last_chance = min(cell.epochs for cell in cells.values() if cell.budget == "epochs") if any(
+            cell.budget == "epochs" for cell in cells.values()) else None
+        if last_chance is not None and race["race_after"] >= last_chance:
+            raise UserError(f"--race-after {race['race_after']} leaves no epoch to stop early at with --epochs "
+                            f"{last_chance} (a run that reaches its last epoch is finished); give --epochs "
+                            f"{race['race_after'] + 1} or more" + (f", or --race-after {last_chance - 1}"
+                                                                  if last_chance > 1 else ""))
     return SweepSpec(axes=axes, options=options, name=sweep_options["name"], preset=sweep_options["preset"],
                      max_retries=max_retries, stale_after=stale_after, fail_fast=bool(sweep_options["fail_fast"]),
-                     cells=tuple(cells.values()))
+                     **race, cells=tuple(cells.values()))
 
 
 def axis_values(axis: str, raw: Any) -> tuple[Any, ...]:
@@ -173,6 +200,33 @@ def retry_options(max_retries: Any, stale_after: Any) -> tuple[int, float]:
     return max_retries, stale_after
 
 
+def race_options(options: dict[str, Any], axes: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
+    """--race, --race-alpha, --race-after and --race-metric, checked: values always, the lr grid with --race."""
+    race = options["race"]
+    if not isinstance(race, bool):
+        raise UserError(f"'race' takes true or false, got {race!r}; e.g. race: true")
+    try:
+        alpha, after = float(options["race_alpha"]), options["race_after"]
+        if isinstance(after, bool) or float(after) != int(after):
+            raise ValueError
+        after = int(after)
+    except (TypeError, ValueError):
+        raise UserError("--race-alpha must be a number and --race-after a whole number of epochs; "
+                        "e.g. --race-alpha 1e-4 --race-after 1") from None
+    if not 0 < alpha < 1:
+        raise UserError(f"--race-alpha must be between 0 and 1, got {plain_number(alpha)}; the default is "
+                        f"{RACE_ALPHA:g} (a run stops only when p < alpha)")
+    if after < 1:
+        raise UserError(f"--race-after must be at least 1, got {after}: a run can stop after its first epoch at "
+                        "the earliest; e.g. --race-after 1")
+    if options["race_metric"] not in METRICS:
+        raise UserError(f"unknown --race-metric '{options['race_metric']}'; choose one of: {', '.join(METRICS)}")
+    if race and len(axes["lr"]) < 2:
+        raise UserError("--race stops runs whose lr is worse than their group's best lr, so it needs an lr grid; "
+                        "add --lrs, e.g. --lrs 3e-5,1e-4,3e-4 (or drop --race)")
+    return dict(race=race, race_alpha=alpha, race_after=after, race_metric=options["race_metric"])
+
+
 def check_sweep_file(from_file: dict[str, Any], path: Path, flags: dict[str, Any]) -> None:
     """A sweep file on its own, before any flag is applied: every axis value, every run option, the retry
     options. A wrong value in it is an error even where a flag overrides it."""
@@ -186,6 +240,8 @@ def check_sweep_file(from_file: dict[str, Any], path: Path, flags: dict[str, Any
                     check_value(AXES[axis], item)
             elif key in ("max_retries", "stale_after"):
                 retry_options(from_file.get("max_retries", 1), from_file.get("stale_after", 600.0))
+            elif key in ("race_alpha", "race_after", "race_metric"):
+                race_options({**SWEEP_OPTIONS, key: value}, {"lr": ()})
             elif key in CONFIG_KEYS and not isinstance(value, (list, tuple)):
                 check_value(key, coerce_field(key, value))
         except UserError as exc:

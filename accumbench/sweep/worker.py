@@ -24,13 +24,15 @@ from accumbench.backends.base import require_supported_precision
 from accumbench.checkpoints import checkpoint_root, require_writable_checkpoints
 from accumbench.config import RunConfig
 from accumbench.errors import StoreUnavailable, UserError
-from accumbench.lifecycle import RunDiverged, RunLost, describe_failure, recorded_run, sigterm_as_exception
+from accumbench.lifecycle import RunDiverged, RunLost, RunPruned, describe_failure, recorded_run, sigterm_as_exception
 from accumbench.model import check_model
 from accumbench.preparation import load_dataset, loaded_columns, make_backend, prepare, run_columns, world_size
 from accumbench.store import Store, resolve_db_url
 from accumbench.sweep.presets import NEEDS_GPU_AND_HUB
+from accumbench.sweep.race import Racer
 from accumbench.sweep.spec import SweepSpec
 from accumbench.vocabulary import (
+    CUT,
     DIVERGED,
     DIVERGED_PREFIX,
     DONE,
@@ -40,6 +42,7 @@ from accumbench.vocabulary import (
     INTERRUPTED,
     KILLED,
     PENDING,
+    PRUNED,
     RUNNING,
     RUNNING_ELSEWHERE,
     TERMINATED,
@@ -51,7 +54,7 @@ from accumbench.vocabulary import (
 @dataclass
 class CellStatus:
     config: RunConfig
-    state: str  # PENDING, RUNNING_ELSEWHERE, DONE, DIVERGED or GAVE_UP
+    state: str  # PENDING, RUNNING_ELSEWHERE, DONE, CUT (pruned), DIVERGED or GAVE_UP
     attempts: int  # runs recorded for the cell
     failures: int  # of them, the ones that count against --max-retries
     run: dict[str, Any] | None  # the deciding run: the FINISHED or RUNNING one, else the latest
@@ -68,9 +71,9 @@ def counts_as_failure(run: dict[str, Any]) -> bool:
 def cell_statuses(cells: tuple[RunConfig, ...], runs: list[dict[str, Any]], max_retries: int) -> list[CellStatus]:
     """Each cell's state from its recorded runs.
 
-    A cell is done once it has a FINISHED run, and busy while it has a RUNNING one. A run that
-    diverged is a result (the same config diverges again), so the cell is not retried. Otherwise
-    it is pending until it has failed max_retries + 1 times."""
+    A cell is done once it has a FINISHED run, and busy while it has a RUNNING one. A PRUNED run (racing
+    stopped it) and a run that diverged are results (the same config diverges again), so neither cell
+    is run again. Otherwise it is pending until it has failed max_retries + 1 times."""
     by_hash: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_hash.setdefault(run["config_hash"], []).append(run)
@@ -80,11 +83,14 @@ def cell_statuses(cells: tuple[RunConfig, ...], runs: list[dict[str, Any]], max_
         failures = sum(counts_as_failure(run) for run in cell_runs)
         finished = [run for run in cell_runs if run["status"] == FINISHED]
         running = [run for run in cell_runs if run["status"] == RUNNING]
+        pruned = [run for run in cell_runs if run["status"] == PRUNED]
         diverged = [run for run in cell_runs if run["status"] == FAILED and (run["error"] or "").startswith(DIVERGED_PREFIX)]
         if finished:
             state, deciding = DONE, finished[-1]
         elif running:
             state, deciding = RUNNING_ELSEWHERE, running[-1]
+        elif pruned:
+            state, deciding = CUT, pruned[-1]
         elif diverged:
             state, deciding = DIVERGED, diverged[-1]
         elif failures > max_retries:
@@ -169,15 +175,15 @@ class SweepResult:
     statuses: list[CellStatus]
     ran: int  # cells this worker trained (any outcome)
     stopped_early: bool  # --fail-fast stopped this worker
-    summaries: dict[int, dict[str, Any]]  # run id -> best epoch row, for finished cells
+    summaries: dict[int, dict[str, Any]]  # run id -> best epoch row, for finished and pruned cells
 
     def count(self, state: str) -> int:
         return sum(status.state == state for status in self.statuses)
 
     @property
     def ok(self) -> bool:
-        """Every cell finished or still running on another worker; nothing failed for good."""
-        return not self.stopped_early and all(s.state in (DONE, RUNNING_ELSEWHERE) for s in self.statuses)
+        """Every cell finished, pruned or still running on another worker; nothing failed for good."""
+        return not self.stopped_early and all(s.state in (DONE, CUT, RUNNING_ELSEWHERE) for s in self.statuses)
 
 
 class SweepReporter:
@@ -203,6 +209,8 @@ def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | 
         sweep = store.open_sweep(spec.sweep_name, spec.grid_hash, spec.to_json(), len(spec.cells))
         reporter.sweep_started(spec, sweep, cell_statuses(spec.cells, store.sweep_runs(sweep["id"]), spec.max_retries))
         ran, stopped_early, durations = 0, False, []
+        # With --race, cells are claimed in racing's order: each group's central lr early (analysis/racing.py).
+        claim_rank = {cell.config_hash: i for i, cell in enumerate(spec.claim_order())}
         with sigterm_as_exception():
             while not stopped_early:
                 picked: list[CellStatus] = []
@@ -213,7 +221,7 @@ def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | 
                     picked.clear()  # noqa: B023 - a claim retried after a lost connection chooses afresh
                     statuses = cell_statuses(spec.cells, runs, spec.max_retries)
                     counts.update({state: sum(s.state == state for s in statuses) for state in (PENDING, DONE)})  # noqa: B023
-                    for status in statuses:
+                    for status in sorted(statuses, key=lambda s: claim_rank[s.config.config_hash]):
                         if status.state == PENDING:
                             picked.append(status)  # noqa: B023
                             return {**run_columns(status.config), "attempt": status.attempts + 1}
@@ -229,7 +237,9 @@ def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | 
                 reporter.cell_started(spec, status, run_id, counts[DONE], eta)
                 started = time.perf_counter()
                 ran += 1
-                outcome, detail = _train_cell(store, url, status.config, run_id, cache, spec, reporter)
+                racer = (Racer(store, sweep["id"], status.config, spec.race_metric, spec.race_alpha, spec.race_after)
+                         if spec.race else None)
+                outcome, detail = _train_cell(store, url, status.config, run_id, cache, spec, reporter, racer)
                 durations.append(time.perf_counter() - started)
                 reporter.cell_ended(run_id, outcome, detail)
                 if outcome == FAILED and spec.fail_fast:
@@ -237,7 +247,7 @@ def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | 
         statuses = cell_statuses(spec.cells, store.sweep_runs(sweep["id"]), spec.max_retries)
         summaries = {}
         for status in statuses:
-            if status.state == DONE and status.run["best_epoch"]:
+            if status.state in (DONE, CUT) and status.run["best_epoch"]:
                 epochs = store.epochs(status.run["id"])
                 summaries[status.run["id"]] = next(e for e in epochs if e["epoch"] == status.run["best_epoch"])
         return SweepResult(sweep, statuses, ran, stopped_early, summaries)
@@ -246,8 +256,8 @@ def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | 
 
 
 def _train_cell(store: Store, url: str, config: RunConfig, run_id: int, cache: dict[Any, Any],
-                spec: SweepSpec, reporter: SweepReporter) -> tuple[str, str]:
-    """Train one claimed cell to its end. Returns (FINISHED | FAILED | lost, detail). Ctrl-C and
+                spec: SweepSpec, reporter: SweepReporter, racer: Racer | None = None) -> tuple[str, str]:
+    """Train one claimed cell to its end. Returns (FINISHED | PRUNED | FAILED | lost, detail). Ctrl-C and
     SIGTERM are re-raised after the run is recorded as KILLED."""
     try:
         with recorded_run(store, run_id, spec.heartbeat_seconds) as heartbeat:
@@ -257,11 +267,13 @@ def _train_cell(store: Store, url: str, config: RunConfig, run_id: int, cache: d
                 store.update_run(run_id, **loaded_columns(prepared, backend))
                 # engine.fit looked up at call time: a test can make a cell crash by replacing it.
                 result = engine.fit(run_id, prepared, backend, store, reporter.run_reporter(),
-                                    checkpoint_root(url, config), heartbeat)
+                                    checkpoint_root(url, config), heartbeat, racer)
             finally:
                 backend.close()
     except RunDiverged as exc:
         return FAILED, f"{DIVERGED_PREFIX} {exc.step}"
+    except RunPruned as exc:
+        return PRUNED, str(exc)
     except RunLost as exc:
         return "lost", str(exc)
     except StoreUnavailable:

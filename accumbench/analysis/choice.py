@@ -1,0 +1,86 @@
+"""pick-best's answer, whichever was asked: the picks (pick.py), the pick under every protocol the runs
+support (does the lr choice change the EBS answer?), or racing replayed over the grid (race_replay.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from accumbench.analysis.pick import Pick, PickOptions, pick_among, pick_best, pick_by_protocol, pick_groups
+from accumbench.analysis.race_replay import RaceReplay, replay_race
+from accumbench.analysis.runs import RunData, load_predictions
+from accumbench.analysis.tuning import has_lr_grid
+from accumbench.formatting import format_lr, rate_key
+
+# --- the same runs under every protocol they support -------------------------------------------------
+
+
+@dataclass
+class ProtocolPick:
+    kind: str  # 'single lr', 'scaling rule', 'pooled' or 'tuned'
+    name: str  # e.g. 'single lr 1e-4', 'sqrt scaling of 1e-4 at EBS 64', 'pooled', 'tuned'
+    pick: Pick
+
+
+@dataclass
+class ProtocolComparison:
+    group: str
+    protocols: list[ProtocolPick]
+
+    @property
+    def picked(self) -> list[int]:
+        return sorted({p.pick.chosen.effective_batch_size for p in self.protocols})
+
+    @property
+    def answer_changes(self) -> bool:
+        return len(self.picked) > 1
+
+    @property
+    def text(self) -> str:
+        if not self.protocols:
+            return "no protocol can be compared: every lr was tried at one EBS only"
+        if not self.answer_changes:
+            return f"every protocol picks EBS {self.picked[0]}"
+        by_ebs = {ebs: [p.name for p in self.protocols if p.pick.chosen.effective_batch_size == ebs] for ebs in self.picked}
+        return "the EBS picked depends on the protocol: " + "; ".join(
+            f"EBS {ebs} under {', '.join(names)}" for ebs, names in by_ebs.items())
+
+
+def compare_protocols(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
+                      alpha: float = 0.05, by: str = "model") -> list[ProtocolComparison]:
+    """Per group, the pick under each protocol the runs support: every EBS at one lr (the seed study's
+    way; one per lr trained at 2+ EBS, whatever rule led there), each recorded scaling rule from each base
+    lr, every cell pooled, and tuned. Whether the EBS picked changes is the finding."""
+    out = []
+    for name, group in pick_groups(data.runs, by):
+        rows = []
+        rates = group.assign(rate=group["lr"].map(rate_key))
+        for _, at_rate in sorted(rates.groupby("rate"), key=lambda item: float(item[0])):
+            if at_rate["effective_batch_size"].nunique() > 1:
+                lr = float(at_rate["lr"].iloc[0])
+                rows.append(ProtocolPick("single lr", f"single lr {format_lr(lr)}",
+                                         pick_among(name, at_rate.drop(columns="rate"), predictions, metric, alpha)))
+        scaled = group[group["lr_scaling"] != "none"]
+        for (rule, base, at), rule_runs in scaled.groupby(["lr_scaling", "base_lr", "base_batch_size"], sort=True):
+            if rule_runs["effective_batch_size"].nunique() > 1:
+                rows.append(ProtocolPick("scaling rule", f"{rule} scaling of {format_lr(base)} at EBS {at}",
+                                         pick_among(name, rule_runs, predictions, metric, alpha)))
+        if has_lr_grid(group, data.pruned):
+            for protocol in ("pooled", "tuned"):
+                rows.append(ProtocolPick(protocol, protocol,
+                                         pick_by_protocol(name, group, data, predictions, metric, alpha, protocol)))
+        out.append(ProtocolComparison(name, rows))
+    return out
+
+
+
+def choose(store: Any, data: RunData, options: PickOptions) -> list[Pick] | list[ProtocolComparison] | list[RaceReplay]:
+    """pick-best's answer from an open store: the picks; with compare_protocols the pick under every protocol;
+    with replay_race, racing replayed over the grid."""
+    if options.replay_race:
+        return replay_race(store, data, options.race_alpha, options.race_after, pick_alpha=options.alpha)
+    predictions = load_predictions(store, data)
+    if options.compare_protocols:
+        return compare_protocols(data, predictions, metric=options.metric, alpha=options.alpha, by=options.by)
+    return pick_best(data, predictions, metric=options.metric, alpha=options.alpha, by=options.by,
+                     target=options.target, protocol=options.protocol)
