@@ -131,3 +131,18 @@ def test_pairs_bench_compares_encodings_and_metrics_on_a_hidden_test_split(tiny_
     cut = results["truncation"]
     assert cut["hypothesis_cut_as_pair"] == 0 and 0 < cut["hypothesis_cut_glued"] <= cut["longer_than_max_length"]
     assert "| pair | val_f1 |" in capsys.readouterr().out
+
+
+def test_race_bench_replays_and_races_the_same_grid(tiny_bert, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "race.json"
+    _run_script("race.py", ["--tiny", tiny_bert, "--out", str(out)], monkeypatch)
+    results = json.loads(out.read_text())
+    full, raced = results["full"], results["raced"]
+    assert full["epochs"] == 12 * 2 and full["pruned"] == [] and full["pick"] in (8, 16)
+    assert [(r["race_alpha"], r["race_after"]) for r in results["replays"]] == [
+        (1e-2, 1), (1e-3, 1), (1e-4, 1), (1e-5, 1), (1e-4, 2)]
+    # Racing from epoch 2 of 2 can stop nothing; a raced run trains an epoch fewer for each run it prunes.
+    assert results["replays"][-1]["prunes"] == [] and results["replays"][-1]["saved_seconds"] == 0
+    assert raced["epochs"] == 24 - len(raced["pruned"]) and all(p["epoch"] == 1 for p in raced["pruned"])
+    printed = capsys.readouterr().out
+    assert "| full grid |" in printed and "| raced | default |" in printed

@@ -154,7 +154,7 @@ def replay_race(store: Any, data: RunData, alpha: float, after: int, pick_alpha:
         for decision in (d for d in decisions if d.run_id in members):
             run = by_run.loc[decision.run_id]
             spent = epochs[(epochs["run_id"] == decision.run_id) & (epochs["epoch"] > decision.epoch)]
-            as_good, final_p = _ends_as_good(runs, run, best_predictions, metric, pick_alpha)
+            as_good, final_p = ends_as_good(runs, run, best_predictions, metric, pick_alpha)
             prunes.append(ReplayedPrune(decision, int(run["effective_batch_size"]), int(run["seed"]),
                                         float(spent["epoch_seconds"].sum()), as_good, final_p))
         group_runs = runs[runs["run_id"].isin(members)]
@@ -178,7 +178,7 @@ def _outcome(run: int, epoch: int, by_run: pd.DataFrame, values: pd.Series,
                         found["labels"], found["predicted"], found["split_hash"])
 
 
-def _ends_as_good(runs: pd.DataFrame, run: pd.Series, predictions: dict[int, dict[str, Any]], metric: str,
+def ends_as_good(runs: pd.DataFrame, run: pd.Series, predictions: dict[int, dict[str, Any]], metric: str,
                   alpha: float) -> tuple[bool, float | None]:
     """Whether the run's arm, fully trained, is not significantly worse than its EBS's best lr: pick-best's
     screen among the cells of its group (the best counts as not worse), and that screen's p-value."""
