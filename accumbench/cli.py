@@ -17,6 +17,7 @@ import typer
 from accumbench.command_line import OneLineErrors, run_options
 from accumbench.config import build_config
 from accumbench.errors import StoreUnavailable, Terminated, UserError
+from accumbench.vocabulary import RACE_AFTER, RACE_ALPHA
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -285,8 +286,8 @@ def pick_best(
     replay_race: bool = typer.Option(
         False, "--replay-race", help="Replay sweep --race over a complete lr grid from its stored epochs: the "
                                      "training time it would save, whether the pick changes, and its wrong prunes."),
-    race_alpha: float = typer.Option(1e-4, help="With --replay-race: racing's significance level."),
-    race_after: int = typer.Option(1, help="With --replay-race: the first epoch after which a run may stop."),
+    race_alpha: float = typer.Option(RACE_ALPHA, help="With --replay-race: racing's significance level."),
+    race_after: int = typer.Option(RACE_AFTER, help="With --replay-race: the first epoch after which a run may stop."),
     as_json: bool = typer.Option(False, "--json", help="Print the picks, candidates and p-values as JSON."),
     db: str | None = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:

@@ -5,8 +5,9 @@ terminal status whatever happens.
     prepare (preparation.py: data, model; every UserError happens there, before the store is written)
       -> store.create_run (RUNNING; a sweep claims the run in the store instead, see sweep/worker.py)
       -> recorded_run (lifecycle.py) + fit: for each epoch: plan -> backend.train_epoch -> evaluate
-         val/test -> store.add_steps, add_epoch (a heartbeat thread beats meanwhile)
-      -> FINISHED | FAILED (exception; "diverged at step S") | KILLED (Ctrl-C, SIGTERM)
+         val/test -> store.add_steps, add_epoch (a heartbeat thread beats meanwhile) -> a raced run
+         (sweep --race) asks its Race whether to stop
+      -> FINISHED | FAILED (exception; "diverged at step S") | KILLED (Ctrl-C, SIGTERM) | PRUNED (racing)
 
 What a run shows while it trains goes through RunHooks, a small protocol: the console views in
 present/progress.py implement it, SilentHooks is the library's default.

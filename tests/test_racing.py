@@ -282,3 +282,44 @@ def test_a_tiny_race_prunes_the_clearly_worse_lr_and_the_pick_excludes_it(tiny_b
     assert sorted(p["run_id"] for p in out["pruned"]) == sorted(runs[(1e-6, s)]["id"] for s in (1, 2))
     report = CliRunner().invoke(app, ["report", "--db", str(db)], env={"COLUMNS": "200"}).stdout
     assert "racing (sweep --race)" in report and "2 runs pruned" in report and "pruned" in report.split("lr x EBS")[1]
+
+
+# --- what report, the study page and --workers make of it ------------------------------------------------------
+
+
+def test_report_and_the_study_page_show_the_pruned_runs_where_they_stopped(tmp_path):
+    from accumbench.analysis.cells import plot_frames
+    from accumbench.analysis.runs import load_runs
+
+    db = tmp_path / "runs.db"
+    with Store.open(resolve_db_url(str(db))) as store:
+        sweep_id = store.open_sweep("grid", "g", "{}", 4)["id"]
+        for seed in (42, 43):
+            add_run(store, sweep_id, 16, 1e-4, seed, [0.80, 0.85, 0.86 + seed / 1e4])
+            add_run(store, sweep_id, 16, 1e-3, seed, [0.55], status=PRUNED, seconds=12.0)
+        data = load_runs(store)
+        epochs, _ = plot_frames(store, data)
+    cut = epochs[epochs["label"] == "EBS 16 lr 1e-3 (pruned)"]
+    assert len(cut) == 2 and cut["faded"].all() and (cut["pruned_at"] == 1).all() and (cut["epoch"] == 1).all()
+    # Each pruned run trained 1 of its 3 epochs at 12 s: 2 x 2 x 12 s saved, of 2 x 3 x 12 + 6 x 10 s unraced.
+    out = json.loads(CliRunner().invoke(app, ["report", "--db", str(db), "--format", "json"]).stdout)
+    [group] = out["racing"]
+    assert group["saved_seconds"] == 48.0 and group["seconds"] == 2 * 12.0 + 6 * 10.0
+    assert [(p["lr"], p["seed"], p["epoch"]) for p in group["pruned"]] == [(1e-3, 42, 1), (1e-3, 43, 1)]
+    page = tmp_path / "study.html"
+    result = CliRunner().invoke(app, ["report", "--db", str(db), "--format", "html", "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    html = page.read_text()
+    assert "id='racing'" in html and "m EBS 16: 2 runs pruned" in html and "36% of the group" in html
+
+
+def test_workers_get_the_race_options_through_their_sweep_file(tmp_path):
+    from accumbench.sweep.local import spec_as_yaml
+    from accumbench.sweep.spec import build_spec
+
+    spec = build_spec(lrs="1e-4,3e-4", epochs=3, race=True, race_alpha=1e-3, race_after=2, race_metric="val_loss")
+    grid = tmp_path / "sweep.yaml"
+    grid.write_text(spec_as_yaml(spec))
+    again = build_spec(grid)
+    assert (again.race, again.race_alpha, again.race_after, again.race_metric) == (True, 1e-3, 2, "val_loss")
+    assert again.grid_hash == spec.grid_hash == build_spec(lrs="1e-4,3e-4", epochs=3).grid_hash  # racing is not the grid

@@ -37,7 +37,8 @@ class Racer:
         group = race_group(self.config)
         members = {run["id"]: run for run in self.store.sweep_runs(self.sweep_id) if _counts(run)
                    and race_group(RunConfig.from_dict(json.loads(run["config_json"]))) == group}
-        members.setdefault(run_id, self.store.get_run(run_id))
+        if run_id not in members:  # a run outside any sweep (a test's): judged all the same
+            members[run_id] = self.store.get_run(run_id)
         ids = list(members)
         values = {row["run_id"]: row[self.metric] for row in self.store.epochs_of(ids) if row["epoch"] == epoch}
         predictions = self.store.predictions(ids, "validation", epochs={run: epoch for run in ids})
