@@ -323,3 +323,34 @@ def test_workers_get_the_race_options_through_their_sweep_file(tmp_path):
     again = build_spec(grid)
     assert (again.race, again.race_alpha, again.race_after, again.race_metric) == (True, 1e-3, 2, "val_loss")
     assert again.grid_hash == spec.grid_hash == build_spec(lrs="1e-4,3e-4", epochs=3).grid_hash  # racing is not the grid
+
+
+def test_two_workers_race_one_grid_and_every_decision_reads_what_the_other_recorded(tiny_bert, any_db, tmp_path):
+    """Two processes on one store (SQLite file or PostgreSQL): every cell ends once, and each prune rests on
+    the run it lost to, whichever worker trained that run."""
+    import os
+    import subprocess
+    import sys
+
+    args = [sys.executable, "-m", "accumbench", "sweep", "--models", tiny_bert, "--dataset",
+            str(keyword_reviews(tmp_path / "reviews.csv")), "--max-train-samples", "256", "--max-eval-samples", "200",
+            "--max-length", "16", "--epochs", "4", "--micro-batch-size", "16", "--no-checkpoint",
+            "--effective-batch-sizes", "16", "--lrs", "1e-6,3e-3", "--seeds", "1,2", "--race", "--db", any_db]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+               for _ in range(2)]
+    for worker in workers:
+        output = worker.communicate(timeout=600)[0]
+        assert worker.returncode == 0 and "Traceback" not in output, output
+    with Store.open(resolve_db_url(any_db)) as store:
+        runs = store.find_runs(status=None)
+        epochs = {(e["run_id"], e["epoch"]): e["val_accuracy"] for e in store.epochs_of([r["id"] for r in runs])}
+    assert len(runs) == 4 and len({r["config_hash"] for r in runs}) == 4
+    by_id = {r["id"]: r for r in runs}
+    assert all(r["status"] == FINISHED for r in runs if r["lr"] == 3e-3)
+    pruned = [r for r in runs if r["status"] == PRUNED]
+    assert pruned and all(r["lr"] == 1e-6 for r in pruned)
+    for run in pruned:
+        winner = by_id[run["pruned_by"]]
+        assert winner["lr"] == 3e-3 and epochs[(winner["id"], run["pruned_epoch"])] > epochs[(run["id"], run["pruned_epoch"])]
+        assert max(e for (r, e) in epochs if r == run["id"]) == run["pruned_epoch"] < 4
