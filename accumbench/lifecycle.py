@@ -61,8 +61,8 @@ class RunPruned(Exception):
 def recorded_run(store: Store, run_id: int, heartbeat_seconds: float = HEARTBEAT_SECONDS) -> Iterator[Heartbeat]:
     """Keep a RUNNING run's heartbeat fresh while the block trains it, then close the run whatever
     happened: FINISHED; FAILED on an error, or 'diverged at step S' (raised as RunDiverged); PRUNED when
-    racing stopped it (RunPruned, re-raised); KILLED on Ctrl-C or SIGTERM (re-raised). If another worker gave the run up for dead meanwhile, RunLost is
-    raised and the run is left as that worker recorded it."""
+    racing stopped it (RunPruned, re-raised); KILLED on Ctrl-C or SIGTERM (re-raised). If another worker
+    gave the run up for dead meanwhile, RunLost is raised and the run is left as that worker recorded it."""
     try:
         with Heartbeat(store, run_id, heartbeat_seconds) as heartbeat:
             yield heartbeat

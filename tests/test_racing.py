@@ -354,3 +354,12 @@ def test_two_workers_race_one_grid_and_every_decision_reads_what_the_other_recor
         winner = by_id[run["pruned_by"]]
         assert winner["lr"] == 3e-3 and epochs[(winner["id"], run["pruned_epoch"])] > epochs[(run["id"], run["pruned_epoch"])]
         assert max(e for (r, e) in epochs if r == run["id"]) == run["pruned_epoch"] < 4
+
+
+def test_a_seed_counts_once_per_lr_however_many_runs_it_had():
+    labels = [1] * N
+    best = [EpochOutcome(1, 42, 1e-4, 0.80, labels, [1] * 160 + [0] * 40, "v")]
+    # Two runs of one cell (a dead worker's, then its rerun): only the latest, the judged run, is counted.
+    dead = EpochOutcome(2, 42, 1e-3, 0.78, labels, [1] * 156 + [0] * 44, "v")
+    rerun = EpochOutcome(3, 42, 1e-3, 0.78, labels, [1] * 156 + [0] * 44, "v")
+    assert judge([*best, dead, rerun], 3, 1, alpha=0.1) is None  # 4 discordant: p = 0.125, not 8: p = 0.008

@@ -107,8 +107,12 @@ def judge(outcomes: Sequence[EpochOutcome], run_id: int, epoch: int, metric: str
     """Whether run `run_id` stops after `epoch`: `outcomes` are its group's runs at that epoch (itself
     included). None when its arm is the group's best (ties go to it), when no other arm has reached the
     epoch, when nothing pairs, or when it is not significantly worse at `alpha`."""
+    # One run per lr and seed, the latest: a dead worker's run and the rerun of its cell must not count twice.
+    latest: dict[tuple[str, int], EpochOutcome] = {}
+    for outcome in sorted(outcomes, key=lambda o: o.run_id):
+        latest[(outcome.arm, outcome.seed)] = outcome
     arms: dict[str, list[EpochOutcome]] = {}
-    for outcome in outcomes:
+    for outcome in latest.values():
         arms.setdefault(outcome.arm, []).append(outcome)
     mine = next(o for o in outcomes if o.run_id == run_id)
     means = {arm: _mean(runs) for arm, runs in arms.items()}
