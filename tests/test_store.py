@@ -115,6 +115,7 @@ EXPECTED_COLUMNS = {
         "sweep_id", "attempt", "base_lr", "lr_scaling", "base_batch_size", "budget", "train_steps",
         "tokenize_seconds", "tokens_cached",
         "text_columns", "split_source", "dropped_rows", "positive_label", "positive_class",
+        "pruned_epoch", "pruned_by", "pruned_p", "pruned_test",
     },
     "epochs": {
         "id", "run_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
