@@ -145,7 +145,11 @@ def test_watch_rewrites_the_page_until_ctrl_c(study_db, tmp_path):
         assert "rewritten every 1 s" in out.read_text()
     finally:
         watcher.send_signal(signal.SIGINT)
-        stdout, stderr = watcher.communicate(timeout=120)
+        try:
+            stdout, stderr = watcher.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            watcher.kill()  # a watcher left behind would rewrite its page, and load the machine, for ever
+            raise
     assert watcher.returncode == 0, stderr
     assert f"watching: writing {out} every 0.2 s" in stdout and f"stopped watching; {out} holds the last page" in stdout
     assert not list(tmp_path.glob(".study.html.*.tmp"))  # every write was renamed into place
