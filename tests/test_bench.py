@@ -134,15 +134,20 @@ def test_pairs_bench_compares_encodings_and_metrics_on_a_hidden_test_split(tiny_
 
 
 def test_race_bench_replays_and_races_the_same_grid(tiny_bert, tmp_path, monkeypatch, capsys):
+    from accumbench.vocabulary import RACE_AFTER
+
     out = tmp_path / "race.json"
     _run_script("race.py", ["--tiny", tiny_bert, "--out", str(out)], monkeypatch)
     results = json.loads(out.read_text())
     full, raced = results["full"], results["raced"]
-    assert full["epochs"] == 12 * 2 and full["pruned"] == [] and full["pick"] in (8, 16)
+    assert full["epochs"] == 12 * 4 and full["pruned"] == [] and full["pick"] in (8, 16)
     assert [(r["race_alpha"], r["race_after"]) for r in results["replays"]] == [
-        (1e-2, 1), (1e-3, 1), (1e-4, 1), (1e-5, 1), (1e-4, 2)]
-    # Racing from epoch 2 of 2 can stop nothing; a raced run trains an epoch fewer for each run it prunes.
-    assert results["replays"][-1]["prunes"] == [] and results["replays"][-1]["saved_seconds"] == 0
-    assert raced["epochs"] == 24 - len(raced["pruned"]) and all(p["epoch"] == 1 for p in raced["pruned"])
+        (alpha, after) for after in (1, 2, 3) for alpha in (1e-2, 1e-3, 1e-4, 1e-6)]
+    for replay in results["replays"]:  # never before --race-after, never after the last epoch
+        assert all(replay["race_after"] <= p["epoch"] < 4 for p in replay["prunes"])
+        assert replay["saved_seconds"] >= 0 and (replay["saved_seconds"] > 0) == bool(replay["prunes"])
+    # A raced run trains, for each run it prunes, the epochs after the one it stopped at fewer.
+    assert raced["epochs"] == 48 - sum(4 - p["epoch"] for p in raced["pruned"])
+    assert all(RACE_AFTER <= p["epoch"] < 4 for p in raced["pruned"])
     printed = capsys.readouterr().out
-    assert "| full grid |" in printed and "| raced | default |" in printed
+    assert "| full grid |" in printed and "| raced (the defaults) |" in printed
