@@ -136,9 +136,9 @@ def sweep(
         None, "--race/--no-race", help="Race the lr grid: after each epoch, stop a run whose lr is significantly "
                                        "worse than its group's best (paired test on validation); it ends PRUNED."),
     race_alpha: float | None = typer.Option(
-        None, help="Significance level of racing: a run stops only at p < alpha (default: 1e-4, strict: an early "
+        None, help="Significance level of racing: a run stops only at p < alpha (default: 1e-6, strict: an early "
                    "epoch is a short horizon)."),
-    race_after: int | None = typer.Option(None, help="The first epoch after which racing may stop a run (default: 1)."),
+    race_after: int | None = typer.Option(None, help="The first epoch after which racing may stop a run (default: 2)."),
     race_metric: str | None = typer.Option(
         None, help="The validation metric racing compares: val_accuracy (McNemar), val_loss, val_f1 or val_mcc "
                    "(paired bootstrap) (default: val_accuracy)."),
@@ -313,7 +313,7 @@ def pick_best(
 
     Example, what racing (sweep --race) would have saved on a grid trained in full, and what it would have cost:
 
-        accumbench pick-best --sweep race-sst2 --replay-race --race-alpha 1e-4
+        accumbench pick-best --sweep race-sst2 --replay-race --race-alpha 1e-6 --race-after 2
     """
     import json
 

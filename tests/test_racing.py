@@ -177,18 +177,18 @@ def test_the_replay_counts_the_time_saved_and_a_constructed_wrong_prune(tmp_path
             add_run(store, sweep_id, 16, 1e-4, seed, [0.80, 0.85, 0.86 + wobble])
             add_run(store, sweep_id, 16, 1e-3, seed, [0.55, 0.55, 0.55 + wobble])
             add_run(store, sweep_id, 16, 3e-5, seed, [0.60, 0.83, 0.855 + wobble])
-    out = replay(db)
+    out = replay(db, "--race-alpha", "1e-4", "--race-after", "1")
     assert out["arms"] == 3 and len(out["prunes"]) == 4  # both seeds of both worse lrs, after epoch 1
     assert {(p["lr"], p["epoch"]) for p in out["prunes"]} == {(1e-3, 1), (3e-5, 1)}
     assert out["seconds"] == 6 * 3 * 10.0 and out["saved_seconds"] == 4 * 2 * 10.0  # 2 epochs of 10 s, 4 runs
-    assert out["wrong_prunes"] == [{"effective_batch_size": 16, "lr": 3e-5}]
+    assert out["wrong_prunes"] == out["wrong_prunes_paired"] == [{"effective_batch_size": 16, "lr": 3e-5}]
     assert out["pick_full"] == out["pick_raced"] == 16 and out["best_lr_full"] == out["best_lr_raced"] == {"16": 1e-4}
     # At a level no such evidence reaches (the smallest p here is 2 / 2^120), nothing is pruned or saved.
-    strict = replay(db, "--race-alpha", "1e-40")
+    strict = replay(db, "--race-alpha", "1e-40", "--race-after", "1")
     assert strict["prunes"] == [] and strict["saved_seconds"] == 0 and strict["wrong_prunes"] == []
     # Racing from epoch 2 on: 3e-5 has nearly caught up by then (0.83 against 0.85 on both seeds: 8 discordant
     # examples, p = 7.8e-3); 1e-3 has not.
-    late = replay(db, "--race-after", "2")
+    late = replay(db, "--race-alpha", "1e-4", "--race-after", "2")
     assert {(p["lr"], p["epoch"]) for p in late["prunes"]} == {(1e-3, 2)} and late["wrong_prunes"] == []
 
 
@@ -251,7 +251,7 @@ def test_a_tiny_race_prunes_the_clearly_worse_lr_and_the_pick_excludes_it(tiny_b
     args = ["sweep", "--models", tiny_bert, "--dataset", str(keyword_reviews(tmp_path / "reviews.csv")),
             "--max-train-samples", "256", "--max-eval-samples", "200", "--max-length", "16", "--epochs", "3",
             "--micro-batch-size", "16", "--no-checkpoint", "--effective-batch-sizes", "16", "--lrs", "1e-6,3e-3,1e4",
-            "--seeds", "1,2", "--race", "--db", str(db)]
+            "--seeds", "1,2", "--race", "--race-after", "1", "--race-alpha", "1e-4", "--db", str(db)]
     result = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     # Exit 1 for the diverged cells, as ever (a sweep with a cell that failed for good); not for the pruned.
     assert result.exit_code == 1, result.output
@@ -335,7 +335,8 @@ def test_two_workers_race_one_grid_and_every_decision_reads_what_the_other_recor
     args = [sys.executable, "-m", "accumbench", "sweep", "--models", tiny_bert, "--dataset",
             str(keyword_reviews(tmp_path / "reviews.csv")), "--max-train-samples", "256", "--max-eval-samples", "200",
             "--max-length", "16", "--epochs", "4", "--micro-batch-size", "16", "--no-checkpoint",
-            "--effective-batch-sizes", "16", "--lrs", "1e-6,3e-3", "--seeds", "1,2", "--race", "--db", any_db]
+            "--effective-batch-sizes", "16", "--lrs", "1e-6,3e-3", "--seeds", "1,2", "--race", "--race-after", "1",
+            "--race-alpha", "1e-4", "--db", any_db]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", "OMP_NUM_THREADS": "1"}
     workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
                for _ in range(2)]

@@ -10,6 +10,9 @@ risk instead of hoping.
 A wrong prune is an arm (an EBS at one lr) that racing pruned, but that at the end of its full training is
 not significantly worse than its group's best under pick-best's own screen (Welch across seeds, else a
 paired test on validation, at pick-best's alpha): the evidence racing cut short would have kept it in.
+With 2 or 3 seeds Welch rejects little: an lr that collapses to one class in one seed and not in the other
+is "not significantly worse" by it. So each prune is also judged by the paired screen alone (McNemar
+stratified by seed, or the bootstrap for F1 and MCC, at each run's best epoch): `wrong_paired`.
 Diverged runs are replayed as they ran: they end themselves.
 """
 
@@ -26,6 +29,7 @@ from accumbench.analysis.runs import PRUNED_COLUMNS, RunData, load_predictions
 from accumbench.analysis.tuning import has_lr_grid
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, format_seconds, rate_key
+from accumbench.vocabulary import BOOTSTRAPPED
 
 
 @dataclass
@@ -36,6 +40,8 @@ class ReplayedPrune:
     saved_seconds: float
     wrong: bool  # its arm ended not significantly worse than its group's best
     final_p: float | None  # the pick's screen of its arm, fully trained, against the best (None: it is the best)
+    wrong_paired: bool  # ... not significantly worse by the paired test alone
+    final_paired_p: float | None
 
 
 @dataclass
@@ -69,6 +75,10 @@ class RaceReplay:
         return sorted({(p.effective_batch_size, p.decision.lr) for p in self.prunes if p.wrong})
 
     @property
+    def wrong_arms_paired(self) -> list[tuple[int, float]]:
+        return sorted({(p.effective_batch_size, p.decision.lr) for p in self.prunes if p.wrong_paired})
+
+    @property
     def same_answer(self) -> bool:
         return self.pick_full == self.pick_raced and self.best_lrs_full == self.best_lrs_raced
 
@@ -84,7 +94,8 @@ class RaceReplay:
         return (f"{self.group}: racing at alpha {self.alpha:g} from epoch {self.after} on would have pruned "
                 f"{len(self.prunes)} runs in {len(self.arms_pruned)} of {self.arms} (EBS, lr) arms ({arms(self.arms_pruned)}), "
                 f"saving {format_seconds(self.saved_seconds)} of {format_seconds(self.seconds)} of training "
-                f"({self.saved_share:.0%}); {pick}, {best}; wrong prunes: {arms(self.wrong_arms)}")
+                f"({self.saved_share:.0%}); {pick}, {best}; wrong prunes: {arms(self.wrong_arms)} by pick-best's "
+                f"screen, {arms(self.wrong_arms_paired)} by the paired test alone")
 
     def to_json(self) -> dict[str, Any]:
         return {"group": self.group, "race_alpha": self.alpha, "race_after": self.after, "metric": self.metric,
@@ -95,10 +106,12 @@ class RaceReplay:
                 "best_lr_raced": {str(e): lr for e, lr in self.best_lrs_raced.items()},
                 "same_answer": self.same_answer,
                 "wrong_prunes": [{"effective_batch_size": e, "lr": lr} for e, lr in self.wrong_arms],
+                "wrong_prunes_paired": [{"effective_batch_size": e, "lr": lr} for e, lr in self.wrong_arms_paired],
                 "prunes": [{"run_id": p.decision.run_id, "effective_batch_size": p.effective_batch_size,
                             "lr": p.decision.lr, "seed": p.seed, "epoch": p.decision.epoch,
                             "lost_to": p.decision.lost_to, "p": p.decision.p_value, "test": p.decision.test,
-                            "saved_seconds": p.saved_seconds, "final_p": p.final_p, "wrong": p.wrong}
+                            "saved_seconds": p.saved_seconds, "final_p": p.final_p, "wrong": p.wrong,
+                            "final_paired_p": p.final_paired_p, "wrong_paired": p.wrong_paired}
                            for p in self.prunes],
                 "text": self.text}
 
@@ -154,9 +167,9 @@ def replay_race(store: Any, data: RunData, alpha: float, after: int, pick_alpha:
         for decision in (d for d in decisions if d.run_id in members):
             run = by_run.loc[decision.run_id]
             spent = epochs[(epochs["run_id"] == decision.run_id) & (epochs["epoch"] > decision.epoch)]
-            as_good, final_p = ends_as_good(runs, run, best_predictions, metric, pick_alpha)
             prunes.append(ReplayedPrune(decision, int(run["effective_batch_size"]), int(run["seed"]),
-                                        float(spent["epoch_seconds"].sum()), as_good, final_p))
+                                        float(spent["epoch_seconds"].sum()),
+                                        *ends_as_good(runs, run, best_predictions, metric, pick_alpha)))
         group_runs = runs[runs["run_id"].isin(members)]
         arms = group_runs.assign(rate=group_runs["lr"].map(rate_key))[["lr_free", "rate"]].drop_duplicates()
         seconds = float(epochs[epochs["run_id"].isin(members)]["epoch_seconds"].sum())
@@ -179,13 +192,17 @@ def _outcome(run: int, epoch: int, by_run: pd.DataFrame, values: pd.Series,
 
 
 def ends_as_good(runs: pd.DataFrame, run: pd.Series, predictions: dict[int, dict[str, Any]], metric: str,
-                  alpha: float) -> tuple[bool, float | None]:
-    """Whether the run's arm, fully trained, is not significantly worse than its EBS's best lr: pick-best's
-    screen among the cells of its group (the best counts as not worse), and that screen's p-value."""
+                  alpha: float) -> tuple[bool, float | None, bool, float | None]:
+    """Whether the run's arm, fully trained, is not significantly worse than its EBS's best lr, and the p-value:
+    by pick-best's screen among the cells of its group (the best counts as not worse), then by the paired
+    test alone (McNemar stratified by seed, or the bootstrap for F1 and MCC)."""
     group = runs[(runs["lr_free"] == run["lr_free"]) & (runs["lr_scaling"] == run["lr_scaling"])]
     candidates = screened_candidates(group, predictions, metric, alpha)
     mine = next(c for c in candidates if rate_key(float(c.runs["lr"].iloc[0])) == rate_key(float(run["lr"])))
-    return (mine is candidates[0] or mine.not_worse), mine.screen_p
+    if mine is candidates[0]:
+        return True, None, True, None
+    paired = mine.bootstrap_validation_p if metric in BOOTSTRAPPED else mine.mcnemar_validation_p
+    return mine.not_worse, mine.screen_p, paired is None or paired >= alpha, paired
 
 
 def _as_pruned(decisions: list[PruneDecision], by_run: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
