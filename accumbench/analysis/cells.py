@@ -118,7 +118,9 @@ def plot_frames(store: Any, data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
     best, gridded = best_lr_cells(data), {m for m, group in runs.groupby("model") if has_lr_grid(group, data.pruned)}
     keys["faded"] = [model in gridded and cell not in best for model, cell in zip(keys["model"], keys["cell"])]
     keys = keys.drop(columns="cell")
-    epochs = pd.concat([data.epochs.merge(keys, on="run_id"), _pruned_curves(data)], ignore_index=True)
+    epochs, cut = data.epochs.merge(keys, on="run_id"), _pruned_curves(data)
+    if not cut.empty:  # concatenating an empty frame would loosen every column's dtype
+        epochs = pd.concat([epochs, cut], ignore_index=True)
     steps = pd.DataFrame(store.steps_of(runs["run_id"].tolist()))
     steps = steps.merge(keys, on="run_id") if not steps.empty else pd.DataFrame(
         columns=["run_id", "model", "label", "order", "seed", "samples_seen", "loss", "faded"])
