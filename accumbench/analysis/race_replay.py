@@ -152,24 +152,24 @@ def replay_race(store: Any, data: RunData, alpha: float, after: int, pick_alpha:
                 decisions.append(decision)
                 break
 
-    full_picks = pick_best(data, load_predictions(store, data), metric=metric, alpha=pick_alpha, protocol="tuned")
+    at_best = load_predictions(store, data)  # read once: both picks and the wrong-prune screens use it
+    full_picks = pick_best(data, at_best, metric=metric, alpha=pick_alpha, protocol="tuned")
     cut_ids = {d.run_id for d in decisions}
     raced = replace(data, runs=runs[~runs["run_id"].isin(cut_ids)].reset_index(drop=True),
                     pruned=_as_pruned(decisions, by_run, epochs))
-    raced_picks = {p.group: p for p in pick_best(raced, load_predictions(store, raced), metric=metric,
-                                                 alpha=pick_alpha, protocol="tuned")}
-    best_predictions = load_predictions(store, data)["validation"]
+    left = {split: {r: found for r, found in by_id.items() if r not in cut_ids} for split, by_id in at_best.items()}
+    raced_picks = {p.group: p for p in pick_best(raced, left, metric=metric, alpha=pick_alpha, protocol="tuned")}
     out = []
     for full in full_picks:
-        members = set(int(r) for c in full.candidates for r in c.runs["run_id"]) | {
-            int(r) for b in full.best_lrs for r in runs[runs["lr_free"] == b.key]["run_id"]}
+        # The group's runs: every lr of every EBS it tuned (its candidates are among them).
+        members = {int(r) for r in runs[runs["lr_free"].isin({b.key for b in full.best_lrs})]["run_id"]}
         prunes = []
         for decision in (d for d in decisions if d.run_id in members):
             run = by_run.loc[decision.run_id]
             spent = epochs[(epochs["run_id"] == decision.run_id) & (epochs["epoch"] > decision.epoch)]
             prunes.append(ReplayedPrune(decision, int(run["effective_batch_size"]), int(run["seed"]),
                                         float(spent["epoch_seconds"].sum()),
-                                        *ends_as_good(runs, run, best_predictions, metric, pick_alpha)))
+                                        *ends_as_good(runs, run, at_best["validation"], metric, pick_alpha)))
         group_runs = runs[runs["run_id"].isin(members)]
         arms = group_runs.assign(rate=group_runs["lr"].map(rate_key))[["lr_free", "rate"]].drop_duplicates()
         seconds = float(epochs[epochs["run_id"].isin(members)]["epoch_seconds"].sum())
