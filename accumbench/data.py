@@ -99,7 +99,7 @@ def load_text_dataset(dataset: str, seed: int, text_column: str | None = None, l
     columns: tuple[str, ...] = ()
     missing = {"label": 0, "text": 0}
     for split, table in labelled.items():
-        columns = _text_columns(dataset, table, text_column, text_pair_column)
+        columns = text_columns(dataset, table, text_column, text_pair_column)
         label_col = _pick_column(dataset, table, label_column, LABEL_COLUMNS, "label")
         pair_values = table[columns[1]] if len(columns) == 2 else [None] * len(table[label_col])
         raw[split] = []
@@ -176,8 +176,8 @@ def split_rows(rows: list[Row], seed: int, shares: tuple[float, ...], names: tup
     return cuts
 
 
-def _text_columns(dataset: str, table: dict[str, list], text_column: str | None,
-                  text_pair_column: str | None) -> tuple[str, ...]:
+def text_columns(dataset: str, table: dict[str, list], text_column: str | None,
+                 text_pair_column: str | None) -> tuple[str, ...]:
     """(text column,) or (text column, pair column). A named text column alone means single texts; with
     nothing named, a usual pair (PAIR_COLUMNS) wins over a usual single text column."""
     if text_pair_column is not None:
