@@ -14,8 +14,9 @@ from typing import Any
 
 import typer
 
+from accumbench.cli_inference import export, predict
 from accumbench.command_line import OneLineErrors, run_options
-from accumbench.config import build_config
+from accumbench.config_files import build_config
 from accumbench.errors import StoreUnavailable, Terminated, UserError
 from accumbench.vocabulary import RACE_AFTER, RACE_ALPHA
 
@@ -113,7 +114,8 @@ def train(config: Path | None = _CONFIG_OPTION, db: str | None = _DB_OPTION, **o
 
 
 @app.command()
-@run_options(skip=("model", "effective_batch_size", "backend", "seed", "lr_scaling"), own_first=True)
+@run_options(skip=("model", "effective_batch_size", "backend", "seed"), own_first=True,
+             listed=("lr_scaling", "scaling_rule", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling"))
 def sweep(
     models: str | None = typer.Option(None, "--models", "--model", help="Comma-separated models (default: minilm)."),
     effective_batch_sizes: str | None = typer.Option(
@@ -123,7 +125,6 @@ def sweep(
     lrs: str | None = typer.Option(
         None, "--lrs", help="Comma-separated learning rates, an axis like the others (base rates with --lr-scaling); "
                             "pick-best then compares every EBS at its own best lr. Not with --lr."),
-    lr_scaling: str | None = typer.Option(None, "--lr-scaling", help="Comma-separated rules: none, linear, sqrt (default: none)."),
     preset: str | None = typer.Option(
         None, help="demo (offline, ~3 min on CPU), seed-study (the original study) or tuned-study (the original study "
                    "at lrs 1e-5..3e-4, each EBS tuned); the last two need a GPU and the hub."),
@@ -180,7 +181,7 @@ def sweep(
 
             check_worker_count(workers)
             spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
-                              seeds=seeds, lrs=lrs, lr_scaling=lr_scaling, preset=preset, name=name, max_retries=max_retries,
+                              seeds=seeds, lrs=lrs, preset=preset, name=name, max_retries=max_retries,
                               stale_after=stale_after, fail_fast=fail_fast, race=race, race_alpha=race_alpha,
                               race_after=race_after, race_metric=race_metric, **options)
             reporter = RichSweepReporter()
@@ -288,6 +289,9 @@ def pick_best(
                                      "training time it would save, whether the pick changes, and its wrong prunes."),
     race_alpha: float = typer.Option(RACE_ALPHA, help="With --replay-race: racing's significance level."),
     race_after: int = typer.Option(RACE_AFTER, help="With --replay-race: the first epoch after which a run may stop."),
+    save_config: Path | None = typer.Option(
+        None, "--save-config", help="Write the picked cell (its best seed) as a train YAML: train --config FILE "
+                                    "trains it again, with epochs = its best epoch at a constant lr."),
     as_json: bool = typer.Option(False, "--json", help="Print the picks, candidates and p-values as JSON."),
     db: str | None = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
@@ -314,6 +318,10 @@ def pick_best(
     Example, what racing (sweep --race) would have saved on a grid trained in full, and what it would have cost:
 
         accumbench pick-best --sweep race-sst2 --replay-race --race-alpha 1e-6 --race-after 2
+
+    Example, save the pick and train it again (then use it: predict, export):
+
+        accumbench pick-best --save-config best.yaml && accumbench train --config best.yaml
     """
     import json
 
@@ -321,16 +329,18 @@ def pick_best(
     from accumbench.analysis.choice import choose
     from accumbench.analysis.pick import PickOptions
     from accumbench.analysis.runs import load_runs
-    from accumbench.present.verdicts import print_answer
+    from accumbench.present.verdicts import print_answer, save_pick
     from accumbench.store import open_for_reading
 
     try:
         options = PickOptions(metric=metric, by=by, alpha=alpha, target=target, protocol=protocol,
                               compare_protocols=compare_protocols, replay_race=replay_race, race_alpha=race_alpha,
-                              race_after=race_after)
+                              race_after=race_after, save_config=save_config)
         with open_for_reading(db) as store:
             data = load_runs(store, sweep=sweep, model=model, backend=backend, metric=options.metric)
             answer = choose(store, data, options)
+        if save_config is not None:
+            typer.echo(save_pick(answer, save_config), err=True)
     except UserError as exc:
         fail(str(exc))
     if as_json:
@@ -371,6 +381,11 @@ def check_ga(
     print_gradient_checks(checks, samples, micro_batch_size, precision)
     if not all(check.passed for check in checks):
         raise typer.Exit(1)
+
+
+# Acting on the answer: a run's checkpoint classifies new text, and exports for use without the store.
+app.command("predict")(predict)
+app.command("export")(export)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -13,7 +13,8 @@ from typing import Any, Optional
 
 import typer
 
-from accumbench.config import RunConfig, base_type, trainer_hint
+from accumbench.config import RunConfig, base_type
+from accumbench.trainer_names import trainer_hint
 
 try:  # typer 0.2x vendors click as typer._click; earlier ones use click itself
     from typer._click.exceptions import ClickException, NoSuchOption
@@ -61,10 +62,12 @@ def _help(name: str) -> str:
     return f"{f.metadata['help']} (default: {f.default})"
 
 
-def run_options(skip: tuple[str, ...] = (), own_first: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def run_options(skip: tuple[str, ...] = (), own_first: bool = False,
+                listed: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Give a command one option per RunConfig field (its help from the field), passed to the command
     as **options. train and sweep thus take the same options, and neither can drift from the config.
-    The command's own options come after them in --help, or before with own_first."""
+    The command's own options come after them in --help, or before with own_first. The fields in `listed`
+    take comma-separated values (a sweep's axes), and say so."""
 
     def decorate(command: Callable[..., Any]) -> Callable[..., Any]:
         added = []
@@ -73,8 +76,9 @@ def run_options(skip: tuple[str, ...] = (), own_first: bool = False) -> Callable
                 continue
             base = _TYPES[base_type(f.type)]
             declarations = (_BOOLEAN_FLAGS[name],) if name in _BOOLEAN_FLAGS else ()
+            help_text = ("Comma-separated, a grid axis. " if name in listed else "") + _help(name)
             added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[base],  # noqa: UP045 - built at run time for typer
-                                           default=typer.Option(None, *declarations, help=_help(name))))
+                                           default=typer.Option(None, *declarations, help=help_text)))
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
                for p in inspect.signature(command, eval_str=True).parameters.values()
                if p.kind is not inspect.Parameter.VAR_KEYWORD]

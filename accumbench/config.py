@@ -6,17 +6,27 @@ Only the standard library and PyYAML are imported here, so `accumbench --help` s
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import hashlib
 import importlib.util
 import json
 import math
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Optional, Union
 
 from accumbench.errors import UserError
 from accumbench.formatting import plain_number
+from accumbench.optim_scaling import (
+    BETA_SCALINGS,
+    BUNDLES,
+    EPS_SCALINGS,
+    LR_SCALINGS,
+    RULE_FIELDS,
+    SCALING_RULES,
+    WEIGHT_DECAY_SCALINGS,
+    OptimizerSettings,
+    bundle_name,
+    scaled_settings,
+)
 
 BACKENDS = ("torch", "accelerate")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -24,20 +34,22 @@ AUTO = "auto"  # --micro-batch-size auto: the largest power of two that fits in 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "linear", "cosine")
 POOLINGS = ("cls", "mean")
-LR_SCALINGS = ("none", "linear", "sqrt")
 BUDGETS = ("epochs", "steps")
 
 # Fields that never change what a run computes, so they stay out of config_hash.
 # The noise scale and evaluations between epochs' ends are measurements: they read the gradients and
 # the model, and change no number of the training.
+# --scaling-rule is a shorthand: the rules it sets are fields of their own, and those are hashed.
 _NOT_HASHED = frozenset({"checkpoint", "checkpoint_dir", "log_with", "noise_scale", "noise_scale_every", "noise_scale_decay",
-                         "eval_every"})
+                         "eval_every", "scaling_rule"})
 # Fields added after runs were first recorded, with the value every earlier run implicitly had:
 # left out of config_hash at that value, so the hash of an earlier run still names the same
 # configuration. (group_by_length is on by default now, but earlier runs trained without it.)
 _EARLIER_RUNS_HAD = {"lr_scaling": "none", "base_batch_size": 64, "budget": "epochs", "train_steps": None,
                      "data_seed": None, "group_by_length": False, "compile": False, "text_pair_column": None,
-                     "dataset_config": None, "positive_label": None}
+                     "dataset_config": None, "positive_label": None, "adam_beta1": 0.9, "adam_beta2": 0.999,
+                     "adam_eps": 1e-8, "beta1_scaling": "none", "beta2_scaling": "none", "eps_scaling": "none",
+                     "weight_decay_scaling": "none"}
 
 
 @dataclass(frozen=True)
@@ -52,13 +64,21 @@ class RunConfig:
     epochs: int = field(default=5, metadata={"help": "Passes over the training split."})
     lr: float = field(default=5e-5, metadata={"help": "Peak learning rate at --base-batch-size (all EBS when --lr-scaling none)."})
     lr_scaling: str = field(default="none", metadata={"help": "Scale --lr with EBS/--base-batch-size: none, linear or sqrt."})
-    base_batch_size: int = field(default=64, metadata={"help": "The EBS at which --lr applies unscaled."})
+    base_batch_size: int = field(default=64, metadata={"help": "The EBS at which --lr, --adam-beta1, --adam-beta2, --adam-eps and --weight-decay apply unscaled."})
+    beta1_scaling: str = field(default="none", metadata={"help": "Scale --adam-beta1 with kappa = EBS/--base-batch-size: none, or half-life (beta1^kappa: the same half-life in samples)."})
+    beta2_scaling: str = field(default="none", metadata={"help": "Scale --adam-beta2: none, or half-life (beta2^kappa, Marek et al. 2025)."})
+    eps_scaling: str = field(default="none", metadata={"help": "Scale --adam-eps: none, or sqrt (eps/sqrt(kappa), Malladi et al. 2022)."})
+    weight_decay_scaling: str = field(default="none", metadata={"help": "Scale --weight-decay: none, or timescale (wd*kappa*lr_base/lr: AdamW's timescale held, Bergsma et al. 2025)."})
+    scaling_rule: str = field(default="none", metadata={"help": "A bundle of rules: sde sets --lr-scaling sqrt, --beta1-scaling and --beta2-scaling half-life, --eps-scaling sqrt (Malladi et al. 2022), over those left at none."})
     budget: str = field(default="epochs", metadata={"help": "epochs (every EBS runs --epochs) or steps (every EBS runs --train-steps)."})
     train_steps: Optional[int] = field(default=None, metadata={"help": "Optimizer steps to run with --budget steps."})
     optimizer: str = field(default="adam", metadata={"help": "adam or adamw."})
     scheduler: str = field(default="constant", metadata={"help": "constant, linear or cosine (sized in optimizer steps)."})
     warmup_ratio: float = field(default=0.0, metadata={"help": "Fraction of optimizer steps spent warming up."})
-    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (L2 for adam, decoupled for adamw)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (L2 for adam, decoupled for adamw) at --base-batch-size."})
+    adam_beta1: float = field(default=0.9, metadata={"help": "Adam's beta1 at --base-batch-size, in (0, 1)."})
+    adam_beta2: float = field(default=0.999, metadata={"help": "Adam's beta2 at --base-batch-size, in (0, 1)."})
+    adam_eps: float = field(default=1e-8, metadata={"help": "Adam's epsilon at --base-batch-size, > 0."})
     grad_clip: Optional[float] = field(default=None, metadata={"help": "Clip the accumulated gradient to this norm."})
     max_length: int = field(default=128, metadata={"help": "Truncate token sequences to this length."})
     dropout: float = field(default=0.1, metadata={"help": "Dropout before the linear head."})
@@ -87,17 +107,41 @@ class RunConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, _coerce(f.name, getattr(self, f.name), f.type))
+        check_value("scaling_rule", self.scaling_rule)
+        for name, rule in BUNDLES.get(self.scaling_rule, {}).items():
+            given = getattr(self, name)
+            if given not in ("none", rule):
+                raise UserError(f"--scaling-rule {self.scaling_rule} sets {option_flag(name)} {rule}, but {option_flag(name)} is "
+                                f"{given}; drop one of the two")
+            object.__setattr__(self, name, rule)
         self._validate()
 
     @property
-    def scaled_lr(self) -> float:
-        """The learning rate the run uses: --lr scaled by EBS / --base-batch-size under the rule.
+    def kappa(self) -> float:
+        """EBS / --base-batch-size: how far every scaling rule moves its setting."""
+        return self.effective_batch_size / self.base_batch_size
 
-        linear (Goyal et al. 2017) keeps the per-sample step size; sqrt (Krizhevsky 2014, Hoffer et al.
-        2017) keeps the update's noise scale, and is the usual choice for Adam."""
-        ratio = self.effective_batch_size / self.base_batch_size
-        factor = {"none": 1.0, "linear": ratio, "sqrt": math.sqrt(ratio)}[self.lr_scaling]
-        return self.lr * factor
+    @property
+    def rules(self) -> dict[str, str]:
+        """{rule field: rule}, e.g. {'lr_scaling': 'sqrt', 'beta2_scaling': 'half-life', ...}."""
+        return {name: getattr(self, name) for name in RULE_FIELDS}
+
+    @property
+    def rule_bundle(self) -> str:
+        """The rules by name: 'sde', 'sqrt lr, β2 half-life', or 'none'."""
+        return bundle_name(self.rules)
+
+    @property
+    def optimizer_settings(self) -> OptimizerSettings:
+        """What the run's optimizer uses: lr, betas, eps and weight decay, each scaled under its rule
+        (optim_scaling.py says why each rule is what it is)."""
+        return scaled_settings(kappa=self.kappa, lr=self.lr, beta1=self.adam_beta1, beta2=self.adam_beta2,
+                               eps=self.adam_eps, weight_decay=self.weight_decay, rules=self.rules)
+
+    @property
+    def scaled_lr(self) -> float:
+        """The learning rate the run uses: --lr scaled by EBS / --base-batch-size under --lr-scaling."""
+        return self.optimizer_settings.lr
 
     @property
     def split_seed(self) -> int:
@@ -148,8 +192,12 @@ class RunConfig:
             raise UserError("--train-steps only applies with --budget steps; add --budget steps or drop --train-steps")
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields plus the derived accumulation_steps and scaled_lr, as stored in runs.config_json."""
-        return {**dataclasses.asdict(self), "accumulation_steps": self.accumulation_steps, "scaled_lr": self.scaled_lr}
+        """All fields plus the derived accumulation_steps and the scaled optimizer settings, as stored in
+        runs.config_json."""
+        settings = self.optimizer_settings
+        return {**dataclasses.asdict(self), "accumulation_steps": self.accumulation_steps, "scaled_lr": settings.lr,
+                "scaled_beta1": settings.beta1, "scaled_beta2": settings.beta2, "scaled_eps": settings.eps,
+                "scaled_weight_decay": settings.weight_decay}
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -164,7 +212,11 @@ class RunConfig:
         """Stable across processes and versions: sha256 of the sorted JSON of the result-changing fields."""
         hashed = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_HASHED}
         # Settings that cannot change the run say nothing: the same run must have one hash.
-        if self.lr_scaling == "none":
+        # At the base batch size (kappa = 1) the beta, eps and weight-decay rules are the identity.
+        unscaled = [name for name in RULE_FIELDS if name != "lr_scaling"] if self.kappa == 1 else []
+        for name in unscaled:
+            hashed[name] = "none"
+        if all(hashed[name] == "none" for name in RULE_FIELDS):
             del hashed["base_batch_size"]
         if self.budget == "steps":
             del hashed["epochs"]
@@ -177,13 +229,15 @@ class RunConfig:
 
 
 CONFIG_KEYS = tuple(f.name for f in fields(RunConfig))
-_DERIVED = ("accumulation_steps", "scaled_lr")  # in to_dict() for readers, not fields
+_DERIVED = ("accumulation_steps", "scaled_lr", "scaled_beta1", "scaled_beta2", "scaled_eps", "scaled_weight_decay")  # in to_dict() for readers, not fields
 
 
 _POSITIVE = ("effective_batch_size", "micro_batch_size", "epochs", "max_length")
 _POSITIVE_OR_NONE = ("max_train_samples", "max_eval_samples", "train_steps", "eval_every")
 _CHOICES = {"backend": BACKENDS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "pooling": POOLINGS,
-            "precision": PRECISIONS, "lr_scaling": LR_SCALINGS, "budget": BUDGETS}
+            "precision": PRECISIONS, "lr_scaling": LR_SCALINGS, "budget": BUDGETS,
+            "beta1_scaling": BETA_SCALINGS, "beta2_scaling": BETA_SCALINGS, "eps_scaling": EPS_SCALINGS,
+            "weight_decay_scaling": WEIGHT_DECAY_SCALINGS, "scaling_rule": SCALING_RULES}
 # In [0, 1), with an example.
 _UNIT_INTERVAL = {"warmup_ratio": "--warmup-ratio 0.1", "dropout": "--dropout 0.1", "noise_scale_decay": "0.99"}
 
@@ -214,45 +268,31 @@ def check_value(name: str, value: Any) -> None:
     value before flags are applied, so a wrong value in it is an error even where a flag overrides it."""
     if name in _POSITIVE:
         if not (name == "micro_batch_size" and value == AUTO) and value <= 0:
-            raise UserError(f"{_flag(name)} must be a positive integer, got {plain_number(value)}; pass a value >= 1")
+            raise UserError(f"{option_flag(name)} must be a positive integer, got {plain_number(value)}; pass a value >= 1")
     elif name in _POSITIVE_OR_NONE:
         if value is not None and value <= 0:
-            raise UserError(f"{_flag(name)} must be a positive integer, got {plain_number(value)}; pass a value >= 1 or leave it out")
+            raise UserError(f"{option_flag(name)} must be a positive integer, got {plain_number(value)}; pass a value >= 1 or leave it out")
     elif name == "base_batch_size" and value <= 0:
         raise UserError(f"--base-batch-size must be a positive integer, got {plain_number(value)}; pass e.g. 64")
     elif name == "lr" and not (value > 0 and math.isfinite(value)):
         raise UserError(f"--lr must be a positive number, got {plain_number(value)}; pass e.g. --lr 5e-5")
     elif name in _CHOICES and value not in _CHOICES[name]:
-        raise UserError(f"unknown {_flag(name)} '{value}'; choose one of: {', '.join(_CHOICES[name])}")
+        raise UserError(f"unknown {option_flag(name)} '{value}'; choose one of: {', '.join(_CHOICES[name])}")
     elif name in _UNIT_INTERVAL and not 0.0 <= value < 1.0:
-        raise UserError(f"{_flag(name)} must be in [0, 1), got {plain_number(value)}; pass e.g. {_UNIT_INTERVAL[name]}")
+        raise UserError(f"{option_flag(name)} must be in [0, 1), got {plain_number(value)}; pass e.g. {_UNIT_INTERVAL[name]}")
     elif name == "noise_scale_every" and value <= 0:
         raise UserError(f"--noise-scale-every must be a positive integer, got {plain_number(value)}; pass e.g. 10")
+    elif name in ("adam_beta1", "adam_beta2") and not 0.0 < value < 1.0:
+        raise UserError(f"{option_flag(name)} must be in (0, 1), got {plain_number(value)}; pass e.g. {option_flag(name)} "
+                        f"{0.9 if name == 'adam_beta1' else 0.999}")
+    elif name == "adam_eps" and not (value > 0 and math.isfinite(value)):
+        raise UserError(f"--adam-eps must be a positive number, got {plain_number(value)}; pass e.g. --adam-eps 1e-8")
     elif name == "weight_decay" and value < 0:
         raise UserError(f"--weight-decay must be >= 0, got {plain_number(value)}")
     elif name == "grad_clip" and value is not None and not value > 0:
         raise UserError(f"--grad-clip must be a positive norm, got {plain_number(value)}; leave it out to disable clipping")
     elif name == "log_with":
         require_tracker(value)
-
-
-def check_file_value(name: str, value: Any, path: Path, overridden: bool) -> Any:
-    """A config file's value for field `name`, converted and checked on its own; the UserError names the
-    file (and says so when a flag would have overridden the value: the file is wrong all the same)."""
-    try:
-        converted = coerce_field(name, value)
-        check_value(name, converted)
-    except UserError as exc:
-        raise file_error(path, exc, _flag(name) if overridden else None) from None
-    return converted
-
-
-def file_error(path: Path, exc: UserError, overriding_flag: Optional[str]) -> UserError:
-    """A config file's wrong value as one line: where, what, the fix, and that a flag does not excuse it."""
-    problem = str(exc).removesuffix(_FIX_SUFFIX)
-    fix = "" if "; " in problem else "; fix the file"  # most messages name their fix already
-    anyway = f" (even though {overriding_flag} on the command line overrides it)" if overriding_flag else ""
-    return UserError(f"in {path}: {problem}{fix}{anyway}")
 
 
 def coerce_field(name: str, value: Any) -> Any:
@@ -267,11 +307,11 @@ def base_type(annotation: str) -> str:
     return annotation
 
 
-def _flag(name: str) -> str:
+def option_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-_FIX_SUFFIX = "; fix the value in the flag or the YAML file"
+FIX_SUFFIX = "; fix the value in the flag or the YAML file"
 
 
 def _coerce(name: str, value: Any, annotation: str) -> Any:
@@ -279,7 +319,7 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
     if value is None:
         if annotation.startswith("Optional"):
             return None
-        raise UserError(f"{_flag(name)} needs a value; remove the empty key or give one")
+        raise UserError(f"{option_flag(name)} needs a value; remove the empty key or give one")
     base = expected = base_type(annotation)
     if base == "Union[int, str]":  # --micro-batch-size: a number, or auto
         if isinstance(value, str) and value.strip().lower() == AUTO:
@@ -305,78 +345,4 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
             return str(value)
     except (TypeError, ValueError):
         pass
-    raise UserError(f"{_flag(name)} must be {expected}, got {value!r}{_FIX_SUFFIX}")
-
-
-# Hugging Face TrainingArguments names that people bring from the Trainer: the accumbench option each one
-# is (or stands for), and what to know about it. An unknown key or flag that is one of them gets that name
-# back, rather than a list of every key.
-TRAINER_NAMES = {
-    "learning_rate": ("lr", ""),
-    "num_train_epochs": ("epochs", ""),
-    "per_device_train_batch_size": ("micro_batch_size", "the batch of one forward pass"),
-    "gradient_accumulation_steps": ("effective_batch_size", "accumbench derives the steps: effective batch size = "
-                                                            "micro-batch size x steps"),
-    "max_steps": ("train_steps", "with budget steps"),
-    "max_grad_norm": ("grad_clip", ""),
-    "lr_scheduler_type": ("scheduler", ""),
-    "warmup_steps": ("warmup_ratio", "a share of the optimizer steps"),
-    "optim": ("optimizer", ""),
-    "output_dir": ("checkpoint_dir", ""),
-    "report_to": ("log_with", ""),
-    "dataloader_drop_last": ("drop_last", ""),
-    "model_name_or_path": ("model", ""),
-    "bf16": ("precision", "precision bf16"),
-    "fp16": ("precision", "precision fp16"),
-    "eval_steps": ("eval_every", ""),
-}
-
-
-def trainer_hint(name: str, flag: bool = False) -> str | None:
-    """'did you mean ...' for a Hugging Face Trainer name given as a YAML key (or, with flag, as a --flag);
-    None for any other name."""
-    trainer = name.lstrip("-").replace("-", "_")
-    if trainer not in TRAINER_NAMES:
-        return None
-    ours, note = TRAINER_NAMES[trainer]
-    spelled = _flag(ours) if flag else f"'{ours}'"
-    return f"did you mean {spelled}? (the Hugging Face Trainer's {trainer}{': ' + note if note else ''})"
-
-
-def read_yaml_mapping(path: Path, what: str, known: tuple[str, ...], unknown_hint: str) -> dict[str, Any]:
-    """Read a YAML file that must be a mapping whose keys are all in `known` (run and sweep files).
-    An unknown key is named with a "did you mean" suggestion, or else `unknown_hint`."""
-    import yaml
-
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist; check the --config path")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        first_line = str(exc).splitlines()[0]
-        raise UserError(f"{what} {path} is not valid YAML ({first_line}); fix the syntax") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{what} {path} must be a mapping of option: value; found {type(data).__name__}")
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(str(key).replace("-", "_"), known, n=1)
-            hint = trainer_hint(str(key)) or (f"did you mean '{close[0]}'?" if close else unknown_hint)
-            raise UserError(f"unknown key '{key}' in {path}; {hint}")
-    return data
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Read a run YAML file: a mapping whose keys are RunConfig field names."""
-    return read_yaml_mapping(path, "config file", CONFIG_KEYS, f"valid keys: {', '.join(CONFIG_KEYS)}")
-
-
-def build_config(config_file: Optional[Path] = None, **overrides: Any) -> RunConfig:
-    """Defaults, then the YAML file, then every override that is not None (the flags the user gave).
-    The file is checked whole first: a wrong value in it is an error even where a flag overrides it."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    values: dict[str, Any] = {}
-    if config_file:
-        values = {key: check_file_value(key, value, config_file, key in given)
-                  for key, value in read_yaml(config_file).items()}
-    values.update(given)
-    return RunConfig(**values)
+    raise UserError(f"{option_flag(name)} must be {expected}, got {value!r}{FIX_SUFFIX}")

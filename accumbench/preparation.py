@@ -149,7 +149,9 @@ def positive_class(dataset: data.TextDataset, config: RunConfig) -> int:
 def make_backend(prepared: Prepared) -> Backend:
     """The training loop the config names, set up for this process (and its process group)."""
     config = prepared.config
-    common = dict(optimizer=config.optimizer, lr=config.scaled_lr, weight_decay=config.weight_decay,
+    settings = config.optimizer_settings  # each batch-size-dependent setting scaled under its rule
+    common = dict(optimizer=config.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
+                  betas=(settings.beta1, settings.beta2), eps=settings.eps,
                   scheduler=config.scheduler, warmup_ratio=config.warmup_ratio,
                   total_steps=prepared.total_steps, precision=config.precision, compile=config.compile)
     if config.backend == "accelerate":
@@ -177,6 +179,7 @@ def run_columns(config: RunConfig) -> dict[str, Any]:
         config_json=config.to_json(), config_hash=config.config_hash, backend=config.backend,
         model=config.model, dataset=config.dataset, seed=config.seed,
         lr=config.scaled_lr, base_lr=config.lr, lr_scaling=config.lr_scaling, base_batch_size=config.base_batch_size,
+        **scaling_columns(config),
         budget=config.budget, train_steps=config.train_steps,
         effective_batch_size=config.effective_batch_size,
         # --micro-batch-size auto is probed once the model is loaded: 0 until loaded_columns fills it in.
@@ -184,6 +187,14 @@ def run_columns(config: RunConfig) -> dict[str, Any]:
         accumulation_steps=config.accumulation_steps or 0, epochs=config.epochs, max_length=config.max_length,
         optimizer=config.optimizer, scheduler=config.scheduler, precision=config.precision,
     )
+
+
+def scaling_columns(config: RunConfig) -> dict[str, Any]:
+    """The optimizer settings the run uses after scaling (lr is recorded beside base_lr), and the rules."""
+    settings = config.optimizer_settings
+    return dict(beta1=settings.beta1, beta2=settings.beta2, eps=settings.eps, weight_decay=settings.weight_decay,
+                beta1_scaling=config.beta1_scaling, beta2_scaling=config.beta2_scaling, eps_scaling=config.eps_scaling,
+                weight_decay_scaling=config.weight_decay_scaling, scaling_rule=config.rule_bundle)
 
 
 def loaded_columns(prepared: Prepared, backend: Backend) -> dict[str, Any]:
@@ -206,7 +217,7 @@ def loaded_columns(prepared: Prepared, backend: Backend) -> dict[str, Any]:
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from accumbench.config import RunConfig, build_config
+from accumbench.config import RunConfig
+from accumbench.config_files import build_config
 from accumbench.errors import UserError
 
 

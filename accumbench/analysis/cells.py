@@ -28,7 +28,7 @@ def cell_table(data: RunData) -> pd.DataFrame:
     """One row per cell: mean and std over seeds of every metric, n and the seeds."""
     runs = data.runs
     group = runs.groupby("cell", sort=False)
-    table = group[list(CELL_COLUMNS) + ["variant", "shown_variant", "budget_text"]].first()
+    table = group[list(CELL_COLUMNS) + ["variant", "shown_variant", "budget_text", "optim_rules", "optim_settings"]].first()
     table["n"] = group["run_id"].count()
     table["seeds"] = group["seed"].apply(lambda s: ",".join(map(str, sorted(s))))
     table["run_ids"] = group["run_id"].apply(lambda s: ",".join(map(str, sorted(s))))
@@ -42,7 +42,7 @@ def cell_table(data: RunData) -> pd.DataFrame:
     best = best_lr_cells(data)
     table["best_lr"] = [cell in best for cell in table.index]
     # As the seed study's table reads: by model, then EBS, then lr.
-    table = table.sort_values(["model", "effective_batch_size", "backend", "lr_scaling", "variant", "lr"])
+    table = table.sort_values(["model", "effective_batch_size", "backend", "lr_scaling", "optim_rules", "variant", "lr"])
     table = table.reset_index(drop=True)
     table.attrs["metric"] = data.metric  # what the best epochs (and best lrs) were chosen on: the table leads with it
     return table
@@ -108,7 +108,7 @@ def plot_frames(store: Any, data: RunData) -> tuple[pd.DataFrame, pd.DataFrame]:
     labels = {}
     for _model, group in runs.groupby("model"):
         cells = group.drop_duplicates("cell").sort_values(["effective_batch_size", "lr_scaling", "lr", "backend", "variant"])
-        vary = varying(group, ("lr_scaling", "base_lr", "backend", "variant"))
+        vary = varying(group, ("lr_scaling", "optim_rules", "base_lr", "backend", "variant"))
         for order, row in enumerate(cells.to_dict("records")):
             labels[row["cell"]] = (cell_label(row, vary), order)
     keys = runs[["run_id", "model", "cell", "seed", "effective_batch_size"]].copy()

@@ -3,12 +3,15 @@ support (does the lr choice change the EBS answer?), or racing replayed over the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
+
 from accumbench.analysis.pick import Pick, PickOptions, pick_among, pick_best, pick_by_protocol, pick_groups
 from accumbench.analysis.race_replay import RaceReplay, replay_race
-from accumbench.analysis.runs import RunData, load_predictions
+from accumbench.analysis.runs import RunData, load_predictions, optim_rules
 from accumbench.analysis.tuning import has_lr_grid
 from accumbench.formatting import format_lr, rate_key
 
@@ -17,8 +20,8 @@ from accumbench.formatting import format_lr, rate_key
 
 @dataclass
 class ProtocolPick:
-    kind: str  # 'single lr', 'scaling rule', 'pooled' or 'tuned'
-    name: str  # e.g. 'single lr 1e-4', 'sqrt scaling of 1e-4 at EBS 64', 'pooled', 'tuned'
+    kind: str  # 'single lr', 'scaling rule', 'pooled', 'tuned' or 'rule bundle'
+    name: str  # e.g. 'single lr 1e-4', 'sqrt scaling of 1e-4 at EBS 64', 'pooled', 'tuned', 'tuned, rules sde β, ε'
     pick: Pick
 
 
@@ -61,16 +64,49 @@ def compare_protocols(data: RunData, predictions: dict[str, dict[int, dict[str, 
                 rows.append(ProtocolPick("single lr", f"single lr {format_lr(lr)}",
                                          pick_among(name, at_rate.drop(columns="rate"), predictions, metric, alpha)))
         scaled = group[group["lr_scaling"] != "none"]
-        for (rule, base, at), rule_runs in scaled.groupby(["lr_scaling", "base_lr", "base_batch_size"], sort=True):
+        for (rule, others, base, at), rule_runs in scaled.groupby(["lr_scaling", "optim_rules", "base_lr",
+                                                                   "base_batch_size"], sort=True):
             if rule_runs["effective_batch_size"].nunique() > 1:
-                rows.append(ProtocolPick("scaling rule", f"{rule} scaling of {format_lr(base)} at EBS {at}",
+                rows.append(ProtocolPick("scaling rule", f"{rule} scaling of {format_lr(base)} at EBS {at}"
+                                         + (f", {others}" if others else ""),
                                          pick_among(name, rule_runs, predictions, metric, alpha)))
         if has_lr_grid(group, data.pruned):
             for protocol in ("pooled", "tuned"):
                 rows.append(ProtocolPick(protocol, protocol,
                                          pick_by_protocol(name, group, data, predictions, metric, alpha, protocol)))
+        for label, bundle_runs in rule_bundles(group):
+            if bundle_runs["effective_batch_size"].nunique() > 1:
+                protocol = "tuned" if has_lr_grid(bundle_runs, data.pruned) else "pooled"
+                rows.append(ProtocolPick("rule bundle", f"{protocol}, rules {label}", pick_by_protocol(
+                    name, bundle_runs, data, predictions, metric, alpha, protocol)))
         out.append(ProtocolComparison(name, rows))
     return out
+
+
+def rule_bundles(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Where the runs were trained under two or more bundles of the β, ε and weight-decay rules: each bundle
+    (its rules and the base EBS they scale from) with its runs, for "does the answer change when β2 is scaled
+    too?". A run of another bundle that trained the very same thing counts for this one as well: at the base
+    EBS (kappa 1) every rule is the identity, so one run there serves every bundle (one config hash)."""
+    bundles: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for config in runs["config"]:
+        others = {rule: value for rule, value in config.rules.items() if rule != "lr_scaling"}
+        scales = any(value != "none" for value in others.values())
+        bundle = {**others, "base_batch_size": config.base_batch_size} if scales else others
+        bundles.setdefault(tuple(sorted(bundle.items())), bundle)
+    if len(bundles) < 2:
+        return []
+    bases = {bundle.get("base_batch_size") for bundle in bundles.values()} - {None}
+    out = []
+    for bundle in bundles.values():
+        def trains_the_same(config: Any, bundle: dict[str, Any] = bundle) -> bool:
+            moved = dataclasses.replace(config, scaling_rule="none", **bundle)
+            return moved.config_hash == config.config_hash
+        label = optim_rules(dataclasses.replace(runs["config"].iloc[0], scaling_rule="none", **bundle)) or "none"
+        if len(bases) > 1 and "base_batch_size" in bundle:
+            label += f" from EBS {bundle['base_batch_size']}"
+        out.append((label, runs[runs["config"].map(trains_the_same)]))
+    return sorted(out, key=lambda item: item[0] != "none")
 
 
 

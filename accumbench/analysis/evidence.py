@@ -86,7 +86,7 @@ def _accuracy_curves(data: RunData, run_ids: list[int]) -> dict[int, list[tuple[
 
 
 def critical_batch_sizes(runs: pd.DataFrame, data: RunData, target: float | None,
-                         slices: tuple[str, ...] = ("lr_scaling", "base_lr", "variant")) -> list[CriticalBatch]:
+                         slices: tuple[str, ...] = ("lr_scaling", "optim_rules", "base_lr", "variant")) -> list[CriticalBatch]:
     """Per slice (an lr rule and base lr, a variant) with 2+ EBS: the steps each EBS took to reach the
     validation-accuracy target (mean over seeds), S(B) = S_min + E_min/B fitted to them, and
     B_crit = E_min/S_min."""

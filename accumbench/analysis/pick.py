@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -62,6 +63,7 @@ class PickOptions:
     replay_race: bool = False  # race_replay.py: racing replayed over the grid instead of a pick
     race_alpha: float = RACE_ALPHA
     race_after: int = RACE_AFTER
+    save_config: Path | None = None  # write the picked cell as a train YAML (saved_config.py)
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -85,6 +87,15 @@ class PickOptions:
         if self.race_after < 1:
             raise UserError(f"--race-after must be at least 1, got {self.race_after}: a run can stop after its first "
                             "epoch at the earliest")
+        if self.save_config is not None:
+            if self.compare_protocols or self.replay_race:
+                raise UserError("--save-config writes the one pick; drop --compare-protocols and --replay-race")
+            if not self.save_config.parent.is_dir():
+                raise UserError(f"--save-config {self.save_config}: directory {self.save_config.parent} does not "
+                                "exist; create it or save elsewhere, e.g. --save-config best.yaml")
+            if self.save_config.is_dir():
+                raise UserError(f"--save-config {self.save_config} is a directory; give a file name, e.g. "
+                                f"{self.save_config / 'best.yaml'}")
 
 
 @dataclass
@@ -198,7 +209,7 @@ def pick_by_protocol(name: str, group: pd.DataFrame, data: RunData, predictions:
 
 
 def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:
-    vary = varying(group, ("model", "lr_scaling", "base_lr", "variant"))
+    vary = varying(group, ("model", "lr_scaling", "optim_rules", "base_lr", "variant"))
     out = []
     for cell, runs in group.groupby("cell", sort=False):
         first = runs.iloc[0]

@@ -26,12 +26,15 @@ from accumbench.config import RunConfig
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, rate_key
 from accumbench.noise_scale import measurable
+from accumbench.optim_scaling import bundle_name
 from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, METRICS, PRUNED, RUNNING, higher_is_better
 
 # The columns that name a cell in the study's table ("lr": the rate it trained with, runs.lr); any
 # other setting that differs between cells is listed in a "variant" column rather than averaged over.
 CELL_COLUMNS = ("model", "effective_batch_size", "backend", "lr_scaling", "lr")
-_NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint", "checkpoint_dir"}  # "lr" here is the config's base rate
+# The scaling rules have a column of their own (optim_rules, the report's "rules"), so they are no variant either.
+_NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint", "checkpoint_dir",  # "lr": the config's base rate
+                  "scaling_rule", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling"}
 # Settings the report's budget column shows, and so its variant column does not repeat.
 _BUDGET_SETTINGS = {"budget", "epochs", "train_steps"}
 # Each B_simple column, and the column that says why a run has none there.
@@ -54,14 +57,29 @@ def cell_key(config: RunConfig) -> str:
 
 def lr_free_key(config: RunConfig) -> str:
     """A configuration up to its seed and its learning rate (and the rule that derived it): the cells
-    among which the tuned protocol picks one EBS's best lr share it."""
-    return cell_key(dataclasses.replace(config, lr=1.0, lr_scaling="none", base_batch_size=64))
+    among which the tuned protocol picks one EBS's best lr share it. The base batch size goes too, unless
+    another rule (beta, eps, weight decay) scales from it."""
+    others_scale = any(rule != "none" for name, rule in config.rules.items() if name != "lr_scaling")
+    return cell_key(dataclasses.replace(config, lr=1.0, lr_scaling="none", scaling_rule="none",
+                                        base_batch_size=config.base_batch_size if others_scale else 64))
 
 
 def series_key(config: RunConfig) -> str:
     """lr_free_key up to the EBS as well: the cells of one lr x EBS grid, over which the lr scaling
     exponent is fitted."""
-    return lr_free_key(dataclasses.replace(config, effective_batch_size=1, micro_batch_size=1))
+    return lr_free_key(dataclasses.replace(config, effective_batch_size=1, micro_batch_size=1, scaling_rule="none"))
+
+
+def optim_rules(config: RunConfig) -> str:
+    """The run's scaling rules other than the lr's, by name ('sde β, ε', 'β2 half-life'); '' for none."""
+    name = bundle_name(config.rules, with_lr=False)
+    return "" if name == "none" else name
+
+
+def optim_settings_text(config: RunConfig) -> str:
+    """'0.656/0.996/5e-09/0': the β1, β2, ε and weight decay the run's optimizer used."""
+    s = config.optimizer_settings
+    return f"{s.beta1:.3g}/{s.beta2:.4g}/{s.eps:.2g}/{s.weight_decay:.2g}"
 
 
 @dataclass
@@ -125,6 +143,9 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
     frame["lr_scaling"] = frame["config"].map(lambda c: c.lr_scaling)
     frame["base_lr"] = frame["config"].map(lambda c: c.lr)
     frame["lr"] = frame["config"].map(lambda c: c.scaled_lr)
+    # The other rules by name ('' for none: a cell's label then says nothing of them) and what they gave.
+    frame["optim_rules"] = frame["config"].map(optim_rules)
+    frame["optim_settings"] = frame["config"].map(optim_settings_text)
     frame["lr_free"] = frame["config"].map(lr_free_key)
     frame["series"] = frame["config"].map(series_key)
 

@@ -96,7 +96,11 @@ def comparison_json(comparisons: list[ProtocolComparison]) -> dict[str, Any]:
                 "effective_batch_size": chosen.effective_batch_size, "lr": _lr_of(chosen),
                 "metric": p.pick.metric, "metric_mean": _num(chosen.metric_mean), "metric_std": _num(chosen.metric_std),
                 "seeds": len(chosen.runs), "test_accuracy": p.pick.test_accuracy,
-                "test_accuracy_ci95": list(p.pick.test_ci), "justification": p.pick.justification}
+                "test_accuracy_ci95": list(p.pick.test_ci), "justification": p.pick.justification,
+                # The tuned protocols' evidence: each EBS's best lr, and the exponent of lr* ∝ EBS^alpha.
+                "best_lr_per_ebs": [best_lr_json(b) for b in p.pick.best_lrs],
+                "lr_scaling_fit": [{"label": f.label, "alpha": _num(f.alpha), "at_edge": f.at_edge}
+                                   for f in p.pick.scaling]}
 
     return {"comparisons": [{"group": c.group, "protocols": [row(p) for p in c.protocols],
                              "effective_batch_sizes_picked": c.picked, "answer_changes": c.answer_changes,

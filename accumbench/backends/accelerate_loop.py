@@ -63,7 +63,8 @@ class _Keys(torch.utils.data.Dataset):
 class AccelerateBackend(Backend):
     name = "accelerate"
 
-    def __init__(self, model: torch.nn.Module, *, optimizer: str, lr: float, weight_decay: float, scheduler: str,
+    def __init__(self, model: torch.nn.Module, *, optimizer: str, lr: float, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, scheduler: str,
                  warmup_ratio: float, total_steps: int, precision: str = "no", accumulation_steps: int,
                  collate: BatchFn, compile: bool = False) -> None:
         from accelerate import Accelerator
@@ -100,7 +101,7 @@ class AccelerateBackend(Backend):
                                              generator=torch.Generator(), pin_memory=self.device.type == "cuda")
         # On the device before the optimizer is made, so that it can pick its fused CUDA kernel.
         model.to(self.device)
-        opt = make_optimizer(model, optimizer, lr, weight_decay)
+        opt = make_optimizer(model, optimizer, lr, weight_decay, betas, eps)
         sched = make_scheduler(opt, scheduler, warmup_ratio, total_steps)
         self._module = model
         self.model, self.optimizer, self.scheduler, self.loader = self.accelerator.prepare(model, opt, sched, loader)

@@ -131,11 +131,13 @@ def use_fast_cuda_math() -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def make_optimizer(model: torch.nn.Module, optimizer: str, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, optimizer: str, lr: float, weight_decay: float,
+                   betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.Optimizer:
+    """Adam or AdamW with the run's (scaled) settings; the defaults are torch's own."""
     cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
     # On CUDA the fused kernel updates every parameter in a few launches instead of several per tensor.
     fused = all(p.is_cuda for p in model.parameters())
-    return cls(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused or None)
+    return cls(model.parameters(), lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, fused=fused or None)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, scheduler: str, warmup_ratio: float, total_steps: int) -> Any:

@@ -32,7 +32,8 @@ from accumbench.backends.base import (
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, *, optimizer: str, lr: float, weight_decay: float, scheduler: str,
+    def __init__(self, model: torch.nn.Module, *, optimizer: str, lr: float, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, scheduler: str,
                  warmup_ratio: float, total_steps: int, precision: str = "no", compile: bool = False) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -46,7 +47,7 @@ class TorchBackend(Backend):
             from torch.nn.parallel import DistributedDataParallel
 
             self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = make_optimizer(self._module, optimizer, lr, weight_decay)
+        self.optimizer = make_optimizer(self._module, optimizer, lr, weight_decay, betas, eps)
         self.scheduler = make_scheduler(self.optimizer, scheduler, warmup_ratio, total_steps)
         self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
         # fp16 needs loss scaling; with enabled=False the scaler is a no-op pass-through.

@@ -11,6 +11,20 @@ from accumbench.formatting import format_lr, format_seconds, short_model
 from accumbench.vocabulary import CUT, DONE, GAVE_UP, PENDING, RUNNING_ELSEWHERE
 
 
+def scales_optimizer(config: Any) -> bool:
+    """Whether the run header needs a line for the optimizer: a setting scaled, or one off Adam's defaults."""
+    return any(rule != "none" for name, rule in config.rules.items() if name != "lr_scaling") or (
+        (config.adam_beta1, config.adam_beta2, config.adam_eps) != (0.9, 0.999, 1e-8))
+
+
+def optimizer_text(config: Any) -> str:
+    """'adamw β1 0.6561, β2 0.996006, ε 5e-09, wd 0.02 (sde from EBS 64: kappa 4)': what the optimizer uses."""
+    settings = config.optimizer_settings
+    text = f"{config.optimizer} β1 {settings.beta1:.6g}, β2 {settings.beta2:.6g}, ε {settings.eps:.3g}"
+    if settings.weight_decay:
+        text += f", wd {settings.weight_decay:.3g}"
+    return text + f" ({config.rule_bundle} from EBS {config.base_batch_size}: kappa {config.kappa:g})"
+
 class RichReporter:
     """A progress bar per epoch (loss, samples/s, ETA), then one persistent line per epoch."""
 
@@ -34,6 +48,7 @@ class RichReporter:
             f"(train/val/test {sizes['train']}/{sizes['validation']}/{sizes['test']})\n"
             f"EBS {config.effective_batch_size} = {processes}{config.accumulation_steps_for(world_size)} x "
             f"{config.micro_batch_size}, {lr}, {length}, {config.backend} backend on {device}"
+            + (f"\n{optimizer_text(config)}" if scales_optimizer(config) else "")
             + (f"\ndata: {data_notes}" if data_notes else "")
         )
 
@@ -115,7 +130,7 @@ class RichSweepReporter:
         table = Table(title=f"sweep {spec.sweep_name}: {cells} (dry run, nothing trained)",
                       box=None, header_style="bold")
         self.console.print(spec.grid_shape())
-        for column in ("#", "model", "EBS", "micro x k", "backend", "seed", "lr rule", "lr", "budget", "config hash"):
+        for column in ("#", "model", "EBS", "micro x k", "backend", "seed", "rules", "lr", "budget", "config hash"):
             table.add_column(column, justify="right" if column in ("#", "EBS", "seed", "lr") else "left")
         if spec.race:
             self.console.print(f"racing at alpha {spec.race_alpha:g} from epoch {spec.race_after} on "
@@ -125,7 +140,7 @@ class RichSweepReporter:
             table.add_row(str(index), cell.model, str(cell.effective_batch_size),
                           "auto" if cell.auto_micro_batch else f"{cell.micro_batch_size} x {cell.accumulation_steps}",
                           cell.backend, str(cell.seed),
-                          cell.lr_scaling, format_lr(cell.scaled_lr), budget, cell.config_hash)
+                          cell.rule_bundle, format_lr(cell.scaled_lr), budget, cell.config_hash)
         self.console.print(table)
 
     def sweep_started(self, spec: Any, sweep: dict[str, Any], statuses: list[Any]) -> None:
@@ -157,10 +172,12 @@ class RichSweepReporter:
 
         # The axes that vary, then the outcome: fits 80 columns for the usual 2-3 varying axes.
         axes = [name for name in ("model", "backend", "lr_scaling", "seed") if len(spec.axes[name]) > 1]
+        if any(len(values) > 1 for name, values in spec.axes.items() if name.endswith(("_scaling", "scaling_rule"))):
+            axes = [*(name for name in axes if name != "lr_scaling"), "rules"]  # the bundle says the lr rule too
         table = Table(title=f"sweep {result.sweep['name']}", box=None, header_style="bold")
         for column in (*axes, "EBS", "lr", "state", "tries", "run", "best\nepoch", "val\nacc", "test\nacc", "optim\nsteps"):
             table.add_column(column.replace("lr_scaling", "lr rule"),
-                             justify="left" if column in ("model", "backend", "lr_scaling", "state") else "right")
+                             justify="left" if column in ("model", "backend", "lr_scaling", "rules", "state") else "right")
         for status in result.statuses:
             cell, run = status.config, status.run
             best = result.summaries.get(run["id"]) if run else None
@@ -170,7 +187,7 @@ class RichSweepReporter:
             elif status.state not in (DONE, RUNNING_ELSEWHERE) and run and run["error"]:
                 state = f"[red]{status.state}[/]: {run['error'][:32]}"
             values = {"model": short_model(cell.model), "backend": cell.backend,
-                      "lr_scaling": cell.lr_scaling, "seed": str(cell.seed)}
+                      "lr_scaling": cell.lr_scaling, "rules": cell.rule_bundle, "seed": str(cell.seed)}
             table.add_row(
                 *(values[name] for name in axes), str(cell.effective_batch_size), format_lr(cell.scaled_lr),
                 state, str(status.attempts), str(run["id"]) if run else "-",

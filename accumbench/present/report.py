@@ -159,13 +159,13 @@ def _check_writable(output: Path | None) -> None:
         raise UserError(f"--output {output} is a directory; give a file name, e.g. {output / 'study.html'}")
 
 
-def write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str, flag: str = "--output") -> None:
     """Write through a temporary file in the same directory, then rename: a reader (a browser reloading
     a watched page) sees the old file or the new one, never half of one; a failure leaves nothing."""
     try:
         handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
-        raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
+        raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another {flag}") from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             out.write(text)
@@ -175,5 +175,5 @@ def write_atomically(path: Path, text: str) -> None:
         if os.path.exists(temporary):
             os.unlink(temporary)
         if isinstance(exc, OSError):
-            raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --output") from None
+            raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another {flag}") from None
         raise

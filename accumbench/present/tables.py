@@ -65,6 +65,9 @@ COLUMNS = {c.name: c for c in (
     Column("lr", "lr", True, lambda cells: [f"{format_lr(lr)}{' *' if best else ''}"
                                             for lr, best in zip(cells["lr"], cells["best_lr"])]),
     Column("lr_rule", "lr\nrule", True, lambda cells: cells["lr_scaling"].tolist()),
+    # The other batch-size rules (β, ε, weight decay) and the values they gave, where they vary.
+    Column("rules", "other\nrules", True, lambda cells: [rules or "none" for rules in cells["optim_rules"]]),
+    Column("optim", "β1/β2/ε/wd", False, lambda cells: cells["optim_settings"].tolist()),
     Column("budget", "budget", True, lambda cells: cells["budget_text"].tolist()),
     Column("variant", "variant", True, lambda cells: cells["shown_variant"].tolist()),
     Column("n", "n", False, lambda cells: [str(int(v)) for v in cells["n"]]),
@@ -90,9 +93,9 @@ COLUMNS = {c.name: c for c in (
     Column("b_simple_first", "B_simple\nepoch 1", False, _noise("noise_scale_first")),
     Column("b_simple_last", "B_simple\nlast epoch", False, _noise("noise_scale_last")),
 )}
-DEFAULT_COLUMNS = ("model", "ebs", "backend", "lr", "lr_rule", "budget", "variant", "n", "train_acc", "val_acc",
-                   "test_acc", "time", "steps")
-_WHERE_THEY_VARY = ("lr", "lr_rule", "budget", "variant")  # in the default only where cells differ in them
+DEFAULT_COLUMNS = ("model", "ebs", "backend", "lr", "lr_rule", "rules", "optim", "budget", "variant", "n", "train_acc",
+                   "val_acc", "test_acc", "time", "steps")
+_WHERE_THEY_VARY = ("lr", "lr_rule", "rules", "optim", "budget", "variant")  # in the default only where cells differ in them
 TABLE_NOTE = ("val and test acc at each run's best-validation epoch (test is read where validation chose), mean±std "
               "over the n seeds; train acc the best epoch's running average, mean over seeds; train time summed "
               "over epochs; optimizer steps in total")

@@ -135,3 +135,13 @@ def print_gradient_checks(checks: list[Any], samples: int, micro_batch_size: int
         table.add_row(check.name, f"{check.max_abs_deviation:.2e}", f"{check.relative_deviation:.2e}",
                       f"{check.norm_ratio:.4f}", f"{check.tolerance:.0e}" if check.tolerance else "-", verdict)
     Console().print(table)
+
+
+def save_pick(picks: list[Any], path: Any) -> str:
+    """pick-best --save-config: the pick as a train YAML at `path` (written whole or not at all); what was written."""
+    from accumbench.analysis.saved_config import saved_config
+    from accumbench.present.report import write_atomically
+
+    _config, text, what = saved_config(picks)
+    write_atomically(path, text, flag="--save-config")
+    return f"wrote {path}: {what}; train it again with: accumbench train --config {path}"

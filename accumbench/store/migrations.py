@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from accumbench.errors import UserError
 from accumbench.store.schema import Base, Epoch, Run, SchemaVersion, Step
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def read_schema_version(conn: Connection) -> int | None:
@@ -101,6 +101,12 @@ def _migrate_to_8(conn: Connection) -> None:
     _add_missing_columns(conn, Run.__table__, ("pruned_epoch", "pruned_by", "pruned_p", "pruned_test"))
 
 
+def _migrate_to_9(conn: Connection) -> None:
+    """8 -> 9: every batch-size-dependent optimizer setting as used, and the rules that scaled them."""
+    _add_missing_columns(conn, Run.__table__, ("beta1", "beta2", "eps", "weight_decay", "beta1_scaling",
+                                               "beta2_scaling", "eps_scaling", "weight_decay_scaling", "scaling_rule"))
+
+
 # Why migrations rather than "delete the old file": a run database holds results
 # that took GPU-hours to produce, so a new accumbench upgrades it in place.
 # upgrade() runs these in order (found+1 .. SCHEMA_VERSION) inside Store.open's single
@@ -109,7 +115,7 @@ def _migrate_to_8(conn: Connection) -> None:
 # takes the database from version N-1 to N and must be idempotent (inspect before
 # altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
 _MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5, 6: _migrate_to_6,
-               7: _migrate_to_7, 8: _migrate_to_8}
+               7: _migrate_to_7, 8: _migrate_to_8, 9: _migrate_to_9}
 assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
 
 

@@ -57,6 +57,9 @@ class RunRecords:
         tokenize_seconds: float | None = None, tokens_cached: bool | None = None,
         text_columns: str | None = None, split_source: str | None = None, dropped_rows: str | None = None,
         positive_label: str | None = None, positive_class: int | None = None,
+        beta1: float | None = None, beta2: float | None = None, eps: float | None = None,
+        weight_decay: float | None = None, beta1_scaling: str | None = None, beta2_scaling: str | None = None,
+        eps_scaling: str | None = None, weight_decay_scaling: str | None = None, scaling_rule: str | None = None,
     ) -> int:
         """Insert a run with status RUNNING; created/started/heartbeat = now. Returns its id.
         (Runs of a sweep are inserted by claim() instead.)"""

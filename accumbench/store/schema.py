@@ -164,6 +164,18 @@ class Run(Base):
     pruned_by: Mapped[int | None]
     pruned_p: Mapped[float | None]
     pruned_test: Mapped[str | None]
+    # Added in schema version 9: the optimizer settings the run used, each scaled with the EBS under its rule
+    # (lr is above; weight_decay is the scaled one), the rules (lr_scaling is above) and their bundle's name
+    # ('sde', 'sqrt lr, β2 half-life', 'none'). NULL for runs recorded before: those used Adam's defaults.
+    beta1: Mapped[float | None]
+    beta2: Mapped[float | None]
+    eps: Mapped[float | None]
+    weight_decay: Mapped[float | None]
+    beta1_scaling: Mapped[str | None]  # none or half-life
+    beta2_scaling: Mapped[str | None]  # none or half-life
+    eps_scaling: Mapped[str | None]  # none or sqrt
+    weight_decay_scaling: Mapped[str | None]  # none or timescale
+    scaling_rule: Mapped[str | None]
 
 
 class Epoch(Base):

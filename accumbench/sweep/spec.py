@@ -14,7 +14,8 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from accumbench.config import CONFIG_KEYS, RunConfig, check_value, coerce_field, file_error, read_yaml_mapping
+from accumbench.config import CONFIG_KEYS, RunConfig, check_value, coerce_field
+from accumbench.config_files import file_error, read_yaml_mapping
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, plain_number
 from accumbench.sweep.presets import PRESETS
@@ -23,10 +24,16 @@ from accumbench.vocabulary import METRICS, RACE_AFTER, RACE_ALPHA
 # The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary,
 # outermost first. Cells are ordered so that one model/backend's EBS comparison completes early,
 # and a seed's whole lr x EBS grid before the next seed: one seed already gives a tuned answer.
-AXES = {"models": "model", "backends": "backend", "lr_scaling": "lr_scaling", "seeds": "seed", "lrs": "lr",
+AXES = {"models": "model", "backends": "backend", "lr_scaling": "lr_scaling", "scaling_rule": "scaling_rule",
+        "beta1_scaling": "beta1_scaling", "beta2_scaling": "beta2_scaling", "eps_scaling": "eps_scaling",
+        "weight_decay_scaling": "weight_decay_scaling", "seeds": "seed", "lrs": "lr",
         "effective_batch_sizes": "effective_batch_size"}
+# The optimizer's scaling rules: axes named like their RunConfig field, and shown in a cell's description.
+RULE_AXES = ("lr_scaling", "scaling_rule", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling")
 # What each axis takes, for the error line when one of its values is wrong.
 AXIS_EXAMPLES = {"models": "bert,modernbert", "backends": "torch,accelerate", "lr_scaling": "none,sqrt",
+                 "scaling_rule": "none,sde", "beta1_scaling": "none,half-life", "beta2_scaling": "none,half-life",
+                 "eps_scaling": "none,sqrt", "weight_decay_scaling": "none,timescale",
                  "seeds": "42,43,44", "lrs": "1e-5,3e-5,1e-4", "effective_batch_sizes": "64,256,1024"}
 SWEEP_OPTIONS = {"name": None, "preset": None, "max_retries": 1, "stale_after": 600.0, "fail_fast": False,
                  "race": False, "race_alpha": RACE_ALPHA, "race_after": RACE_AFTER, "race_metric": "val_accuracy"}
@@ -263,8 +270,9 @@ def _coerces(name: str, item: Any) -> bool:
 
 def grid_shape(spec: SweepSpec) -> str:
     """'2 models x 3 EBS x 4 lrs x 3 seeds = 72 cells': the axes that vary, and the cell count."""
-    names = {"model": "models", "backend": "backends", "lr_scaling": "lr rules", "seed": "seeds", "lr": "lrs",
-             "effective_batch_size": "EBS"}
+    names = {"model": "models", "backend": "backends", "lr_scaling": "lr rules", "scaling_rule": "rule bundles",
+             "beta1_scaling": "β1 rules", "beta2_scaling": "β2 rules", "eps_scaling": "ε rules",
+             "weight_decay_scaling": "wd rules", "seed": "seeds", "lr": "lrs", "effective_batch_size": "EBS"}
     sizes = [f"{len(values)} {names[name]}" for name, values in spec.axes.items() if len(values) > 1]
     product_size = math.prod(len(values) for values in spec.axes.values())
     # Two grid points can name one configuration (one config_hash); it is then one cell.
@@ -279,7 +287,9 @@ def describe(config: RunConfig, spec: SweepSpec | None = None) -> str:
     if config.lr_scaling != "none":
         parts["lr"] += f" ({config.lr_scaling})"
     varies = {name for name in parts if spec is None or len(spec.axes[name]) > 1}
-    if spec is not None and len(spec.axes["lr_scaling"]) > 1:
+    if spec is not None and any(len(spec.axes[name]) > 1 for name in RULE_AXES):
         varies.add("lr")
+        parts["rules"] = f"rules {config.rule_bundle}"
+        varies.add("rules")
     shown = [name for name in parts if name in varies] or ["model", "effective_batch_size"]
     return ", ".join(parts[name] for name in shown)
