@@ -90,6 +90,10 @@ def train(config: Path | None = _CONFIG_OPTION, db: str | None = _DB_OPTION, **o
     Example, pairs from your own file, F1 of the label 'duplicate':
 
         accumbench train --dataset pairs.csv --text-column question1 --text-pair-column question2 --positive-label duplicate
+
+    Example, every batch-size-dependent Adam setting scaled from EBS 64 (the SDE rule: sqrt lr, β^kappa, ε/sqrt(kappa)):
+
+        accumbench train --effective-batch-size 256 --micro-batch-size 16 --base-batch-size 64 --scaling-rule sde
     """
     with _stops_as_exit_codes("the run is recorded as KILLED"):
         try:
@@ -168,6 +172,10 @@ def sweep(
     Example, racing the lr grid (a run whose lr is clearly worse than its EBS's best stops early, PRUNED):
 
         accumbench sweep --effective-batch-sizes 16,64 --lrs 3e-5,1e-4,3e-4,1e-3 --seeds 42,43 --epochs 5 --race
+
+    Example, the β, ε and weight-decay rules as axes (does the answer change when β2 is scaled too?):
+
+        accumbench sweep --effective-batch-sizes 16,64,256 --base-batch-size 16 --lrs 1e-4,3e-4 --scaling-rule none,sde --dry-run
 
     Example, sentence pairs offline (demo-pairs: a generated 3-class entailment set):
 

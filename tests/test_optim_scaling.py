@@ -151,3 +151,47 @@ def test_a_sweep_file_takes_the_rules_as_lists(tmp_path):
     spec = build_spec(spec_file)
     betas = sorted((c.effective_batch_size, round(c.optimizer_settings.beta2, 12)) for c in spec.cells)
     assert betas == [(16, 0.98), (64, round(0.98**4, 12)), (64, 0.98)]  # kappa 1: one cell
+
+
+def test_rule_bundles_share_the_runs_that_trained_the_same_thing():
+    import pandas as pd
+
+    from accumbench.analysis.choice import rule_bundles
+
+    plain_16, plain_64 = RunConfig(effective_batch_size=16), RunConfig(effective_batch_size=64)  # base 64, no rule
+    scaled_16 = RunConfig(effective_batch_size=16, base_batch_size=16, beta2_scaling="half-life")  # kappa 1
+    scaled_64 = RunConfig(effective_batch_size=64, base_batch_size=16, beta2_scaling="half-life")
+    runs = pd.DataFrame({"run_id": [1, 2, 3], "config": [plain_16, plain_64, scaled_64]})
+    bundles = {label: sorted(group["run_id"]) for label, group in rule_bundles(runs)}
+    # The EBS 16 run without rules is what β2 half-life from EBS 16 trains there too (one config hash).
+    assert scaled_16.config_hash == plain_16.config_hash
+    assert bundles == {"none": [1, 2], "β2 half-life": [1, 3]}
+    assert rule_bundles(runs[runs["run_id"] < 3]) == []  # one bundle: nothing to compare
+
+
+def test_compare_protocols_adds_one_protocol_per_rule_bundle_and_the_report_shows_the_rules(tiny_bert, tmp_path):
+    db = tmp_path / "runs.db"
+    result = CliRunner().invoke(app, [
+        "sweep", "--model", tiny_bert, "--dataset", "demo", "--effective-batch-sizes", "8,16", "--micro-batch-size", "8",
+        "--base-batch-size", "8", "--lrs", "1e-3,1e-2", "--beta2-scaling", "none,half-life", "--adam-beta2", "0.9",
+        "--epochs", "1", "--max-train-samples", "48", "--max-eval-samples", "32", "--max-length", "16",
+        "--no-checkpoint", "--no-noise-scale", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert len(query(db, "SELECT id FROM runs")) == 6  # EBS 8 (kappa 1) once per lr, EBS 16 per lr and bundle
+    assert {(r["effective_batch_size"], round(r["beta2"], 12)) for r in query(db, "SELECT * FROM runs")} == {
+        (8, 0.9), (16, 0.9), (16, 0.81)}
+
+    result = CliRunner().invoke(app, ["pick-best", "--compare-protocols", "--json", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    [comparison] = json.loads(result.output)["comparisons"]
+    by_name = {p["name"]: p for p in comparison["protocols"]}
+    assert {"tuned", "tuned, rules none", "tuned, rules β2 half-life"} <= set(by_name)
+    tried = {name: {b["effective_batch_size"]: [t["metric_mean"] for t in b["lrs_tried"]]
+                    for b in by_name[name]["best_lr_per_ebs"]} for name in ("tuned, rules none", "tuned, rules β2 half-life")}
+    # Both bundles tune EBS 8 on the same two runs; at EBS 16 each has its own two.
+    assert tried["tuned, rules none"][8] == tried["tuned, rules β2 half-life"][8]
+    assert set(tried["tuned, rules none"]) == set(tried["tuned, rules β2 half-life"]) == {8, 16}
+
+    result = CliRunner().invoke(app, ["report", "--db", str(db)])
+    assert result.exit_code == 0, result.output
+    assert "β2 half-life" in result.output and "β1/β2/ε/wd" in result.output and "0.9/0.81/" in result.output

@@ -297,7 +297,10 @@ def lr_grids(data: RunData) -> list[LrGrid]:
             first = group[group["cell"] == b.best.cell].iloc[0]
             chosen[b.effective_batch_size] = index[(first["lr_scaling"], float(first["base_lr"]))]
         first = group.iloc[0]
-        grids.append(LrGrid(str(first["model"]), str(first["backend"]), str(first["variant"]), data.metric, rows,
+        # A grid under β/ε/wd rules is another series: its title says which.
+        variant = ", ".join(part for part in (f"rules {first['optim_rules']}" if first["optim_rules"] else "",
+                                              str(first["variant"])) if part)
+        grids.append(LrGrid(str(first["model"]), str(first["backend"]), variant, data.metric, rows,
                             sorted(group["effective_batch_size"].astype(int).unique().tolist()), cells, chosen, pruned))
     return grids
 
