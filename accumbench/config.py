@@ -68,7 +68,7 @@ class RunConfig:
     beta1_scaling: str = field(default="none", metadata={"help": "Scale --adam-beta1 with kappa = EBS/--base-batch-size: none, or half-life (beta1^kappa: the same half-life in samples)."})
     beta2_scaling: str = field(default="none", metadata={"help": "Scale --adam-beta2: none, or half-life (beta2^kappa, Marek et al. 2025)."})
     eps_scaling: str = field(default="none", metadata={"help": "Scale --adam-eps: none, or sqrt (eps/sqrt(kappa), Malladi et al. 2022)."})
-    weight_decay_scaling: str = field(default="none", metadata={"help": "Scale --weight-decay: none, or timescale (wd*kappa*lr_base/lr: AdamW's timescale held, Bergsma et al. 2025)."})
+    weight_decay_scaling: str = field(default="none", metadata={"help": "Scale --weight-decay: none, or timescale (wd*kappa*lr_base/lr: AdamW's timescale held, Bergsma et al. 2025; with --optimizer adamw)."})
     scaling_rule: str = field(default="none", metadata={"help": "A bundle of rules: sde sets --lr-scaling sqrt, --beta1-scaling and --beta2-scaling half-life, --eps-scaling sqrt (Malladi et al. 2022), over those left at none."})
     budget: str = field(default="epochs", metadata={"help": "epochs (every EBS runs --epochs) or steps (every EBS runs --train-steps)."})
     train_steps: Optional[int] = field(default=None, metadata={"help": "Optimizer steps to run with --budget steps."})
@@ -186,6 +186,10 @@ class RunConfig:
         if self.text_pair_column is not None and self.text_pair_column == self.text_column:
             raise UserError(f"--text-pair-column '{self.text_pair_column}' is also the --text-column; a pair needs "
                             "two different columns, e.g. --text-column premise --text-pair-column hypothesis")
+        if self.weight_decay_scaling == "timescale" and self.optimizer != "adamw":
+            # tau = B / (lr wd D) is the timescale of decoupled decay; Adam's L2 term goes through the moments.
+            raise UserError("--weight-decay-scaling timescale holds AdamW's timescale, and adam's weight decay is L2 "
+                            "(coupled to the gradient); add --optimizer adamw or drop the rule")
         if self.budget == "steps" and self.train_steps is None:
             raise UserError("--budget steps needs the number of optimizer steps; pass e.g. --train-steps 200")
         if self.budget == "epochs" and self.train_steps is not None:

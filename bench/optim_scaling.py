@@ -52,7 +52,7 @@ def main() -> None:
         os.environ.setdefault("ACCUMBENCH_CACHE", str(Path(tmp) / "cache"))
         if args.tiny:
             model, dataset, samples, eval_samples, epochs, ebs, lrs, max_length, micro = (
-                args.tiny, "demo", 64, 48, 3, ("8", "16", "32"), "1e-4,1e-3,1e-2", "32", "8")
+                args.tiny, "demo", 64, 48, 3, ("8", "16", "32"), "1e-3,1e-2", "32", "8")
             work = Path(tmp)
         else:
             if not SST2.is_dir():
@@ -73,26 +73,30 @@ def main() -> None:
         accumbench("sweep", *grid, "--effective-batch-sizes", ",".join(ebs[1:]), *BUNDLE_FLAGS, ebs[0],
                    "--race", "--name", "optim-scaling-sde", cwd=work)
         comparison = json.loads(accumbench("pick-best", "--compare-protocols", "--json", "--db", str(db), cwd=work))
-        picks = json.loads(accumbench("pick-best", "--by", "bundle", "--json", "--db", str(db), cwd=work))
     results = {"machine": machine(), "model": model, "dataset": "sst2" if not args.tiny else "demo",
                "train_samples": samples, "eval_samples": eval_samples, "epochs": epochs,
-               "effective_batch_sizes": ",".join(ebs), "lrs": lrs, "seeds": "42,43", "bundles": bundles(picks),
-               "protocols": comparison}
+               "effective_batch_sizes": ",".join(ebs), "lrs": lrs, "seeds": "42,43",
+               "bundles": bundles(comparison), "comparison": comparison["comparisons"]}
     print(table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
 
 
-def bundles(picks: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per rule bundle: the tuned pick, and per EBS its best lr and validation accuracy there."""
+def bundles(comparison: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per rule bundle (pick-best --compare-protocols' 'tuned, rules ...' rows): the tuned pick, and per EBS
+    its best lr and the validation accuracy there (mean over seeds), the fitted alpha, the large-EBS penalty."""
+    [group] = comparison["comparisons"]
     out = []
-    for pick in picks["picks"]:
-        cells = sorted(pick["candidates"], key=lambda c: c["effective_batch_size"])
-        accuracy = {c["effective_batch_size"]: c["val_accuracy"] for c in cells}
-        out.append({"bundle": pick["group"], "pick": pick["chosen"]["effective_batch_size"],
-                    "best_lr": {c["effective_batch_size"]: c["lr"] for c in cells}, "val_accuracy": accuracy,
-                    "alpha": [f.get("alpha") for f in pick.get("lr_fits", [])],
-                    "large_ebs_penalty": max(accuracy.values()) - accuracy[max(accuracy)]})
+    for row in group["protocols"]:
+        if row["protocol"] != "rule bundle":
+            continue
+        best = {b["effective_batch_size"]: b for b in row["best_lr_per_ebs"]}
+        accuracy = {ebs: b["metric_mean"] for ebs, b in sorted(best.items())}
+        out.append({"bundle": row["name"].removeprefix("tuned, rules "), "pick": row["effective_batch_size"],
+                    "best_lr": {ebs: b["lr"] for ebs, b in sorted(best.items())}, "val_accuracy": accuracy,
+                    "alpha": [f["alpha"] for f in row["lr_scaling_fit"]],
+                    "large_ebs_penalty": max(accuracy.values()) - accuracy[max(accuracy)],
+                    "pruned_runs": sum(t["pruned"] for b in best.values() for t in b["lrs_tried"])})
     return out
 
 

@@ -151,3 +151,19 @@ def test_race_bench_replays_and_races_the_same_grid(tiny_bert, tmp_path, monkeyp
     assert all(RACE_AFTER <= p["epoch"] < 4 for p in raced["pruned"])
     printed = capsys.readouterr().out
     assert "| full grid |" in printed and "| raced (the defaults) |" in printed
+
+
+def test_optim_scaling_bench_compares_the_rule_bundles_over_one_grid(tiny_bert, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "optim_scaling.json"
+    _run_script("optim_scaling.py", ["--tiny", tiny_bert, "--out", str(out)], monkeypatch)
+    results = json.loads(out.read_text())
+    plain, sde = results["bundles"]
+    assert (plain["bundle"], sde["bundle"]) == ("none", "sde β, ε")
+    assert set(plain["best_lr"]) == set(sde["best_lr"]) == {"8", "16", "32"}
+    # At the base EBS (kappa 1) the rules change nothing: both bundles tune EBS 8 on the very same runs.
+    assert plain["val_accuracy"]["8"] == sde["val_accuracy"]["8"] and plain["best_lr"]["8"] == sde["best_lr"]["8"]
+    for bundle in (plain, sde):
+        assert bundle["pick"] in (8, 16, 32)
+        assert bundle["large_ebs_penalty"] == max(bundle["val_accuracy"].values()) - bundle["val_accuracy"]["32"]
+    printed = capsys.readouterr().out
+    assert "| none |" in printed and "| sde β, ε |" in printed

@@ -40,7 +40,7 @@ def test_every_rule_at_kappa_4_and_a_quarter_by_hand():
     assert RunConfig(adam_eps=1e-8, eps_scaling="sqrt", **UP).optimizer_settings.eps == pytest.approx(5e-9, rel=1e-12)
     assert RunConfig(adam_eps=1e-8, eps_scaling="sqrt", **DOWN).optimizer_settings.eps == pytest.approx(2e-8, rel=1e-12)
     # wd * kappa * lr_base / lr: at kappa 4 with lr x2 (sqrt) that is 2 wd; with the lr unscaled 4 wd; linear 1 wd.
-    timescale = dict(weight_decay=0.01, weight_decay_scaling="timescale")
+    timescale = dict(weight_decay=0.01, weight_decay_scaling="timescale", optimizer="adamw")
     assert RunConfig(lr_scaling="sqrt", **timescale, **UP).optimizer_settings.weight_decay == pytest.approx(0.02)
     assert RunConfig(lr_scaling="none", **timescale, **UP).optimizer_settings.weight_decay == pytest.approx(0.04)
     assert RunConfig(lr_scaling="linear", **timescale, **UP).optimizer_settings.weight_decay == pytest.approx(0.01)
@@ -131,6 +131,7 @@ def test_rules_are_sweep_axes_and_the_base_ebs_cell_is_shared(tmp_path):
     (["--adam-eps", "0"], "--adam-eps must be a positive number, got 0; pass e.g. --adam-eps 1e-8"),
     (["--adam-eps", "-1e-8"], "--adam-eps must be a positive number"),
     (["--scaling-rule", "sde", "--eps-scaling", "none", "--lr-scaling", "linear"], "--scaling-rule sde sets --lr-scaling"),
+    (["--weight-decay-scaling", "timescale"], "--weight-decay-scaling timescale holds AdamW's timescale"),
 ])
 @pytest.mark.parametrize("command", ["train", "sweep"])
 def test_bad_rules_and_settings_are_one_line_and_write_nothing(tmp_path, flags, message, command):

@@ -116,6 +116,9 @@ EXPECTED_COLUMNS = {
         "tokenize_seconds", "tokens_cached",
         "text_columns", "split_source", "dropped_rows", "positive_label", "positive_class",
         "pruned_epoch", "pruned_by", "pruned_p", "pruned_test",
+        # schema 9: the optimizer settings used after scaling, the rules, and their name
+        "beta1", "beta2", "eps", "weight_decay", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling",
+        "scaling_rule",
     },
     "epochs": {
         "id", "run_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",
