@@ -61,6 +61,10 @@ def _read(path: Path, fmt: str, **kwargs: Any) -> dict[str, list]:
         ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     except Exception as exc:  # the loaders raise many types for malformed files
         raise UserError(f"cannot read {path} as {fmt} ({type(exc).__name__}: {first_line(exc)}); fix the file") from None
+    if fmt == "csv" and any(name.startswith("__index_level_") for name in ds.column_names):
+        # pandas makes a row's extra leading fields the index, and the text would silently be cut at a comma.
+        raise UserError(f"cannot read {path} as csv: rows have more fields than the header (an unquoted comma in "
+                        'a text?); quote the fields that hold commas, e.g. "great, moving film"')
     return ds.to_dict()
 
 

@@ -145,6 +145,14 @@ def test_unsupported_file_type_and_incomplete_directory(tmp_path):
         load_text_dataset(str(folder), seed=0)
 
 
+def test_a_csv_whose_rows_outgrow_its_header_is_refused(tmp_path):
+    """An unquoted comma in a text would make pandas read the text's head as the index: refused, not cut short."""
+    ragged = tmp_path / "ragged.csv"
+    ragged.write_text("text,label\n" + "".join(f"review {i}, with a comma,{i % 2}\n" for i in range(20)))
+    with pytest.raises(UserError, match="rows have more fields than the header .* quote the fields"):
+        load_text_dataset(str(ragged), seed=0)
+
+
 def test_unknown_hub_dataset_fails_fast_offline():
     with pytest.raises(UserError, match="dataset 'no-such-user/no-such-dataset' is not"):
         load_text_dataset("no-such-user/no-such-dataset", seed=0)
