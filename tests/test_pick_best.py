@@ -354,3 +354,23 @@ def test_with_one_seed_the_headline_interval_is_binomial(db):
     half = stats.Z95 * (0.9 * 0.1 / N) ** 0.5  # 200 validation examples
     assert (points[64].low, points[64].high) == pytest.approx((0.9 - half, 0.9 + half))
     assert points[64].interval == "binomial" and points[64].picked and not points[256].as_good
+
+
+def test_measured_seconds_never_compare_runs_of_different_sweeps():
+    """Two sweeps trained at other times (one beside a test suite) see loads no spread within either saw:
+    only counts compare them."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from accumbench.analysis.cost import cheapest
+
+    def candidate(ebs, seconds, sweep):
+        return SimpleNamespace(label=f"EBS {ebs}", effective_batch_size=ebs, samples=100, steps=100 / ebs,
+                               seconds_per_sample=[[seconds, seconds], [seconds * 1.01, seconds * 1.01]],
+                               runs=pd.DataFrame({"sweep_id": [sweep, sweep]}))
+
+    quiet_small, loaded_large = candidate(16, 0.01, sweep=1), candidate(256, 0.019, sweep=2)
+    assert cheapest([quiet_small, loaded_large]).chosen is loaded_large  # fewest steps, by counts
+    together_large = candidate(256, 0.019, sweep=1)
+    assert cheapest([quiet_small, together_large]).chosen is quiet_small  # one sweep: its clock may decide

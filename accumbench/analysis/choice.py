@@ -11,7 +11,7 @@ import pandas as pd
 
 from accumbench.analysis.pick import Pick, PickOptions, pick_among, pick_best, pick_by_protocol, pick_groups
 from accumbench.analysis.race_replay import RaceReplay, replay_race
-from accumbench.analysis.runs import RunData, load_predictions, optim_rules
+from accumbench.analysis.runs import RunData, load_predictions, lr_free_key, optim_rules, series_key
 from accumbench.analysis.tuning import has_lr_grid
 from accumbench.formatting import format_lr, rate_key
 
@@ -87,7 +87,9 @@ def rule_bundles(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     """Where the runs were trained under two or more bundles of the β, ε and weight-decay rules: each bundle
     (its rules and the base EBS they scale from) with its runs, for "does the answer change when β2 is scaled
     too?". A run of another bundle that trained the very same thing counts for this one as well: at the base
-    EBS (kappa 1) every rule is the identity, so one run there serves every bundle (one config hash)."""
+    EBS (kappa 1) every rule is the identity, so one run there serves every bundle (one config hash). Such a
+    run is seen as the bundle's own (its config, rules and grid keys), so that it joins the bundle's lr x EBS
+    grid and the lr scaling fit."""
     bundles: dict[tuple[Any, ...], dict[str, Any]] = {}
     for config in runs["config"]:
         others = {rule: value for rule, value in config.rules.items() if rule != "lr_scaling"}
@@ -99,13 +101,15 @@ def rule_bundles(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     bases = {bundle.get("base_batch_size") for bundle in bundles.values()} - {None}
     out = []
     for bundle in bundles.values():
-        def trains_the_same(config: Any, bundle: dict[str, Any] = bundle) -> bool:
-            moved = dataclasses.replace(config, scaling_rule="none", **bundle)
-            return moved.config_hash == config.config_hash
-        label = optim_rules(dataclasses.replace(runs["config"].iloc[0], scaling_rule="none", **bundle)) or "none"
+        moved = runs["config"].map(lambda config, bundle=bundle: dataclasses.replace(config, scaling_rule="none", **bundle))
+        same = [a.config_hash == b.config_hash for a, b in zip(moved, runs["config"])]
+        own = runs[same].assign(config=moved[same])
+        own = own.assign(optim_rules=own["config"].map(optim_rules), lr_free=own["config"].map(lr_free_key),
+                         series=own["config"].map(series_key))
+        label = optim_rules(moved.iloc[0]) or "none"
         if len(bases) > 1 and "base_batch_size" in bundle:
             label += f" from EBS {bundle['base_batch_size']}"
-        out.append((label, runs[runs["config"].map(trains_the_same)]))
+        out.append((label, own))
     return sorted(out, key=lambda item: item[0] != "none")
 
 

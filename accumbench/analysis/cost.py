@@ -17,8 +17,10 @@ in time, so the spread sees the machine's load come and go. A candidate is taken
 at least 10% faster per sample and by more than four times the two candidates' relative spreads added;
 the justification then says so. With one run a candidate has no run-to-run spread, and the counts decide:
 the epochs of one run share one moment's load (a demo trained beside another job measured 2.7x between
-two runs whose epochs agreed within a few percent). Perturbing timings within their noise never changes
-the pick.
+two runs whose epochs agreed within a few percent). Nor do candidates trained by different sweeps compare
+their clocks: those sweeps ran on other days or beside other jobs, a load no spread within either saw (on
+SST-2, a sweep trained beside the test suite measured 1.9x slower per sample than the same cells' sweep on
+a quiet machine). Perturbing timings within their noise never changes the pick.
 """
 
 from __future__ import annotations
@@ -84,12 +86,28 @@ def _far_faster(contenders: list[Any], by_count: Any) -> tuple[Any, float, float
     best = None
     for c in contenders:
         timing = Timing.of(c.seconds_per_sample)
-        if c is by_count or timing.runs < 2 or base.runs < 2:
+        if c is by_count or timing.runs < 2 or base.runs < 2 or not _trained_together(c, by_count):
             continue
         ratio, noise = base.mean / timing.mean, timing.relative_spread + base.relative_spread
         if ratio >= MIN_SPEEDUP and ratio - 1 > SPREADS * noise and (best is None or ratio > best[1]):
             best = (c, ratio, noise)
     return best
+
+
+def _trained_together(a: Any, b: Any) -> bool:
+    """Whether two candidates' runs all come from one sweep (or all from none): only then did the same
+    stretch of the machine's load reach both, so that their spreads can speak for it."""
+    sweeps = {_sweep_of(run) for c in (a, b) for run in _sweep_ids(c)}
+    return len(sweeps) <= 1
+
+
+def _sweep_ids(candidate: Any) -> list[Any]:
+    runs = getattr(candidate, "runs", None)
+    return [] if runs is None or "sweep_id" not in runs else list(runs["sweep_id"])
+
+
+def _sweep_of(sweep_id: Any) -> Any:
+    return None if sweep_id is None or sweep_id != sweep_id else int(sweep_id)  # NaN: a run of `train`
 
 
 def _short(candidate: Any) -> str:

@@ -32,9 +32,11 @@ from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, METRICS, PR
 # The columns that name a cell in the study's table ("lr": the rate it trained with, runs.lr); any
 # other setting that differs between cells is listed in a "variant" column rather than averaged over.
 CELL_COLUMNS = ("model", "effective_batch_size", "backend", "lr_scaling", "lr")
-# The scaling rules have a column of their own (optim_rules, the report's "rules"), so they are no variant either.
+# The scaling rules have a column of their own (optim_rules, the report's "rules"), so they are no variant either,
+# nor is the base EBS they scale from: what it does shows in the rate trained with and in the β1/β2/ε/wd used.
 _NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint", "checkpoint_dir",  # "lr": the config's base rate
-                  "scaling_rule", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling"}
+                  "scaling_rule", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling",
+                  "base_batch_size"}
 # Settings the report's budget column shows, and so its variant column does not repeat.
 _BUDGET_SETTINGS = {"budget", "epochs", "train_steps"}
 # Each B_simple column, and the column that says why a run has none there.
