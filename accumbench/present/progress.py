@@ -25,6 +25,7 @@ def optimizer_text(config: Any) -> str:
         text += f", wd {settings.weight_decay:.3g}"
     return text + f" ({config.rule_bundle} from EBS {config.base_batch_size}: kappa {config.kappa:g})"
 
+
 class RichReporter:
     """A progress bar per epoch (loss, samples/s, ETA), then one persistent line per epoch."""
 
