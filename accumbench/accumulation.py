@@ -135,3 +135,10 @@ def plan_epoch(
         # sorted() is stable, so ties keep the shuffled order and the plan stays deterministic.
         groups = [sorted(group, key=lambda i: -lengths[i]) for group in groups]
     return [cut_group(group, micro_batch_size, world_size) for group in groups]
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Example indices in batches of like length, for evaluation and prediction (no gradient, so no plan):
+    less padding, and the same predictions, since padding is masked."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]

@@ -19,6 +19,9 @@ from accumbench.config import RunConfig
 from accumbench.errors import UserError, first_line
 from accumbench.store import sqlite_path
 
+# A checkpoint's two files (inference.py reads them back).
+CHECKPOINT_WEIGHTS, CHECKPOINT_META = "model.safetensors", "accumbench.json"
+
 
 def checkpoint_root(url: str, config: RunConfig | None = None) -> Path:
     """--checkpoint-dir, else checkpoints/ beside the SQLite file (./checkpoints for the default ./runs.db),
@@ -65,8 +68,8 @@ def save_checkpoint(model: Any, directory: Path, epoch: int, label_names: list[A
     meta = {"epoch": epoch, "label_names": label_names, "config": config.to_dict()}
     # Written aside, then renamed: a reader never sees half a checkpoint, and a write that fails (a full
     # disk) removes its partial file, so the space is back for the database to record the failure.
-    for name, write in (("model.safetensors", lambda path: save_model(model, path)),
-                        ("accumbench.json", lambda path: Path(path).write_text(json.dumps(meta, indent=2)))):
+    for name, write in ((CHECKPOINT_WEIGHTS, lambda path: save_model(model, path)),
+                        (CHECKPOINT_META, lambda path: Path(path).write_text(json.dumps(meta, indent=2)))):
         partial = directory / f".{name}.partial"
         try:
             write(str(partial))

@@ -15,9 +15,10 @@ from typing import Any
 import typer
 
 from accumbench.cli_inference import export, predict
-from accumbench.command_line import OneLineErrors, run_options
+from accumbench.command_line import OneLineErrors, fail, run_options
 from accumbench.config_files import build_config
 from accumbench.errors import StoreUnavailable, Terminated, UserError
+from accumbench.optim_scaling import RULE_OPTIONS
 from accumbench.vocabulary import RACE_AFTER, RACE_ALPHA
 
 app = typer.Typer(
@@ -38,12 +39,6 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Keeps `accumbench` a group of commands (train, ...), even while it has few."""
-
-
-def fail(message: str, code: int = 2) -> None:
-    """One line naming the problem and the fix, on stderr, then exit code 2 (bad input) or `code`."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 @contextmanager
@@ -119,7 +114,7 @@ def train(config: Path | None = _CONFIG_OPTION, db: str | None = _DB_OPTION, **o
 
 @app.command()
 @run_options(skip=("model", "effective_batch_size", "backend", "seed"), own_first=True,
-             listed=("lr_scaling", "scaling_rule", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling"))
+             listed=RULE_OPTIONS)
 def sweep(
     models: str | None = typer.Option(None, "--models", "--model", help="Comma-separated models (default: minilm)."),
     effective_batch_sizes: str | None = typer.Option(

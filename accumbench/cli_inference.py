@@ -11,17 +11,12 @@ from typing import Annotated
 
 import typer
 
+from accumbench.command_line import fail
 from accumbench.errors import UserError, first_line
 
 _DB = Annotated[str | None, typer.Option(
     "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only.")]
 _RUN_HELP = "A run id (train prints it): the run's best-validation checkpoint, from the store."
-
-
-def _fail(message: str, code: int = 2) -> None:
-    """One line naming the problem and the fix, on stderr, then exit code 2 (bad input) or `code`."""
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
 
 
 def _machine_failure(exc: OSError) -> str:
@@ -62,9 +57,9 @@ def predict(
         result = label_rows(input_file, output, run=run, model=model, db=db, text_column=text_column,
                             text_pair_column=text_pair_column, batch_size=batch_size)
     except UserError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(_machine_failure(exc), code=1)
+        fail(_machine_failure(exc), code=1)
     unlabelled = result.rows - result.labelled
     notes = [f"{unlabelled} row{'s' * (unlabelled != 1)} without a text left unlabelled"] if unlabelled else []
     notes += [f"input column {old} written as {new}" for old, new in result.renamed.items()]
@@ -90,7 +85,7 @@ def export(
 
         result = write_export(run, directory, db=db)
     except UserError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except OSError as exc:
-        _fail(_machine_failure(exc), code=1)
+        fail(_machine_failure(exc), code=1)
     typer.echo(f"wrote {result.directory}: {result.origin}, labels {', '.join(result.label_names)}")

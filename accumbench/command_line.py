@@ -23,6 +23,12 @@ except ImportError:  # pragma: no cover
 from typer.core import TyperGroup
 
 
+def fail(message: str, code: int = 2) -> None:
+    """One line naming the problem and the fix, on stderr, then exit code 2 (bad input) or `code`."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
 class OneLineErrors(TyperGroup):
     """Click's own parse errors (`--lr abc`, an unknown option) as every other error here: one `error:`
     line naming the problem and where to look, exit code 2, instead of a usage banner and a boxed message.

@@ -20,6 +20,7 @@ from accumbench.optim_scaling import (
     BUNDLES,
     EPS_SCALINGS,
     LR_SCALINGS,
+    OTHER_RULE_FIELDS,
     RULE_FIELDS,
     SCALING_RULES,
     WEIGHT_DECAY_SCALINGS,
@@ -127,6 +128,11 @@ class RunConfig:
         return {name: getattr(self, name) for name in RULE_FIELDS}
 
     @property
+    def scales_beyond_lr(self) -> bool:
+        """Whether a β, ε or weight-decay rule scales anything (the base batch size then matters beyond the lr)."""
+        return any(getattr(self, name) != "none" for name in OTHER_RULE_FIELDS)
+
+    @property
     def rule_bundle(self) -> str:
         """The rules by name: 'sde', 'sqrt lr, β2 half-life', or 'none'."""
         return bundle_name(self.rules)
@@ -217,8 +223,7 @@ class RunConfig:
         hashed = {k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_HASHED}
         # Settings that cannot change the run say nothing: the same run must have one hash.
         # At the base batch size (kappa = 1) the beta, eps and weight-decay rules are the identity.
-        unscaled = [name for name in RULE_FIELDS if name != "lr_scaling"] if self.kappa == 1 else []
-        for name in unscaled:
+        for name in OTHER_RULE_FIELDS if self.kappa == 1 else ():
             hashed[name] = "none"
         if all(hashed[name] == "none" for name in RULE_FIELDS):
             del hashed["base_batch_size"]

@@ -250,8 +250,7 @@ def evaluate(backend: Backend, split: data.EncodedSplit, pad_token_id: int, batc
     (each rank fills in its own examples' predictions, zeros elsewhere, so their sum is all of them)."""
     model, device = backend.unwrapped_model(), backend.device
     model.eval()
-    order = sorted(range(len(split)), key=lambda i: len(split.input_ids[i]))
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = accumulation.length_batches(split.lengths, batch_size)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.float64)
     predicted = torch.zeros(len(split), device=device, dtype=torch.float64)  # float64: exact for class ids

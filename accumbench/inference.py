@@ -27,13 +27,13 @@ from typing import Any
 import torch
 
 from accumbench import data
+from accumbench.accumulation import length_batches
 from accumbench.backends.base import segment_ids, to_device
+from accumbench.checkpoints import CHECKPOINT_META, CHECKPOINT_WEIGHTS
 from accumbench.errors import UserError, first_line
 from accumbench.model import TextClassifier, embeds_segments, resolve_model_source
 from accumbench.sources import FILE_FORMATS, read_tables
 
-# A checkpoint's files, as checkpoints.save_checkpoint writes them.
-CHECKPOINT_WEIGHTS, CHECKPOINT_META = "model.safetensors", "accumbench.json"
 EXPORT_SPEC, EXPORT_HEAD = "classifier.json", "head.safetensors"
 EXPORT_FORMAT, EXPORT_VERSION = "accumbench-classifier", 1
 LOAD_ERRORS = (OSError, ValueError, KeyError, RuntimeError)  # what transformers and safetensors raise for bad files
@@ -208,10 +208,8 @@ def class_probabilities(model: TextClassifier, tokenizer: Any, texts: Sequence[s
     model.to(device)
     split = data.TextSplit(list(texts), [0] * len(texts), None if pairs is None else list(pairs))
     encoded = data.tokenize(split, tokenizer, max_length, segment_ids=embeds_segments(model.encoder))
-    order = sorted(range(len(encoded)), key=lambda i: encoded.lengths[i])
     labels, probabilities = [0] * len(encoded), [[0.0]] * len(encoded)
-    for start in range(0, len(order), batch_size):
-        indices = order[start : start + batch_size]
+    for indices in length_batches(encoded.lengths, batch_size):
         batch = to_device(data.collate(encoded, indices, tokenizer.pad_token_id), device)
         logits = model(batch["input_ids"], batch["attention_mask"], **segment_ids(batch)).double()
         for i, guess, row in zip(indices, logits.argmax(dim=-1).tolist(), torch.softmax(logits, -1).tolist()):

@@ -26,8 +26,11 @@ EPS_SCALINGS = ("none", "sqrt")
 WEIGHT_DECAY_SCALINGS = ("none", "timescale")
 SCALING_RULES = ("none", "sde")
 
-# The RunConfig field of each rule, and the rule each takes under --scaling-rule sde.
+# The RunConfig field of each rule; those beyond the lr's; every option that names a rule (the bundle too: the
+# sweep's rule axes); and the rule each takes under --scaling-rule sde.
 RULE_FIELDS = ("lr_scaling", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling")
+OTHER_RULE_FIELDS = RULE_FIELDS[1:]
+RULE_OPTIONS = (*RULE_FIELDS, "scaling_rule")
 BUNDLES = {"sde": {"lr_scaling": "sqrt", "beta1_scaling": "half-life", "beta2_scaling": "half-life",
                    "eps_scaling": "sqrt"}}
 # How a rule reads in a table: "β2 half-life".

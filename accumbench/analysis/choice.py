@@ -14,6 +14,7 @@ from accumbench.analysis.race_replay import RaceReplay, replay_race
 from accumbench.analysis.runs import RunData, load_predictions, lr_free_key, optim_rules, series_key
 from accumbench.analysis.tuning import has_lr_grid
 from accumbench.formatting import format_lr, rate_key
+from accumbench.optim_scaling import OTHER_RULE_FIELDS
 
 # --- the same runs under every protocol they support -------------------------------------------------
 
@@ -92,9 +93,8 @@ def rule_bundles(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     grid and the lr scaling fit."""
     bundles: dict[tuple[Any, ...], dict[str, Any]] = {}
     for config in runs["config"]:
-        others = {rule: value for rule, value in config.rules.items() if rule != "lr_scaling"}
-        scales = any(value != "none" for value in others.values())
-        bundle = {**others, "base_batch_size": config.base_batch_size} if scales else others
+        others = {name: getattr(config, name) for name in OTHER_RULE_FIELDS}
+        bundle = {**others, "base_batch_size": config.base_batch_size} if config.scales_beyond_lr else others
         bundles.setdefault(tuple(sorted(bundle.items())), bundle)
     if len(bundles) < 2:
         return []

@@ -95,19 +95,14 @@ def _far_faster(contenders: list[Any], by_count: Any) -> tuple[Any, float, float
 
 
 def _trained_together(a: Any, b: Any) -> bool:
-    """Whether two candidates' runs all come from one sweep (or all from none): only then did the same
-    stretch of the machine's load reach both, so that their spreads can speak for it."""
-    sweeps = {_sweep_of(run) for c in (a, b) for run in _sweep_ids(c)}
+    """Whether two candidates' runs all come from one sweep (or all from none, NaN: runs of `train`): only then
+    did the same stretch of the machine's load reach both, so that their spreads can speak for it."""
+    sweeps = set()
+    for candidate in (a, b):
+        runs = getattr(candidate, "runs", None)
+        if runs is not None and "sweep_id" in runs:
+            sweeps |= {None if sweep != sweep or sweep is None else int(sweep) for sweep in runs["sweep_id"]}
     return len(sweeps) <= 1
-
-
-def _sweep_ids(candidate: Any) -> list[Any]:
-    runs = getattr(candidate, "runs", None)
-    return [] if runs is None or "sweep_id" not in runs else list(runs["sweep_id"])
-
-
-def _sweep_of(sweep_id: Any) -> Any:
-    return None if sweep_id is None or sweep_id != sweep_id else int(sweep_id)  # NaN: a run of `train`
 
 
 def _short(candidate: Any) -> str:

@@ -61,9 +61,8 @@ def lr_free_key(config: RunConfig) -> str:
     """A configuration up to its seed and its learning rate (and the rule that derived it): the cells
     among which the tuned protocol picks one EBS's best lr share it. The base batch size goes too, unless
     another rule (beta, eps, weight decay) scales from it."""
-    others_scale = any(rule != "none" for name, rule in config.rules.items() if name != "lr_scaling")
     return cell_key(dataclasses.replace(config, lr=1.0, lr_scaling="none", scaling_rule="none",
-                                        base_batch_size=config.base_batch_size if others_scale else 64))
+                                        base_batch_size=config.base_batch_size if config.scales_beyond_lr else 64))
 
 
 def series_key(config: RunConfig) -> str:

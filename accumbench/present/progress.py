@@ -8,13 +8,13 @@ import time
 from typing import Any
 
 from accumbench.formatting import format_lr, format_seconds, short_model
+from accumbench.optim_scaling import RULE_OPTIONS
 from accumbench.vocabulary import CUT, DONE, GAVE_UP, PENDING, RUNNING_ELSEWHERE
 
 
 def scales_optimizer(config: Any) -> bool:
     """Whether the run header needs a line for the optimizer: a setting scaled, or one off Adam's defaults."""
-    return any(rule != "none" for name, rule in config.rules.items() if name != "lr_scaling") or (
-        (config.adam_beta1, config.adam_beta2, config.adam_eps) != (0.9, 0.999, 1e-8))
+    return config.scales_beyond_lr or (config.adam_beta1, config.adam_beta2, config.adam_eps) != (0.9, 0.999, 1e-8)
 
 
 def optimizer_text(config: Any) -> str:
@@ -173,7 +173,7 @@ class RichSweepReporter:
 
         # The axes that vary, then the outcome: fits 80 columns for the usual 2-3 varying axes.
         axes = [name for name in ("model", "backend", "lr_scaling", "seed") if len(spec.axes[name]) > 1]
-        if any(len(values) > 1 for name, values in spec.axes.items() if name.endswith(("_scaling", "scaling_rule"))):
+        if any(len(spec.axes[name]) > 1 for name in RULE_OPTIONS):
             axes = [*(name for name in axes if name != "lr_scaling"), "rules"]  # the bundle says the lr rule too
         table = Table(title=f"sweep {result.sweep['name']}", box=None, header_style="bold")
         for column in (*axes, "EBS", "lr", "state", "tries", "run", "best\nepoch", "val\nacc", "test\nacc", "optim\nsteps"):

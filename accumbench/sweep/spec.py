@@ -18,6 +18,7 @@ from accumbench.config import CONFIG_KEYS, RunConfig, check_value, coerce_field
 from accumbench.config_files import file_error, read_yaml_mapping
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, plain_number
+from accumbench.optim_scaling import RULE_OPTIONS
 from accumbench.sweep.presets import PRESETS
 from accumbench.vocabulary import METRICS, RACE_AFTER, RACE_ALPHA
 
@@ -29,7 +30,6 @@ AXES = {"models": "model", "backends": "backend", "lr_scaling": "lr_scaling", "s
         "weight_decay_scaling": "weight_decay_scaling", "seeds": "seed", "lrs": "lr",
         "effective_batch_sizes": "effective_batch_size"}
 # The optimizer's scaling rules: axes named like their RunConfig field, and shown in a cell's description.
-RULE_AXES = ("lr_scaling", "scaling_rule", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling")
 # What each axis takes, for the error line when one of its values is wrong.
 AXIS_EXAMPLES = {"models": "bert,modernbert", "backends": "torch,accelerate", "lr_scaling": "none,sqrt",
                  "scaling_rule": "none,sde", "beta1_scaling": "none,half-life", "beta2_scaling": "none,half-life",
@@ -287,7 +287,7 @@ def describe(config: RunConfig, spec: SweepSpec | None = None) -> str:
     if config.lr_scaling != "none":
         parts["lr"] += f" ({config.lr_scaling})"
     varies = {name for name in parts if spec is None or len(spec.axes[name]) > 1}
-    if spec is not None and any(len(spec.axes[name]) > 1 for name in RULE_AXES):
+    if spec is not None and any(len(spec.axes[name]) > 1 for name in RULE_OPTIONS):
         varies.add("lr")
         parts["rules"] = f"rules {config.rule_bundle}"
         varies.add("rules")
