@@ -206,6 +206,10 @@ def sweep(
 _METRIC_OPTION = typer.Option(
     "val_accuracy", help="Selection metric, on validation only: val_accuracy, val_loss, val_f1 (positive class; "
                          "macro with 3+ labels) or val_mcc. Each run's best epoch is chosen on it.")
+_MARGIN_OPTION = typer.Option(
+    None, "--margin", help="How close to the best a cheaper EBS must be shown to be (the upper confidence bound of its "
+                           "deficit below it): in the metric's units, default 0.01 (one point of accuracy, F1 or "
+                           "MCC); for val_loss a share of the best's loss, default 0.02.")
 _FILTERS = dict(
     sweep=typer.Option(None, help="Only the runs of this sweep (its name)."),
     model=typer.Option(None, help="Only this model (as recorded, e.g. minilm)."),
@@ -227,6 +231,7 @@ def report(
     output: Path | None = typer.Option(None, "--output", "-o", help="Write the report to this file instead of the terminal."),
     plot: Path | None = typer.Option(None, "--plot", help="Also write PNG figures per model into this directory."),
     metric: str = _METRIC_OPTION,
+    margin: float | None = _MARGIN_OPTION,
     curves: str = typer.Option(
         "best", "--curves", help="Learning curves (html, --plot): best (each EBS at its best lr in colour, other lrs "
                                  "faded) or all (every series in its own colour)."),
@@ -259,7 +264,7 @@ def report(
     try:
         request = ReportRequest(db=db, sweep=sweep, model=model, backend=backend, status=status, fmt=fmt,
                                 columns=columns, wide=wide, output=output, plot=plot, watch=watch, curves=curves,
-                                metric=metric)
+                                metric=metric, margin=margin)
         if watch is not None:
             watch_page(request, typer.echo)
             return
@@ -278,7 +283,9 @@ def pick_best(
     backend: str | None = _FILTERS["backend"],
     metric: str = _METRIC_OPTION,
     by: str = typer.Option("model", help="model (one pick per model) or none (one pick over all runs)."),
-    alpha: float = typer.Option(0.05, help="Significance level: candidates with p >= alpha count as not worse."),
+    margin: float | None = _MARGIN_OPTION,
+    alpha: float = typer.Option(0.05, help="The bounds' one-sided error: 0.05 gives 95% upper bounds on each "
+                                           "deficit (between 0 and 0.5)."),
     target: float | None = typer.Option(
         None, help="Validation accuracy that steps-to-target counts to, for the critical batch size (default: 99% of the best seen)."),
     protocol: str | None = typer.Option(
@@ -299,22 +306,26 @@ def pick_best(
     db: str | None = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
     """Pick the effective batch size per model on validation only, test it, and say how sure it is:
-    with an lr grid each EBS first gets its own best lr (the tuned protocol); then candidates not
-    significantly worse than the best (Welch across seeds, else exact McNemar, or for F1 and MCC a paired
-    bootstrap) compete on cost: what they
-    trained (samples, then optimizer steps), so the same store gives the same pick on every machine.
+    with an lr grid each EBS first gets its own best lr (the tuned protocol); then the candidates shown
+    within --margin of the best (a 95% upper bound on their deficit, from the seeds' spread and a paired
+    bootstrap over the validation examples, below the margin) compete on cost: what they trained (samples,
+    then optimizer steps), so the same store gives the same pick on every machine.
     Reports the pick's test accuracy with a 95% interval, the best lr per EBS and the lr scaling exponent
     it implies, and what the gradient noise scale and the critical batch size recommend.
 
     Example:
 
-        accumbench pick-best --sweep demo-3bf97179 --metric val_accuracy --alpha 0.05
+        accumbench pick-best --sweep demo-3bf97179 --metric val_accuracy --margin 0.01
+
+    Example, accept a cheaper EBS up to 2 points behind the best, at 90% confidence:
+
+        accumbench pick-best --margin 0.02 --alpha 0.1
 
     Example, the same runs under every protocol (does the lr choice change the EBS answer?):
 
         accumbench pick-best --compare-protocols --json
 
-    Example, a GLUE task judged by F1 (single seeds are then compared by a paired bootstrap):
+    Example, a GLUE task judged by F1 (its bounds recompute F1 from the stored predictions):
 
         accumbench pick-best --metric val_f1
 
@@ -336,7 +347,7 @@ def pick_best(
     from accumbench.store import open_for_reading
 
     try:
-        options = PickOptions(metric=metric, by=by, alpha=alpha, target=target, protocol=protocol,
+        options = PickOptions(metric=metric, by=by, alpha=alpha, margin=margin, target=target, protocol=protocol,
                               compare_protocols=compare_protocols, replay_race=replay_race, race_alpha=race_alpha,
                               race_after=race_after, save_config=save_config)
         with open_for_reading(db) as store:

@@ -70,6 +70,13 @@ def _mcc(cms: np.ndarray, positive: int) -> np.ndarray:
 _BATCHED: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"accuracy": _accuracy, "f1": _f1, "mcc": _mcc}
 
 
+def batched_metric(metric: str) -> Callable[[np.ndarray, int], np.ndarray]:
+    """The metric ('accuracy', 'f1' or 'mcc') over [..., C, C] confusion matrices at once: [...] scores."""
+    if metric not in _BATCHED:
+        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(_BATCHED)}")
+    return _BATCHED[metric]
+
+
 def accuracy_from_confusion(cm: np.ndarray, positive: int = 1) -> float:
     return float(_accuracy(np.asarray(cm), positive))
 

@@ -95,10 +95,11 @@ def summary(db: Path, work: Path) -> dict[str, Any]:
 
 
 def wrong_prunes(full_db: Path, raced_db: Path) -> list[dict[str, Any]]:
-    """The raced run's pruned arms that, fully trained in the full grid, are not significantly worse than their
-    EBS's best (pick-best's screen at alpha 0.05): the same judgement the replay makes."""
+    """The raced run's pruned arms that, fully trained in the full grid, are shown within pick-best's margin of their
+    EBS's best, or not shown worse by more than it (pick-best's evidence): the same judgement the replay makes."""
     from accumbench.analysis.race_replay import ends_as_good
     from accumbench.analysis.runs import load_predictions, load_runs
+    from accumbench.deficit import Margin
     from accumbench.store import Store, resolve_db_url
 
     with Store.open(resolve_db_url(str(full_db))) as store:  # open (not read-only): upgrades an older schema
@@ -109,10 +110,10 @@ def wrong_prunes(full_db: Path, raced_db: Path) -> list[dict[str, Any]]:
     wrong = []
     for ebs, lr in sorted(arms):
         run = data.runs[(data.runs["effective_batch_size"] == ebs) & (abs(data.runs["lr"] / lr - 1) < 1e-9)].iloc[0]
-        as_good, p, paired_as_good, paired_p = ends_as_good(data.runs, run, predictions, data.metric, 0.05)
-        if as_good or paired_as_good:
-            wrong.append({"effective_batch_size": ebs, "lr": lr, "final_p": p, "by_screen": as_good,
-                          "final_paired_p": paired_p, "by_paired_test": paired_as_good})
+        as_good, not_ruled_out, bound = ends_as_good(data.runs, run, predictions, data.metric, Margin())
+        if as_good or not_ruled_out:
+            wrong.append({"effective_batch_size": ebs, "lr": lr, "by_screen": as_good, "not_ruled_out": not_ruled_out,
+                          "final_bounds": None if bound is None else [bound.lower, bound.upper]})
     return wrong
 
 
@@ -125,7 +126,7 @@ def table(results: dict[str, Any]) -> str:
     best = lambda lrs: ", ".join(f"{e}: {format_lr(lr)}" for e, lr in lrs.items())  # noqa: E731
     arms = lambda found: ", ".join(f"EBS {a['effective_batch_size']} lr {format_lr(a['lr'])}" for a in found) or "0"  # noqa: E731
     lines = ["| run | alpha | race after | runs pruned | training time (share of full) | epochs trained | pick | "
-             "best lr per EBS | wrong prunes: pick-best's screen | wrong prunes: paired test |",
+             "best lr per EBS | wrong prunes: shown within the margin | not ruled out |",
              "|---|---:|---:|---:|---:|---:|---|---|---|---|",
              f"| full grid | - | - | 0 | {format_seconds(full['seconds'])} (100%) | {full['epochs']} | EBS {full['pick']} | "
              f"{best(full['best_lr'])} | - | - |"]
@@ -134,12 +135,12 @@ def table(results: dict[str, Any]) -> str:
         epochs = full["epochs"] - sum(results["epochs"] - p["epoch"] for p in r["prunes"])
         lines.append(f"| replay | {r['race_alpha']:g} | {r['race_after']} | {len(r['prunes'])} | {format_seconds(kept)} "
                      f"({1 - r['saved_share']:.0%}) | {epochs} | EBS {r['pick_raced']} | {best(r['best_lr_raced'])} | "
-                     f"{arms(r['wrong_prunes'])} | {arms(r['wrong_prunes_paired'])} |")
+                     f"{arms(r['wrong_prunes'])} | {arms(r['not_ruled_out'])} |")
     raced = results["raced"]
     lines.append(f"| raced (the defaults) | {RACE_ALPHA:g} | {RACE_AFTER} | {len(raced['pruned'])} | {format_seconds(raced['seconds'])} "
                  f"({raced['seconds'] / full['seconds']:.0%}) | {raced['epochs']} | EBS {raced['pick']} | "
                  f"{best(raced['best_lr'])} | {arms([w for w in raced['wrong_prunes'] if w['by_screen']])} | "
-                 f"{arms([w for w in raced['wrong_prunes'] if w['by_paired_test']])} |")
+                 f"{arms([w for w in raced['wrong_prunes'] if w['not_ruled_out']])} |")
     return "\n".join(lines) + f"\n\n{results['machine']}; wall time: full {format_seconds(full['wall_seconds'])}, " \
                               f"raced {format_seconds(raced['wall_seconds'])}"
 

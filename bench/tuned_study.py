@@ -32,7 +32,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-SST2 = ROOT.parent / "shared" / "data" / "sst2"
+DATA = ROOT.parent / "shared" / "data"  # sst2/, subj/: benchmark data beside the project, never in it
 RESULTS = ROOT / "bench" / "results"
 
 from commands import accumbench, machine, sweep_seconds  # noqa: E402
@@ -41,6 +41,8 @@ from commands import accumbench, machine, sweep_seconds  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", metavar="MODEL_DIR", help="a tiny model directory on the demo data: a smoke run")
+    parser.add_argument("--data", default="sst2", help="a task under ../shared/data: sst2 (tuned on) or subj (held out)")
+    parser.add_argument("--no-edges", action="store_true", help="the grid only: no round 2 at the edge lrs")
     parser.add_argument("--samples", type=int, default=2048, help="training sentences (the first N of the shuffled split)")
     parser.add_argument("--eval-samples", type=int, default=872, help="validation and test sentences")
     parser.add_argument("--epochs", type=int, default=2)
@@ -55,15 +57,17 @@ def main() -> None:
         model, dataset, samples, eval_samples, micro, epochs = args.tiny, "demo", 64, 32, 8, 1
         ebs, max_length = "8,32", "32"
     else:
-        if not SST2.is_dir():
-            raise SystemExit(f"no SST-2 at {SST2}; this benchmark needs the shared data (or --tiny)")
-        model, dataset, samples, eval_samples, micro, epochs = "minilm", str(SST2), args.samples, args.eval_samples, 16, args.epochs
+        if not (DATA / args.data).is_dir():
+            raise SystemExit(f"no {args.data} at {DATA / args.data}; this benchmark needs the shared data (or --tiny)")
+        model, dataset, samples, eval_samples, micro, epochs = ("minilm", str(DATA / args.data), args.samples,
+                                                                 args.eval_samples, 16, args.epochs)
         ebs, max_length = args.ebs, "128"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp) if args.tiny else RESULTS
         work.mkdir(parents=True, exist_ok=True)
         os.environ.setdefault("ACCUMBENCH_CACHE", str(Path(tmp) / "cache"))
-        db = work / "tuned_study.db"
+        stem = "tuned_study" if args.data == "sst2" else f"tuned_study_{args.data}"
+        db = work / f"{stem}.db"
         if args.fresh or args.tiny:
             db.unlink(missing_ok=True)
         shared = ["--models", model, "--dataset", dataset, "--lr-scaling", args.lr_scaling, "--base-batch-size", "64",
@@ -71,20 +75,21 @@ def main() -> None:
                   "--max-train-samples", str(samples), "--max-eval-samples", str(eval_samples), "--max-length",
                   max_length, "--data-seed", "42", "--no-checkpoint", "--db", str(db)]
         # Round 1, the grid. A rerun resumes the sweep (trains only what is missing) and analyses it again.
-        accumbench("sweep", *shared, "--effective-batch-sizes", ebs, "--lrs", args.lrs, "--name", "tuned-sst2", cwd=work)
-        grid = analyse(db, work, "tuned-sst2")
+        accumbench("sweep", *shared, "--effective-batch-sizes", ebs, "--lrs", args.lrs, "--name", f"tuned-{args.data}", cwd=work)
+        grid = analyse(db, work, f"tuned-{args.data}")
         # Round 2, as pick-best's edge warnings tell a user: each EBS whose best lr is at an end of the grid
         # gets the next rate it names, with the same seeds. Then everything is analysed together.
-        edges = [(b["effective_batch_size"], b["suggested_lr"]) for b in grid["best_lr_per_ebs"] if b["suggested_lr"]]
+        edges = [] if args.no_edges else [(b["effective_batch_size"], b["suggested_lr"]) for b in grid["best_lr_per_ebs"]
+                                          if b["suggested_lr"]]
         for at, lr in edges:
             # An lr of its own for each EBS: a base rate here, so with a rule the next *rate* is its inverse.
             base = lr / _scale(args.lr_scaling, at)
             accumbench("sweep", *shared, "--effective-batch-sizes", str(at), "--lrs", f"{base:.6g}",
-                       "--name", f"tuned-sst2-edge-{at}", cwd=work)
+                       "--name", f"tuned-{args.data}-edge-{at}", cwd=work)
         extended = analyse(db, work, None) if edges else None
         seconds = sweep_seconds(db)
     results: dict[str, Any] = {
-        "machine": machine(), "model": model, "dataset": "sst2" if not args.tiny else "demo",
+        "machine": machine(), "model": model, "dataset": args.data if not args.tiny else "demo",
         "train_samples": samples, "eval_samples": eval_samples, "epochs": epochs, "effective_batch_sizes": ebs,
         "lrs": args.lrs, "lr_scaling": args.lr_scaling, "seeds": args.seeds, "sweep_seconds": seconds,
         "grid": grid, "edges_added": [{"effective_batch_size": at, "lr": lr} for at, lr in edges], "extended": extended,

@@ -213,7 +213,8 @@ def test_hugging_face_trainer_names_as_flags_get_accumbench_flags(tmp_path, comm
     (["train", "--dropout", "1"], "--dropout must be in [0, 1), got 1;"),
     (["sweep", "--lrs", "1e-4,-1", "--dry-run"], "--lrs must be positive learning rates, got -1;"),
     (["sweep", "--lrs", "3e-5,-3e-5", "--dry-run"], "--lrs must be positive learning rates, got -3e-5;"),
-    (["pick-best", "--alpha", "2"], "--alpha must be between 0 and 1, got 2;"),
+    (["pick-best", "--alpha", "2"], "--alpha must be between 0 and 0.5 (0.05 gives 95% bounds), got 2;"),
+    (["pick-best", "--margin", "0.015", "--alpha", "0.6"], "got 0.6;"),
 ])
 def test_numbers_in_messages_read_as_people_write_them(tmp_path, args, fragment):
     result = CliRunner().invoke(app, [*args, "--db", str(tmp_path / "runs.db")])

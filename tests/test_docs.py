@@ -24,8 +24,8 @@ TRAIN_FLAGS = """--model --dataset --backend --effective-batch-size --micro-batc
 SWEEP_FLAGS = """--models --effective-batch-sizes --backends --seeds --lrs --lr-scaling --name --max-retries --stale-after
 --fail-fast --preset --base-batch-size --budget --train-steps --warmup-ratio --config --db --dry-run --race --race-alpha
 --race-after --race-metric""".split()
-REPORT_FLAGS = "--sweep --status --format --columns --wide --output --plot --watch --curves --metric --db".split()
-PICK_FLAGS = ("--sweep --model --backend --metric --by --alpha --target --protocol --compare-protocols --json --db "
+REPORT_FLAGS = "--sweep --status --format --columns --wide --output --plot --watch --curves --metric --margin --db".split()
+PICK_FLAGS = ("--sweep --model --backend --metric --by --margin --alpha --target --protocol --compare-protocols --json --db "
               "--replay-race --race-alpha --race-after").split()
 HEAVY = ("torch", "transformers", "datasets", "accelerate", "pandas", "sqlalchemy")
 

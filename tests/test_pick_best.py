@@ -1,6 +1,7 @@
 """`accumbench pick-best` on databases built to a known answer: selection happens on validation even
-when the test set disagrees, candidates that are not significantly worse compete on training time,
-the reported statistics are the known ones, and one seed per cell gets its warning."""
+when the test set disagrees, candidates shown within the margin of the best compete on training cost,
+the reported statistics are the known ones, and one seed per cell gets its warning.
+(The margin's own known answers and calibration: tests/test_margin.py.)"""
 
 from __future__ import annotations
 
@@ -69,56 +70,66 @@ def test_selection_is_on_validation_even_when_test_disagrees(db):
     out = json.loads(pick(db, "--json").stdout)["picks"][0]
     assert out["pick"] == "EBS 64" and out["best_on_validation"] == "EBS 64"
     assert out["reconciled"] == []  # no noise scale or critical batch size points elsewhere
-    assert out["answer"] == "EBS 64 at lr 5e-5: the best on validation (validation accuracy 0.9000)"
+    # The answer names the cheaper EBS it did not take, and why: its deficit's bound is far beyond the margin.
+    assert out["answer"].startswith("EBS 64 at lr 5e-5: the best on validation (validation accuracy 0.9000); "
+                                    "EBS 256 costs no more but is not shown within 1 point of it (deficit 20.0, "
+                                    "95% bound ")
+    assert out["answer"].endswith("; 3 seeds)")
     assert pick(db).stdout.startswith("m: pick EBS 64 at lr 5e-5: the best on validation")  # the answer first
     assert out["test_accuracy"] == pytest.approx(0.70)  # reported, never used to choose
     other = next(c for c in out["candidates"] if c["label"] == "EBS 256")
-    assert other["screen_test"] == "welch" and other["not_significantly_worse"] is False
-    _, _, welch_p = stats.welch_t_test([0.90, 0.91, 0.89], [0.70, 0.71, 0.69])
-    assert other["welch_p"] == pytest.approx(welch_p) and welch_p < 1e-4
+    assert other["as_good_as_best"] is False and other["deficit"]["evidence"] == "seeds and examples"
+    assert other["deficit"]["value"] == pytest.approx(0.20) and other["deficit"]["upper"] > 0.20
     # The test McNemar is there for the record: 256 is better on test, and that changes nothing.
     b, c = other["mcnemar_test_discordant"]
     assert c > b and other["mcnemar_test_p"] == pytest.approx(stats.mcnemar_exact(b, c))
 
 
-def test_the_cheapest_of_the_not_worse_wins_and_a_tie_goes_to_the_larger_ebs(db):
+def test_the_cheapest_shown_within_the_margin_wins_and_a_tie_goes_to_the_larger_ebs(db):
+    """256 and 1024 miss one validation example that 64 gets right (a 0.5-point deficit, every seed alike): within
+    a 2-point margin, not within 1 point (the bound: 0.5 + 1.645·0.5 on 200 examples). 16 is 30 points behind."""
     with Store.open(resolve_db_url(str(db))) as store:
-        for seed, wobble in ((1, 0.0), (2, 0.02), (3, -0.02)):
-            add_run(store, 64, seed, val=0.90 + wobble, test=0.90, seconds=300)
-            add_run(store, 256, seed, val=0.895 + wobble, test=0.89, seconds=100)
-            add_run(store, 1024, seed, val=0.893 - wobble, test=0.88, seconds=101)  # within 2% of 256: a tie
-            add_run(store, 16, seed, val=0.60 + wobble / 10, test=0.60, seconds=10)  # fastest, but clearly worse
-    result = pick(db)
+        for seed in (1, 2, 3):
+            add_run(store, 64, seed, val=0.90, test=0.90, seconds=300)
+            add_run(store, 256, seed, val=0.895, test=0.89, seconds=100)
+            add_run(store, 1024, seed, val=0.895, test=0.88, seconds=101)  # the same counts as 256: a tie
+            add_run(store, 16, seed, val=0.60, test=0.60, seconds=10)  # fastest, but clearly worse
+    result = pick(db, "--margin", "0.02")
     assert "pick: EBS 1024" in result.stdout
-    assert result.stdout.startswith("m: pick EBS 1024 at lr 5e-5: as good as the best, EBS 64 (p = 0.")
-    assert "not significantly better" in result.stdout and "16 is significantly worse" in result.stdout
-    out = json.loads(pick(db, "--json").stdout)["picks"][0]
-    assert out["pick"] == "EBS 1024" and out["best_on_validation"] == "EBS 64"
-    assert {c["label"]: c["not_significantly_worse"] for c in out["candidates"]} == {
+    assert result.stdout.startswith("m: pick EBS 1024 at lr 5e-5: within 2 points of the best, EBS 64 (deficit 0.5, "
+                                    "95% bound 1.3; 3 seeds)")
+    assert "16 is not shown within 2 points (deficit 30.0" in result.stdout
+    out = json.loads(pick(db, "--json", "--margin", "0.02").stdout)["picks"][0]
+    assert out["pick"] == "EBS 1024" and out["best_on_validation"] == "EBS 64" and out["margin"] == 0.02
+    assert {c["label"]: c["as_good_as_best"] for c in out["candidates"]} == {
         "EBS 64": True, "EBS 256": True, "EBS 1024": True, "EBS 16": False}
     # Its test accuracy with a 95% interval: binomial noise on 200 examples plus the spread over seeds.
     mean, low, high = stats.mean_accuracy_ci([0.88, 0.88, 0.88], N)
     assert out["test_accuracy"] == pytest.approx(mean) and out["test_accuracy_ci95"] == pytest.approx([low, high])
     assert high - low == pytest.approx(2 * 1.959964 * stats.accuracy_se(0.88, N), rel=1e-5)
-    # A smaller alpha asks for more evidence before ruling a candidate out: EBS 16's difference
-    # (Welch p around 1e-3) no longer counts, and the fastest candidate wins.
-    p16 = next(c["screen_p"] for c in out["candidates"] if c["label"] == "EBS 16")
-    assert 1e-4 < p16 < 0.05
-    assert json.loads(pick(db, "--json", "--alpha", "0.0001").stdout)["picks"][0]["pick"] == "EBS 16"
+    # The default margin, one point, is below their bound: the best stands, and the sentence says why.
+    default = json.loads(pick(db, "--json").stdout)["picks"][0]
+    assert default["pick"] == "EBS 64" and default["margin"] == 0.01
+    assert "EBS 1024 costs no more but is not shown within 1 point of it (deficit 0.5, 95% bound 1.3" in default["answer"]
 
 
-def test_one_seed_uses_mcnemar_on_validation_and_warns(db):
+def test_one_seed_is_bounded_by_the_examples_alone_and_warns(db):
+    """One seed each, 256's errors nested in 64's (4 of 200 examples apart): a 2-point deficit whose bound sees
+    the validation examples only, 2 + 1.645·sqrt(0.02·0.98/200) = 3.6 points."""
     with Store.open(resolve_db_url(str(db))) as store:
         add_run(store, 64, 1, val=0.90, test=0.90, seconds=100)
-        add_run(store, 256, 1, val=0.88, test=0.91, seconds=50, val_offset=0)  # errors nested in 64's: b=4, c=0
+        add_run(store, 256, 1, val=0.88, test=0.91, seconds=50, val_offset=0)
     out = json.loads(pick(db, "--json").stdout)["picks"][0]
     other = next(c for c in out["candidates"] if c["label"] == "EBS 256")
-    assert other["screen_test"] == "mcnemar-validation" and other["welch_p"] is None
-    assert other["mcnemar_validation_p"] == pytest.approx(stats.mcnemar_exact(4, 0)) == 0.125
-    assert out["pick"] == "EBS 256"  # p = 0.125 >= 0.05: not significantly worse, and twice as fast
-    assert any("one seed per cell" in w for w in out["warnings"])
-    text = pick(db).stdout
-    assert "warning: one seed per cell" in text and "rests on exact McNemar" in text
+    assert other["deficit"]["evidence"].startswith("examples (one seed each")
+    assert other["deficit"]["value"] == pytest.approx(0.02)
+    assert other["deficit"]["upper"] == pytest.approx(0.02 + 1.645 * (0.02 * 0.98 / N) ** 0.5, abs=0.002)
+    assert out["pick"] == "EBS 64" and not other["as_good_as_best"]
+    assert any("seed-to-seed variation was not measured" in w for w in out["warnings"])
+    wide = json.loads(pick(db, "--json", "--margin", "0.05").stdout)["picks"][0]
+    assert wide["pick"] == "EBS 256"  # within 5 points: shown, and half the steps
+    assert "(deficit 2.0, 95% bound 3.6; one seed each: seed-to-seed variation not measured)" in wide["answer"]
+    assert "warning: one seed per cell" in pick(db).stdout
 
 
 def test_val_loss_metric_selects_the_lowest_loss(db):
@@ -134,7 +145,7 @@ def test_val_loss_metric_selects_the_lowest_loss(db):
 @pytest.mark.parametrize("args, fragment", [
     (["--metric", "test_accuracy"], "unknown --metric 'test_accuracy'; choose one of: val_accuracy, val_loss"),
     (["--by", "seed"], "unknown --by 'seed'"),
-    (["--alpha", "1.5"], "--alpha must be between 0 and 1"),
+    (["--alpha", "1.5"], "--alpha must be between 0 and 0.5"),
 ])
 def test_bad_pick_input_is_one_line_and_exit_2(db, args, fragment):
     with Store.open(resolve_db_url(str(db))) as store:
@@ -169,7 +180,7 @@ def test_noise_scale_and_critical_batch_size_beside_the_pick(db):
     # Every EBS ties on validation and takes as long, so the tie goes to the largest, 256; both signals point
     # to 64, and the one answer says what that means and that validation found 64 no better.
     assert out["pick"] == "EBS 256"
-    verdict = "on validation EBS 64 was as good; among equals the pick won on training cost; act on the pick"
+    verdict = "on validation EBS 64 was shown within 1 point of the best too; the pick costs less; act on the pick"
     assert out["reconciled"] == [
         f"the noise scale (B_simple ≈ 60) points to EBS 64, the pick is EBS 256: it suggests smaller batches would "
         f"make better use of each sample; {verdict}",
@@ -211,30 +222,35 @@ def test_one_answer_says_what_validation_found_at_the_ebs_a_signal_points_to():
     from types import SimpleNamespace
 
     from accumbench.analysis.answer import reconcile
+    from accumbench.deficit import DeficitBound, Margin
 
-    def candidate(ebs, not_worse=True, screen_p=0.5):
-        return SimpleNamespace(effective_batch_size=ebs, not_worse=not_worse, screen_p=screen_p)
+    def candidate(ebs, as_good=True, deficit=None):
+        return SimpleNamespace(effective_batch_size=ebs, as_good=as_good, deficit=deficit)
 
-    best, picked, worse = candidate(64), candidate(256), candidate(16, not_worse=False, screen_p=0.003)
+    behind = DeficitBound(0.03, 0.045, 0.015, 0.95, "seeds and examples", (3, 3), 200)
+    best, picked, worse = candidate(64), candidate(256), candidate(16, as_good=False, deficit=behind)
     noise = SimpleNamespace(first=70.0, nearest=64)
-    answer = SimpleNamespace(chosen=picked, best=best, candidates=[best, picked, worse], noise=noise, critical=[])
+    answer = SimpleNamespace(chosen=picked, best=best, candidates=[best, picked, worse], noise=noise, critical=[],
+                             evidence=Margin(), metric="val_accuracy")
     assert reconcile(answer) == [
         "the noise scale (B_simple ≈ 70) points to EBS 64, the pick is EBS 256: it suggests smaller batches would "
-        "make better use of each sample; EBS 64 was the best on validation, but not significantly better than the "
-        "pick, which won among equals on training cost; act on the pick"]
+        "make better use of each sample; EBS 64 was the best on validation, and the pick is shown within 1 point of "
+        "it at less cost; act on the pick"]
     answer.noise = SimpleNamespace(first=12.0, nearest=16)
-    assert reconcile(answer)[0].endswith("on validation EBS 16 was significantly worse (p=0.003); act on the pick")
+    assert reconcile(answer)[0].endswith("on validation EBS 16 was not shown within 1 point of the best (deficit 3.0, "
+                                         "95% bound 4.5; 3 seeds); act on the pick")
     answer.noise = SimpleNamespace(first=300.0, nearest=256)  # it agrees with the pick: nothing to say
     assert reconcile(answer) == []
 
 
 def _equal_on_validation(db: Path) -> tuple:
-    """EBS 64, 256 and 1024 that validation cannot tell apart (3 seeds each), trained on the same 100 samples
-    in 16, 4 and 1 optimizer steps: by counts, 1024 is the cheapest."""
+    """EBS 64, 256 and 1024 shown within a point of each other (3 seeds each, half a point apart, the same
+    predictions per seed: a bound of 0 + t(0.95, 4)·sqrt(2·0.005²/3) = 0.9 points), trained on the same 100
+    samples in 16, 4 and 1 optimizer steps: by counts, 1024 is the cheapest."""
     from accumbench.analysis.runs import load_predictions, load_runs
 
     with Store.open(resolve_db_url(str(db))) as store:
-        for seed, wobble in ((1, 0.0), (2, 0.01), (3, -0.01)):
+        for seed, wobble in ((1, 0.0), (2, 0.005), (3, -0.005)):
             for ebs, steps in ((64, 16), (256, 4), (1024, 1)):
                 add_run(store, ebs, seed, val=0.90 + wobble, test=0.90, seconds=100, steps=steps)
     with Store.open_readonly(resolve_db_url(str(db))) as store:
@@ -299,28 +315,36 @@ def test_the_answer_in_one_sentence_says_what_the_pick_saves():
     import pandas as pd
 
     from accumbench.analysis.answer import sentence
+    from accumbench.deficit import DeficitBound, Margin
 
-    def candidate(ebs, samples, steps, screen_p=None, lr=1e-4):
-        return SimpleNamespace(label=f"EBS {ebs}", runs=pd.DataFrame({"lr": [lr]}), samples=samples, steps=steps,
-                               screen_p=screen_p, not_worse=True, metric_mean=0.9)
+    def candidate(ebs, samples, steps, deficit=None, lr=1e-4):
+        return SimpleNamespace(label=f"EBS {ebs}", effective_batch_size=ebs, runs=pd.DataFrame({"lr": [lr]}),
+                               samples=samples, steps=steps, deficit=deficit, as_good=True, metric_mean=0.9)
 
-    best, cheap = candidate(64, 1000, 16), candidate(256, 1000, 4, screen_p=0.5, lr=2e-4)
-    answer = SimpleNamespace(chosen=cheap, best=best, candidates=[best, cheap], metric="val_accuracy", cost=None)
-    assert sentence(answer) == "EBS 256 at lr 2e-4: as good as the best, EBS 64 (p = 0.5), with 4.0x fewer optimizer steps"
+    close = DeficitBound(0.001, 0.006, -0.004, 0.95, "seeds and examples", (3, 3), 872)
+    best, cheap = candidate(64, 1000, 16), candidate(256, 1000, 4, deficit=close, lr=2e-4)
+    answer = SimpleNamespace(chosen=cheap, best=best, candidates=[best, cheap], metric="val_accuracy", cost=None,
+                             evidence=Margin())
+    assert sentence(answer) == ("EBS 256 at lr 2e-4: within 1 point of the best, EBS 64 (deficit 0.1, 95% bound 0.6; "
+                                "3 seeds), with 4.0x fewer optimizer steps")
     cheap.samples = 250  # --budget steps: the same steps on a quarter of the samples
-    assert sentence(answer).endswith("with 4.0x fewer samples to train")
+    assert sentence(answer).endswith("with 4.0x fewer samples")
     answer.cost = SimpleNamespace(measured_speedup=2.6)
-    assert sentence(answer).endswith("and 2.6x faster per sample to train, as measured")
+    assert sentence(answer).endswith("with 2.6x faster per sample to train, as measured")
     answer.chosen = best
     assert sentence(answer) == ("EBS 64 at lr 1e-4: the best on validation (validation accuracy 0.9000), and the "
-                                "cheapest of the 2 that validation cannot tell apart")
+                                "cheapest of the 2 shown within 1 point of it")
+    # Not shown within the margin: the best stands, and the sentence says why the cheaper cell was not taken.
+    cheap.as_good, cheap.samples = False, 1000
+    cheap.deficit = DeficitBound(0.003, 0.021, -0.015, 0.95, "seeds and examples", (2, 2), 872)
+    assert sentence(answer) == ("EBS 64 at lr 1e-4: the best on validation (validation accuracy 0.9000); EBS 256 has "
+                                "4.0x fewer optimizer steps but is not shown within 1 point of it (deficit 0.3, "
+                                "95% bound 2.1; 2 seeds)")
 
 
-def test_the_headline_plots_pick_bests_numbers_and_marks_the_pick(db):
-    """Its data, not its pixels: one point per EBS at pick-best's mean, with the t interval over the 3 seeds,
-    the pick marked, and every EBS as good as the best in the shaded group."""
-    import statistics
-
+def test_the_headline_draws_the_deficits_pick_best_decided_on(db):
+    """Its data, not its pixels: one point per EBS with the deficit to the best and its bounds as pick-best
+    computed them, the margin, the pick marked, and every EBS shown within the margin as good."""
     from accumbench.analysis.headline import headline
     from accumbench.analysis.pick import pick_best
 
@@ -329,17 +353,18 @@ def test_the_headline_plots_pick_bests_numbers_and_marks_the_pick(db):
     out = json.loads(pick(db, "--json").stdout)["picks"][0]
     shown = headline(answer)
     assert [p.effective_batch_size for p in shown.points] == [64, 256, 1024]
-    means = {c["effective_batch_size"]: c["metric_mean"] for c in out["candidates"]}
-    half = stats.student_t_quantile(0.975, 2) * statistics.stdev([0.90, 0.91, 0.89]) / 3 ** 0.5  # 4.303 · 0.01/√3
+    assert shown.margin == 0.01 and shown.margin_words == "1 point" and shown.confidence == 0.95
+    bounds = {c["effective_batch_size"]: c["deficit"] for c in out["candidates"]}
     for point in shown.points:
-        assert point.mean == pytest.approx(means[point.effective_batch_size])
-        assert (point.low, point.high) == pytest.approx((point.mean - half, point.mean + half))
-        assert point.interval == "t over seeds" and point.seeds == 3 and point.as_good
+        found = bounds[point.effective_batch_size]
+        expected = (0.0, 0.0, 0.0) if found is None else (found["value"], found["lower"], found["upper"])
+        assert (point.deficit, point.low, point.high) == pytest.approx(expected)
+        assert point.seeds == 3 and point.as_good
     assert [p.effective_batch_size for p in shown.points if p.picked] == [out["effective_batch_size"]] == [1024]
     assert [p.optimizer_steps for p in shown.points] == [16, 4, 1]
 
 
-def test_with_one_seed_the_headline_interval_is_binomial(db):
+def test_with_one_seed_the_headline_bound_is_the_examples_alone(db):
     from accumbench.analysis.headline import headline
     from accumbench.analysis.pick import pick_best
     from accumbench.analysis.runs import load_predictions, load_runs
@@ -351,9 +376,8 @@ def test_with_one_seed_the_headline_interval_is_binomial(db):
         data = load_runs(store)
         [answer] = pick_best(data, load_predictions(store, data))
     points = {p.effective_batch_size: p for p in headline(answer).points}
-    half = stats.Z95 * (0.9 * 0.1 / N) ** 0.5  # 200 validation examples
-    assert (points[64].low, points[64].high) == pytest.approx((0.9 - half, 0.9 + half))
-    assert points[64].interval == "binomial" and points[64].picked and not points[256].as_good
+    assert points[64].picked and points[64].deficit == 0.0 and not points[256].as_good
+    assert points[256].deficit == pytest.approx(0.10) and points[256].high > points[256].deficit > points[256].low
 
 
 def test_measured_seconds_never_compare_runs_of_different_sweeps():

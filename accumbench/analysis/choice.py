@@ -13,6 +13,7 @@ from accumbench.analysis.pick import Pick, PickOptions, pick_among, pick_best, p
 from accumbench.analysis.race_replay import RaceReplay, replay_race
 from accumbench.analysis.runs import RunData, load_predictions, lr_free_key, optim_rules, series_key
 from accumbench.analysis.tuning import has_lr_grid
+from accumbench.deficit import DEFAULT_EVIDENCE, Margin
 from accumbench.formatting import format_lr, rate_key
 from accumbench.optim_scaling import OTHER_RULE_FIELDS
 
@@ -51,7 +52,7 @@ class ProtocolComparison:
 
 
 def compare_protocols(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
-                      alpha: float = 0.05, by: str = "model") -> list[ProtocolComparison]:
+                      evidence: Margin = DEFAULT_EVIDENCE, by: str = "model") -> list[ProtocolComparison]:
     """Per group, the pick under each protocol the runs support: every EBS at one lr (the seed study's
     way; one per lr trained at 2+ EBS, whatever rule led there), each recorded scaling rule from each base
     lr, every cell pooled, and tuned. Whether the EBS picked changes is the finding."""
@@ -63,23 +64,23 @@ def compare_protocols(data: RunData, predictions: dict[str, dict[int, dict[str, 
             if at_rate["effective_batch_size"].nunique() > 1:
                 lr = float(at_rate["lr"].iloc[0])
                 rows.append(ProtocolPick("single lr", f"single lr {format_lr(lr)}",
-                                         pick_among(name, at_rate.drop(columns="rate"), predictions, metric, alpha)))
+                                         pick_among(name, at_rate.drop(columns="rate"), predictions, metric, evidence)))
         scaled = group[group["lr_scaling"] != "none"]
         for (rule, others, base, at), rule_runs in scaled.groupby(["lr_scaling", "optim_rules", "base_lr",
                                                                    "base_batch_size"], sort=True):
             if rule_runs["effective_batch_size"].nunique() > 1:
                 rows.append(ProtocolPick("scaling rule", f"{rule} scaling of {format_lr(base)} at EBS {at}"
                                          + (f", {others}" if others else ""),
-                                         pick_among(name, rule_runs, predictions, metric, alpha)))
+                                         pick_among(name, rule_runs, predictions, metric, evidence)))
         if has_lr_grid(group, data.pruned):
             for protocol in ("pooled", "tuned"):
                 rows.append(ProtocolPick(protocol, protocol,
-                                         pick_by_protocol(name, group, data, predictions, metric, alpha, protocol)))
+                                         pick_by_protocol(name, group, data, predictions, metric, evidence, protocol)))
         for label, bundle_runs in rule_bundles(group):
             if bundle_runs["effective_batch_size"].nunique() > 1:
                 protocol = "tuned" if has_lr_grid(bundle_runs, data.pruned) else "pooled"
                 rows.append(ProtocolPick("rule bundle", f"{protocol}, rules {label}", pick_by_protocol(
-                    name, bundle_runs, data, predictions, metric, alpha, protocol)))
+                    name, bundle_runs, data, predictions, metric, evidence, protocol)))
         out.append(ProtocolComparison(name, rows))
     return out
 
@@ -118,9 +119,9 @@ def choose(store: Any, data: RunData, options: PickOptions) -> list[Pick] | list
     """pick-best's answer from an open store: the picks; with compare_protocols the pick under every protocol;
     with replay_race, racing replayed over the grid."""
     if options.replay_race:
-        return replay_race(store, data, options.race_alpha, options.race_after, pick_alpha=options.alpha)
+        return replay_race(store, data, options.race_alpha, options.race_after, evidence=options.evidence)
     predictions = load_predictions(store, data)
     if options.compare_protocols:
-        return compare_protocols(data, predictions, metric=options.metric, alpha=options.alpha, by=options.by)
-    return pick_best(data, predictions, metric=options.metric, alpha=options.alpha, by=options.by,
+        return compare_protocols(data, predictions, metric=options.metric, evidence=options.evidence, by=options.by)
+    return pick_best(data, predictions, metric=options.metric, evidence=options.evidence, by=options.by,
                      target=options.target, protocol=options.protocol)

@@ -111,3 +111,26 @@ def _short(candidate: Any) -> str:
 
 def _counts(candidate: Any) -> str:
     return f"{candidate.samples:,.0f} samples in {candidate.steps:,.0f} optimizer steps"
+
+
+def cheaper(a: Any, b: Any) -> bool:
+    """Whether `a` costs less than `b` by counts, in cheapest's order: fewer samples beyond the tie, else (tied)
+    fewer optimizer steps, else the larger EBS."""
+    if a.samples * (1 + SAMPLES_TIE) < b.samples:
+        return True
+    if b.samples * (1 + SAMPLES_TIE) < a.samples:
+        return False
+    return (a.steps, -a.effective_batch_size) < (b.steps, -b.effective_batch_size)
+
+
+def saving(cheap: Any, dear: Any) -> str:
+    """What `cheap` saves against `dear` by counts: '4.0x fewer samples', '16x fewer optimizer steps', or ''."""
+    if dear.samples > cheap.samples * (1 + SAMPLES_TIE):
+        return f"{_ratio(dear.samples / cheap.samples)} fewer samples"
+    if dear.steps > cheap.steps:
+        return f"{_ratio(dear.steps / cheap.steps)} fewer optimizer steps"
+    return ""
+
+
+def _ratio(value: float) -> str:
+    return f"{value:.0f}x" if value >= 10 else f"{value:.1f}x"

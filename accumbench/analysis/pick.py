@@ -5,10 +5,11 @@ the uncertainty of the choice stated.
                  (tuning.py), then the stages below over those; pooled: every cell competes as it is
     candidates = the cells of a model (configurations up to their seed; runs.cell_key)
     best       = the highest mean validation accuracy over seeds (or lowest val loss, --metric)
-    screen     = which candidates are not significantly worse than the best, on validation:
-                 Welch's t-test across seeds when both have 2+ seeds, else a paired test on the
-                 validation predictions of the seeds both ran: exact McNemar for accuracy (and loss),
-                 a paired bootstrap over the examples, stratified by seed, for F1 and MCC
+    as good    = the candidates shown within --margin of the best on validation: the upper confidence
+                 bound (1 - alpha) of their deficit lies below the margin (deficit.py: the seeds' spread
+                 and a bootstrap over the validation examples, paired across runs, from the stored
+                 predictions at each run's best epoch). Not merely "not significantly worse": with 2-3
+                 seeds a test rejects almost nothing, and weak evidence would read as equality
     pick       = among those, the cheapest by what it trained (cost.py: samples, then optimizer steps;
                  measured seconds only where far beyond their noise), the same on every machine
 
@@ -29,14 +30,15 @@ from typing import Any
 
 import pandas as pd
 
-from accumbench import stats, task_metrics
-from accumbench.analysis.answer import reconcile
+from accumbench import deficit, stats
+from accumbench.analysis.answer import justification, reconcile, too_small_to_show
 from accumbench.analysis.cost import Cheapest, cheapest
 from accumbench.analysis.evidence import CriticalBatch, NoiseAdvice, critical_batch_sizes, noise_advice
 from accumbench.analysis.runs import RunData, cell_label, varying
 from accumbench.analysis.tuning import BestLr, ScalingFit, best_lrs, fit_scaling, has_lr_grid, tuned_runs
+from accumbench.deficit import DEFAULT_EVIDENCE, DeficitBound, Margin, RunPredictions
 from accumbench.errors import UserError
-from accumbench.formatting import plain_number, spread
+from accumbench.formatting import plain_number
 from accumbench.vocabulary import (
     BOOTSTRAPPED,
     METRICS,
@@ -56,7 +58,8 @@ class PickOptions:
 
     metric: str = "val_accuracy"
     by: str = "model"
-    alpha: float = 0.05
+    alpha: float = 0.05  # the bound's one-sided error: 0.05 is a 95% upper bound on each deficit
+    margin: float | None = None  # None: the metric's default (deficit.Margin)
     target: float | None = None  # the validation accuracy steps-to-target counts to
     protocol: str | None = None  # None: per group, default_protocol
     compare_protocols: bool = False
@@ -71,8 +74,10 @@ class PickOptions:
                             "(selection is on validation)")
         if self.by not in GROUPINGS:
             raise UserError(f"unknown --by '{self.by}'; choose one of: {', '.join(GROUPINGS)}")
-        if not 0 < self.alpha < 1:
-            raise UserError(f"--alpha must be between 0 and 1, got {plain_number(self.alpha)}; e.g. --alpha 0.05")
+        if not 0 < self.alpha < 0.5:
+            raise UserError(f"--alpha must be between 0 and 0.5 (0.05 gives 95% bounds), got "
+                            f"{plain_number(self.alpha)}; e.g. --alpha 0.05")
+        check_margin(self.margin, self.metric)
         if self.target is not None and not 0 < self.target <= 1:
             raise UserError(f"--target is a validation accuracy in (0, 1], got {plain_number(self.target)}; e.g. --target 0.85")
         if self.protocol is not None and self.protocol not in PROTOCOLS:
@@ -97,6 +102,23 @@ class PickOptions:
                 raise UserError(f"--save-config {self.save_config} is a directory; give a file name, e.g. "
                                 f"{self.save_config / 'best.yaml'}")
 
+    @property
+    def evidence(self) -> Margin:
+        return Margin(self.margin, 1 - self.alpha)
+
+
+def check_margin(margin: float | None, metric: str) -> None:
+    """--margin (pick-best, report): a deficit the user accepts, in the metric's units; bad input is one UserError."""
+    if margin is None:
+        return
+    if not math.isfinite(margin) or margin < 0:
+        raise UserError(f"--margin must be 0 or more, got {plain_number(margin)}; e.g. --margin 0.01 (one point)")
+    if margin >= 1:
+        what = ("a share of the best's loss" if metric == deficit.LOSS
+                else f"in units of {METRICS.get(metric, metric)}, which is bounded by 1")
+        raise UserError(f"--margin {plain_number(margin)} is 1 or more ({what}): every candidate would pass; "
+                        "e.g. --margin 0.01 (one point)")
+
 
 @dataclass
 class Candidate:
@@ -111,14 +133,10 @@ class Candidate:
     steps: float = 0.0  # optimizer steps, mean over seeds
     seconds_per_sample: list[list[float]] = field(default_factory=list)  # per run (seed), per epoch
     # Filled in against the best candidate (None for the best itself):
-    screen_test: str | None = None  # "welch", "mcnemar-validation" or "bootstrap-validation"
-    screen_p: float | None = None
-    welch_p: float | None = None
-    mcnemar_validation_p: float | None = None
-    bootstrap_validation_p: float | None = None  # F1 and MCC: paired bootstrap against the best
-    mcnemar_test_p: float | None = None
+    deficit: DeficitBound | None = None  # how far behind the best on validation, with its confidence bounds
+    mcnemar_test_p: float | None = None  # reported only: test data never enters the choice
     mcnemar_test_discordant: tuple[int, int] | None = None  # (best right & this wrong, best wrong & this right)
-    not_worse: bool = True
+    as_good: bool = True  # the best itself, or shown within the margin of it
 
     @property
     def seeds(self) -> list[int]:
@@ -129,7 +147,7 @@ class Candidate:
 class Pick:
     group: str  # the model (or "all")
     metric: str
-    alpha: float
+    evidence: Margin  # what "as good as the best" demanded: the margin and the bound's confidence
     candidates: list[Candidate]  # best first, then by metric
     best: Candidate
     chosen: Candidate
@@ -149,6 +167,10 @@ class Pick:
     cost: Cheapest | None = None  # how the pick won among the candidates validation cannot tell apart
     test_score: float | None = None  # F1 or MCC: the pick's mean on test, beside its accuracy
     pruned: list[dict[str, Any]] = field(default_factory=list)  # racing's decisions in this group (sweep --race)
+
+    @property
+    def margin(self) -> float:
+        return self.evidence.of(self.metric)
 
 
 def pick_groups(runs: pd.DataFrame, by: str) -> list[tuple[str, pd.DataFrame]]:
@@ -170,14 +192,15 @@ def default_protocol(runs: pd.DataFrame, pruned: pd.DataFrame | None = None) -> 
 
 
 def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
-              alpha: float = 0.05, by: str = "model", target: float | None = None,
+              evidence: Margin = DEFAULT_EVIDENCE, by: str = "model", target: float | None = None,
               protocol: str | None = None) -> list[Pick]:
     """One Pick per model (by='model') or one over everything (by='none'), and per backend.
     `predictions` is {'validation': {run_id: ...}, 'test': {run_id: ...}} as Store.predictions returns.
     `protocol` None chooses per group (default_protocol)."""
     picks = []
     for name, group in pick_groups(data.runs, by):
-        pick = pick_by_protocol(name, group, data, predictions, metric, alpha, protocol or default_protocol(group, data.pruned))
+        pick = pick_by_protocol(name, group, data, predictions, metric, evidence,
+                                protocol or default_protocol(group, data.pruned))
         tried = sorted({c.effective_batch_size for c in pick.candidates})
         pick.noise = noise_advice(group, tried)
         if pick.protocol == "tuned":
@@ -198,11 +221,11 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
 
 
 def pick_by_protocol(name: str, group: pd.DataFrame, data: RunData, predictions: dict[str, dict[int, dict[str, Any]]],
-                      metric: str, alpha: float, protocol: str) -> Pick:
+                     metric: str, evidence: Margin, protocol: str) -> Pick:
     if protocol == "pooled":
-        return pick_among(name, group, predictions, metric, alpha)
+        return pick_among(name, group, predictions, metric, evidence)
     best = best_lrs(group, metric, data.diverged, data.pruned)
-    pick = pick_among(name, tuned_runs(group, best), predictions, metric, alpha, tuned=True)
+    pick = pick_among(name, tuned_runs(group, best), predictions, metric, evidence, tuned=True)
     pick.protocol, pick.best_lrs, pick.scaling = "tuned", best, fit_scaling(best)
     pick.warnings += [b.warning for b in best if b.warning]
     return pick
@@ -241,126 +264,74 @@ def _paired_discordance(best: Candidate, other: Candidate, preds: dict[int, dict
     return (sum(b for b, _ in counts), sum(c for _, c in counts)) if counts else None
 
 
-def _paired_bootstrap(best: Candidate, other: Candidate, preds: dict[int, dict[str, Any]], metric: str
-                      ) -> task_metrics.BootstrapResult | None:
-    """The paired bootstrap of `metric` (f1 or mcc) between the best and `other` over the validation
-    examples, one stratum per seed both ran; None when no seed can be paired."""
-    strata = _paired_predictions(best, other, preds)
-    if not strata:
+def _scorer(group: pd.DataFrame, metric: str, evidence: Margin) -> deficit.Scorer | None:
+    """The example bootstrap of `metric` for this group's runs; None for a loss (no per-example losses kept)."""
+    if metric not in BOOTSTRAPPED and metric != "val_accuracy":
         return None
-    first = best.runs.iloc[0]
+    first = group.iloc[0]
     positive = first.get("positive_class")  # NaN or None for runs of 3+ labels, or recorded before it was
-    return task_metrics.paired_bootstrap(strata, metric, int(first["num_labels"]),
-                                         positive=1 if pd.isna(positive) else int(positive))
+    return deficit.Scorer(BOOTSTRAPPED.get(metric, "accuracy"), int(first["num_labels"] or 2),
+                          1 if pd.isna(positive) else int(positive), evidence.confidence)
+
+
+def deficit_to_best(best: Candidate, other: Candidate, preds: dict[int, dict[str, Any]], metric: str,
+                    evidence: Margin, scorer: deficit.Scorer | None) -> DeficitBound:
+    """The one evidence behind every "as good as the best": `other`'s deficit to `best` on validation, bounded
+    from seeds and examples together where every run of both kept its predictions on the same split (deficit.py;
+    paired by seed where both ran the same seeds: the same initialisation and data order), else from the seed
+    means alone (older stores; a loss, relative to the best's)."""
+    mine, theirs = best.runs.sort_values("seed"), other.runs.sort_values("seed")
+    ids = [int(r) for r in (*mine["run_id"], *theirs["run_id"])]
+    found = [preds.get(r) for r in ids]
+    if scorer is not None and all(f is not None for f in found) and len({f["split_hash"] for f in found}) == 1:
+        runs = [RunPredictions(f["labels"], f["predicted"], key=r) for f, r in zip(found, ids)]
+        paired = len(mine) > 1 and mine["seed"].tolist() == theirs["seed"].tolist()
+        return scorer.bound(runs[:len(mine)], runs[len(mine):], paired=paired)
+    return deficit.from_seed_means(mine[metric].astype(float).tolist(), theirs[metric].astype(float).tolist(),
+                                   higher_is_better(metric), evidence.confidence, relative=metric == deficit.LOSS)
 
 
 def pick_among(name: str, group: pd.DataFrame, predictions: dict[str, dict[int, dict[str, Any]]],
-                metric: str, alpha: float, tuned: bool = False) -> Pick:
+               metric: str, evidence: Margin, tuned: bool = False) -> Pick:
     candidates = _candidates(group, metric)
     best = candidates[0]
-    warnings = []
-    if all(len(c.runs) < 2 for c in candidates):
-        tests = ("paired bootstraps of single runs on validation (McNemar on test, reported)" if metric in BOOTSTRAPPED
-                 else "exact McNemar tests of single runs (validation to choose, test to report)")
-        warnings.append(f"one seed per cell: the comparison rests on {tests}; run more seeds (--seeds) "
-                        "for a test across seeds")
+    margin = evidence.of(metric)
+    scorer = _scorer(group, metric, evidence)
     for other in candidates[1:]:
-        if len(best.runs) >= 2 and len(other.runs) >= 2:
-            _, _, other.welch_p = stats.welch_t_test(best.runs[metric].astype(float).tolist(),
-                                                     other.runs[metric].astype(float).tolist())
-        validation = _paired_discordance(best, other, predictions.get("validation", {}))
-        if validation is not None:
-            other.mcnemar_validation_p = stats.mcnemar_exact(*validation)
+        other.deficit = deficit_to_best(best, other, predictions.get("validation", {}), metric, evidence, scorer)
+        # A diverged candidate (NaN) or one nothing bounds (one seed, no predictions) is not shown as good.
+        other.as_good = not math.isnan(other.metric_mean) and other.deficit.within(margin)
         test = _paired_discordance(best, other, predictions.get("test", {}))
         if test is not None:
             other.mcnemar_test_discordant = test
             other.mcnemar_test_p = stats.mcnemar_exact(*test)
-        if metric in BOOTSTRAPPED and (boot := _paired_bootstrap(best, other, predictions.get("validation", {}),
-                                                                 BOOTSTRAPPED[metric])) is not None:
-            other.bootstrap_validation_p = boot.p_value
-        if other.welch_p is not None and not math.isnan(other.welch_p):
-            other.screen_test, other.screen_p = "welch", other.welch_p
-        elif metric in BOOTSTRAPPED:  # McNemar tests accuracy, which is not what F1 or MCC ranks on
-            other.screen_test = None if other.bootstrap_validation_p is None else "bootstrap-validation"
-            other.screen_p = other.bootstrap_validation_p
-        elif other.mcnemar_validation_p is not None:
-            other.screen_test, other.screen_p = "mcnemar-validation", other.mcnemar_validation_p
-        # Untestable (no paired predictions, a single seed) or diverged: no evidence it is as good.
-        other.not_worse = (other.screen_p is not None and other.screen_p >= alpha
-                           and not math.isnan(other.metric_mean))
-        if other.screen_p is None:
-            warnings.append(f"{other.label} could not be tested against {best.label} (no paired predictions)")
 
-    contenders = [best] + [c for c in candidates[1:] if c.not_worse]
+    contenders = [best] + [c for c in candidates[1:] if c.as_good]
     cost = cheapest(contenders)
     chosen = cost.chosen
 
     test_accuracies = chosen.runs["test_accuracy"].astype(float).tolist()
     n_test = int(chosen.runs["num_test_samples"].iloc[0])
     mean, low, high = stats.mean_accuracy_ci(test_accuracies, n_test)
-    justification = _justify(candidates, best, chosen, contenders, metric, alpha, cost.reason)
+    text = justification(candidates, best, chosen, contenders, metric, evidence, cost.reason)
     if tuned:
-        justification = f"each EBS at its best lr on validation, then EBS against EBS: {justification}"
+        text = f"each EBS at its best lr on validation, then EBS against EBS: {text}"
     on_test = chosen.runs[test_metric(metric)].astype(float).mean() if metric in BOOTSTRAPPED else None
-    return Pick(name, metric, alpha, candidates, best, chosen, mean, (low, high), n_test, justification, warnings,
+    warnings = [line for line in (_single_seeds(candidates), too_small_to_show(candidates, best, metric, evidence))
+                if line]
+    return Pick(name, metric, evidence, candidates, best, chosen, mean, (low, high), n_test, text, warnings,
                 cost=cost, test_score=on_test)
 
 
+def _single_seeds(candidates: list[Candidate]) -> str | None:
+    if len(candidates) < 2 or any(len(c.runs) > 1 for c in candidates):
+        return None
+    return ("one seed per cell: each bound rests on the validation examples alone, and seed-to-seed variation was "
+            "not measured; run more seeds (--seeds) for a bound that sees it")
+
+
 def screened_candidates(runs: pd.DataFrame, predictions: dict[str, dict[int, dict[str, Any]]],
-                        metric: str = "val_accuracy", alpha: float = 0.05) -> list[Candidate]:
-    """The cells of `runs` as candidates, best first, each screened against the best as pick-best screens
-    them (Candidate.not_worse): how the race replay tells a wrong prune."""
-    return pick_among("", runs, {"validation": predictions}, metric, alpha).candidates
-
-
-def _fmt(candidate: Candidate, metric: str) -> str:
-    seeds = len(candidate.runs)
-    return f"{candidate.metric_mean:.4f}{spread(candidate.metric_std, 4, '±')} ({seeds} seed{'s' if seeds != 1 else ''})"
-
-
-def _names(candidates: list[Candidate]) -> str:
-    labels = [c.label.removeprefix("EBS ") for c in candidates]
-    return labels[0] if len(labels) == 1 else ", ".join(labels[:-1]) + " and " + labels[-1]
-
-
-def _ps(candidates: list[Candidate]) -> str:
-    return ", ".join(f"{c.screen_p:.2g}" if c.screen_p is not None else "untested" for c in candidates)
-
-
-def _justify(candidates: list[Candidate], best: Candidate, chosen: Candidate, contenders: list[Candidate],
-             metric: str, alpha: float, cost: str) -> str:
-    """The pick in one sentence of evidence, e.g. 'EBS 256: validation accuracy 0.9012±0.0021 (3 seeds);
-    64 and 1024 are not significantly different (p=0.41, 0.63); 256 is the cheapest of the three ...'."""
-    words = METRICS[metric]
-    others = [c for c in candidates if c is not chosen]
-    same = [c for c in others if c.not_worse and c is not best]
-    rest = [c for c in others if not c.not_worse and c is not best]
-    diverged = [c for c in rest if math.isnan(c.metric_mean)]
-    untested = [c for c in rest if c.screen_p is None and c not in diverged]
-    worse = [c for c in rest if c not in diverged and c not in untested]
-    text = f"{chosen.label}: {words} {_fmt(chosen, metric)}"
-    if chosen is not best:
-        text += (f"; the best, {best.label} at {_fmt(best, metric)}, is not significantly better "
-                 f"(p={chosen.screen_p:.2g}, {_test_name(chosen)})")
-    if same:
-        verb = "is" if len(same) == 1 else "are"
-        text += f"; {_names(same)} {verb} not significantly different from the best (p={_ps(same)})"
-    if worse:
-        verb = "is" if len(worse) == 1 else "are"
-        text += f"; {_names(worse)} {verb} significantly worse (p={_ps(worse)}, alpha {alpha:g})"
-    if untested:
-        verb = "has" if len(untested) == 1 else "have"
-        text += f"; {_names(untested)} {verb} no paired predictions to test, so cannot count as as good"
-    if diverged:
-        text += f"; {_names(diverged)} diverged"
-    if len(contenders) == 1:
-        text += f"; no other candidate is as good, so {chosen.label.removeprefix('EBS ')} is the pick"
-    else:
-        text += f"; {cost}"
-    return text
-
-
-def _test_name(candidate: Candidate) -> str:
-    return {"welch": "Welch's t-test across seeds", "mcnemar-validation": "exact McNemar on validation",
-            "bootstrap-validation": "paired bootstrap on validation"}.get(
-        candidate.screen_test or "", "untested")
+                        metric: str = "val_accuracy", evidence: Margin = DEFAULT_EVIDENCE) -> list[Candidate]:
+    """The cells of `runs` as candidates, best first, each bounded against the best as pick-best bounds them
+    (Candidate.deficit, .as_good): how the race replay tells a wrong prune."""
+    return pick_among("", runs, {"validation": predictions}, metric, evidence).candidates

@@ -8,11 +8,11 @@ risk instead of hoping.
          seconds they took), the tuned pick with and without racing, the best lr per EBS, and the wrong prunes
 
 A wrong prune is an arm (an EBS at one lr) that racing pruned, but that at the end of its full training is
-not significantly worse than its group's best under pick-best's own screen (Welch across seeds, else a
-paired test on validation, at pick-best's alpha): the evidence racing cut short would have kept it in.
-With 2 or 3 seeds Welch rejects little: an lr that collapses to one class in one seed and not in the other
-is "not significantly worse" by it. So each prune is also judged by the paired screen alone (McNemar
-stratified by seed, or the bootstrap for F1 and MCC, at each run's best epoch): `wrong_paired`.
+shown within pick-best's margin of its EBS's best lr by pick-best's own evidence (pick.deficit_to_best: the
+deficit's upper bound, from seeds and validation examples together, below --margin): an arm pick-best would
+have counted as good. The cautious count beside it, `not_ruled_out`, also counts every pruned arm that the
+same evidence cannot show worse than the best by more than the margin (the deficit's lower bound is not above
+it): racing stopped it on evidence that, fully trained, does not rule it out.
 Diverged runs are replayed as they ran: they end themselves.
 """
 
@@ -27,9 +27,9 @@ from accumbench.analysis.pick import pick_best, screened_candidates
 from accumbench.analysis.racing import EpochOutcome, PruneDecision, claim_order, judge, race_group
 from accumbench.analysis.runs import PRUNED_COLUMNS, RunData, load_predictions
 from accumbench.analysis.tuning import has_lr_grid
+from accumbench.deficit import DEFAULT_EVIDENCE, DeficitBound, Margin
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, format_seconds, rate_key
-from accumbench.vocabulary import BOOTSTRAPPED
 
 
 @dataclass
@@ -38,10 +38,9 @@ class ReplayedPrune:
     effective_batch_size: int
     seed: int
     saved_seconds: float
-    wrong: bool  # its arm ended not significantly worse than its group's best
-    final_p: float | None  # the pick's screen of its arm, fully trained, against the best (None: it is the best)
-    wrong_paired: bool  # ... not significantly worse by the paired test alone
-    final_paired_p: float | None
+    wrong: bool  # its arm, fully trained, is shown within the margin of its EBS's best lr
+    not_ruled_out: bool  # ... or is at least not shown worse than it by more than the margin
+    final: DeficitBound | None  # its arm's deficit to the best, fully trained (None: it is the best)
 
 
 @dataclass
@@ -50,6 +49,7 @@ class RaceReplay:
     alpha: float
     after: int
     metric: str
+    evidence: Margin
     seconds: float  # the whole grid's training time as recorded (every epoch's epoch_seconds)
     prunes: list[ReplayedPrune]
     arms: int  # (EBS, lr) arms in the grid
@@ -75,8 +75,8 @@ class RaceReplay:
         return sorted({(p.effective_batch_size, p.decision.lr) for p in self.prunes if p.wrong})
 
     @property
-    def wrong_arms_paired(self) -> list[tuple[int, float]]:
-        return sorted({(p.effective_batch_size, p.decision.lr) for p in self.prunes if p.wrong_paired})
+    def arms_not_ruled_out(self) -> list[tuple[int, float]]:
+        return sorted({(p.effective_batch_size, p.decision.lr) for p in self.prunes if p.not_ruled_out})
 
     @property
     def same_answer(self) -> bool:
@@ -94,8 +94,9 @@ class RaceReplay:
         return (f"{self.group}: racing at alpha {self.alpha:g} from epoch {self.after} on would have pruned "
                 f"{len(self.prunes)} runs in {len(self.arms_pruned)} of {self.arms} (EBS, lr) arms ({arms(self.arms_pruned)}), "
                 f"saving {format_seconds(self.saved_seconds)} of {format_seconds(self.seconds)} of training "
-                f"({self.saved_share:.0%}); {pick}, {best}; wrong prunes: {arms(self.wrong_arms)} by pick-best's "
-                f"screen, {arms(self.wrong_arms_paired)} by the paired test alone")
+                f"({self.saved_share:.0%}); {pick}, {best}; wrong prunes (shown within "
+                f"{self.evidence.words(self.metric)} of their EBS's best): {arms(self.wrong_arms)}; not ruled out "
+                f"(not shown worse by more): {arms(self.arms_not_ruled_out)}")
 
     def to_json(self) -> dict[str, Any]:
         return {"group": self.group, "race_alpha": self.alpha, "race_after": self.after, "metric": self.metric,
@@ -106,17 +107,19 @@ class RaceReplay:
                 "best_lr_raced": {str(e): lr for e, lr in self.best_lrs_raced.items()},
                 "same_answer": self.same_answer,
                 "wrong_prunes": [{"effective_batch_size": e, "lr": lr} for e, lr in self.wrong_arms],
-                "wrong_prunes_paired": [{"effective_batch_size": e, "lr": lr} for e, lr in self.wrong_arms_paired],
+                "margin": self.evidence.of(self.metric), "confidence": self.evidence.confidence,
+                "not_ruled_out": [{"effective_batch_size": e, "lr": lr} for e, lr in self.arms_not_ruled_out],
                 "prunes": [{"run_id": p.decision.run_id, "effective_batch_size": p.effective_batch_size,
                             "lr": p.decision.lr, "seed": p.seed, "epoch": p.decision.epoch,
                             "lost_to": p.decision.lost_to, "p": p.decision.p_value, "test": p.decision.test,
-                            "saved_seconds": p.saved_seconds, "final_p": p.final_p, "wrong": p.wrong,
-                            "final_paired_p": p.final_paired_p, "wrong_paired": p.wrong_paired}
+                            "saved_seconds": p.saved_seconds, "wrong": p.wrong, "not_ruled_out": p.not_ruled_out,
+                            "final_deficit": None if p.final is None else p.final.deficit,
+                            "final_bounds": None if p.final is None else [p.final.lower, p.final.upper]}
                            for p in self.prunes],
                 "text": self.text}
 
 
-def replay_race(store: Any, data: RunData, alpha: float, after: int, pick_alpha: float = 0.05) -> list[RaceReplay]:
+def replay_race(store: Any, data: RunData, alpha: float, after: int, evidence: Margin = DEFAULT_EVIDENCE) -> list[RaceReplay]:
     """Racing replayed over the finished runs of `data` (a grid no one raced), one RaceReplay per pick group."""
     if not data.pruned.empty:
         raise UserError(f"--replay-race replays a grid that was not raced, and {len(data.pruned)} of these runs were "
@@ -153,12 +156,12 @@ def replay_race(store: Any, data: RunData, alpha: float, after: int, pick_alpha:
                 break
 
     at_best = load_predictions(store, data)  # read once: both picks and the wrong-prune screens use it
-    full_picks = pick_best(data, at_best, metric=metric, alpha=pick_alpha, protocol="tuned")
+    full_picks = pick_best(data, at_best, metric=metric, evidence=evidence, protocol="tuned")
     cut_ids = {d.run_id for d in decisions}
     raced = replace(data, runs=runs[~runs["run_id"].isin(cut_ids)].reset_index(drop=True),
                     pruned=_as_pruned(decisions, by_run, epochs))
     left = {split: {r: found for r, found in by_id.items() if r not in cut_ids} for split, by_id in at_best.items()}
-    raced_picks = {p.group: p for p in pick_best(raced, left, metric=metric, alpha=pick_alpha, protocol="tuned")}
+    raced_picks = {p.group: p for p in pick_best(raced, left, metric=metric, evidence=evidence, protocol="tuned")}
     out = []
     for full in full_picks:
         # The group's runs: every lr of every EBS it tuned (its candidates are among them).
@@ -169,12 +172,12 @@ def replay_race(store: Any, data: RunData, alpha: float, after: int, pick_alpha:
             spent = epochs[(epochs["run_id"] == decision.run_id) & (epochs["epoch"] > decision.epoch)]
             prunes.append(ReplayedPrune(decision, int(run["effective_batch_size"]), int(run["seed"]),
                                         float(spent["epoch_seconds"].sum()),
-                                        *ends_as_good(runs, run, at_best["validation"], metric, pick_alpha)))
+                                        *ends_as_good(runs, run, at_best["validation"], metric, evidence)))
         group_runs = runs[runs["run_id"].isin(members)]
         arms = group_runs.assign(rate=group_runs["lr"].map(rate_key))[["lr_free", "rate"]].drop_duplicates()
         seconds = float(epochs[epochs["run_id"].isin(members)]["epoch_seconds"].sum())
         raced_pick = raced_picks[full.group]
-        out.append(RaceReplay(full.group, alpha, after, metric, seconds, prunes, len(arms),
+        out.append(RaceReplay(full.group, alpha, after, metric, evidence, seconds, prunes, len(arms),
                               full.chosen.effective_batch_size, raced_pick.chosen.effective_batch_size,
                               {b.effective_batch_size: b.best.lr for b in full.best_lrs},
                               {b.effective_batch_size: b.best.lr for b in raced_pick.best_lrs}))
@@ -192,17 +195,18 @@ def _outcome(run: int, epoch: int, by_run: pd.DataFrame, values: pd.Series,
 
 
 def ends_as_good(runs: pd.DataFrame, run: pd.Series, predictions: dict[int, dict[str, Any]], metric: str,
-                  alpha: float) -> tuple[bool, float | None, bool, float | None]:
-    """Whether the run's arm, fully trained, is not significantly worse than its EBS's best lr, and the p-value:
-    by pick-best's screen among the cells of its group (the best counts as not worse), then by the paired
-    test alone (McNemar stratified by seed, or the bootstrap for F1 and MCC)."""
+                 evidence: Margin) -> tuple[bool, bool, DeficitBound | None]:
+    """Whether the run's arm, fully trained, is shown within the margin of its EBS's best lr, whether it is at
+    least not shown worse than that by more, and its deficit: by pick-best's own evidence among the cells of its
+    group (the best is as good)."""
     group = runs[(runs["lr_free"] == run["lr_free"]) & (runs["lr_scaling"] == run["lr_scaling"])]
-    candidates = screened_candidates(group, predictions, metric, alpha)
+    candidates = screened_candidates(group, predictions, metric, evidence)
     mine = next(c for c in candidates if rate_key(float(c.runs["lr"].iloc[0])) == rate_key(float(run["lr"])))
     if mine is candidates[0]:
-        return True, None, True, None
-    paired = mine.bootstrap_validation_p if metric in BOOTSTRAPPED else mine.mcnemar_validation_p
-    return mine.not_worse, mine.screen_p, paired is None or paired >= alpha, paired
+        return True, True, None
+    if mine.metric_mean != mine.metric_mean:  # diverged: worse, whatever bounds it
+        return False, False, mine.deficit
+    return mine.as_good, not mine.deficit.worse_than(evidence.of(metric)), mine.deficit
 
 
 def _as_pruned(decisions: list[PruneDecision], by_run: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:

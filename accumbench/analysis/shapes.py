@@ -31,15 +31,18 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
             "label": c.label, "effective_batch_size": c.effective_batch_size, "seeds": c.seeds,
             "run_ids": sorted(c.runs["run_id"].tolist()), "metric_mean": _num(c.metric_mean),
             "metric_std": _num(c.metric_std), "train_seconds": _num(c.train_seconds),
-            "screen_test": c.screen_test, "screen_p": _num(c.screen_p), "welch_p": _num(c.welch_p),
-            "mcnemar_validation_p": _num(c.mcnemar_validation_p), "mcnemar_test_p": _num(c.mcnemar_test_p),
-            "bootstrap_validation_p": _num(c.bootstrap_validation_p),
+            "deficit": None if c.deficit is None else {
+                "value": _num(c.deficit.deficit), "upper": _num(c.deficit.upper), "lower": _num(c.deficit.lower),
+                "confidence": c.deficit.confidence, "evidence": c.deficit.source, "seeds": list(c.deficit.seeds),
+                "examples": c.deficit.examples, "se_seeds": _num(c.deficit.se_seeds),
+                "se_examples": _num(c.deficit.se_examples)},
+            "as_good_as_best": c.as_good, "mcnemar_test_p": _num(c.mcnemar_test_p),
             "mcnemar_test_discordant": list(c.mcnemar_test_discordant) if c.mcnemar_test_discordant else None,
-            "not_significantly_worse": c.not_worse,
         }
 
     return {"picks": [{
-        "group": p.group, "answer": answer.sentence(p), "metric": p.metric, "alpha": p.alpha, "protocol": p.protocol,
+        "group": p.group, "answer": answer.sentence(p), "metric": p.metric, "margin": p.margin,
+        "confidence": p.evidence.confidence, "protocol": p.protocol, "bounds": answer.bound_lines(p),
         "pick": p.chosen.label,
         "effective_batch_size": p.chosen.effective_batch_size, "lr": _lr_of(p.chosen),
         "best_on_validation": p.best.label,
@@ -83,8 +86,8 @@ def _lr_of(candidate: Candidate) -> float:
 
 
 def _num(value: float | None) -> float | None:
-    """JSON has no NaN: an undefined statistic is null."""
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+    """JSON has no NaN nor infinity: an undefined statistic (or a bound nothing set) is null."""
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else float(value)
 
 
 

@@ -255,11 +255,13 @@ def _lr_grid_figure(model: str, grids: list) -> Figure:
 
 
 def _headline_figure(model: str, headlines: list) -> Figure:
-    """The answer at a glance, one column per pick of the model (one per backend where both ran): above,
-    the selection metric at each EBS (its best lr printed by the point) with its 95% interval, the EBS that
-    validation cannot tell from the best shaded as one group and the pick starred; below, what each EBS
-    cost to train (mean seconds, with its optimizer steps)."""
+    """The answer at a glance, one column per pick of the model (one per backend where both ran): above, what
+    pick-best's verdict rests on: each EBS's deficit to the best (its best lr printed by the point) with the
+    deficit's confidence bounds, the margin as a line, the EBS shown within it in green and the pick starred;
+    below, what each EBS cost to train (mean seconds, with its optimizer steps)."""
     from matplotlib.figure import Figure
+
+    from accumbench.analysis.headline import drawable
 
     fig = Figure(figsize=(max(6.0, 5.2 * len(headlines)), 5.4), dpi=DPI, layout="constrained")
     axes = fig.subplots(2, len(headlines), squeeze=False, sharex="col", height_ratios=(3, 1.3))
@@ -267,25 +269,31 @@ def _headline_figure(model: str, headlines: list) -> Figure:
         top, bottom = axes[0][column], axes[1][column]
         points = headline.points
         xs = [p.effective_batch_size for p in points]
-        good = [p.effective_batch_size for p in points if p.as_good]
-        if good:  # one group: from the smallest to the largest EBS as good as the best, a little wider
-            top.axvspan(min(good) / 1.25, max(good) * 1.25, color="#2a7", alpha=0.12, linewidth=0,
-                        label="not significantly worse than the best")
+        scale = 1.0 if headline.metric == "val_loss" else 100.0  # points of accuracy, F1 or MCC; % of a loss
+        top.axhline(0.0, color="#444", linewidth=0.8)
+        top.axhline(headline.margin * scale, color="#d62", linestyle="--", linewidth=1.2,
+                    label=f"margin: {headline.margin_words}")
         for p in points:
             color = "#2a7" if p.as_good else "#888"
-            top.errorbar([p.effective_batch_size], [p.mean], yerr=[[p.mean - p.low], [p.high - p.mean]], fmt="o",
+            y = p.deficit * scale if drawable(p.deficit) else 0.0
+            high = p.high * scale if drawable(p.high) else top.get_ylim()[1]
+            low = p.low * scale if drawable(p.low) else y
+            top.errorbar([p.effective_batch_size], [y], yerr=[[max(0.0, y - low)], [max(0.0, high - y)]], fmt="o",
                          color=color, capsize=4, markersize=6)
-            top.annotate(f"lr {format_lr(p.lr)}", (p.effective_batch_size, p.high), textcoords="offset points",
-                         xytext=(0, 6), ha="center", fontsize="small")
+            top.annotate(f"lr {format_lr(p.lr)}", (p.effective_batch_size, y), textcoords="offset points",
+                         xytext=(8, -3), fontsize="small")
         picked = [p for p in points if p.picked]
-        top.plot([p.effective_batch_size for p in picked], [p.mean for p in picked], marker="*", markersize=18,
-                 color="#d62", linestyle="none", label=f"the pick: EBS {picked[0].effective_batch_size}" if picked else None)
-        intervals = sorted({p.interval for p in points} - {"none"})
-        # One panel: the figure's title names the model already. Headroom above for the lr labels.
-        top.set(title=short_group(headline.group) if len(headlines) > 1 else None, ylabel=METRICS[headline.metric])
+        top.plot([p.effective_batch_size for p in picked], [p.deficit * scale for p in picked], marker="*",
+                 markersize=18, color="#d62", linestyle="none",
+                 label=f"the pick: EBS {picked[0].effective_batch_size}" if picked else None)
+        top.plot([], [], "o", color="#2a7", label=f"shown within the margin ({headline.confidence:.0%} bound)")
+        # One panel: the figure's title names the model already. Worse is down, as on a score axis.
+        unit = "% of the best's loss" if headline.metric == "val_loss" else "points"
+        top.set(title=short_group(headline.group) if len(headlines) > 1 else None,
+                ylabel=f"deficit to the best ({unit})")
+        top.invert_yaxis()
         top.margins(y=0.12)
-        top.legend(fontsize="small", loc="best", title=f"95% interval: {', '.join(intervals) or 'none'}",
-                   title_fontsize="small")
+        top.legend(fontsize="small", loc="best")
         top.grid(alpha=0.3)
         bottom.bar(xs, [p.train_seconds for p in points], width=[x * 0.35 for x in xs], color="#8ab")
         for p in points:
@@ -296,7 +304,7 @@ def _headline_figure(model: str, headlines: list) -> Figure:
         bottom.set_xticks(xs, [str(x) for x in xs])
         bottom.minorticks_off()
         bottom.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{short_model(model)}: each EBS at its best lr, on validation, and what it cost")
+    fig.suptitle(f"{short_model(model)}: each EBS at its best lr, its deficit to the best on validation, and what it cost")
     return fig
 
 

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from accumbench.analysis import pick
+from accumbench.analysis import answer, pick
 from accumbench.analysis.cells import backend_comparison, cell_table, noise_per_run, plot_frames
 from accumbench.analysis.headline import headline
 from accumbench.analysis.racing import race_summary
 from accumbench.analysis.runs import NoRuns, count_running, load_predictions, load_runs
 from accumbench.analysis.tuning import lr_grids
+from accumbench.deficit import Margin
 from accumbench.errors import UserError
 from accumbench.formatting import plain_number
 from accumbench.present import plots, study_page, tables
@@ -49,11 +50,13 @@ class ReportRequest:
     watch: float | None = None  # seconds between rewrites of the study page
     curves: str = "best"  # the learning curves: each EBS at its best lr (others faded), or all alike
     metric: str = "val_accuracy"  # each run's best epoch, each EBS's best lr and the page's pick are chosen on it
+    margin: float | None = None  # the picks' margin (pick-best --margin); None: the metric's default
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise UserError(f"unknown --metric '{self.metric}'; choose one of: {', '.join(METRICS)} "
                             "(selection is on validation)")
+        pick.check_margin(self.margin, self.metric)
         if self.curves not in CURVES:
             raise UserError(f"unknown --curves '{self.curves}'; choose one of: {', '.join(CURVES)}")
         if self.fmt not in FORMATS:
@@ -101,9 +104,11 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
     title = (f"accumbench report: {len(data.runs)} runs in {len(cells)} cells"
              + (f", sweep {request.sweep}" if request.sweep else ""))
     picks, pngs, b_crit, headlines = [], {}, {}, ()
-    if request.fmt == "html" or request.plot is not None:
+    if status == FINISHED and request.fmt in ("html", "table", "markdown") or request.plot is not None:
         if status == FINISHED:  # a pick is made among finished runs only, as pick-best makes it
-            picks = pick.pick_best(data, load_predictions(store, data), metric=request.metric)
+            picks = pick.pick_best(data, load_predictions(store, data), metric=request.metric,
+                                   evidence=Margin(request.margin))
+    if request.fmt == "html" or request.plot is not None:
         b_crit = {str(p.chosen.runs["model"].iloc[0]): c.fit.b_crit for p in picks for c in p.critical
                   if c.fit is not None and c.fit.b_crit is not None}
         headlines = tuple(headline(p) for p in picks)
@@ -117,10 +122,26 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
                                      picks=picks, grids=grids, figures=pngs, refresh=refresh, b_crit=b_crit,
                                      headlines=headlines, raced=raced)
     elif request.fmt == "table":
-        text = tables.text_report(cells, comparison, title, shown, grids, width, raced)
+        text = tables.text_report(cells, comparison, title, shown, grids, width, raced) + _answers(picks, width)
     else:
         text = tables.render(cells, comparison, request.fmt, title, shown, noise_per_run(data), grids, raced)
+        text += _answers(picks) if request.fmt == "markdown" else ""
     return text, pngs
+
+
+def _answers(picks: list[Any], width: int | None = None) -> str:
+    """Under the table: each pick in one sentence, and every other candidate's bound (what margin would take it),
+    wrapped to the terminal's width (80 columns in a pipe: sentences wrap where a table's values may not)."""
+    import textwrap
+
+    def wrap(text: str, indent: str = "") -> list[str]:
+        return textwrap.wrap(text, width or 80, initial_indent=indent, subsequent_indent=indent + "  ")
+
+    lines = []
+    for found in picks:
+        lines += ["", *wrap(f"{found.group}: pick {answer.sentence(found)}")]
+        lines += [wrapped for line in answer.bound_lines(found) for wrapped in wrap(line, "  ")]
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def produce(request: ReportRequest, to_terminal: bool, refresh: float | None = None) -> tuple[str, list[Path]]:

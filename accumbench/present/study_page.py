@@ -40,18 +40,17 @@ pre{font-size:.8em;background:#f6f6f6;padding:.5em;overflow-x:auto}
 """
 
 
-HEADLINE_CAPTION = ("each EBS at its best lr: {metric} with its 95% interval ({interval}); shaded, the EBS not "
-                    "significantly worse than the best; starred, the pick; below, what each cost to train (seconds, "
-                    "and optimizer steps)")
-INTERVAL_WORDS = {"t over seeds": "over seeds", "binomial": "binomial with one seed",
-                  "none": "none for one seed of F1 or MCC, or a diverged run"}
+HEADLINE_CAPTION = ("each EBS at its best lr: its deficit to the best in {metric}, with the deficit's {confidence} "
+                    "confidence bounds (the seeds' spread and the validation examples together); dashed, the margin "
+                    "of {margin}; green, the EBS shown within it; starred, the pick, the cheapest of the green by "
+                    "samples, then optimizer steps; below, what each cost to train (seconds, and optimizer steps)")
 
 
 def headline_caption(headlines: list[Any]) -> str:
-    """A model's headline caption, naming the intervals its panels draw (t over seeds, binomial, or none)."""
-    kinds = dict.fromkeys(point.interval for h in headlines for point in h.points)
-    return HEADLINE_CAPTION.format(metric=METRICS[headlines[0].metric],
-                                   interval=", ".join(INTERVAL_WORDS[k] for k in kinds))
+    """A model's headline caption: what its panels draw, with the margin and the bound's confidence."""
+    first = headlines[0]
+    return HEADLINE_CAPTION.format(metric=METRICS[first.metric], confidence=f"{first.confidence:.0%}",
+                                   margin=first.margin_words)
 # The gradient noise scale in two plain sentences, under the pick's "why".
 NOISE_SCALE_IN_WORDS = ("B_simple, the gradient noise scale, is the batch size at which the noise in a batch's gradient "
                         "is about as large as the gradient itself. Batches much smaller than it spend optimizer steps "
@@ -131,12 +130,14 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
         low, high = pick.test_ci
         # The answer in one sentence, what stands behind it in a line, and the evidence folded under "why".
         lines = [f"<p class='answer'>{_e(short_group(pick.group))}: pick {_e(answer.sentence(pick))}</p>",
-                 f"<p>Chosen on validation ({_e(pick.protocol)} protocol, alpha {pick.alpha:g}). Test accuracy "
+                 f"<p>Chosen on validation ({_e(pick.protocol)} protocol; as good as the best means shown within "
+                 f"{_e(pick.evidence.words(pick.metric))} of it, at {pick.evidence.confidence:.0%} confidence). Test accuracy "
                  f"{pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} examples x "
                  f"{len(pick.chosen.runs)} seed(s)"
                  + ("" if pick.test_score is None else f"; test {METRICS[pick.metric].removeprefix('validation ')} "
                                                        f"{pick.test_score:.4f}")
                  + ": reported, never used to choose.</p>"]
+        lines.append("<ul class='bounds'>" + "".join(f"<li>{_e(line)}</li>" for line in answer.bound_lines(pick)) + "</ul>")
         lines += [f"<p class='note'>one answer: {_e(line)}</p>" for line in pick.reconciled]
         lines += [f"<p class='warning'>warning: {_e(w)}</p>" for w in pick.warnings]
         why = [f"{pick.justification}."] + [fit.text for fit in pick.scaling]

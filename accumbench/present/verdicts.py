@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from accumbench.analysis import answer
+from accumbench.deficit import LOSS, amount
 from accumbench.formatting import format_lr, format_seconds, spread
-from accumbench.vocabulary import BOOTSTRAPPED, METRIC_HEADINGS, PROTOCOL_MEANINGS
-
-SCREEN_NAMES = {"welch": "Welch", "mcnemar-validation": "McNemar", "bootstrap-validation": "bootstrap"}
+from accumbench.vocabulary import METRIC_HEADINGS, PROTOCOL_MEANINGS
 
 
 def print_answer(answer: list[Any]) -> None:
@@ -26,8 +25,8 @@ def print_answer(answer: list[Any]) -> None:
 
 
 def print_picks(picks: list[Any]) -> None:
-    """`accumbench pick-best` in the terminal: per model, the candidates with their p-values, the pick,
-    its test accuracy with a 95% interval, and the justification in words."""
+    """`accumbench pick-best` in the terminal: per model, the candidates with their deficits to the best and the
+    bounds, the pick, its test accuracy with a 95% interval, and the justification in words."""
     from rich.console import Console
     from rich.table import Table
 
@@ -41,25 +40,28 @@ def print_picks(picks: list[Any]) -> None:
         table = Table(title=f"{pick.group}: {which}, best {words} first", box=None, header_style="bold",
                       title_justify="left")
         # Short headings and no wrapping: the candidates of a tuned lr grid fit 80 columns, and no value is cut.
-        for column in ("candidate", f"{words}\nmean ± std", "seeds", "train\ntime", "p vs best\n(val)", "not\nworse",
-                       "test p\n(report)"):
+        confidence = f"{pick.evidence.confidence:.0%}"
+        for column in ("candidate", f"{words}\nmean ± std", "seeds", "train\ntime", "deficit", f"{confidence}\nbound",
+                       "within\nmargin", "test p\n(report)"):
             table.add_column(column, justify="left" if column == "candidate" else "right", no_wrap=True)
         for c in pick.candidates:
-            screen = "best" if c is pick.best else (
-                f"{c.screen_p:.3g} {SCREEN_NAMES.get(c.screen_test or '', '')}" if c.screen_p is not None
-                else "untested")
+            bound = c.deficit
             mark = "[bold green]* [/]" if c is pick.chosen else "  "
             table.add_row(f"{mark}{c.label}", f"{c.metric_mean:.4f}{spread(c.metric_std, 4)}", str(len(c.runs)),
-                          format_seconds(c.train_seconds), screen, "yes" if c.not_worse else "no",
+                          format_seconds(c.train_seconds), "best" if bound is None else amount(bound.deficit, pick.metric),
+                          "-" if bound is None else amount(bound.upper, pick.metric), "yes" if c.as_good else "no",
                           "-" if c.mcnemar_test_p is None else f"{c.mcnemar_test_p:.3g}")
         console.print(table)
-        single = "paired bootstrap" if pick.metric in BOOTSTRAPPED else "exact McNemar"
-        console.print(f"* the pick; p vs best: on validation (Welch across seeds, else {single}); test p: exact "
-                      "McNemar on test, reported only")
+        unit = "% of the best's loss" if pick.metric == LOSS else "points"
+        console.print(f"* the pick; deficit to the best on validation in {unit}, with its one-sided {confidence} bound "
+                      f"(seeds and validation examples); within margin: the bound is below "
+                      f"{pick.evidence.words(pick.metric)}; test p: exact McNemar on test, reported only")
+        for line in answer.bound_lines(pick):
+            console.print(f"  {line}")
         low, high = pick.test_ci
         also = "" if pick.test_score is None else f"; test {METRIC_HEADINGS[pick.metric].removeprefix('val ')} {pick.test_score:.4f}"
-        console.print(f"[bold]pick: {pick.chosen.label}[/] (chosen on validation, {pick.protocol} protocol; "
-                      f"alpha {pick.alpha:g})\n"
+        console.print(f"[bold]pick: {pick.chosen.label}[/] (chosen on validation, {pick.protocol} protocol; margin "
+                      f"{pick.evidence.words(pick.metric)} at {confidence})\n"
                       f"test accuracy {pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} "
                       f"test examples x {len(pick.chosen.runs)} seed(s){also}\n{pick.justification}")
         for fit in pick.scaling:
