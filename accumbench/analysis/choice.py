@@ -16,6 +16,7 @@ from accumbench.analysis.tuning import has_lr_grid
 from accumbench.deficit import DEFAULT_EVIDENCE, Margin
 from accumbench.formatting import format_lr, rate_key
 from accumbench.optim_scaling import OTHER_RULE_FIELDS
+from accumbench.vocabulary import POOLED, TUNED
 
 # --- the same runs under every protocol they support -------------------------------------------------
 
@@ -51,38 +52,65 @@ class ProtocolComparison:
             f"EBS {ebs} under {', '.join(names)}" for ebs, names in by_ebs.items())
 
 
+Rows = list[tuple[str, Pick]]  # (the protocol's name as shown, its pick)
+
+
+def _at_each_lr(name: str, group: pd.DataFrame, data: RunData, predictions: Any, metric: str, evidence: Margin) -> Rows:
+    """Every EBS at one lr (the seed study's way): one per lr trained at 2+ EBS, whatever rule led there."""
+    rows = []
+    rates = group.assign(rate=group["lr"].map(rate_key))
+    for _, at_rate in sorted(rates.groupby("rate"), key=lambda item: float(item[0])):
+        if at_rate["effective_batch_size"].nunique() > 1:
+            rows.append((f"single lr {format_lr(float(at_rate['lr'].iloc[0]))}",
+                         pick_among(name, at_rate.drop(columns="rate"), predictions, metric, evidence)))
+    return rows
+
+
+def _by_scaling_rule(name: str, group: pd.DataFrame, data: RunData, predictions: Any, metric: str,
+                     evidence: Margin) -> Rows:
+    """Each recorded lr scaling rule from each base lr (and base EBS)."""
+    scaled = group[group["lr_scaling"] != "none"]
+    return [(f"{rule} scaling of {format_lr(base)} at EBS {at}" + (f", {others}" if others else ""),
+             pick_among(name, rule_runs, predictions, metric, evidence))
+            for (rule, others, base, at), rule_runs in scaled.groupby(["lr_scaling", "optim_rules", "base_lr",
+                                                                       "base_batch_size"], sort=True)
+            if rule_runs["effective_batch_size"].nunique() > 1]
+
+
+def _as_protocol(protocol: str) -> Any:
+    """pick.py's protocol (pooled or tuned) over the group, where it has an lr grid to choose from."""
+    def rows(name: str, group: pd.DataFrame, data: RunData, predictions: Any, metric: str, evidence: Margin) -> Rows:
+        if not has_lr_grid(group, data.pruned):
+            return []
+        return [(protocol, pick_by_protocol(name, group, data, predictions, metric, evidence, protocol))]
+    return rows
+
+
+def _per_rule_bundle(name: str, group: pd.DataFrame, data: RunData, predictions: Any, metric: str,
+                     evidence: Margin) -> Rows:
+    """Tuned (pooled without an lr grid) within each bundle of the β, ε and weight-decay rules."""
+    rows = []
+    for label, bundle_runs in rule_bundles(group):
+        if bundle_runs["effective_batch_size"].nunique() > 1:
+            protocol = TUNED if has_lr_grid(bundle_runs, data.pruned) else POOLED
+            rows.append((f"{protocol}, rules {label}",
+                         pick_by_protocol(name, bundle_runs, data, predictions, metric, evidence, protocol)))
+    return rows
+
+
+# The protocols --compare-protocols shows, in order: each kind (vocabulary.PROTOCOL_MEANINGS says what it
+# means) with the function that picks under it. A new protocol is one entry here and one meaning there.
+COMPARED = (("single lr", _at_each_lr), ("scaling rule", _by_scaling_rule), (POOLED, _as_protocol(POOLED)),
+            (TUNED, _as_protocol(TUNED)), ("rule bundle", _per_rule_bundle))
+
+
 def compare_protocols(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
                       evidence: Margin = DEFAULT_EVIDENCE, by: str = "model") -> list[ProtocolComparison]:
-    """Per group, the pick under each protocol the runs support: every EBS at one lr (the seed study's
-    way; one per lr trained at 2+ EBS, whatever rule led there), each recorded scaling rule from each base
-    lr, every cell pooled, and tuned. Whether the EBS picked changes is the finding."""
-    out = []
-    for name, group in pick_groups(data.runs, by):
-        rows = []
-        rates = group.assign(rate=group["lr"].map(rate_key))
-        for _, at_rate in sorted(rates.groupby("rate"), key=lambda item: float(item[0])):
-            if at_rate["effective_batch_size"].nunique() > 1:
-                lr = float(at_rate["lr"].iloc[0])
-                rows.append(ProtocolPick("single lr", f"single lr {format_lr(lr)}",
-                                         pick_among(name, at_rate.drop(columns="rate"), predictions, metric, evidence)))
-        scaled = group[group["lr_scaling"] != "none"]
-        for (rule, others, base, at), rule_runs in scaled.groupby(["lr_scaling", "optim_rules", "base_lr",
-                                                                   "base_batch_size"], sort=True):
-            if rule_runs["effective_batch_size"].nunique() > 1:
-                rows.append(ProtocolPick("scaling rule", f"{rule} scaling of {format_lr(base)} at EBS {at}"
-                                         + (f", {others}" if others else ""),
-                                         pick_among(name, rule_runs, predictions, metric, evidence)))
-        if has_lr_grid(group, data.pruned):
-            for protocol in ("pooled", "tuned"):
-                rows.append(ProtocolPick(protocol, protocol,
-                                         pick_by_protocol(name, group, data, predictions, metric, evidence, protocol)))
-        for label, bundle_runs in rule_bundles(group):
-            if bundle_runs["effective_batch_size"].nunique() > 1:
-                protocol = "tuned" if has_lr_grid(bundle_runs, data.pruned) else "pooled"
-                rows.append(ProtocolPick("rule bundle", f"{protocol}, rules {label}", pick_by_protocol(
-                    name, bundle_runs, data, predictions, metric, evidence, protocol)))
-        out.append(ProtocolComparison(name, rows))
-    return out
+    """Per group, the pick under each protocol the runs support (COMPARED). Whether the EBS picked changes is
+    the finding."""
+    return [ProtocolComparison(name, [ProtocolPick(kind, shown, found) for kind, rows in COMPARED
+                                      for shown, found in rows(name, group, data, predictions, metric, evidence)])
+            for name, group in pick_groups(data.runs, by)]
 
 
 def rule_bundles(runs: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:

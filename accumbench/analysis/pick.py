@@ -13,8 +13,8 @@ the uncertainty of the choice stated.
     pick       = among those, the cheapest by what it trained (cost.py: samples, then optimizer steps;
                  measured seconds only where far beyond their noise), the same on every machine
 
-Why nested: pooled, a noisy cell at a poor lr can pass the screen and win on time, so the lr choice
-leaks into the EBS answer. `compare_protocols` shows the pick under each protocol the runs support.
+Why nested: pooled, every lr of every EBS competes, so how densely and how well each EBS's lrs were tried
+leaks into the EBS answer. `choice.compare_protocols` shows the pick under each protocol the runs support.
 
 Test data never enters the choice: the pick's test accuracy (with a 95% interval) and an exact
 McNemar test on the paired *test* predictions against every other candidate are reported after it.
@@ -42,9 +42,11 @@ from accumbench.formatting import plain_number
 from accumbench.vocabulary import (
     BOOTSTRAPPED,
     METRICS,
+    POOLED,
     PROTOCOLS,
     RACE_AFTER,
     RACE_ALPHA,
+    TUNED,
     higher_is_better,
     test_metric,
 )
@@ -158,7 +160,7 @@ class Pick:
     warnings: list[str] = field(default_factory=list)
     noise: NoiseAdvice | None = None  # what the measured gradient noise scale recommends
     critical: list[CriticalBatch] = field(default_factory=list)  # one per lr rule / variant with 2+ EBS
-    protocol: str = "pooled"
+    protocol: str = POOLED
     best_lrs: list[BestLr] = field(default_factory=list)  # tuned: each EBS's best lr (stage 1)
     scaling: list[ScalingFit] = field(default_factory=list)  # tuned: lr* ∝ EBS^alpha per grid
     # One line per signal (noise scale, critical batch size) that points to another EBS than the pick: what
@@ -188,7 +190,7 @@ def pick_groups(runs: pd.DataFrame, by: str) -> list[tuple[str, pd.DataFrame]]:
 def default_protocol(runs: pd.DataFrame, pruned: pd.DataFrame | None = None) -> str:
     """tuned when some EBS has more than one lr (there is an lr to tune, racing's pruned lrs included), else
     pooled (the same then)."""
-    return "tuned" if has_lr_grid(runs, pruned) else "pooled"
+    return TUNED if has_lr_grid(runs, pruned) else POOLED
 
 
 def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
@@ -203,7 +205,7 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
                                 protocol or default_protocol(group, data.pruned))
         tried = sorted({c.effective_batch_size for c in pick.candidates})
         pick.noise = noise_advice(group, tried)
-        if pick.protocol == "tuned":
+        if pick.protocol == TUNED:
             # Steps-to-target assumes each batch size at its best lr (McCandlish et al.), as tuned picks them.
             pick.critical = critical_batch_sizes(tuned_runs(group, pick.best_lrs), data, target, slices=("variant",))
         else:
@@ -220,15 +222,28 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
     return picks
 
 
-def pick_by_protocol(name: str, group: pd.DataFrame, data: RunData, predictions: dict[str, dict[int, dict[str, Any]]],
-                     metric: str, evidence: Margin, protocol: str) -> Pick:
-    if protocol == "pooled":
-        return pick_among(name, group, predictions, metric, evidence)
+def pick_pooled(name: str, group: pd.DataFrame, data: RunData, predictions: dict[str, dict[int, dict[str, Any]]],
+                metric: str, evidence: Margin) -> Pick:
+    """Every (EBS, lr) cell competes as it is."""
+    return pick_among(name, group, predictions, metric, evidence)
+
+
+def pick_tuned(name: str, group: pd.DataFrame, data: RunData, predictions: dict[str, dict[int, dict[str, Any]]],
+               metric: str, evidence: Margin) -> Pick:
+    """Each EBS at its best lr on validation first (tuning.py), then EBS against EBS."""
     best = best_lrs(group, metric, data.diverged, data.pruned)
     pick = pick_among(name, tuned_runs(group, best), predictions, metric, evidence, tuned=True)
-    pick.protocol, pick.best_lrs, pick.scaling = "tuned", best, fit_scaling(best)
+    pick.protocol, pick.best_lrs, pick.scaling = TUNED, best, fit_scaling(best)
     pick.warnings += [b.warning for b in best if b.warning]
     return pick
+
+
+PICK_PROTOCOLS = {POOLED: pick_pooled, TUNED: pick_tuned}  # --protocol's names, each to its function
+
+
+def pick_by_protocol(name: str, group: pd.DataFrame, data: RunData, predictions: dict[str, dict[int, dict[str, Any]]],
+                     metric: str, evidence: Margin, protocol: str) -> Pick:
+    return PICK_PROTOCOLS[protocol](name, group, data, predictions, metric, evidence)
 
 
 def _candidates(group: pd.DataFrame, metric: str) -> list[Candidate]:

@@ -30,6 +30,7 @@ from accumbench.analysis.tuning import has_lr_grid
 from accumbench.deficit import DEFAULT_EVIDENCE, DeficitBound, Margin
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, format_seconds, rate_key
+from accumbench.vocabulary import TUNED
 
 
 @dataclass
@@ -156,12 +157,12 @@ def replay_race(store: Any, data: RunData, alpha: float, after: int, evidence: M
                 break
 
     at_best = load_predictions(store, data)  # read once: both picks and the wrong-prune screens use it
-    full_picks = pick_best(data, at_best, metric=metric, evidence=evidence, protocol="tuned")
+    full_picks = pick_best(data, at_best, metric=metric, evidence=evidence, protocol=TUNED)
     cut_ids = {d.run_id for d in decisions}
     raced = replace(data, runs=runs[~runs["run_id"].isin(cut_ids)].reset_index(drop=True),
                     pruned=_as_pruned(decisions, by_run, epochs))
     left = {split: {r: found for r, found in by_id.items() if r not in cut_ids} for split, by_id in at_best.items()}
-    raced_picks = {p.group: p for p in pick_best(raced, left, metric=metric, evidence=evidence, protocol="tuned")}
+    raced_picks = {p.group: p for p in pick_best(raced, left, metric=metric, evidence=evidence, protocol=TUNED)}
     out = []
     for full in full_picks:
         # The group's runs: every lr of every EBS it tuned (its candidates are among them).

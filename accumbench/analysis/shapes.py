@@ -30,12 +30,7 @@ def as_json(picks: list[Pick]) -> dict[str, Any]:
         return {
             "label": c.label, "effective_batch_size": c.effective_batch_size, "seeds": c.seeds,
             "run_ids": sorted(c.runs["run_id"].tolist()), "metric_mean": _num(c.metric_mean),
-            "metric_std": _num(c.metric_std), "train_seconds": _num(c.train_seconds),
-            "deficit": None if c.deficit is None else {
-                "value": _num(c.deficit.deficit), "upper": _num(c.deficit.upper), "lower": _num(c.deficit.lower),
-                "confidence": c.deficit.confidence, "evidence": c.deficit.source, "seeds": list(c.deficit.seeds),
-                "examples": c.deficit.examples, "se_seeds": _num(c.deficit.se_seeds),
-                "se_examples": _num(c.deficit.se_examples)},
+            "metric_std": _num(c.metric_std), "train_seconds": _num(c.train_seconds), "deficit": _deficit(c),
             "as_good_as_best": c.as_good, "mcnemar_test_p": _num(c.mcnemar_test_p),
             "mcnemar_test_discordant": list(c.mcnemar_test_discordant) if c.mcnemar_test_discordant else None,
         }
@@ -81,6 +76,16 @@ def best_lr_json(b: BestLr) -> dict[str, Any]:
     }
 
 
+def _deficit(c: Candidate) -> dict[str, Any] | None:
+    """A candidate's deficit to the best and its bounds (None for the best itself)."""
+    if c.deficit is None:
+        return None
+    return {"value": _num(c.deficit.deficit), "upper": _num(c.deficit.upper), "lower": _num(c.deficit.lower),
+            "confidence": c.deficit.confidence, "evidence": c.deficit.source, "seeds": list(c.deficit.seeds),
+            "examples": c.deficit.examples, "se_seeds": _num(c.deficit.se_seeds),
+            "se_examples": _num(c.deficit.se_examples)}
+
+
 def _lr_of(candidate: Candidate) -> float:
     return float(candidate.runs["lr"].iloc[0])
 
@@ -95,7 +100,8 @@ def _num(value: float | None) -> float | None:
 def comparison_json(comparisons: list[ProtocolComparison]) -> dict[str, Any]:
     def row(p: ProtocolPick) -> dict[str, Any]:
         chosen = p.pick.chosen
-        return {"protocol": p.kind, "name": p.name, "pick": chosen.label,
+        return {"protocol": p.kind, "name": p.name, "pick": chosen.label, "answer": answer.sentence(p.pick),
+                "best_on_validation": p.pick.best.label, "deficit": _deficit(chosen),
                 "effective_batch_size": chosen.effective_batch_size, "lr": _lr_of(chosen),
                 "metric": p.pick.metric, "metric_mean": _num(chosen.metric_mean), "metric_std": _num(chosen.metric_std),
                 "seeds": len(chosen.runs), "test_accuracy": p.pick.test_accuracy,

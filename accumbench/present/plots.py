@@ -286,7 +286,9 @@ def _headline_figure(model: str, headlines: list) -> Figure:
         top.plot([p.effective_batch_size for p in picked], [p.deficit * scale for p in picked], marker="*",
                  markersize=18, color="#d62", linestyle="none",
                  label=f"the pick: EBS {picked[0].effective_batch_size}" if picked else None)
-        top.plot([], [], "o", color="#2a7", label=f"shown within the margin ({headline.confidence:.0%} bound)")
+        top.plot([], [], "o", color="#2a7", label="shown within the margin")
+        top.errorbar([], [], yerr=[], fmt="o", color="#888", capsize=4,
+                     label=f"deficit, bars to its one-sided {headline.confidence:.0%} bounds")
         # One panel: the figure's title names the model already. Worse is down, as on a score axis.
         unit = "% of the best's loss" if headline.metric == "val_loss" else "points"
         top.set(title=short_group(headline.group) if len(headlines) > 1 else None,
@@ -302,9 +304,11 @@ def _headline_figure(model: str, headlines: list) -> Figure:
         bottom.set(xscale="log", xlabel="effective batch size", ylabel="train seconds",
                    ylim=(0, 1.3 * max((p.train_seconds for p in points), default=1.0) or 1.0))
         bottom.set_xticks(xs, [str(x) for x in xs])
+        bottom.set_xlim(min(xs) / 1.8, max(xs) * 1.8)  # room for the lr labels right of the last point
         bottom.minorticks_off()
         bottom.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{short_model(model)}: each EBS at its best lr, its deficit to the best on validation, and what it cost")
+    fig.suptitle(f"{short_model(model)}: each EBS at its best lr, behind the best on validation, and its cost",
+                 fontsize="medium")
     return fig
 
 

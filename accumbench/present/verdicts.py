@@ -36,7 +36,7 @@ def print_picks(picks: list[Any]) -> None:
         words = METRIC_HEADINGS[pick.metric]
         if pick.best_lrs:
             _print_best_lrs(console, pick, words)
-        which = "stage 2: each EBS at its best lr" if pick.protocol == "tuned" else "candidates"
+        which = "stage 2: each EBS at its best lr" if pick.best_lrs else "candidates"
         table = Table(title=f"{pick.group}: {which}, best {words} first", box=None, header_style="bold",
                       title_justify="left")
         # Short headings and no wrapping: the candidates of a tuned lr grid fit 80 columns, and no value is cut.
