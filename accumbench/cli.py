@@ -206,10 +206,8 @@ def sweep(
 _METRIC_OPTION = typer.Option(
     "val_accuracy", help="Selection metric, on validation only: val_accuracy, val_loss, val_f1 (positive class; "
                          "macro with 3+ labels) or val_mcc. Each run's best epoch is chosen on it.")
-_MARGIN_OPTION = typer.Option(
-    None, "--margin", help="How close to the best a cheaper EBS must be shown to be (the upper confidence bound of its "
-                           "deficit below it): in the metric's units, default 0.01 (one point of accuracy, F1 or "
-                           "MCC); for val_loss a share of the best's loss, default 0.02.")
+_MARGIN_OPTION = typer.Option(None, "--margin", help="How close to the best an EBS must be shown to be: 0.01 (the "
+                              "default) is one point of accuracy, F1 or MCC; for val_loss a share of its loss (0.02).")
 _FILTERS = dict(
     sweep=typer.Option(None, help="Only the runs of this sweep (its name)."),
     model=typer.Option(None, help="Only this model (as recorded, e.g. minilm)."),
@@ -284,8 +282,7 @@ def pick_best(
     metric: str = _METRIC_OPTION,
     by: str = typer.Option("model", help="model (one pick per model) or none (one pick over all runs)."),
     margin: float | None = _MARGIN_OPTION,
-    alpha: float = typer.Option(0.05, help="The bounds' one-sided error: 0.05 gives 95% upper bounds on each "
-                                           "deficit (between 0 and 0.5)."),
+    alpha: float = typer.Option(0.05, help="The bounds' one-sided error: 0.05 gives 95% bounds on each deficit."),
     target: float | None = typer.Option(
         None, help="Validation accuracy that steps-to-target counts to, for the critical batch size (default: 99% of the best seen)."),
     protocol: str | None = typer.Option(
@@ -302,7 +299,7 @@ def pick_best(
     save_config: Path | None = typer.Option(
         None, "--save-config", help="Write the picked cell (its best seed) as a train YAML: train --config FILE "
                                     "trains it again, with epochs = its best epoch at a constant lr."),
-    as_json: bool = typer.Option(False, "--json", help="Print the picks, candidates and p-values as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the picks, candidates and their bounds as JSON."),
     db: str | None = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
 ) -> None:
     """Pick the effective batch size per model on validation only, test it, and say how sure it is:
@@ -315,11 +312,7 @@ def pick_best(
 
     Example:
 
-        accumbench pick-best --sweep demo-3bf97179 --metric val_accuracy --margin 0.01
-
-    Example, accept a cheaper EBS up to 2 points behind the best, at 90% confidence:
-
-        accumbench pick-best --margin 0.02 --alpha 0.1
+        accumbench pick-best --sweep demo-3bf97179 --metric val_accuracy --margin 0.02 --alpha 0.05
 
     Example, the same runs under every protocol (does the lr choice change the EBS answer?):
 

@@ -167,3 +167,37 @@ def test_optim_scaling_bench_compares_the_rule_bundles_over_one_grid(tiny_bert, 
         assert bundle["large_ebs_penalty"] == max(bundle["val_accuracy"].values()) - bundle["val_accuracy"]["32"]
     printed = capsys.readouterr().out
     assert "| none |" in printed and "| sde β, ε |" in printed
+
+
+def test_margin_picks_shows_before_and_after_on_one_store(tmp_path, monkeypatch, capsys):
+    """A store where EBS 256's two seeds are 1.0 and 0.8 against EBS 64's 0.9 and 0.9: the old screen (this
+    checkout standing in for --before) and the new agree on the columns, and the pick's bound is shown."""
+    from test_margin import LABELS, add_run, right_on
+
+    from accumbench.store import Store, resolve_db_url
+
+    db = tmp_path / "runs.db"
+    with Store.open(resolve_db_url(str(db))) as store:
+        for seed, (best, other) in enumerate(((900, 1000), (900, 800)), start=1):
+            add_run(store, 64, seed, right_on(LABELS, best), LABELS, steps=16)
+            add_run(store, 256, seed, right_on(LABELS, other), LABELS, steps=4)
+    _run_script("margin_picks.py", [str(db), "--before", str(BENCH.parent)], monkeypatch)
+    printed = capsys.readouterr().out
+    assert "| single lr 5e-5 | EBS 64 (0.9000) | EBS 64 (0.9000) | the best |" in printed
+    assert "m: pick EBS 64 at lr 5e-5: the best on validation" in printed
+    saved = json.loads((tmp_path / "runs.margin.json").read_text())
+    assert saved["tuned"][0]["pick"] == "EBS 64" and saved["before"] is not None
+
+
+def test_deficit_coverage_bench_writes_its_table(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "coverage.json"
+    monkeypatch.syspath_prepend(str(BENCH))
+    import deficit_coverage
+
+    monkeypatch.setattr(deficit_coverage, "REGIMES", [(2, 100, 0.1, True)])
+    monkeypatch.setattr(deficit_coverage, "time_grid", lambda: 0.5)
+    monkeypatch.setattr(sys, "argv", ["deficit_coverage.py", "--sims", "20", "--out", str(out)])
+    deficit_coverage.main()
+    [row] = json.loads(out.read_text())["regimes"]
+    assert row["simulations"] == 20 and 0 <= row["coverage"] <= 1 and row["paired"] is True
+    assert "| 2 | yes | 100 | 0.1 |" in capsys.readouterr().out
