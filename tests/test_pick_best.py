@@ -330,7 +330,7 @@ def test_the_answer_in_one_sentence_says_what_the_pick_saves():
     cheap.samples = 250  # --budget steps: the same steps on a quarter of the samples
     assert sentence(answer).endswith("with 4.0x fewer samples")
     answer.cost = SimpleNamespace(measured_speedup=2.6)
-    assert sentence(answer).endswith("with 2.6x faster per sample to train, as measured")
+    assert sentence(answer).endswith("and 2.6x faster per sample to train, as measured")
     answer.chosen = best
     assert sentence(answer) == ("EBS 64 at lr 1e-4: the best on validation (validation accuracy 0.9000), and the "
                                 "cheapest of the 2 shown within 1 point of it")

@@ -30,10 +30,11 @@ def sentence(pick: Any) -> str:
     margin = pick.evidence.words(pick.metric)
     if chosen is not best:
         saved = saving(chosen, best)
+        saved = f"with {saved}" if saved else "and no more costly to train"
         if pick.cost is not None and pick.cost.measured_speedup is not None:
-            saved = f"{pick.cost.measured_speedup:.1f}x faster per sample to train, as measured"
+            saved = f"and {pick.cost.measured_speedup:.1f}x faster per sample to train, as measured"
         return (f"{chosen.label}{lr}: within {margin} of the best, {best.label} ({evidence(chosen.deficit, pick.metric)}), "
-                f"{'with ' + saved if saved else 'and no more costly to train'}")
+                f"{saved}")
     standing = f"the best on validation ({METRICS[pick.metric]} {chosen.metric_mean:.4f})"
     equals = [c for c in pick.candidates if c.as_good]
     if len(equals) > 1:
@@ -57,7 +58,7 @@ def _nearest_cheaper(candidates: list[Any], chosen: Any) -> Any | None:
 def evidence(bound: Any, metric: str) -> str:
     """'deficit 0.3, 95% bound 2.1; 2 seeds', with where the evidence came from where it is not both levels."""
     if bound.source == deficit.NO_EVIDENCE:
-        return "no bound: one seed and no stored predictions" if math.isfinite(bound.deficit) else "diverged"
+        return "no bound: one seed, and no stored predictions to resample" if math.isfinite(bound.deficit) else "diverged"
     a, b = bound.seeds
     seeds = f"{a} seed{'s' if a != 1 else ''}" if a == b else f"{a} and {b} seeds"
     source = {deficit.EXAMPLES_ONLY: "one seed each: seed-to-seed variation not measured",
@@ -72,7 +73,7 @@ def bound_line(candidate: Any, best: Any, metric: str) -> str:
     if bound is None:
         return "the best"
     if not math.isfinite(bound.upper):
-        within = "diverged" if math.isnan(candidate.metric_mean) else "not bounded (one seed, no predictions)"
+        within = "diverged" if math.isnan(candidate.metric_mean) else "not bounded (one seed, nothing to resample)"
     elif bound.upper <= 0:
         within = f"no worse than the best ({bound.confidence:.0%})"
     else:
