@@ -12,7 +12,7 @@ The one-sided 95% upper bound of accumbench.deficit should lie above the true de
 within each candidate, examples with shared indices) is scored the same way: it is what deficit.py does not do.
 It also times a 72-cell comparison (pick-best's worst case in the issue: 872 examples, 2,000 resamples).
 
-    python bench/deficit_coverage.py              # ~10 min on 2 CPU cores: every regime, 400 simulations each
+    python bench/deficit_coverage.py              # ~15 min on 2 CPU cores: every regime, 300 simulations each
     python bench/deficit_coverage.py --sims 100   # quicker
 """
 
@@ -103,7 +103,7 @@ def time_grid(cells: int = 72, seeds: int = 3, examples: int = 872, resamples: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sims", type=int, default=400)
+    parser.add_argument("--sims", type=int, default=300)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "deficit_coverage.json")
     args = parser.parse_args()
     rows = [coverage(seeds, examples, seed_sd, sims=args.sims, paired=paired)
