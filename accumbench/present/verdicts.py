@@ -108,17 +108,24 @@ def print_comparisons(comparisons: list[Any]) -> None:
                       header_style="bold", title_justify="left")
         words = METRIC_HEADINGS[comparison.protocols[0].pick.metric] if (
             comparison.protocols) else "val acc"
-        for column in ("protocol", "pick", "lr", f"{words}\nmean ± std", "seeds", "test acc"):
+        for column in ("protocol", "pick", "lr", f"{words}\nmean ± std", "seeds", "95% bound\nvs best", "test acc"):
             table.add_column(column, justify="left" if column in ("protocol", "pick") else "right")
         for row in comparison.protocols:
             chosen = row.pick.chosen
+            bound = "best" if chosen.deficit is None else amount(chosen.deficit.upper, row.pick.metric)
             table.add_row(row.name, chosen.label, format_lr(float(chosen.runs["lr"].iloc[0])),
-                          f"{chosen.metric_mean:.4f}{spread(chosen.metric_std, 4)}", str(len(chosen.runs)), f"{row.pick.test_accuracy:.4f}")
+                          f"{chosen.metric_mean:.4f}{spread(chosen.metric_std, 4)}", str(len(chosen.runs)), bound,
+                          f"{row.pick.test_accuracy:.4f}")
         if comparison.protocols:
             console.print(table)
             kinds = [kind for kind in PROTOCOL_MEANINGS if any(row.kind == kind for row in comparison.protocols)]
             if kinds:
                 console.print("; ".join(f"{kind}: {PROTOCOL_MEANINGS[kind]}" for kind in kinds))
+        if comparison.protocols:
+            first = comparison.protocols[0].pick
+            console.print(f"95% bound vs best: the pick's deficit to its protocol's best may be up to this many "
+                          f"{'% of its loss' if first.metric == LOSS else 'points'}; a pick is taken only within "
+                          f"{first.evidence.words(first.metric)}")
         console.print(f"[bold]{comparison.text}[/]")
         console.print()
 
