@@ -49,6 +49,7 @@ def main() -> None:
     parser.add_argument("--before", type=Path, help="an older checkout whose pick-best is 'before'")
     parser.add_argument("--margin", default=None, help="pick-best --margin (default: the metric's, one point)")
     args = parser.parse_args()
+    args.db = args.db.resolve()  # each checkout's pick-best runs in its own directory
     margin = ["--margin", args.margin] if args.margin else []
     after = pick_best(args.db, ROOT, "--compare-protocols", *margin)["comparisons"]
     before = pick_best(args.db, args.before, "--compare-protocols")["comparisons"] if args.before else None
