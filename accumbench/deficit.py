@@ -27,8 +27,8 @@ One seed per candidate: the example level alone, with a normal quantile, and see
 unmeasured (the caller says so). No predictions (runs recorded before they were kept, or a loss): Welch's t
 interval on the seed means alone.
 
-Numpy, vectorised: the example resamples are drawn once per comparison as multinomial counts, and every run's
-confusion matrix under every resample is one matrix product. Seeded, so one store gives one answer everywhere.
+Numpy, vectorised: the example resamples are drawn once per Scorer (one pick) as multinomial counts and shared
+by all its comparisons, and every run's confusion matrices under every resample are one matrix product. Seeded, so one store gives one answer everywhere.
 scipy (t quantiles) is imported where it is used, keeping `accumbench --help` light.
 """
 
