@@ -131,8 +131,7 @@ def replay_race(store: Any, data: RunData, alpha: float, after: int, evidence: M
     last = epochs.groupby("run_id")["epoch"].max()
     values = epochs.set_index(["run_id", "epoch"])[metric]
     ids = [int(r) for r in runs["run_id"]]
-    predictions = {e: store.predictions(ids, "validation", epochs={r: e for r in ids})
-                   for e in range(1, int(last.max()) + 1)}
+    predictions = {e: store.predictions(ids, "validation", epochs=dict.fromkeys(ids, e)) for e in range(1, int(last.max()) + 1)}
     by_run = runs.set_index("run_id")
     groups = {int(r): race_group(c) for r, c in zip(runs["run_id"], runs["config"])}
     rank = {c.config_hash: i for i, c in enumerate(claim_order(list({c.config_hash: c for c in runs["config"]}.values())))}

@@ -121,30 +121,48 @@ def empty_page(db_label: str, why: str, running: int, refresh: int | None = None
     return _page("accumbench study: no finished run yet", body, refresh)
 
 
+def _pick_block(index: int, pick: Any) -> str:
+    """One pick on the page: the answer in one sentence, what stands behind it, and the evidence under "why"."""
+    low, high = pick.test_ci
+    lines = [f"<p class='answer'>{_e(short_group(pick.group))}: pick {_e(answer.sentence(pick))}</p>",
+             f"<p>Chosen on validation ({_e(pick.protocol)} protocol; as good as the best means shown within "
+             f"{_e(pick.evidence.words(pick.metric))} of it, at {pick.evidence.confidence:.0%} confidence). Test accuracy "
+             f"{pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} examples x "
+             f"{len(pick.chosen.runs)} seed(s)"
+             + ("" if pick.test_score is None else f"; test {METRICS[pick.metric].removeprefix('validation ')} "
+                                                   f"{pick.test_score:.4f}")
+             + ": reported, never used to choose.</p>"]
+    lines.append("<ul class='bounds'>" + "".join(f"<li>{_e(line)}</li>" for line in answer.bound_lines(pick)) + "</ul>")
+    lines += [f"<p class='note'>one answer: {_e(line)}</p>" for line in pick.reconciled]
+    lines += [f"<p class='warning'>warning: {_e(w)}</p>" for w in pick.warnings]
+    why = [f"{pick.justification}."] + [fit.text for fit in pick.scaling]
+    why += ([pick.noise.text, NOISE_SCALE_IN_WORDS] if pick.noise else []) + [c.text for c in pick.critical]
+    lines.append("<details class='why'><summary>why</summary>"
+                 + "".join(f"<p class='note'>{_e(text)}</p>" for text in why) + "</details>")
+    return f"<div class='pick' id='pick-{index}'>" + "".join(lines) + "</div>"
+
+
+def _table_section(cells: Any) -> list[str]:
+    """The study table with the default columns, and every column one click away."""
+    default = tables.choose_columns(cells)
+    every = tables.choose_columns(cells, wide=True)
+    section = ["<section id='table'><h2>The study table</h2>",
+               _table(tables.display_table(cells, default), tables.key_count(default), cells["best_lr"].tolist()),
+               f"<p class='note'>{_e(tables.table_note(cells, default))}</p>",
+               "<details><summary>all columns</summary>",
+               _table(tables.display_table(cells, every), tables.key_count(every), cells["best_lr"].tolist())]
+    footnote = tables.noise_footnote(cells)
+    if footnote:
+        section.append(f"<p class='note'>{_e(footnote)}</p>")
+    return section + ["</details></section>"]
+
+
 def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: Any, picks: list[Any],
                grids: list[Any], figures: dict[str, bytes], refresh: int | None = None,
                b_crit: dict[str, float] | None = None, headlines: tuple[Any, ...] = (), raced: tuple[Any, ...] = ()) -> str:
     """The study page. `figures` maps plots.py's file names ('<slug>-validation.png', ...) to PNG bytes."""
     body = [f"<h1>{_e(title)}</h1>", _stamp(db_label, refresh), "<section id='picks'>"]
-    for index, pick in enumerate(picks):
-        low, high = pick.test_ci
-        # The answer in one sentence, what stands behind it in a line, and the evidence folded under "why".
-        lines = [f"<p class='answer'>{_e(short_group(pick.group))}: pick {_e(answer.sentence(pick))}</p>",
-                 f"<p>Chosen on validation ({_e(pick.protocol)} protocol; as good as the best means shown within "
-                 f"{_e(pick.evidence.words(pick.metric))} of it, at {pick.evidence.confidence:.0%} confidence). Test accuracy "
-                 f"{pick.test_accuracy:.4f}, 95% CI [{low:.4f}, {high:.4f}] on {pick.test_examples} examples x "
-                 f"{len(pick.chosen.runs)} seed(s)"
-                 + ("" if pick.test_score is None else f"; test {METRICS[pick.metric].removeprefix('validation ')} "
-                                                       f"{pick.test_score:.4f}")
-                 + ": reported, never used to choose.</p>"]
-        lines.append("<ul class='bounds'>" + "".join(f"<li>{_e(line)}</li>" for line in answer.bound_lines(pick)) + "</ul>")
-        lines += [f"<p class='note'>one answer: {_e(line)}</p>" for line in pick.reconciled]
-        lines += [f"<p class='warning'>warning: {_e(w)}</p>" for w in pick.warnings]
-        why = [f"{pick.justification}."] + [fit.text for fit in pick.scaling]
-        why += ([pick.noise.text, NOISE_SCALE_IN_WORDS] if pick.noise else []) + [c.text for c in pick.critical]
-        lines.append("<details class='why'><summary>why</summary>"
-                     + "".join(f"<p class='note'>{_e(text)}</p>" for text in why) + "</details>")
-        body.append(f"<div class='pick' id='pick-{index}'>" + "".join(lines) + "</div>")
+    body += [_pick_block(index, pick) for index, pick in enumerate(picks)]
     models = {slug: model for model, slug in unique_slugs(sorted(map(str, data.runs["model"].unique()))).items()}
     for name, png in figures.items():  # the answer at a glance, under the answers in words
         if name.endswith("-headline.png"):
@@ -152,17 +170,7 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
             body.append(_figure(png, name, headline_caption([h for h in headlines if h.model == model])))
     body.append("</section>")
 
-    default = tables.choose_columns(cells)
-    every = tables.choose_columns(cells, wide=True)
-    body += ["<section id='table'><h2>The study table</h2>",
-             _table(tables.display_table(cells, default), tables.key_count(default), cells["best_lr"].tolist()),
-             f"<p class='note'>{_e(tables.table_note(cells, default))}</p>",
-             "<details><summary>all columns</summary>",
-             _table(tables.display_table(cells, every), tables.key_count(every), cells["best_lr"].tolist())]
-    footnote = tables.noise_footnote(cells)
-    if footnote:
-        body.append(f"<p class='note'>{_e(footnote)}</p>")
-    body += ["</details></section>"]
+    body += _table_section(cells)
 
     sections = (("curves", "Learning curves", ("validation", "train-loss")),
                 ("efficiency", "Accuracy against training time", ("time",)),
