@@ -1,3 +1,3 @@
-from accumbench.cli import main
+from accumbench.cli.app import main
 
 main()

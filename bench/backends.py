@@ -50,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from accumbench.config import RunConfig
-    from accumbench.engine import train
+    from accumbench.runtime.engine import train
 
     results: dict = {"side_by_side": {}, "processes": {}}
     with tempfile.TemporaryDirectory() as tmp:

@@ -72,7 +72,7 @@ def long_texts(n: int, seed: int):
     """n texts of 200 words: every one is truncated to exactly 128 tokens."""
     import random
 
-    from accumbench.data import TextSplit
+    from accumbench.data.pipeline import TextSplit
 
     rng = random.Random(seed)
     words = "the film was long and the plot kept turning around itself while the cast tried hard".split()
@@ -82,7 +82,7 @@ def long_texts(n: int, seed: int):
 
 class Check:
     def __init__(self, out: Path, tmp: Path, samples: int) -> None:
-        from accumbench.data import TextDataset
+        from accumbench.data.pipeline import TextDataset
 
         self.out, self.db, self.samples = out, str(tmp / "gpu.db"), samples
         self.results: dict[str, Any] = {"rows": [], "errors": []}
@@ -100,8 +100,8 @@ class Check:
         """One recorded run; its last epoch's row with run columns, or None if it failed. kind: warmup,
         throughput, memory, auto or compile (which table lines the row feeds). With torch.compile the
         first epoch pays the compilation, so compiled runs take 2 epochs and report the second."""
-        from accumbench import engine, preparation
         from accumbench.config import RunConfig
+        from accumbench.runtime import engine, preparation
         from accumbench.store import Store, resolve_db_url
 
         samples = samples or self.samples
@@ -170,8 +170,8 @@ def main() -> None:
               flush=True)
         models = build_models(tokenizer, Path(tmp), args.tiny)
 
-        from accumbench.check_ga import check_gradient_accumulation
         from accumbench.model import load_tokenizer_and_encoder
+        from accumbench.runtime.check_ga import check_gradient_accumulation
 
         try:
             checks = check_gradient_accumulation(models["bert-base"], samples=50, micro_batch_size=16,

@@ -34,8 +34,8 @@ def main() -> None:
     import torch
 
     from accumbench.config import RunConfig
-    from accumbench.engine import train
     from accumbench.model import load_tokenizer_and_encoder
+    from accumbench.runtime.engine import train
 
     ceiling = matmul_rate("cpu", "float32") / 1e9  # GFLOP/s with torch's threads
     print(f"fp32 matmul ceiling: {ceiling:.1f} GFLOP/s", flush=True)

@@ -82,11 +82,13 @@ def partition(model: str, dataset: str, name: str, groups: int, ebs: int, micro:
     """The same groups, cut as length strata and at random: B_simple and its components for each."""
     import torch
 
-    from accumbench import accumulation, data, preparation
+    from accumbench import accumulation
     from accumbench.backends.base import micro_batch_loss
     from accumbench.backends.grad_norms import MicroBatchGradNorms
     from accumbench.config import RunConfig
+    from accumbench.data import pipeline
     from accumbench.noise_scale import GroupNorms
+    from accumbench.runtime import preparation
 
     config = RunConfig(model=model, dataset=dataset, max_train_samples=ebs * (groups + warmup_steps),
                        max_eval_samples=16, max_length=max_length, effective_batch_size=ebs, micro_batch_size=micro,
@@ -97,7 +99,7 @@ def partition(model: str, dataset: str, name: str, groups: int, ebs: int, micro:
     # A short fine-tune first, so the weights are those of a run under way rather than a random head.
     backend = preparation.make_backend(prepared)
     warm = accumulation.plan_epoch(len(split), ebs, micro, seed=0, epoch=1)[:warmup_steps]
-    backend.train_epoch(warm, lambda i: data.collate(split, i, pad), 1, None, 0, 0)
+    backend.train_epoch(warm, lambda i: pipeline.collate(split, i, pad), 1, None, 0, 0)
     backend.close()
     model_.eval()  # no dropout: both cuts see one deterministic gradient per sample
     norms = MicroBatchGradNorms(model_.parameters(), torch.device("cpu"))
@@ -112,7 +114,7 @@ def partition(model: str, dataset: str, name: str, groups: int, ebs: int, micro:
             group = accumulation.cut_group(indices, micro)
             model_.zero_grad(set_to_none=True)
             for mb in group.micro_batches:
-                loss, _ = micro_batch_loss(model_, data.collate(split, mb.indices, pad))
+                loss, _ = micro_batch_loss(model_, pipeline.collate(split, mb.indices, pad))
                 (loss * mb.weight).backward()
                 norms.micro_batch_done(len(mb), mb.weight)
             micro_sq, inverse_sum, k = norms.take()
@@ -148,17 +150,18 @@ def hooks(model: str, dataset: str, name: str, micro: int, batches: int, repeats
     (CUDA's way): interleaved, median of `repeats` rounds over the same length-sorted micro-batches."""
     import torch
 
-    from accumbench import data, preparation
     from accumbench.backends.base import micro_batch_loss, unshared_token_embedding
     from accumbench.backends.grad_norms import MicroBatchGradNorms
     from accumbench.config import RunConfig
+    from accumbench.data import pipeline
+    from accumbench.runtime import preparation
 
     config = RunConfig(model=model, dataset=dataset, max_train_samples=micro * batches, max_eval_samples=16,
                        data_seed=42, checkpoint=False, precision="no")
     prepared = preparation.prepare(config)
     split, pad, model_ = prepared.splits["train"], prepared.pad_token_id, prepared.model.train()
     order = sorted(range(len(split)), key=lambda i: -split.lengths[i])
-    micro_batches = [data.collate(split, order[i : i + micro], pad) for i in range(0, len(order), micro)]
+    micro_batches = [pipeline.collate(split, order[i : i + micro], pad) for i in range(0, len(order), micro)]
     seconds: dict[str, list[float]] = {"none": [], "norm in hook": [], "norm in hook, all embedding rows": [],
                                        "batched norm": []}
     embedding = unshared_token_embedding(model_)

@@ -87,7 +87,7 @@ def main() -> None:
 
 def _demo_pairs_dir(path: Path) -> Path:
     """demo-pairs as a GLUE-like directory (test labels hidden), so the tiny run takes the same path as RTE."""
-    from accumbench.demo_data import generate_demo_pairs
+    from accumbench.data.demo import generate_demo_pairs
 
     columns = generate_demo_pairs(n=400)
     rows = list(zip(columns["premise"], columns["hypothesis"], columns["label"]))

@@ -59,16 +59,16 @@ class Workload:
 
     def __init__(self, name: str, model: str, dataset: str, samples: int, ebs: int, micro: int, max_length: int,
                  precision: str, db: Path) -> None:
-        from accumbench import data
         from accumbench.backends.base import resolve_precision
+        from accumbench.data import pipeline
         from accumbench.model import load_tokenizer_and_encoder
 
         self.name, self.model, self.dataset, self.samples = name, model, dataset, samples
         self.ebs, self.micro, self.max_length, self.db = ebs, micro, max_length, db
         self.precision = resolve_precision(precision)
-        self.text = data.load_text_dataset(dataset, seed=42, max_train_samples=samples, max_eval_samples=8)
+        self.text = pipeline.load_text_dataset(dataset, seed=42, max_train_samples=samples, max_eval_samples=8)
         self.tokenizer, _ = load_tokenizer_and_encoder(model)
-        self.train = data.tokenize(self.text.train, self.tokenizer, max_length)
+        self.train = pipeline.tokenize(self.text.train, self.tokenizer, max_length)
         self.samples = len(self.train)
         self.real_tokens = sum(self.train.lengths)
 
@@ -97,7 +97,7 @@ def run_bare(work: Workload) -> float:
     import torch.nn.functional as F
 
     from accumbench.backends.base import AUTOCAST_DTYPES, training_device
-    from accumbench.data import collate, token_counts
+    from accumbench.data.pipeline import collate, token_counts
 
     device = training_device()
     model = work.classifier().to(device).train()
@@ -126,7 +126,7 @@ def run_bare(work: Workload) -> float:
 
 def run_accumbench(work: Workload, backend: str, **overrides: Any) -> tuple[float, dict[str, Any]]:
     """(b), (c): a recorded accumbench run; its epoch's own train_seconds (evaluation excluded)."""
-    from accumbench.engine import train
+    from accumbench.runtime.engine import train
 
     row = train(work.config(backend, **overrides), db=str(work.db)).epochs[0]
     return row["train_seconds"], row

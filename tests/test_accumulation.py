@@ -62,17 +62,17 @@ def test_cut_group_weights_are_each_micro_batch_share():
 def _tiny_float64_setup(model_dir: str, n: int):
     import torch
 
-    from accumbench import data
-    from accumbench.demo_data import generate_demo_reviews
+    from accumbench.data import pipeline
+    from accumbench.data.demo import generate_demo_reviews
     from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 
     tokenizer, encoder = load_tokenizer_and_encoder(model_dir)
     reviews = generate_demo_reviews(n=n, seed=5)
-    split = data.tokenize(data.TextSplit(reviews["text"], reviews["label"]), tokenizer, max_length=64)
+    split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, max_length=64)
     assert len(set(split.lengths)) > 5, "varied lengths, so each micro-batch pads differently"
     torch.manual_seed(0)
     model = TextClassifier(encoder, num_labels=2, dropout=0.0, pooling="mean").double()
-    batch_for = lambda idx: data.collate(split, idx, tokenizer.pad_token_id)  # noqa: E731
+    batch_for = lambda idx: pipeline.collate(split, idx, tokenizer.pad_token_id)  # noqa: E731
     return model, split, batch_for
 
 

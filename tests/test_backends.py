@@ -13,7 +13,7 @@ import pytest
 from conftest import query
 from typer.testing import CliRunner
 
-from accumbench.cli import app
+from accumbench.cli.app import app
 
 COMMON = ["--dataset", "demo", "--max-train-samples", "200", "--max-eval-samples", "64", "--max-length", "32",
           "--epochs", "2", "--dropout", "0", "--effective-batch-size", "32", "--lr", "1e-3", "--no-checkpoint"]
@@ -177,14 +177,15 @@ def test_fp16_steps_with_inf_gradients_are_skipped_and_counted(tiny_bert):
     """The GradScaler path on CPU (the CLI asks for CUDA for fp16; the mechanism is the same)."""
     import torch
 
-    from accumbench import accumulation, data
+    from accumbench import accumulation
     from accumbench.backends.torch_loop import TorchBackend
-    from accumbench.demo_data import generate_demo_reviews
+    from accumbench.data import pipeline
+    from accumbench.data.demo import generate_demo_reviews
     from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 
     tokenizer, encoder = load_tokenizer_and_encoder(tiny_bert)
     reviews = generate_demo_reviews(n=32, seed=2)
-    split = data.tokenize(data.TextSplit(reviews["text"], reviews["label"]), tokenizer, 24)
+    split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, 24)
     model = TextClassifier(encoder, 2, 0.0, "cls")
     backend = TorchBackend(model, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="linear", warmup_ratio=0.0,
                            total_steps=4, precision="fp16")
@@ -199,7 +200,7 @@ def test_fp16_steps_with_inf_gradients_are_skipped_and_counted(tiny_bert):
     model.head.weight.register_hook(poison)
     before = model.head.weight.detach().clone()
     groups = accumulation.plan_epoch(32, 16, 16, seed=0, epoch=1)  # 2 groups of one micro-batch each
-    stats = backend.train_epoch(groups, lambda idx: data.collate(split, idx, tokenizer.pad_token_id), 1,
+    stats = backend.train_epoch(groups, lambda idx: pipeline.collate(split, idx, tokenizer.pad_token_id), 1,
                                 grad_clip=None, steps_before=0, samples_before=0)
     assert stats.skipped_steps == 1 and stats.optimizer_steps == 2
     assert [s["lr"] for s in stats.steps] == [1e-3, 1e-3]  # the skipped step did not advance the schedule

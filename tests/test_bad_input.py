@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from typer.testing import CliRunner
 
-from accumbench.cli import app
+from accumbench.cli.app import app
 
 
 def _rows(path, rows):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from accumbench import check_ga
-from accumbench.check_ga import check_gradient_accumulation
-from accumbench.cli import app
+from accumbench.cli.app import app
+from accumbench.runtime import check_ga
+from accumbench.runtime.check_ga import check_gradient_accumulation
 
 
 def test_both_backends_are_exact_and_the_naive_rule_is_not(tiny_bert):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from accumbench.data import collate, load_text_dataset, split_rows, tokenize
+from accumbench.data.pipeline import collate, load_text_dataset, split_rows, tokenize
 from accumbench.errors import UserError
 
 
@@ -161,7 +161,7 @@ def test_unknown_hub_dataset_fails_fast_offline():
 def test_tokenize_once_and_pad_each_micro_batch_to_its_own_longest(tiny_bert):
     from transformers import AutoTokenizer
 
-    from accumbench.data import TextSplit
+    from accumbench.data.pipeline import TextSplit
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
     split = tokenize(TextSplit(["short", "a somewhat longer sentence here", "word " * 300], [0, 1, 0]), tokenizer, 16)
@@ -230,7 +230,7 @@ def test_a_batch_without_padding_carries_no_mask_and_means_the_same(fixture, poo
     the model computes the same as with an all-ones mask."""
     import torch
 
-    from accumbench.data import TextSplit
+    from accumbench.data.pipeline import TextSplit
     from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 
     tokenizer, encoder = load_tokenizer_and_encoder(request.getfixturevalue(fixture))

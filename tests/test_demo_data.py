@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from accumbench import demo_data
-from accumbench.demo_data import (
+from accumbench.data import demo
+from accumbench.data.demo import (
     DEMO_LABEL_NOISE,
     DEMO_PAIRS_LABEL_NOISE,
     DEMO_PAIRS_SIZE,
@@ -110,7 +110,7 @@ def test_word_lists_disjoint_and_sized():
     assert len(POSITIVE_WORDS) >= 20 and len(NEGATIVE_WORDS) >= 20
     assert not set(POSITIVE_WORDS) & set(NEGATIVE_WORDS)
     assert isinstance(POSITIVE_WORDS, tuple) and isinstance(NEGATIVE_WORDS, tuple)
-    assert len(demo_data.FILLERS) >= 25
+    assert len(demo.FILLERS) >= 25
 
 
 @pytest.mark.parametrize("kwargs", [{"n": 0}, {"label_noise": -0.1}, {"label_noise": 1.5}])
@@ -120,7 +120,7 @@ def test_invalid_arguments(kwargs):
 
 
 def test_standard_library_only():
-    source = open(demo_data.__file__, encoding="utf-8").read()
+    source = open(demo.__file__, encoding="utf-8").read()
     for banned in ("numpy", "torch", "datasets", "transformers"):
         assert not re.search(rf"^\s*(import|from)\s+{banned}\b", source, re.M), banned
 
@@ -158,7 +158,7 @@ def _mentions(text, slot_groups):
 
 def _oracle(premise, hypothesis):
     """Solves a pair from the word lists: which fact the hypothesis states, and what the premise says of it."""
-    asked = [(slot, groups, m) for slot, groups in demo_data.PAIR_SLOTS for m in _mentions(hypothesis, groups)[:1]]
+    asked = [(slot, groups, m) for slot, groups in demo.PAIR_SLOTS for m in _mentions(hypothesis, groups)[:1]]
     assert len(asked) == 1, (hypothesis, asked)
     _, groups, (group, _) = asked[0]
     stated = {g for g, _ in _mentions(premise, groups)}
@@ -283,7 +283,7 @@ def test_pairs_negation_synonyms_and_length_spread(clean_pairs):
     assert 0.2 < sum("not" in _words(h) for h in hypotheses) / len(hypotheses) < 0.4
     # Entailments often restate a fact in other words than the premise's.
     restated = [_mentions(h, groups)[0][1] for h, label in zip(hypotheses, clean_pairs["label"])
-                if label == "entailment" for _, groups in demo_data.PAIR_SLOTS if _mentions(h, groups)]
+                if label == "entailment" for _, groups in demo.PAIR_SLOTS if _mentions(h, groups)]
     entail_premises = [p for p, label in zip(premises, clean_pairs["label"]) if label == "entailment"]
     reworded = sum(not re.search(rf"\b{re.escape(w)}\b", p, re.I) for w, p in zip(restated, entail_premises))
     assert reworded > 0.15 * len(entail_premises)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from accumbench.cli import app
+from accumbench.cli.app import app
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMANDS = [cmd.name or cmd.callback.__name__.replace("_", "-") for cmd in app.registered_commands]
@@ -100,7 +100,7 @@ def test_sweep_takes_the_grid_and_every_train_option():
 def test_help_does_not_import_heavy_libraries(args):
     code = (
         "import sys\n"
-        "from accumbench.cli import main\n"
+        "from accumbench.cli.app import main\n"
         f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
         f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     )

@@ -18,7 +18,7 @@ import pytest
 from conftest import query, wait_for
 from typer.testing import CliRunner
 
-from accumbench.cli import app
+from accumbench.cli.app import app
 from accumbench.store import FINISHED, RESERVE_BYTES, Store, resolve_db_url
 from accumbench.sweep.local import worker_environments
 
@@ -93,7 +93,7 @@ def test_connections_the_server_drops_are_reconnected(postgres_url, capfd):
     from sqlalchemy import create_engine, text
 
     from accumbench.config import RunConfig
-    from accumbench.preparation import run_columns
+    from accumbench.runtime.preparation import run_columns
 
     with Store.open(postgres_url) as store:
         run_id = store.create_run(**run_columns(RunConfig(model="m")))
@@ -221,7 +221,7 @@ def test_ctrl_c_reaches_every_local_worker_and_each_records_its_run_killed(tiny_
     lifecycle.pause_for_tests): one SIGINT to the parent, and both runs are KILLED, none left RUNNING."""
     import sqlite3
 
-    from accumbench.lifecycle import PAUSE_FILE_ENV
+    from accumbench.runtime.lifecycle import PAUSE_FILE_ENV
     from accumbench.store import INTERRUPTED, KILLED
 
     db, pause = tmp_path / "runs.db", tmp_path / "pause"

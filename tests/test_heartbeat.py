@@ -9,7 +9,7 @@ from datetime import datetime
 import pytest
 from test_sweep_claims import run_columns
 
-from accumbench.lifecycle import RunLost, recorded_run
+from accumbench.runtime.lifecycle import RunLost, recorded_run
 from accumbench.store import FAILED, FINISHED, KILLED, RUNNING, Store, resolve_db_url
 
 

@@ -9,7 +9,7 @@ from test_accumulation import _accumulated_gradient, _full_batch_gradient, _rela
 from test_train import train_cli
 
 from accumbench.accumulation import cut_group, plan_epoch
-from accumbench.data import token_counts
+from accumbench.data.pipeline import token_counts
 
 LENGTHS = [(7 * i) % 61 + 3 for i in range(1000)]  # 3..63 tokens, scattered over the indices
 

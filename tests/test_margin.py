@@ -21,9 +21,9 @@ import pytest
 from typer.testing import CliRunner
 
 from accumbench import deficit
-from accumbench.cli import app
+from accumbench.cli.app import app
 from accumbench.config import RunConfig
-from accumbench.preparation import run_columns
+from accumbench.runtime.preparation import run_columns
 from accumbench.store import FINISHED, Store, resolve_db_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))

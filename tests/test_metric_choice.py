@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 from accumbench import task_metrics
 from accumbench.analysis.runs import best_epochs, load_runs
-from accumbench.cli import app
+from accumbench.cli.app import app
 from accumbench.config import RunConfig
-from accumbench.preparation import run_columns
+from accumbench.runtime.preparation import run_columns
 from accumbench.store import FINISHED, Store, resolve_db_url
 from accumbench.store.migrations import SCHEMA_VERSION
 

@@ -9,11 +9,11 @@ import torch
 from conftest import query
 from test_train import train_cli
 
-from accumbench import preparation
 from accumbench.backends.base import micro_batch_loss
 from accumbench.config import RunConfig
 from accumbench.errors import UserError
-from accumbench.micro_batch import candidate_sizes, find_micro_batch_size, memory_probe
+from accumbench.runtime import preparation
+from accumbench.runtime.micro_batch import candidate_sizes, find_micro_batch_size, memory_probe
 
 
 def test_candidates_are_powers_of_two_that_divide_the_ebs():

@@ -6,7 +6,7 @@ from __future__ import annotations
 from conftest import query
 from typer.testing import CliRunner
 
-from accumbench.cli import app
+from accumbench.cli.app import app
 
 
 def test_minilm_alias_loads_the_packaged_pretrained_encoder():

@@ -116,15 +116,15 @@ def test_ema_is_bias_corrected_and_keeps_its_components_apart():
 
 
 def _tiny_setup(tiny_bert, n: int):
-    from accumbench import data
-    from accumbench.demo_data import generate_demo_reviews
+    from accumbench.data import pipeline
+    from accumbench.data.demo import generate_demo_reviews
     from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 
     tokenizer, encoder = load_tokenizer_and_encoder(tiny_bert)
     reviews = generate_demo_reviews(n=n, seed=3)
-    split = data.tokenize(data.TextSplit(reviews["text"], reviews["label"]), tokenizer, 24)
+    split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, 24)
     model = TextClassifier(encoder, 2, 0.0, "cls")
-    return model, lambda indices: data.collate(split, indices, tokenizer.pad_token_id)
+    return model, lambda indices: pipeline.collate(split, indices, tokenizer.pad_token_id)
 
 
 def _fresh_micro_norms(model, batches, precision: str) -> list[float]:
@@ -269,7 +269,7 @@ TRAIN = ["train", "--dataset", "demo", "--max-train-samples", "120", "--max-eval
 def _train(db, *args):
     from typer.testing import CliRunner
 
-    from accumbench.cli import app
+    from accumbench.cli.app import app
 
     result = CliRunner().invoke(app, [*TRAIN, "--db", str(db), *map(str, args)])
     assert result.exit_code == 0, result.output + repr(result.exception)

@@ -12,7 +12,7 @@ import yaml
 from conftest import query
 from typer.testing import CliRunner
 
-from accumbench.cli import app
+from accumbench.cli.app import app
 from accumbench.config import RunConfig
 from accumbench.errors import UserError
 
@@ -78,7 +78,7 @@ def test_config_hash_keeps_earlier_runs_and_says_nothing_of_rules_that_change_no
 @pytest.mark.parametrize("backend", ["torch", "accelerate"])
 def test_the_optimizer_holds_the_recorded_settings(tiny_bert, tmp_path, backend):
     """The values recorded on the run are the ones in the torch optimizer's param_groups, and the run's own."""
-    from accumbench.preparation import make_backend, prepare
+    from accumbench.runtime.preparation import make_backend, prepare
 
     config = RunConfig(model=tiny_bert, dataset="demo", backend=backend, effective_batch_size=32, micro_batch_size=8,
                        base_batch_size=8, scaling_rule="sde", weight_decay=0.01, weight_decay_scaling="timescale",

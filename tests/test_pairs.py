@@ -10,8 +10,9 @@ import pytest
 from conftest import query
 from typer.testing import CliRunner
 
-from accumbench import data, task_metrics
-from accumbench.cli import app
+from accumbench import task_metrics
+from accumbench.cli.app import app
+from accumbench.data import pipeline
 from accumbench.errors import UserError
 from accumbench.store.schema import _unpack
 
@@ -48,49 +49,49 @@ def _tokenizer(model_dir: str):
 
 def test_usual_pair_columns_are_detected_and_aligned(tmp_path):
     rows = _pairs(50)
-    ds = data.load_text_dataset(_write(tmp_path / "p.csv", rows), seed=0)
+    ds = pipeline.load_text_dataset(_write(tmp_path / "p.csv", rows), seed=0)
     assert ds.columns == ("sentence1", "sentence2") and ds.is_pair
     second_of = {r["sentence1"]: r["sentence2"] for r in rows}
     for split in (ds.train, ds.validation, ds.test):
         assert len(split.pairs) == len(split.texts) == len(split)
         assert all(second_of[t] == p for t, p in zip(split.texts, split.pairs))
-    nli = data.load_text_dataset(_write(tmp_path / "nli.csv", _pairs(50, "premise", "hypothesis")), seed=0)
+    nli = pipeline.load_text_dataset(_write(tmp_path / "nli.csv", _pairs(50, "premise", "hypothesis")), seed=0)
     assert nli.columns == ("premise", "hypothesis") and nli.is_pair
 
 
 def test_named_text_column_alone_is_single_text_and_pair_column_finds_its_partner(tmp_path):
     path = _write(tmp_path / "nli.csv", [{**r, "text": r["premise"]} for r in _pairs(50, "premise", "hypothesis")])
-    single = data.load_text_dataset(path, seed=0, text_column="premise")
+    single = pipeline.load_text_dataset(path, seed=0, text_column="premise")
     assert single.columns == ("premise",) and not single.is_pair and single.train.pairs is None
-    paired = data.load_text_dataset(path, seed=0, text_pair_column="hypothesis")
+    paired = pipeline.load_text_dataset(path, seed=0, text_pair_column="hypothesis")
     assert paired.columns == ("premise", "hypothesis")  # the partner, not the 'text' column
 
 
 def test_single_text_fingerprint_is_unchanged_and_a_pair_changes_it(tmp_path):
-    ds = data.load_text_dataset(_write(tmp_path / "t.csv", [{"text": f"t {i}", "label": i % 2} for i in range(40)]),
+    ds = pipeline.load_text_dataset(_write(tmp_path / "t.csv", [{"text": f"t {i}", "label": i % 2} for i in range(40)]),
                                 seed=0)
     assert ds.columns == ("text",) and not ds.is_pair and ds.train.pairs is None
     texts, labels = ["a b", "c"], [1, 0]
     digest = hashlib.sha256(b"".join(f"{y}\t{t}\n".encode() for t, y in zip(texts, labels))).hexdigest()[:16]
-    assert data.TextSplit(texts, labels).fingerprint == digest
-    assert data.TextSplit(texts, labels, ["x", "y"]).fingerprint != digest
+    assert pipeline.TextSplit(texts, labels).fingerprint == digest
+    assert pipeline.TextSplit(texts, labels, ["x", "y"]).fingerprint != digest
 
 
 # --- 2-4. tokenization, cache, segment embeddings --------------------------------------------------------
 
 def test_a_pair_tokenizes_as_cls_a_sep_b_sep_with_segment_ids(tiny_bert):
     tok = _tokenizer(tiny_bert)
-    split = data.TextSplit(["the cat sat", "a dog"], [0, 1], ["it sat down", "a big dog barked"])
-    enc = data.tokenize(split, tok, 64, segment_ids=True)
+    split = pipeline.TextSplit(["the cat sat", "a dog"], [0, 1], ["it sat down", "a big dog barked"])
+    enc = pipeline.tokenize(split, tok, 64, segment_ids=True)
     for i, (a, b) in enumerate(zip(split.texts, split.pairs)):
         expected = tok(a, b)
         assert enc.input_ids[i] == expected["input_ids"]
         n_a = len(tok(a, add_special_tokens=False)["input_ids"])
         assert enc.input_ids[i][0] == tok.cls_token_id and enc.input_ids[i][n_a + 1] == tok.sep_token_id
         assert enc.token_type_ids[i] == [0] * (n_a + 2) + [1] * (len(expected["input_ids"]) - n_a - 2)
-    assert data.tokenize(split, tok, 64, segment_ids=False).token_type_ids is None
+    assert pipeline.tokenize(split, tok, 64, segment_ids=False).token_type_ids is None
 
-    batch = data.collate(enc, [0, 1], tok.pad_token_id)
+    batch = pipeline.collate(enc, [0, 1], tok.pad_token_id)
     width = batch["input_ids"].shape[1]
     assert batch["token_type_ids"].shape == (2, width)
     for i in range(2):
@@ -101,7 +102,7 @@ def test_a_pair_tokenizes_as_cls_a_sep_b_sep_with_segment_ids(tiny_bert):
 def test_truncation_is_longest_first_and_keeps_the_hypothesis(tiny_bert):
     tok = _tokenizer(tiny_bert)
     premise, hypothesis = " ".join(["the long premise goes on"] * 20), "a short hypothesis"
-    enc = data.tokenize(data.TextSplit([premise], [0], [hypothesis]), tok, 16, segment_ids=True)
+    enc = pipeline.tokenize(pipeline.TextSplit([premise], [0], [hypothesis]), tok, 16, segment_ids=True)
     assert enc.input_ids[0] == tok(premise, hypothesis, truncation="longest_first", max_length=16)["input_ids"]
     assert len(enc.input_ids[0]) == 16
     hyp = tok(hypothesis, add_special_tokens=False)["input_ids"]
@@ -110,17 +111,17 @@ def test_truncation_is_longest_first_and_keeps_the_hypothesis(tiny_bert):
 
 def test_token_cache_keys_segment_ids_and_round_trips_types(tiny_bert, tmp_path):
     tok = _tokenizer(tiny_bert)
-    pair = data.load_text_dataset(_write(tmp_path / "p.csv", _pairs(40)), seed=0)
-    single = data.load_text_dataset(_write(tmp_path / "t.csv", [{"text": f"t {i}", "label": i % 2}
+    pair = pipeline.load_text_dataset(_write(tmp_path / "p.csv", _pairs(40)), seed=0)
+    single = pipeline.load_text_dataset(_write(tmp_path / "t.csv", [{"text": f"t {i}", "label": i % 2}
                                                                 for i in range(40)]), seed=0)
-    cache = data.TokenCache(tmp_path / "cache")
+    cache = pipeline.TokenCache(tmp_path / "cache")
     assert cache.key(pair, tok, 32, segment_ids=True) != cache.key(pair, tok, 32, segment_ids=False)
     assert cache.key(single, tok, 32, segment_ids=True) == cache.key(single, tok, 32, segment_ids=False)
     first, cached = cache.load_or_tokenize(pair, tok, 32, segment_ids=True)
     assert not cached and first["train"].token_type_ids is not None
-    again, cached = data.TokenCache(tmp_path / "cache").load_or_tokenize(pair, tok, 32, segment_ids=True)
+    again, cached = pipeline.TokenCache(tmp_path / "cache").load_or_tokenize(pair, tok, 32, segment_ids=True)
     assert cached
-    for name in data.SPLITS:
+    for name in pipeline.SPLITS:
         assert again[name].input_ids == first[name].input_ids
         assert again[name].token_type_ids == first[name].token_type_ids
         assert again[name].labels == first[name].labels
@@ -145,7 +146,7 @@ def test_unlabelled_test_file_uses_validation_as_test(tmp_path, test_columns):
     dev = _pairs(12, tag="dev ")
     _write(tmp_path / "dev.tsv", dev)
     _write(tmp_path / "test.tsv", _pairs(9, label=lambda i: -1, tag="test "), columns=test_columns)
-    ds = data.load_text_dataset(str(tmp_path), seed=0)
+    ds = pipeline.load_text_dataset(str(tmp_path), seed=0)
     assert ds.source.startswith("test split unlabelled: validation used as test; train split 9:1")
     assert ds.test.texts == [r["sentence1"] for r in dev] and ds.test.pairs == [r["sentence2"] for r in dev]
     assert (len(ds.train), len(ds.validation)) == (45, 5)
@@ -162,13 +163,13 @@ def test_local_hub_copy_with_configurations(tmp_path):
             _write(tmp_path / config / f"{split}.{suffix}", _pairs(n, label=labels, tag=f"{config} {split} "))
             lines += [f"  - split: {split}", f"    path: {config}/{split}.{suffix}"]
     (tmp_path / "README.md").write_text("\n".join([*lines, "---", "", "# A copy of two GLUE tasks", ""]))
-    ds = data.load_text_dataset(str(tmp_path), seed=0, dataset_config="mrpc")
+    ds = pipeline.load_text_dataset(str(tmp_path), seed=0, dataset_config="mrpc")
     assert ds.columns == ("sentence1", "sentence2")
     assert ds.source.startswith("test split unlabelled: validation used as test")
     assert ds.test.texts == [r["sentence1"] for r in _pairs(10, tag="mrpc validation ")]
     assert all(t.startswith("mrpc train ") for t in ds.train.texts + ds.validation.texts)
     assert (len(ds.train), len(ds.validation)) == (36, 4)
-    rte = data.load_text_dataset(str(tmp_path), seed=0, dataset_config="rte")
+    rte = pipeline.load_text_dataset(str(tmp_path), seed=0, dataset_config="rte")
     assert all(t.startswith("rte ") for t in rte.train.texts + rte.test.texts)
 
 
@@ -177,7 +178,7 @@ def test_rows_without_label_or_text_are_dropped_and_counted(tmp_path):
     for i in (3, 10, 17):
         rows[i]["label"] = ""
     rows[20]["text"] = ""
-    ds = data.load_text_dataset(_write(tmp_path / "d.csv", rows), seed=0)
+    ds = pipeline.load_text_dataset(_write(tmp_path / "d.csv", rows), seed=0)
     assert ds.dropped == "dropped 3 rows with no label and 1 row with no text"
     kept = ds.train.texts + ds.validation.texts + ds.test.texts
     assert len(kept) == 36 and not {"text 3", "text 10", "text 17"} & set(kept) and "" not in kept
@@ -185,7 +186,7 @@ def test_rows_without_label_or_text_are_dropped_and_counted(tmp_path):
 
     mostly_empty = [{"text": f"text {i}", "label": i if i < 2 else ""} for i in range(62)]
     with pytest.raises(UserError, match="dropped 60 rows with no label"):
-        data.load_text_dataset(_write(tmp_path / "e.csv", mostly_empty), seed=0)
+        pipeline.load_text_dataset(_write(tmp_path / "e.csv", mostly_empty), seed=0)
 
 
 # --- 8. bad input through the CLI ------------------------------------------------------------------------

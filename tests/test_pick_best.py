@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from accumbench import stats
-from accumbench.cli import app
+from accumbench.cli.app import app
 from accumbench.config import RunConfig
-from accumbench.preparation import run_columns
+from accumbench.runtime.preparation import run_columns
 from accumbench.store import FINISHED, Store, resolve_db_url
 
 N = 200  # validation and test examples

@@ -13,10 +13,10 @@ import typer
 from conftest import query
 from typer.testing import CliRunner
 
-from accumbench.cli import app as main_app
-from accumbench.cli_inference import export, predict
+from accumbench.cli.app import app as main_app
+from accumbench.cli.inference import export, predict
 from accumbench.config import RunConfig
-from accumbench.preparation import load_dataset
+from accumbench.runtime.preparation import load_dataset
 
 # The commands as cli.py registers them.
 app = typer.Typer()

@@ -19,9 +19,9 @@ from conftest import query
 from typer.testing import CliRunner
 
 from accumbench.analysis.racing import EpochOutcome, claim_order, judge
-from accumbench.cli import app
+from accumbench.cli.app import app
 from accumbench.config import RunConfig
-from accumbench.preparation import run_columns
+from accumbench.runtime.preparation import run_columns
 from accumbench.store import FINISHED, Store, resolve_db_url
 from accumbench.sweep.race import Racer
 from accumbench.sweep.worker import cell_statuses

@@ -8,7 +8,7 @@ import yaml
 from conftest import query
 from typer.testing import CliRunner
 
-from accumbench.cli import app
+from accumbench.cli.app import app
 
 TINY = ["--dataset", "demo", "--micro-batch-size", "8", "--max-train-samples", "48", "--max-eval-samples", "32",
         "--max-length", "16", "--lr", "1e-3", "--no-noise-scale"]

@@ -20,7 +20,7 @@ import pytest
 from conftest import wait_for
 from typer.testing import CliRunner
 
-from accumbench.cli import app
+from accumbench.cli.app import app
 from accumbench.store import Store, resolve_db_url
 from accumbench.sweep.spec import build_spec
 from accumbench.sweep.worker import run_sweep

@@ -16,9 +16,9 @@ import pytest
 from conftest import query, wait_for
 from typer.testing import CliRunner
 
-from accumbench import engine
-from accumbench.cli import app
-from accumbench.lifecycle import PAUSE_FILE_ENV
+from accumbench.cli.app import app
+from accumbench.runtime import engine
+from accumbench.runtime.lifecycle import PAUSE_FILE_ENV
 from accumbench.store import FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, STALE_ERROR, Store, resolve_db_url
 from accumbench.sweep.spec import build_spec
 from accumbench.sweep.worker import run_sweep

@@ -123,7 +123,7 @@ def test_train_mirrors_the_store_to_tensorboard_in_both_backends(tiny_bert, tmp_
     from conftest import query
     from typer.testing import CliRunner
 
-    from accumbench.cli import app
+    from accumbench.cli.app import app
 
     db = tmp_path / "runs.db"
     result = CliRunner().invoke(app, [
@@ -141,7 +141,7 @@ def test_train_mirrors_the_store_to_tensorboard_in_both_backends(tiny_bert, tmp_
 def test_unknown_tracker_is_refused_before_anything_is_written(tmp_path):
     from typer.testing import CliRunner
 
-    from accumbench.cli import app
+    from accumbench.cli.app import app
 
     result = CliRunner().invoke(app, ["train", "--log-with", "neptune", "--db", str(tmp_path / "r.db")])
     assert result.exit_code == 2 and "unknown --log-with 'neptune'" in result.stderr

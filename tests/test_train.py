@@ -15,9 +15,9 @@ import pytest
 from conftest import query, wait_for
 from typer.testing import CliRunner
 
-from accumbench.cli import app
+from accumbench.cli.app import app
 from accumbench.config import RunConfig
-from accumbench.lifecycle import PAUSE_FILE_ENV
+from accumbench.runtime.lifecycle import PAUSE_FILE_ENV
 
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
            "optimizer_steps", "samples_seen")
@@ -160,7 +160,7 @@ class _StopAtStep:
 
 
 def _library_run(tiny_bert, db, reporter):
-    from accumbench.engine import SilentHooks, train
+    from accumbench.runtime.engine import SilentHooks, train
 
     class Stopping(SilentHooks):
         step = reporter.step
@@ -210,14 +210,15 @@ def test_sigterm_marks_the_run_killed(tiny_bert, tmp_path):
 def test_schedule_and_clipping_count_optimizer_steps(tiny_bert, monkeypatch):
     import torch
 
-    from accumbench import accumulation, data
+    from accumbench import accumulation
     from accumbench.backends.torch_loop import TorchBackend
-    from accumbench.demo_data import generate_demo_reviews
+    from accumbench.data import pipeline
+    from accumbench.data.demo import generate_demo_reviews
     from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 
     tokenizer, encoder = load_tokenizer_and_encoder(tiny_bert)
     reviews = generate_demo_reviews(n=50, seed=1)
-    split = data.tokenize(data.TextSplit(reviews["text"], reviews["label"]), tokenizer, 24)
+    split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, 24)
     model = TextClassifier(encoder, 2, 0.0, "cls")
     steps = accumulation.groups_per_epoch(50, 16) * 2  # 4 groups (16, 16, 16, 2) x 2 epochs
     lr = 1e-3
@@ -230,7 +231,7 @@ def test_schedule_and_clipping_count_optimizer_steps(tiny_bert, monkeypatch):
     rows = []
     for epoch in (1, 2):
         groups = accumulation.plan_epoch(50, 16, 4, seed=0, epoch=epoch)
-        stats = backend.train_epoch(groups, lambda idx: data.collate(split, idx, tokenizer.pad_token_id), epoch,
+        stats = backend.train_epoch(groups, lambda idx: pipeline.collate(split, idx, tokenizer.pad_token_id), epoch,
                                     grad_clip=0.5, steps_before=len(rows), samples_before=50 * (epoch - 1))
         rows += stats.steps
     assert clips == [0.5] * 8  # once per optimizer step, never per micro-batch

@@ -17,9 +17,9 @@ from typer.testing import CliRunner
 
 from accumbench import stats
 from accumbench.analysis.tuning import next_lr, parabola_vertex
-from accumbench.cli import app
+from accumbench.cli.app import app
 from accumbench.config import RunConfig
-from accumbench.preparation import run_columns
+from accumbench.runtime.preparation import run_columns
 from accumbench.store import FAILED, FINISHED, Store, resolve_db_url
 
 N = 200  # validation and test examples

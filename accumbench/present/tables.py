@@ -14,11 +14,11 @@ from typing import Any
 
 import pandas as pd
 
-from accumbench import text_table
 from accumbench.analysis.runs import NOISE_METRICS, NOISE_NOTES
 from accumbench.analysis.tuning import LrGrid
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, format_seconds, short_model, spread
+from accumbench.present import text_table
 from accumbench.vocabulary import METRICS
 
 

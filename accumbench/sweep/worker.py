@@ -19,14 +19,21 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from accumbench import engine
 from accumbench.backends.base import require_supported_precision
-from accumbench.checkpoints import checkpoint_root, require_writable_checkpoints
 from accumbench.config import RunConfig
 from accumbench.errors import StoreUnavailable, UserError
-from accumbench.lifecycle import RunDiverged, RunLost, RunPruned, describe_failure, recorded_run, sigterm_as_exception
 from accumbench.model import check_model
-from accumbench.preparation import load_dataset, loaded_columns, make_backend, prepare, run_columns, world_size
+from accumbench.runtime import engine
+from accumbench.runtime.checkpoints import checkpoint_root, require_writable_checkpoints
+from accumbench.runtime.lifecycle import (
+    RunDiverged,
+    RunLost,
+    RunPruned,
+    describe_failure,
+    recorded_run,
+    sigterm_as_exception,
+)
+from accumbench.runtime.preparation import load_dataset, loaded_columns, make_backend, prepare, run_columns, world_size
 from accumbench.store import Store, resolve_db_url
 from accumbench.sweep.presets import NEEDS_GPU_AND_HUB
 from accumbench.sweep.race import Racer

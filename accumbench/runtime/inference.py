@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 
-from accumbench import data
 from accumbench.accumulation import length_batches
 from accumbench.backends.base import segment_ids, to_device
-from accumbench.checkpoints import CHECKPOINT_META, CHECKPOINT_WEIGHTS
+from accumbench.data import pipeline
+from accumbench.data.sources import FILE_FORMATS, read_tables
 from accumbench.errors import UserError, first_line
 from accumbench.model import TextClassifier, embeds_segments, resolve_model_source
-from accumbench.sources import FILE_FORMATS, read_tables
+from accumbench.runtime.checkpoints import CHECKPOINT_META, CHECKPOINT_WEIGHTS
 
 EXPORT_SPEC, EXPORT_HEAD = "classifier.json", "head.safetensors"
 EXPORT_FORMAT, EXPORT_VERSION = "accumbench-classifier", 1
@@ -206,11 +206,11 @@ def class_probabilities(model: TextClassifier, tokenizer: Any, texts: Sequence[s
         return [], []
     device = device or inference_device()
     model.to(device)
-    split = data.TextSplit(list(texts), [0] * len(texts), None if pairs is None else list(pairs))
-    encoded = data.tokenize(split, tokenizer, max_length, segment_ids=embeds_segments(model.encoder))
+    split = pipeline.TextSplit(list(texts), [0] * len(texts), None if pairs is None else list(pairs))
+    encoded = pipeline.tokenize(split, tokenizer, max_length, segment_ids=embeds_segments(model.encoder))
     labels, probabilities = [0] * len(encoded), [[0.0]] * len(encoded)
     for indices in length_batches(encoded.lengths, batch_size):
-        batch = to_device(data.collate(encoded, indices, tokenizer.pad_token_id), device)
+        batch = to_device(pipeline.collate(encoded, indices, tokenizer.pad_token_id), device)
         logits = model(batch["input_ids"], batch["attention_mask"], **segment_ids(batch)).double()
         for i, guess, row in zip(indices, logits.argmax(dim=-1).tolist(), torch.softmax(logits, -1).tolist()):
             labels[i], probabilities[i] = guess, row
@@ -241,7 +241,7 @@ def input_columns(classifier: Classifier, table: dict[str, list], source: str, t
     trained = " + ".join(classifier.columns)
     if not classifier.is_pair and text_pair_column is not None:
         raise UserError(f"the model was trained on single texts (column {trained}); drop --text-pair-column")
-    found = data.text_columns(source, table, text_column, text_pair_column)
+    found = pipeline.text_columns(source, table, text_column, text_pair_column)
     if classifier.is_pair and len(found) == 1:
         raise UserError(f"the model was trained on pairs ({trained}), but {source} gives one text ({found[0]}; "
                         f"columns: {', '.join(table)}); name both with --text-column and --text-pair-column")

@@ -25,11 +25,12 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 
-from accumbench import accumulation, data, task_metrics
+from accumbench import accumulation, task_metrics
 from accumbench.backends.base import Backend, Diverged, segment_ids, to_device
-from accumbench.checkpoints import checkpoint_root, require_writable_checkpoints, save_checkpoint
 from accumbench.config import RunConfig
-from accumbench.lifecycle import (
+from accumbench.data import pipeline
+from accumbench.runtime.checkpoints import checkpoint_root, require_writable_checkpoints, save_checkpoint
+from accumbench.runtime.lifecycle import (
     Heartbeat,
     RunDiverged,
     RunPruned,
@@ -37,7 +38,7 @@ from accumbench.lifecycle import (
     recorded_run,
     sigterm_as_exception,
 )
-from accumbench.preparation import Prepared, device_name, loaded_columns, make_backend, prepare, run_columns
+from accumbench.runtime.preparation import Prepared, device_name, loaded_columns, make_backend, prepare, run_columns
 from accumbench.store import NullStore, Store, resolve_db_url
 
 
@@ -119,7 +120,7 @@ def _fit(run_id: int | None, prepared: Prepared, backend: Backend, store: Store 
          checkpoints: Path, heartbeat: Heartbeat | None = None, race: Race | None = None) -> TrainResult:
     config = prepared.config
     train_split = prepared.splits["train"]
-    batch_for = lambda indices: data.collate(train_split, indices, prepared.pad_token_id)  # noqa: E731
+    batch_for = lambda indices: pipeline.collate(train_split, indices, prepared.pad_token_id)  # noqa: E731
 
     def on_step(samples_done: int, loss: float) -> None:
         if heartbeat is not None:
@@ -155,7 +156,7 @@ def _epochs(run_id: int | None, prepared: Prepared, backend: Backend, store: Sto
                                          lengths=train_split.lengths if config.group_by_length else None)
         # The steps budget cuts the last epoch short; evaluation still follows, as at every epoch end.
         groups = groups[: prepared.total_steps - optimizer_steps]
-        real_tokens, padded_tokens = data.token_counts((mb.indices for g in groups for mb in g.micro_batches),
+        real_tokens, padded_tokens = pipeline.token_counts((mb.indices for g in groups for mb in g.micro_batches),
                                                        train_split.lengths)
         reporter.epoch_started(epoch, sum(len(g) for g in groups))
         evals: list[dict[str, Any]] = []
@@ -244,7 +245,7 @@ class Evaluation:
 
 
 @torch.inference_mode()
-def evaluate(backend: Backend, split: data.EncodedSplit, pad_token_id: int, batch_size: int) -> Evaluation:
+def evaluate(backend: Backend, split: pipeline.EncodedSplit, pad_token_id: int, batch_size: int) -> Evaluation:
     """Loss, accuracy and predictions over the split. Samples are batched by length only to cut
     padding; with several processes each rank takes every W-th batch and the sums are all-reduced
     (each rank fills in its own examples' predictions, zeros elsewhere, so their sum is all of them)."""
@@ -255,7 +256,7 @@ def evaluate(backend: Backend, split: data.EncodedSplit, pad_token_id: int, batc
     correct = torch.zeros((), device=device, dtype=torch.float64)
     predicted = torch.zeros(len(split), device=device, dtype=torch.float64)  # float64: exact for class ids
     for indices in batches[backend.rank :: backend.world_size]:
-        batch = to_device(data.collate(split, indices, pad_token_id), device)
+        batch = to_device(pipeline.collate(split, indices, pad_token_id), device)
         logits = model(batch["input_ids"], batch["attention_mask"], **segment_ids(batch)).double()
         loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum")
         guess = logits.argmax(dim=-1)

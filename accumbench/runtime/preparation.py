@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from accumbench import accumulation, data
+from accumbench import accumulation
 from accumbench.backends.base import (
     AUTOCAST_DTYPES,
     Backend,
@@ -32,6 +32,7 @@ from accumbench.backends.base import (
     use_fast_cuda_math,
 )
 from accumbench.config import RunConfig
+from accumbench.data import pipeline
 from accumbench.errors import UserError
 from accumbench.model import TextClassifier, embeds_segments, load_tokenizer_and_encoder
 from accumbench.noise_scale import measurable
@@ -42,8 +43,8 @@ class Prepared:
     """Everything a run needs, loaded and validated before anything is written."""
 
     config: RunConfig  # as the run trains it: --micro-batch-size auto and --precision auto resolved
-    dataset: data.TextDataset
-    splits: dict[str, data.EncodedSplit]
+    dataset: pipeline.TextDataset
+    splits: dict[str, pipeline.EncodedSplit]
     model: TextClassifier
     pad_token_id: int
     epochs: int  # planned, from the budget: config.epochs, or enough for config.train_steps
@@ -63,7 +64,7 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
 
     `cache` (a sweep passes one dict for all its cells) keeps loaded datasets and tokenized splits,
     so cells that share them load and tokenize once; tokenized splits are also cached on disk
-    (data.TokenCache), so a second run of the same data and tokenizer skips tokenization. The
+    (pipeline.TokenCache), so a second run of the same data and tokenizer skips tokenization. The
     model is always loaded afresh."""
     cache = {} if cache is None else cache
     config.accumulation_steps_for(world_size())  # checks EBS = world x micro x k before any loading
@@ -78,7 +79,7 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
     token_key = (data_key(config), config.model, config.max_length)
     started, tokens_cached = time.perf_counter(), True
     if token_key not in cache:
-        cache[token_key], tokens_cached = data.TokenCache().load_or_tokenize(dataset, tokenizer, config.max_length,
+        cache[token_key], tokens_cached = pipeline.TokenCache().load_or_tokenize(dataset, tokenizer, config.max_length,
                                                                              segment_ids=embeds_segments(encoder))
     splits = cache[token_key]
     tokenize_seconds = time.perf_counter() - started
@@ -95,7 +96,7 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
 
 def _probe_micro_batch_size(model: TextClassifier, config: RunConfig) -> int:
     """--micro-batch-size auto, probed on the device the run will train on."""
-    from accumbench.micro_batch import auto_micro_batch_size
+    from accumbench.runtime.micro_batch import auto_micro_batch_size
 
     device = training_device()
     model.to(device)
@@ -109,11 +110,11 @@ def data_key(config: RunConfig) -> tuple[Any, ...]:
             config.label_column, config.max_train_samples, config.max_eval_samples)
 
 
-def load_dataset(config: RunConfig, cache: dict[Any, Any]) -> data.TextDataset:
+def load_dataset(config: RunConfig, cache: dict[Any, Any]) -> pipeline.TextDataset:
     """The run's dataset, loaded once per `cache`, and checked against the batch plan (UserError)."""
     key = data_key(config)
     if key not in cache:
-        cache[key] = data.load_text_dataset(
+        cache[key] = pipeline.load_text_dataset(
             config.dataset, seed=config.split_seed, text_column=config.text_column,
             label_column=config.label_column, max_train_samples=config.max_train_samples,
             max_eval_samples=config.max_eval_samples, text_pair_column=config.text_pair_column,
@@ -129,7 +130,7 @@ def load_dataset(config: RunConfig, cache: dict[Any, Any]) -> data.TextDataset:
     return dataset
 
 
-def positive_class(dataset: data.TextDataset, config: RunConfig) -> int:
+def positive_class(dataset: pipeline.TextDataset, config: RunConfig) -> int:
     """The label id whose F1 a two-label task reports: --positive-label's, else id 1 (the second label in
     sorted order, e.g. 1 of 0/1, 'pos' of neg/pos). UserError for a label the data does not have, or for
     --positive-label on a task of more labels, whose F1 is the macro average over all of them."""
@@ -160,7 +161,7 @@ def make_backend(prepared: Prepared) -> Backend:
         train_split = prepared.splits["train"]
         backend: Backend = AccelerateBackend(
             prepared.model, **common, accumulation_steps=config.accumulation_steps_for(world_size()),
-            collate=lambda indices: data.collate(train_split, indices, prepared.pad_token_id))
+            collate=lambda indices: pipeline.collate(train_split, indices, prepared.pad_token_id))
     else:
         from accumbench.backends.torch_loop import TorchBackend
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import typer
 
-from accumbench.cli_inference import export, predict
-from accumbench.command_line import OneLineErrors, fail, run_options
+from accumbench.cli.command_line import OneLineErrors, fail, run_options
+from accumbench.cli.inference import export, predict
 from accumbench.config_files import build_config
 from accumbench.errors import StoreUnavailable, Terminated, UserError
 from accumbench.optim_scaling import RULE_OPTIONS
@@ -93,9 +93,9 @@ def train(config: Path | None = _CONFIG_OPTION, db: str | None = _DB_OPTION, **o
     with _stops_as_exit_codes("the run is recorded as KILLED"):
         try:
             run_config = build_config(config, **options)
-            from accumbench.engine import train as run_training
-            from accumbench.lifecycle import RunDiverged
             from accumbench.present.progress import RichReporter
+            from accumbench.runtime.engine import train as run_training
+            from accumbench.runtime.lifecycle import RunDiverged
 
             reporter = RichReporter()
             result = run_training(run_config, db=db, reporter=reporter)
@@ -105,7 +105,7 @@ def train(config: Path | None = _CONFIG_OPTION, db: str | None = _DB_OPTION, **o
             # Not bad input (exit 2): the run happened and is recorded, as FAILED.
             fail(f"{exc}; recorded as FAILED. Lower --lr or use --lr-scaling sqrt", code=1)
         except OSError as exc:  # the machine, not the input: a full disk, a file that went away
-            from accumbench.lifecycle import describe_failure
+            from accumbench.runtime.lifecycle import describe_failure
 
             fail(f"the run failed: {describe_failure(exc)}; it is recorded as FAILED", code=1)
     if result.run_id is not None:  # None on the other processes of a multi-process run
@@ -377,7 +377,7 @@ def check_ga(
     try:
         if backend not in choices:
             raise UserError(f"unknown --backend '{backend}'; choose one of: torch, accelerate, both")
-        from accumbench.check_ga import check_gradient_accumulation
+        from accumbench.runtime.check_ga import check_gradient_accumulation
 
         checks = check_gradient_accumulation(model, samples, micro_batch_size, choices[backend], precision,
                                              dataset, max_length)

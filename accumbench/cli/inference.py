@@ -1,4 +1,4 @@
-"""`accumbench predict` and `accumbench export`: thin Typer commands over accumbench.inference.
+"""`accumbench predict` and `accumbench export`: thin Typer commands over accumbench.runtime.inference.
 
 cli.py registers them (`app.command("predict")(predict)`, `app.command("export")(export)`), so this module
 imports nothing of cli.py, and nothing heavy: the library is imported when a command runs.
@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from accumbench.command_line import fail
+from accumbench.cli.command_line import fail
 from accumbench.errors import UserError, first_line
 
 _DB = Annotated[str | None, typer.Option(
@@ -52,7 +52,7 @@ def predict(
         accumbench predict --model exported/ pairs.csv -o predictions.csv
     """
     try:
-        from accumbench.inference import predict as label_rows
+        from accumbench.runtime.inference import predict as label_rows
 
         result = label_rows(input_file, output, run=run, model=model, db=db, text_column=text_column,
                             text_pair_column=text_pair_column, batch_size=batch_size)
@@ -81,7 +81,7 @@ def export(
         accumbench export --run 3 exported/
     """
     try:
-        from accumbench.inference import export as write_export
+        from accumbench.runtime.inference import export as write_export
 
         result = write_export(run, directory, db=db)
     except UserError as exc:

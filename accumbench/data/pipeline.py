@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from accumbench.data.sources import SPLITS, read_tables
 from accumbench.errors import UserError
-from accumbench.sources import SPLITS, read_tables
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
 LABEL_COLUMNS = ("label", "labels", "sentiment")

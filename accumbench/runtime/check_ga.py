@@ -13,8 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from accumbench import accumulation, data
+from accumbench import accumulation
 from accumbench.backends.base import require_supported_precision, to_device, training_device
+from accumbench.data import pipeline
 from accumbench.errors import UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 
@@ -60,17 +61,17 @@ def check_gradient_accumulation(model: str = "minilm", samples: int = 50, micro_
     if precision not in TOLERANCES:
         raise UserError(f"unknown --precision '{precision}'; choose one of: {', '.join(TOLERANCES)}")
     require_supported_precision(precision)
-    texts = data.load_text_dataset(dataset, seed=seed, max_train_samples=samples).train
+    texts = pipeline.load_text_dataset(dataset, seed=seed, max_train_samples=samples).train
     if len(texts) < samples:
         raise UserError(f"dataset '{dataset}' has only {len(texts)} training examples; lower --samples")
     tokenizer, encoder = load_tokenizer_and_encoder(model)
-    split = data.tokenize(texts, tokenizer, max_length)
+    split = pipeline.tokenize(texts, tokenizer, max_length)
     torch.manual_seed(seed)
     classifier = TextClassifier(encoder, num_labels=max(2, max(split.labels) + 1), dropout=0.0, pooling="cls")
     classifier.eval()  # dropout off everywhere, so every pass computes the same function
     device = training_device()
     classifier.to(device)
-    batch_for = lambda indices: data.collate(split, indices, tokenizer.pad_token_id)  # noqa: E731
+    batch_for = lambda indices: pipeline.collate(split, indices, tokenizer.pad_token_id)  # noqa: E731
 
     # The reference: the mean loss over the whole group, in one fp32 pass.
     batch = to_device(batch_for(range(samples)), device)
