@@ -1,6 +1,6 @@
 """What a run and a sweep show while they train, in a terminal (rich): the console side of the engine's
-RunHooks and the sweep's SweepHooks. They implement those hooks by shape, without importing the
-runtime that calls them (layers: present sits below the engine)."""
+RunHooks (runtime/engine.py) and the sweep's SweepReporter (sweep/worker.py). They implement those hooks by
+shape, without importing the runtime that calls them (layers: present sits below the engine)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""A recorded run's life in the store: RUNNING while its heartbeat beats, then FINISHED, FAILED or KILLED,
-whatever happens, so that no run is left RUNNING by a crash, a signal or a full disk.
+"""A recorded run's life in the store: RUNNING while its heartbeat beats, then FINISHED, FAILED, KILLED or
+PRUNED, whatever happens, so that no run is left RUNNING by a crash, a signal or a full disk.
 
     recorded_run(store, run_id)   the block that trains a RUNNING run: its Heartbeat thread beats, and its
-                                  end is recorded (FINISHED | FAILED, 'diverged at step S' | KILLED)
+                                  end is recorded (FINISHED | FAILED, 'diverged at step S' | KILLED | PRUNED)
     sigterm_as_exception          SIGTERM raised as Terminated, so that it ends a run like Ctrl-C does
     describe_failure              a failed run's error, in one line
     pause_for_tests               a recorded state that signal and kill tests synchronise on

@@ -4,7 +4,7 @@
     preflight: every cell valid, every dataset and model loadable (bad input: exit 2, nothing written)
       -> store.open_sweep (the same name must mean the same grid)
       -> loop: store.claim (stale RUNNING runs -> KILLED; choose the next cell; insert it RUNNING)
-               -> prepare -> fit (heartbeat) -> FINISHED | FAILED | KILLED
+               -> prepare -> fit (heartbeat) -> FINISHED | FAILED | KILLED | PRUNED (racing)
       -> the state of every cell
 
 A worker claims a cell inside one write transaction (SQLite: BEGIN IMMEDIATE; PostgreSQL: a lock
