@@ -91,6 +91,24 @@ def wait_for(predicate, what: str = "condition", timeout: float = 120.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.fixture
+def db_url(tmp_path) -> str:
+    """The URL of a run database file in the test's own folder (not created yet)."""
+    from accumbench.store import resolve_db_url
+
+    return resolve_db_url(str(tmp_path / "runs.db"))
+
+
+@pytest.fixture
+def store(db_url):
+    """A fresh store on db_url, closed afterwards (test_sweep_claims has one on both databases)."""
+    from accumbench.store import Store
+
+    s = Store.open(db_url)
+    yield s
+    s.close()
+
+
 POSTGRES_ENV = "ACCUMBENCH_TEST_POSTGRES_URL"
 
 

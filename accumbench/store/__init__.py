@@ -183,7 +183,7 @@ def open_for_reading(db: str | None) -> Store:
 class NullStore:
     """The store of the processes other than the main one of a multi-GPU run: only the main process
     records, so these writes do nothing. It has exactly the writes a training run makes, with Store's
-    signatures (tests/test_store.py holds them to it) and no catch-all __getattr__, so a misspelled or
+    signatures (tests/test_store_runs.py holds them to it) and no catch-all __getattr__, so a misspelled or
     new call fails here as it would on a Store instead of passing unnoticed."""
 
     def update_run(self, run_id: int, **fields: Any) -> None:
