@@ -220,8 +220,19 @@ def test_missing_matplotlib_is_a_user_error(tmp_path, monkeypatch):
 
     with pytest.raises(UserError) as info:
         write_pngs(figure_pngs(epochs, steps, tmp_path / "out"), tmp_path / "out")
-    assert str(info.value) == MISSING == "--plot needs matplotlib; pip install 'accumbench[plot]'"
+    assert str(info.value) == MISSING
     assert not (tmp_path / "out").exists()
+
+
+def test_the_fix_that_a_missing_matplotlib_names_installs_it():
+    """The error's pip command names an extra of the installed package, and that extra brings matplotlib."""
+    import re
+    from importlib.metadata import requires
+
+    (extra,) = re.findall(r"pip install 'accumbench\[(\w+)\]'", MISSING)
+    brought = [need for need in requires("accumbench") if need.endswith(f'extra == "{extra}"')]
+    assert [re.match(r"[\w-]+", need).group() for need in brought] == ["matplotlib"]
+    assert MISSING.startswith("--plot needs matplotlib")
 
 
 def test_importing_the_module_stays_light():

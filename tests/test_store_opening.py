@@ -84,9 +84,15 @@ def test_foreign_sqlite_database_refused(tmp_path):
         Store.open(resolve_db_url(str(path)))
 
 
-def test_check_compatible_ignores_non_sqlite_urls():
-    Store.check_compatible("postgresql://user@localhost/accumbench")
-    Store.check_compatible("sqlite://")
+def test_check_compatible_ignores_non_sqlite_urls(tmp_path, monkeypatch):
+    """The pre-flight reads SQLite files only: a server is not contacted (port 1 refuses every connection,
+    so an attempt would raise) and an in-memory database is nothing to check."""
+    monkeypatch.chdir(tmp_path)
+    assert Store.check_compatible("postgresql://user@127.0.0.1:1/accumbench") is None
+    assert Store.check_compatible("sqlite://") is None
+    assert list(tmp_path.iterdir()) == []  # nor is a file made for them
+    with pytest.raises(sqlalchemy.exc.OperationalError):  # whereas opening that server does try it
+        Store.open("postgresql+psycopg://user@127.0.0.1:1/accumbench")
 
 
 def test_missing_parent_dir(tmp_path):
