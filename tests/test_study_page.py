@@ -152,7 +152,7 @@ def test_watch_rewrites_the_page_until_ctrl_c(study_db, tmp_path):
             raise
     assert watcher.returncode == 0, stderr
     assert f"watching: writing {out} every 0.2 s" in stdout and f"stopped watching; {out} holds the last page" in stdout
-    assert not list(tmp_path.glob(".study.html.*.tmp"))  # every write was renamed into place
+    assert not list(tmp_path.glob(".study.html.*.partial"))  # every write was renamed into place
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -38,6 +38,7 @@ from accumbench.analysis.runs import RunData, cell_label, varying
 from accumbench.analysis.tuning import BestLr, ScalingFit, best_lrs, fit_scaling, has_lr_grid, tuned_runs
 from accumbench.deficit import DEFAULT_EVIDENCE, DeficitBound, Margin, RunPredictions
 from accumbench.errors import UserError
+from accumbench.files import check_output_file
 from accumbench.formatting import plain_number
 from accumbench.vocabulary import (
     BOOTSTRAPPED,
@@ -71,9 +72,7 @@ class PickOptions:
     save_config: Path | None = None  # write the picked cell as a train YAML (saved_config.py)
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise UserError(f"unknown --metric '{self.metric}'; choose one of: {', '.join(METRICS)} "
-                            "(selection is on validation)")
+        check_metric(self.metric)
         if self.by not in GROUPINGS:
             raise UserError(f"unknown --by '{self.by}'; choose one of: {', '.join(GROUPINGS)}")
         if not 0 < self.alpha < 0.5:
@@ -97,16 +96,17 @@ class PickOptions:
         if self.save_config is not None:
             if self.compare_protocols or self.replay_race:
                 raise UserError("--save-config writes the one pick; drop --compare-protocols and --replay-race")
-            if not self.save_config.parent.is_dir():
-                raise UserError(f"--save-config {self.save_config}: directory {self.save_config.parent} does not "
-                                "exist; create it or save elsewhere, e.g. --save-config best.yaml")
-            if self.save_config.is_dir():
-                raise UserError(f"--save-config {self.save_config} is a directory; give a file name, e.g. "
-                                f"{self.save_config / 'best.yaml'}")
+            check_output_file(self.save_config, "--save-config", "best.yaml")
 
     @property
     def evidence(self) -> Margin:
         return Margin(self.margin, 1 - self.alpha)
+
+
+def check_metric(metric: str) -> None:
+    """--metric (pick-best, report): a metric that runs are chosen on, on validation."""
+    if metric not in METRICS:
+        raise UserError(f"unknown --metric '{metric}'; choose one of: {', '.join(METRICS)} (selection is on validation)")
 
 
 def check_margin(margin: float | None, metric: str) -> None:

@@ -14,8 +14,9 @@ from typing import Any
 
 import typer
 
-from accumbench.cli.command_line import OneLineErrors, fail, run_options
+from accumbench.cli.command_line import OneLineErrors, ReadOnlyDb, WritableDb, fail, run_options, user_errors
 from accumbench.cli.inference import export, predict
+from accumbench.config import BACKENDS, REFERENCE_BACKEND
 from accumbench.config_files import build_config
 from accumbench.errors import StoreUnavailable, Terminated, UserError
 from accumbench.optim_scaling import RULE_OPTIONS
@@ -66,12 +67,11 @@ def _db_label(db: str | None) -> str:
 
 
 _CONFIG_OPTION = typer.Option(None, "--config", help="YAML file of options (underscored names); flags override it.")
-_DB_OPTION = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db).")
 
 
 @app.command()
 @run_options()
-def train(config: Path | None = _CONFIG_OPTION, db: str | None = _DB_OPTION, **options: Any) -> None:
+def train(config: Path | None = _CONFIG_OPTION, db: WritableDb = None, **options: Any) -> None:
     """Train one model at one effective batch size and record every epoch in the run store.
 
     Example:
@@ -90,23 +90,19 @@ def train(config: Path | None = _CONFIG_OPTION, db: str | None = _DB_OPTION, **o
 
         accumbench train --effective-batch-size 256 --micro-batch-size 16 --base-batch-size 64 --scaling-rule sde
     """
-    with _stops_as_exit_codes("the run is recorded as KILLED"):
-        try:
-            run_config = build_config(config, **options)
-            from accumbench.present.progress import RichReporter
-            from accumbench.runtime.engine import train as run_training
-            from accumbench.runtime.lifecycle import RunDiverged
+    with _stops_as_exit_codes("the run is recorded as KILLED"), user_errors():
+        run_config = build_config(config, **options)
+        from accumbench.present.progress import RichReporter
+        from accumbench.runtime.engine import train as run_training
+        from accumbench.runtime.lifecycle import RunDiverged, describe_failure
 
-            reporter = RichReporter()
+        reporter = RichReporter()
+        try:
             result = run_training(run_config, db=db, reporter=reporter)
-        except UserError as exc:
-            fail(str(exc))
         except RunDiverged as exc:
             # Not bad input (exit 2): the run happened and is recorded, as FAILED.
             fail(f"{exc}; recorded as FAILED. Lower --lr or use --lr-scaling sqrt", code=1)
         except OSError as exc:  # the machine, not the input: a full disk, a file that went away
-            from accumbench.runtime.lifecycle import describe_failure
-
             fail(f"the run failed: {describe_failure(exc)}; it is recorded as FAILED", code=1)
     if result.run_id is not None:  # None on the other processes of a multi-process run
         reporter.summary(result, db_label=_db_label(db))
@@ -119,7 +115,7 @@ def sweep(
     models: str | None = typer.Option(None, "--models", "--model", help="Comma-separated models (default: minilm)."),
     effective_batch_sizes: str | None = typer.Option(
         None, "--effective-batch-sizes", "--effective-batch-size", help="Comma-separated EBS values (default: 64)."),
-    backends: str | None = typer.Option(None, "--backends", "--backend", help="Comma-separated: torch, accelerate (default: torch)."),
+    backends: str | None = typer.Option(None, "--backends", "--backend", help=f"Comma-separated: {', '.join(BACKENDS)} (default: {REFERENCE_BACKEND})."),
     seeds: str | None = typer.Option(None, "--seeds", "--seed", help="Comma-separated seeds (default: 42)."),
     lrs: str | None = typer.Option(
         None, "--lrs", help="Comma-separated learning rates, an axis like the others (base rates with --lr-scaling); "
@@ -147,7 +143,7 @@ def sweep(
         1, "--workers", help="Start this many workers on this machine against one --db: one per visible GPU "
                              "(CUDA_VISIBLE_DEVICES), or the CPU cores split between them (OMP_NUM_THREADS)."),
     config: Path | None = typer.Option(None, "--config", help="YAML sweep file: grid axes as lists, then any option; flags override it."),
-    db: str | None = _DB_OPTION,
+    db: WritableDb = None,
     **options: Any,
 ) -> None:
     """Train every cell of a grid (models x EBS x backends x seeds x lrs x lr rules) once, resumably.
@@ -176,28 +172,25 @@ def sweep(
 
         accumbench sweep --dataset demo-pairs --effective-batch-sizes 16,32 --micro-batch-size 16 --epochs 2 --name pairs
     """
-    with _stops_as_exit_codes("the current run is recorded as KILLED; run the same command to resume"):
-        try:
-            from accumbench.present.progress import RichSweepReporter
-            from accumbench.sweep.local import check_worker_count, run_workers
-            from accumbench.sweep.spec import build_spec
+    with _stops_as_exit_codes("the current run is recorded as KILLED; run the same command to resume"), user_errors():
+        from accumbench.present.progress import RichSweepReporter
+        from accumbench.sweep.local import check_worker_count, run_workers
+        from accumbench.sweep.spec import build_spec
 
-            check_worker_count(workers)
-            spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
-                              seeds=seeds, lrs=lrs, preset=preset, name=name, max_retries=max_retries,
-                              stale_after=stale_after, fail_fast=fail_fast, race=race, race_alpha=race_alpha,
-                              race_after=race_after, race_metric=race_metric, **options)
-            reporter = RichSweepReporter()
-            if dry_run:
-                reporter.dry_run(spec)
-                return
-            if workers > 1:
-                raise typer.Exit(run_workers(spec, db, workers, typer.echo))
-            from accumbench.sweep.worker import run_sweep
+        check_worker_count(workers)
+        spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
+                          seeds=seeds, lrs=lrs, preset=preset, name=name, max_retries=max_retries,
+                          stale_after=stale_after, fail_fast=fail_fast, race=race, race_alpha=race_alpha,
+                          race_after=race_after, race_metric=race_metric, **options)
+        reporter = RichSweepReporter()
+        if dry_run:
+            reporter.dry_run(spec)
+            return
+        if workers > 1:
+            raise typer.Exit(run_workers(spec, db, workers, typer.echo))
+        from accumbench.sweep.worker import run_sweep
 
-            result = run_sweep(spec, db=db, reporter=reporter)
-        except UserError as exc:
-            fail(str(exc))
+        result = run_sweep(spec, db=db, reporter=reporter)
     reporter.summary(spec, result, db_label=_db_label(db))
     if not result.ok:
         raise typer.Exit(1)
@@ -236,7 +229,7 @@ def report(
     watch: float | None = typer.Option(
         None, "--watch", help="With --format html -o FILE: rewrite the page every SECONDS while sweeps run (the page "
                               "reloads itself); Ctrl-C stops.", metavar="SECONDS"),
-    db: str | None = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
+    db: ReadOnlyDb = None,
 ) -> None:
     """The study's table: per model x EBS x backend (x lr, lr rule, budget where they vary), train, validation
     and test accuracy (mean ± std over seeds, at each run's best epoch on --metric; its F1 or MCC lead the
@@ -259,7 +252,7 @@ def report(
     """
     from accumbench.present.report import ReportRequest, produce, watch_page
 
-    try:
+    with user_errors():
         request = ReportRequest(db=db, sweep=sweep, model=model, backend=backend, status=status, fmt=fmt,
                                 columns=columns, wide=wide, output=output, plot=plot, watch=watch, curves=curves,
                                 metric=metric, margin=margin)
@@ -267,8 +260,6 @@ def report(
             watch_page(request, typer.echo)
             return
         text, figures = produce(request, to_terminal=output is None)
-    except UserError as exc:
-        fail(str(exc))
     typer.echo(text if output is None else f"wrote {output} ({fmt})", nl=output is not None)
     for figure in figures:
         typer.echo(f"wrote {figure}")
@@ -300,7 +291,7 @@ def pick_best(
         None, "--save-config", help="Write the picked cell (its best seed) as a train YAML: train --config FILE "
                                     "trains it again, with epochs = its best epoch at a constant lr."),
     as_json: bool = typer.Option(False, "--json", help="Print the picks, candidates and their bounds as JSON."),
-    db: str | None = typer.Option(None, "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only."),
+    db: ReadOnlyDb = None,
 ) -> None:
     """Pick the effective batch size per model on validation only, test it, and say how sure it is:
     with an lr grid each EBS first gets its own best lr (the tuned protocol); then the candidates shown
@@ -339,7 +330,7 @@ def pick_best(
     from accumbench.present.verdicts import print_answer, save_pick
     from accumbench.store import open_for_reading
 
-    try:
+    with user_errors():
         options = PickOptions(metric=metric, by=by, alpha=alpha, margin=margin, target=target, protocol=protocol,
                               compare_protocols=compare_protocols, replay_race=replay_race, race_alpha=race_alpha,
                               race_after=race_after, save_config=save_config)
@@ -348,8 +339,6 @@ def pick_best(
             answer = choose(store, data, options)
         if save_config is not None:
             typer.echo(save_pick(answer, save_config), err=True)
-    except UserError as exc:
-        fail(str(exc))
     if as_json:
         typer.echo(json.dumps(shapes.answer_json(answer), indent=2))
     else:
@@ -361,7 +350,7 @@ def check_ga(
     model: str = typer.Option("minilm", help="Alias (bert, modernbert, minilm), hub id or local directory."),
     samples: int = typer.Option(50, help="Size of the one optimizer group to check."),
     micro_batch_size: int = typer.Option(16, help="Micro-batch size; a group of 50 in 16s leaves a ragged 2."),
-    backend: str = typer.Option("both", help="torch, accelerate or both."),
+    backend: str = typer.Option("both", help=f"{', '.join(BACKENDS)} or both."),
     precision: str = typer.Option("no", help="no, bf16 or fp16 (fp16 needs a CUDA GPU)."),
     dataset: str = typer.Option("demo", help="Where the examples come from (as in train)."),
     max_length: int = typer.Option(128, help="Truncate token sequences to this length."),
@@ -373,16 +362,14 @@ def check_ga(
 
         accumbench check-ga --model minilm --samples 50 --micro-batch-size 16 --backend both
     """
-    choices = {"torch": ("torch",), "accelerate": ("accelerate",), "both": ("torch", "accelerate")}
-    try:
+    choices = {**{name: (name,) for name in BACKENDS}, "both": tuple(BACKENDS)}
+    with user_errors():
         if backend not in choices:
-            raise UserError(f"unknown --backend '{backend}'; choose one of: torch, accelerate, both")
+            raise UserError(f"unknown --backend '{backend}'; choose one of: {', '.join(choices)}")
         from accumbench.runtime.check_ga import check_gradient_accumulation
 
         checks = check_gradient_accumulation(model, samples, micro_batch_size, choices[backend], precision,
                                              dataset, max_length)
-    except UserError as exc:
-        fail(str(exc))
     from accumbench.present.verdicts import print_gradient_checks
 
     print_gradient_checks(checks, samples, micro_batch_size, precision)

@@ -1,19 +1,21 @@
 """What every command of the CLI shares: Click's parse errors as one line, and RunConfig's fields as options.
 
-Kept apart from cli.py, which holds the commands themselves; nothing heavy is imported here either.
+Kept apart from app.py, which holds the commands themselves; nothing heavy is imported here either.
 """
 
 from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import fields
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from accumbench.config import RunConfig, base_type
+from accumbench.errors import UserError
 from accumbench.trainer_names import trainer_hint
 
 try:  # typer 0.2x vendors click as typer._click; earlier ones use click itself
@@ -27,6 +29,26 @@ def fail(message: str, code: int = 2) -> None:
     """One line naming the problem and the fix, on stderr, then exit code 2 (bad input) or `code`."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
+
+
+_DB_HELP = "SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db)"
+# --db, as the commands that write runs (train, sweep) and those that only read them declare it.
+WritableDb = Annotated[str | None, typer.Option("--db", help=f"{_DB_HELP}.")]
+ReadOnlyDb = Annotated[str | None, typer.Option("--db", help=f"{_DB_HELP}; opened read-only.")]
+
+
+@contextmanager
+def user_errors(machine_failure: Callable[[OSError], str] | None = None) -> Iterator[None]:
+    """A command's body: bad input (UserError) as one error line and exit 2. With `machine_failure`, an
+    OSError (a full disk, a file that went away: the machine, not the input) as the line it gives, exit 1."""
+    try:
+        yield
+    except UserError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        if machine_failure is None:
+            raise
+        fail(machine_failure(exc), code=1)
 
 
 class OneLineErrors(TyperGroup):

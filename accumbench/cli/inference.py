@@ -1,7 +1,7 @@
 """`accumbench predict` and `accumbench export`: thin Typer commands over accumbench.runtime.inference.
 
-cli.py registers them (`app.command("predict")(predict)`, `app.command("export")(export)`), so this module
-imports nothing of cli.py, and nothing heavy: the library is imported when a command runs.
+app.py registers them (`app.command("predict")(predict)`, `app.command("export")(export)`), so this module
+imports nothing of app.py, and nothing heavy: the library is imported when a command runs.
 """
 
 from __future__ import annotations
@@ -11,11 +11,9 @@ from typing import Annotated
 
 import typer
 
-from accumbench.cli.command_line import fail
-from accumbench.errors import UserError, first_line
+from accumbench.cli.command_line import ReadOnlyDb, user_errors
+from accumbench.errors import first_line
 
-_DB = Annotated[str | None, typer.Option(
-    "--db", help="SQLite file or SQLAlchemy URL (default: $ACCUMBENCH_DB or ./runs.db); opened read-only.")]
 _RUN_HELP = "A run id (train prints it): the run's best-validation checkpoint, from the store."
 
 
@@ -37,7 +35,7 @@ def predict(
     text_pair_column: Annotated[str | None, typer.Option(
         help="Second text of a pair (default: the one trained on, else detected as train does).")] = None,
     batch_size: Annotated[int, typer.Option(help="Texts per forward pass.")] = 64,
-    db: _DB = None,
+    db: ReadOnlyDb = None,
 ) -> None:
     """Label every row of INPUT with a trained classifier, on a GPU when there is one: one row out per row in,
     in order, with the label and each class's probability. An input column named label (or prob_<label>)
@@ -51,15 +49,11 @@ def predict(
 
         accumbench predict --model exported/ pairs.csv -o predictions.csv
     """
-    try:
+    with user_errors(machine_failure=_machine_failure):
         from accumbench.runtime.inference import predict as label_rows
 
         result = label_rows(input_file, output, run=run, model=model, db=db, text_column=text_column,
                             text_pair_column=text_pair_column, batch_size=batch_size)
-    except UserError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(_machine_failure(exc), code=1)
     unlabelled = result.rows - result.labelled
     notes = [f"{unlabelled} row{'s' * (unlabelled != 1)} without a text left unlabelled"] if unlabelled else []
     notes += [f"input column {old} written as {new}" for old, new in result.renamed.items()]
@@ -70,7 +64,7 @@ def predict(
 def export(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="A new (or empty) directory to write.")],
     run: Annotated[int, typer.Option("--run", help=_RUN_HELP)],
-    db: _DB = None,
+    db: ReadOnlyDb = None,
 ) -> None:
     """Write a run's checkpoint as a directory that predict --model loads without the run store: the encoder
     and tokenizer (save_pretrained, safetensors), the head (head.safetensors) and classifier.json (labels,
@@ -80,12 +74,8 @@ def export(
 
         accumbench export --run 3 exported/
     """
-    try:
+    with user_errors(machine_failure=_machine_failure):
         from accumbench.runtime.inference import export as write_export
 
         result = write_export(run, directory, db=db)
-    except UserError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(_machine_failure(exc), code=1)
     typer.echo(f"wrote {result.directory}: {result.origin}, labels {', '.join(result.label_names)}")

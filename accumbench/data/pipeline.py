@@ -18,6 +18,7 @@ from typing import Any
 
 from accumbench.data.sources import SPLITS, read_tables
 from accumbench.errors import UserError
+from accumbench.files import write_aside
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
 LABEL_COLUMNS = ("label", "labels", "sentiment")
@@ -104,9 +105,9 @@ def load_text_dataset(dataset: str, seed: int, text_column: str | None = None, l
         pair_values = table[columns[1]] if len(columns) == 2 else [None] * len(table[label_col])
         raw[split] = []
         for text, pair, label in zip(table[columns[0]], pair_values, table[label_col]):
-            if _missing(label):
+            if is_missing(label):
                 missing["label"] += 1
-            elif _missing(text) or (len(columns) == 2 and _missing(pair)):
+            elif is_missing(text) or (len(columns) == 2 and is_missing(pair)):
                 missing["text"] += 1
             else:
                 raw[split].append((str(text), None if pair is None else str(pair), label))
@@ -158,7 +159,7 @@ def load_text_dataset(dataset: str, seed: int, text_column: str | None = None, l
     )
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     """No label, or no text: None (an empty CSV cell, a null) or a blank string."""
     return value is None or (isinstance(value, str) and not value.strip())
 
@@ -226,7 +227,7 @@ def _unlabelled_split(split: str, table: dict[str, list], label_column: str | No
     if found is None:  # a test file without the column; anywhere else that is a wrong --label-column
         return split == "test"
     values = table[found]
-    return bool(values) and all(_missing(y) or y == -1 or y == "-1" for y in values)
+    return bool(values) and all(is_missing(y) or y == -1 or y == "-1" for y in values)
 
 
 # --- tokenization and micro-batches -------------------------------------------------------------
@@ -327,8 +328,6 @@ class TokenCache:
 
     @staticmethod
     def _write(path: Path, splits: dict[str, EncodedSplit]) -> None:
-        import tempfile
-
         import numpy as np
 
         arrays = {}
@@ -338,9 +337,12 @@ class TokenCache:
             if split.token_type_ids is not None:
                 arrays[f"{name}_types"] = np.fromiter((t for ids in split.token_type_ids for t in ids), dtype=np.int8)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as tmp:
-            np.savez(tmp, **arrays)
-        os.replace(tmp.name, path)
+
+        def write(partial: Path) -> None:
+            with partial.open("wb") as handle:  # a handle: np.savez would add .npz to a bare path
+                np.savez(handle, **arrays)
+
+        write_aside(path, write)
 
     @staticmethod
     def _read(path: Path, dataset: TextDataset) -> dict[str, EncodedSplit]:

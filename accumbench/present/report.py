@@ -9,10 +9,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,10 +25,11 @@ from accumbench.analysis.runs import NoRuns, count_running, load_predictions, lo
 from accumbench.analysis.tuning import lr_grids
 from accumbench.deficit import Margin
 from accumbench.errors import UserError
+from accumbench.files import check_output_file, write_text_aside
 from accumbench.formatting import plain_number
 from accumbench.present import plots, study_page, tables
 from accumbench.store import open_for_reading, portable_url, resolve_db_url
-from accumbench.vocabulary import CURVES, FINISHED, FORMATS, METRICS, STATUSES
+from accumbench.vocabulary import CURVES, FINISHED, FORMATS, STATUSES
 
 
 @dataclass(frozen=True)
@@ -53,9 +52,7 @@ class ReportRequest:
     margin: float | None = None  # the picks' margin (pick-best --margin); None: the metric's default
 
     def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise UserError(f"unknown --metric '{self.metric}'; choose one of: {', '.join(METRICS)} "
-                            "(selection is on validation)")
+        pick.check_metric(self.metric)
         pick.check_margin(self.margin, self.metric)
         if self.curves not in CURVES:
             raise UserError(f"unknown --curves '{self.curves}'; choose one of: {', '.join(CURVES)}")
@@ -67,7 +64,8 @@ class ReportRequest:
             raise UserError("--columns picks columns and --wide shows them all; give one of them")
         if self.columns is not None:
             tables.choose_columns(None, self.columns)  # unknown names fail here, before any reading
-        _check_writable(self.output)
+        if self.output is not None:
+            check_output_file(self.output, "--output", "study.html")
         if self.watch is not None:
             if not (self.watch > 0) or self.watch != self.watch:
                 raise UserError(f"--watch takes a positive number of seconds, got {plain_number(self.watch)}; e.g. --watch 30")
@@ -154,7 +152,7 @@ def produce(request: ReportRequest, to_terminal: bool, refresh: float | None = N
     figures = [] if request.plot is None else plots.write_pngs(
         {request.plot / name: png for name, png in pngs.items()}, request.plot)
     if request.output is not None:
-        write_atomically(request.output, text)
+        write_text_aside(request.output, text, "--output")
     return text, figures
 
 
@@ -167,34 +165,3 @@ def watch_page(request: ReportRequest, echo: Callable[[str], Any]) -> None:
             time.sleep(request.watch)
     except KeyboardInterrupt:
         echo(f"stopped watching; {request.output} holds the last page")
-
-
-def _check_writable(output: Path | None) -> None:
-    """-o must name a file in a directory that exists; said before any work. (Whether it can really be
-    written is found out by writing it: see write_atomically.)"""
-    if output is None:
-        return
-    if not output.parent.is_dir():
-        raise UserError(f"directory {output.parent} does not exist; create it or choose another --output")
-    if output.is_dir():
-        raise UserError(f"--output {output} is a directory; give a file name, e.g. {output / 'study.html'}")
-
-
-def write_atomically(path: Path, text: str, flag: str = "--output") -> None:
-    """Write through a temporary file in the same directory, then rename: a reader (a browser reloading
-    a watched page) sees the old file or the new one, never half of one; a failure leaves nothing."""
-    try:
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as exc:
-        raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another {flag}") from None
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException as exc:  # Ctrl-C in the middle of a watched write leaves no temporary file either
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        if isinstance(exc, OSError):
-            raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another {flag}") from None
-        raise

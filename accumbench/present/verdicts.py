@@ -149,8 +149,8 @@ def print_gradient_checks(checks: list[Any], samples: int, micro_batch_size: int
 def save_pick(picks: list[Any], path: Any) -> str:
     """pick-best --save-config: the pick as a train YAML at `path` (written whole or not at all); what was written."""
     from accumbench.analysis.saved_config import saved_config
-    from accumbench.present.report import write_atomically
+    from accumbench.files import write_text_aside
 
     _config, text, what = saved_config(picks)
-    write_atomically(path, text, flag="--save-config")
+    write_text_aside(path, text, "--save-config")
     return f"wrote {path}: {what}; train it again with: accumbench train --config {path}"

@@ -17,6 +17,7 @@ from typing import Any
 
 from accumbench.config import RunConfig
 from accumbench.errors import UserError, first_line
+from accumbench.files import write_aside
 from accumbench.store import sqlite_path
 
 # A checkpoint's two files (inference.py reads them back).
@@ -68,19 +69,16 @@ def save_checkpoint(model: Any, directory: Path, epoch: int, label_names: list[A
     meta = {"epoch": epoch, "label_names": label_names, "config": config.to_dict()}
     # Written aside, then renamed: a reader never sees half a checkpoint, and a write that fails (a full
     # disk) removes its partial file, so the space is back for the database to record the failure.
-    for name, write in ((CHECKPOINT_WEIGHTS, lambda path: save_model(model, path)),
-                        (CHECKPOINT_META, lambda path: Path(path).write_text(json.dumps(meta, indent=2)))):
-        partial = directory / f".{name}.partial"
+    for name, write in ((CHECKPOINT_WEIGHTS, lambda path: save_model(model, str(path))),
+                        (CHECKPOINT_META, lambda path: path.write_text(json.dumps(meta, indent=2)))):
         try:
-            write(str(partial))
-            os.replace(partial, directory / name)
-        except BaseException as exc:
-            partial.unlink(missing_ok=True)
+            write_aside(directory / name, write)
+        except Exception as exc:
             # safetensors reports an I/O failure as its own error, "... (os error 28)": as an OSError with
             # that errno and the file, the run's error can say "disk full while writing ...". Any other
             # error is raised as it is.
             found = re.search(r"os error (\d+)", str(exc)) if not isinstance(exc, OSError) else None
-            if isinstance(exc, Exception) and found:
+            if found:
                 raise OSError(int(found.group(1)), first_line(exc), str(directory / name)) from exc
             raise
     return directory

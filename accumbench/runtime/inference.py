@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import secrets
-import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +28,7 @@ from accumbench.backends.base import segment_ids, to_device
 from accumbench.data import pipeline
 from accumbench.data.sources import FILE_FORMATS, read_tables
 from accumbench.errors import UserError, first_line
+from accumbench.files import check_output_file, write_aside
 from accumbench.model import TextClassifier, embeds_segments, resolve_model_source
 from accumbench.runtime.checkpoints import CHECKPOINT_META, CHECKPOINT_WEIGHTS
 
@@ -264,10 +262,6 @@ class Predicted:
     renamed: dict[str, str]  # input columns renamed because their names are predict's own (label, prob_*)
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
 def predict(input_path: Path, output: Path, run: int | None = None, model: Path | None = None, db: str | None = None,
             text_column: str | None = None, text_pair_column: str | None = None, batch_size: int = 64) -> Predicted:
     """Label every row of `input_path` with the classifier of a run's checkpoint (`run`, from the store `db`)
@@ -278,13 +272,13 @@ def predict(input_path: Path, output: Path, run: int | None = None, model: Path 
         raise UserError("pass one of --run ID (a run's checkpoint in the store) or --model DIR (an export)")
     if batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {batch_size}")
-    _check_new_file(output)
+    check_output_file(output, "-o", "predictions.csv")
     classifier = run_classifier(run, db) if run is not None else export_classifier(Path(model).expanduser())
     table = read_input(input_path)
     columns = input_columns(classifier, table, str(input_path), text_column, text_pair_column)
     tokenizer, net = load_model(classifier)
     values = [table[c] for c in columns]
-    rows = [i for i, texts in enumerate(zip(*values)) if not any(_blank(t) for t in texts)]
+    rows = [i for i, texts in enumerate(zip(*values)) if not any(pipeline.is_missing(t) for t in texts)]
     device = inference_device()
     ids, probabilities = class_probabilities(
         net, tokenizer, [str(values[0][i]) for i in rows], [str(values[1][i]) for i in rows] if len(values) == 2 else None,
@@ -303,7 +297,7 @@ def predict(input_path: Path, output: Path, run: int | None = None, model: Path 
                 writer.writerow([table[c][i] for c in table] + [None if label is None else classifier.label_names[label],
                                                                 *probs])
 
-    _write_aside(output, write)
+    write_aside(output, write)
     return Predicted(output, size, len(rows), columns, classifier.origin, str(device), renamed)
 
 
@@ -365,28 +359,5 @@ def export(run_id: int, directory: Path, db: str | None = None) -> Exported:
         for written in path.iterdir():
             written.chmod((path / EXPORT_SPEC).stat().st_mode)
 
-    _write_aside(directory, write)
+    write_aside(directory, write)
     return Exported(directory, classifier.origin, classifier.label_names)
-
-
-def _check_new_file(path: Path) -> None:
-    """-o names a file whose directory exists (the file itself is replaced)."""
-    if path.is_dir():
-        raise UserError(f"-o {path} is a directory; name a file in it, e.g. {path / 'predictions.csv'}")
-    if not path.absolute().parent.is_dir():
-        raise UserError(f"the directory of -o {path} does not exist; create it, or write elsewhere")
-
-
-def _write_aside(path: Path, write: Callable[[Path], None]) -> None:
-    """`write` a file or directory beside `path`, then rename it there: a reader never sees half of it, and a
-    write that fails (a full disk, Ctrl-C) leaves nothing behind."""
-    partial = path.absolute().parent / f".{path.name}.partial-{secrets.token_hex(4)}"
-    try:
-        write(partial)
-        os.replace(partial, path)  # a directory replaces only an empty one, as export requires
-    except BaseException:
-        if partial.is_dir():
-            shutil.rmtree(partial, ignore_errors=True)
-        else:
-            partial.unlink(missing_ok=True)
-        raise
