@@ -9,9 +9,9 @@ apply to them; a bootstrap does. It is *paired* (A and B are scored on the same 
 example-difficulty noise they share cancels) and *stratified* by seed (each seed's evaluation keeps its own size,
 so one seed cannot crowd out another in a resample).
 
-Numpy only, and no other accumbench module: sklearn is not a dependency, and the analysis layer must be able
-to use this without torch. The conventions follow sklearn (zero_division=0, MCC 0.0 when undefined) so
-numbers can be checked against it.
+Numpy only, and no accumbench module but metrics.py (where each metric's batched score lives): sklearn is not a
+dependency, and the analysis layer must be able to use this without torch. The conventions follow sklearn
+(zero_division=0, MCC 0.0 when undefined) so numbers can be checked against it.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from accumbench.metrics import TABLE, Score
 
 
 def confusion_matrix(labels: Sequence[int], predicted: Sequence[int], num_classes: int) -> np.ndarray:
@@ -35,67 +37,30 @@ def confusion_matrix(labels: Sequence[int], predicted: Sequence[int], num_classe
     return np.bincount(y * num_classes + p, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
-# The batched forms take [..., C, C] and return [...]: the bootstrap scores thousands of resamples at once.
-def _accuracy(cms: np.ndarray, positive: int) -> np.ndarray:
-    total = cms.sum(axis=(-2, -1))
-    correct = np.trace(cms, axis1=-2, axis2=-1)
-    return np.where(total > 0, correct / np.maximum(total, 1), 0.0)
+# The batched forms ([..., C, C] -> [...]) are the metrics' own (metrics.TABLE): every metric computed from
+# predictions, by its key ('accuracy', 'f1', 'mcc', ...).
+_BATCHED: dict[str, Score] = {metric.key: metric.score for metric in TABLE if metric.score is not None}
 
 
-def _f1(cms: np.ndarray, positive: int) -> np.ndarray:
-    num_classes = cms.shape[-1]
-    tp = np.diagonal(cms, axis1=-2, axis2=-1).astype(np.float64)
-    denominator = cms.sum(axis=-1) + cms.sum(axis=-2)  # 2TP + FP + FN per class
-    per_class = np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
-    if num_classes == 2:
-        if positive not in (0, 1):
-            raise ValueError(f"positive must be 0 or 1, got {positive}")
-        return per_class[..., positive]
-    # Macro over the classes seen in labels or predictions: a class absent from both would add a 0 that says
-    # nothing about the model (sklearn's labels=None does the same).
-    present = (denominator > 0).sum(axis=-1)
-    return np.where(present > 0, per_class.sum(axis=-1) / np.maximum(present, 1), 0.0)
-
-
-def _mcc(cms: np.ndarray, positive: int) -> np.ndarray:
-    cms = cms.astype(np.float64)
-    s = cms.sum(axis=(-2, -1))
-    c = np.trace(cms, axis1=-2, axis2=-1)
-    t, p = cms.sum(axis=-1), cms.sum(axis=-2)  # true and predicted counts per class
-    numerator = c * s - (p * t).sum(axis=-1)
-    squared = (s**2 - (p**2).sum(axis=-1)) * (s**2 - (t**2).sum(axis=-1))
-    return np.where(squared > 0, numerator / np.sqrt(np.where(squared > 0, squared, 1.0)), 0.0)
-
-
-_BATCHED: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"accuracy": _accuracy, "f1": _f1, "mcc": _mcc}
-
-
-def batched_metric(metric: str) -> Callable[[np.ndarray, int], np.ndarray]:
-    """The metric ('accuracy', 'f1' or 'mcc') over [..., C, C] confusion matrices at once: [...] scores."""
+def batched_metric(metric: str) -> Score:
+    """The metric (a key of metrics.TABLE: 'accuracy', 'f1', 'mcc') over [..., C, C] confusion matrices at once:
+    [...] scores."""
     if metric not in _BATCHED:
         raise ValueError(f"unknown metric {metric!r}; known: {', '.join(_BATCHED)}")
     return _BATCHED[metric]
 
 
-def accuracy_from_confusion(cm: np.ndarray, positive: int = 1) -> float:
-    return float(_accuracy(np.asarray(cm), positive))
+def _single(score: Score) -> Callable[[np.ndarray, int], float]:
+    def from_confusion(cm: np.ndarray, positive: int = 1) -> float:
+        return float(score(np.asarray(cm), positive))
+    return from_confusion
 
 
-def f1_from_confusion(cm: np.ndarray, positive: int = 1) -> float:
-    """F1 of class `positive` with two classes, macro-F1 over the classes present with more."""
-    return float(_f1(np.asarray(cm), positive))
-
-
-def mcc_from_confusion(cm: np.ndarray, positive: int = 1) -> float:
-    """Gorodkin's R_K (the phi coefficient with two classes); 0.0 when a margin is constant."""
-    return float(_mcc(np.asarray(cm), positive))
-
-
-METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, int], float]] = {
-    "accuracy": accuracy_from_confusion,
-    "f1": f1_from_confusion,
-    "mcc": mcc_from_confusion,
-}
+# One confusion matrix at a time: {'accuracy': ..., 'f1': ..., 'mcc': ...}(cm, positive=1) -> float.
+METRIC_FUNCTIONS: dict[str, Callable[[np.ndarray, int], float]] = {key: _single(score) for key, score in _BATCHED.items()}
+accuracy_from_confusion = METRIC_FUNCTIONS["accuracy"]
+f1_from_confusion = METRIC_FUNCTIONS["f1"]  # F1 of class `positive` with two classes, macro-F1 with more
+mcc_from_confusion = METRIC_FUNCTIONS["mcc"]  # Gorodkin's R_K (phi with two classes); 0.0 when a margin is constant
 
 
 def f1_score(labels: Sequence[int], predicted: Sequence[int], num_classes: int, positive: int = 1) -> float:
@@ -107,9 +72,11 @@ def matthews_corrcoef(labels: Sequence[int], predicted: Sequence[int], num_class
 
 
 def scores(labels: Sequence[int], predicted: Sequence[int], num_classes: int, positive: int = 1) -> dict[str, float]:
-    """{"f1": ..., "mcc": ...} of one evaluation, as each epoch records them (accuracy is recorded already)."""
+    """{"f1": ..., "mcc": ...} of one evaluation, as each epoch records them: every metric of metrics.TABLE
+    scored from predictions that the evaluation does not record itself (accuracy is recorded already)."""
     cm = confusion_matrix(labels, predicted, num_classes)
-    return {"f1": f1_from_confusion(cm, positive), "mcc": mcc_from_confusion(cm)}
+    return {metric.key: float(metric.score(cm, positive)) for metric in TABLE
+            if metric.score is not None and not metric.built_in}
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ all name the same things without importing one another.
 
 from __future__ import annotations
 
+from accumbench.metrics import ACCURACY, TABLE
+
 # --- run statuses (runs.status): a lifecycle RUNNING -> FINISHED | FAILED | KILLED | PRUNED ------------
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
@@ -31,26 +33,27 @@ CUT = "pruned"  # its run was PRUNED by racing: done, never rerun
 
 # --- choosing an EBS -----------------------------------------------------------------------------------
 
-# The selection metrics of pick-best and report, on validation only, and how a sentence names them.
-# F1 is the positive class's with two labels (runs.positive_label), macro-F1 with more; MCC is Matthews'.
-METRICS = {"val_accuracy": "validation accuracy", "val_loss": "validation loss", "val_f1": "validation F1",
-           "val_mcc": "validation MCC"}
+# The selection metrics of pick-best and report, on validation only, and how a sentence names them: one per
+# entry of metrics.TABLE. F1 is the positive class's with two labels (runs.positive_label), macro-F1 with more;
+# MCC is Matthews'.
+METRICS = {metric.name: f"validation {metric.words}" for metric in TABLE}
 # ... and how a table heading names them.
-METRIC_HEADINGS = {"val_accuracy": "val acc", "val_loss": "val loss", "val_f1": "val F1", "val_mcc": "val MCC"}
+METRIC_HEADINGS = {metric.name: f"val {metric.label}" for metric in TABLE}
 # Metrics that are not a mean over examples: two runs are compared on them by a paired bootstrap over the
 # examples (task_metrics.paired_bootstrap), not McNemar, which tests accuracy alone.
-BOOTSTRAPPED = {"val_f1": "f1", "val_mcc": "mcc"}
+BOOTSTRAPPED = {metric.name: metric.key for metric in TABLE if metric.bootstrapped}
 
 
 def higher_is_better(metric: str) -> bool:
-    """Every selection metric but the loss."""
-    return metric != "val_loss"
+    """Every selection metric but the loss (and a name outside the table, as before there was one)."""
+    return next((m.higher_is_better for m in TABLE if m.name == metric), True)
 
 
 def curve_metric(metric: str) -> tuple[str, str]:
-    """The validation metric learning curves draw beside the loss, and its words: F1 or MCC when chosen on
-    it, else accuracy."""
-    return (metric, METRICS[metric]) if metric in BOOTSTRAPPED else ("val_accuracy", "validation accuracy")
+    """The validation metric learning curves draw beside the loss, and its words: the chosen one where it is
+    computed from predictions (accuracy, F1, MCC), else accuracy."""
+    scored = any(m.score is not None for m in TABLE if m.name == metric)
+    return (metric, METRICS[metric]) if scored else (ACCURACY.name, METRICS[ACCURACY.name])
 
 
 def test_metric(metric: str) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy import delete, func, insert, inspect, select
 from sqlalchemy.engine import Connection
 
 from accumbench.errors import UserError
-from accumbench.store.schema import Base, Epoch, Run, SchemaVersion, Step
+from accumbench.store.schema import METRIC_COLUMNS, Base, Epoch, Run, SchemaVersion, Step
 
 SCHEMA_VERSION = 9
 
@@ -90,10 +90,10 @@ def _migrate_to_6(conn: Connection) -> None:
 
 def _migrate_to_7(conn: Connection) -> None:
     """6 -> 7: sentence pairs and task metrics: the runs' text columns, split source, dropped rows and
-    positive label; F1 and MCC per epoch; epoch_predictions (made by create_all)."""
+    positive label; epoch_predictions (made by create_all). F1 and MCC per epoch (val_f1, val_mcc, test_f1,
+    test_mcc) came with it too: add_metric_columns adds them, as every metric's."""
     _add_missing_columns(conn, Run.__table__, ("text_columns", "split_source", "dropped_rows", "positive_label",
                                                "positive_class"))
-    _add_missing_columns(conn, Epoch.__table__, ("val_f1", "val_mcc", "test_f1", "test_mcc"))
 
 
 def _migrate_to_8(conn: Connection) -> None:
@@ -105,6 +105,15 @@ def _migrate_to_9(conn: Connection) -> None:
     """8 -> 9: every batch-size-dependent optimizer setting as used, and the rules that scaled them."""
     _add_missing_columns(conn, Run.__table__, ("beta1", "beta2", "eps", "weight_decay", "beta1_scaling",
                                                "beta2_scaling", "eps_scaling", "weight_decay_scaling", "scaling_rule"))
+
+
+def add_metric_columns(conn: Connection) -> None:
+    """Each epoch's columns of every metric of metrics.TABLE scored from predictions (schema.METRIC_COLUMNS)
+    that the database lacks: so adding a metric needs no migration of its own, and no schema version. That is
+    honest because they change nothing else: nullable, no default, read by name; an accumbench that knows fewer
+    metrics ignores the columns it doesn't know, and a reader of a database that lacks some reads them as NULL
+    (runs.RunRecords.epochs_of), as for runs recorded before the metric was."""
+    _add_missing_columns(conn, Epoch.__table__, METRIC_COLUMNS)
 
 
 # Why migrations rather than "delete the old file": a run database holds results
@@ -126,7 +135,8 @@ def upgrade(conn: Connection, where: Any) -> None:
 
     Runs inside the caller's transaction, which holds the schema lock (connection._lock_for_schema)
     and which the caller commits: parallel workers then can't race to create or upgrade the same tables,
-    and a failed migration leaves the database as it was."""
+    and a failed migration leaves the database as it was. The metrics' columns are checked at every open,
+    whatever the version (add_metric_columns)."""
     # Checked here too (check_compatible covers SQLite files only), before create_all touches anything.
     found = read_schema_version(conn)
     if found is not None and found > SCHEMA_VERSION:
@@ -136,5 +146,7 @@ def upgrade(conn: Connection, where: Any) -> None:
         for version in range(found + 1, SCHEMA_VERSION + 1):
             _MIGRATIONS[version](conn)
         conn.execute(delete(SchemaVersion))
+    if found is not None:  # (create_all made a new database's)
+        add_metric_columns(conn)
     if found is None or found < SCHEMA_VERSION:
         conn.execute(insert(SchemaVersion).values(version=SCHEMA_VERSION))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
@@ -193,9 +193,7 @@ class RunRecords:
     @_resilient()
     def epochs(self, run_id: int) -> list[dict[str, Any]]:
         """The run's epoch rows ordered by epoch (empty if none, or no such run)."""
-        query = select(Epoch).where(Epoch.run_id == run_id).order_by(Epoch.epoch)
-        with self._session() as session:
-            return [_as_dict(row, EPOCH_COLUMNS) for row in session.scalars(query)]
+        return self._epoch_rows(lambda query: query.where(Epoch.run_id == run_id).order_by(Epoch.epoch))
 
     def predictions(self, run_ids: list[int], split: str, epochs: dict[int, int] | None = None
                     ) -> dict[int, dict[str, Any]]:
@@ -233,9 +231,20 @@ class RunRecords:
             return [_as_dict(run, RUN_COLUMNS) for run in session.scalars(query)]
 
     def epochs_of(self, run_ids: list[int]) -> list[dict[str, Any]]:
-        query = select(Epoch).where(Epoch.run_id.in_(run_ids)).order_by(Epoch.run_id, Epoch.epoch)
+        return self._epoch_rows(lambda query: query.where(Epoch.run_id.in_(run_ids)).order_by(Epoch.run_id, Epoch.epoch))
+
+    def _epoch_rows(self, where: Any) -> list[dict[str, Any]]:
+        """Epoch rows as dicts of every column (EPOCH_COLUMNS), selected by where(query). A metric's columns
+        that this database lacks read as None: a read-only store is not upgraded, and one written before a metric
+        was added to metrics.TABLE has none of its columns until a writable open adds them
+        (migrations.add_metric_columns)."""
+        present = self.__dict__.get("_epoch_columns_present")
+        if present is None:
+            present = {column["name"] for column in inspect(self.engine).get_columns(Epoch.__tablename__)}
+            self._epoch_columns_present = present
+        query = where(select(*(Epoch.__table__.c[name] for name in EPOCH_COLUMNS if name in present)))
         with self._session() as session:
-            return [_as_dict(row, EPOCH_COLUMNS) for row in session.scalars(query)]
+            return [{name: row.get(name) for name in EPOCH_COLUMNS} for row in session.execute(query).mappings()]
 
     def steps_of(self, run_ids: list[int]) -> list[dict[str, Any]]:
         query = select(Step).where(Step.run_id.in_(run_ids)).order_by(Step.run_id, Step.step)

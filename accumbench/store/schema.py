@@ -27,7 +27,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from accumbench.metrics import scored_columns
 from accumbench.vocabulary import LIVE_STATUSES
+
+METRIC_COLUMNS = scored_columns()  # each epoch's generated metric columns, in table order
 
 
 class NonFiniteFloat(TypeDecorator):
@@ -212,13 +215,15 @@ class Epoch(Base):
     noise_trace: Mapped[float | None]
     noise_grad_sq: Mapped[float | None]
     noise_steps: Mapped[int | None]
-    # Added in schema version 7: the task metrics of validation and test at the epoch's end. F1 is the
-    # positive class's with two labels (runs.positive_label), else macro-F1; MCC is Matthews' (Gorodkin's
-    # for more labels). NULL for runs recorded before.
-    val_f1: Mapped[float | None]
-    val_mcc: Mapped[float | None]
-    test_f1: Mapped[float | None]
-    test_mcc: Mapped[float | None]
+    # The metrics scored from each evaluation's predictions, validation and test at the epoch's end: one column
+    # per split and metric of metrics.TABLE that the evaluation does not record itself, generated from the
+    # table (metrics.scored_columns): val_f1, val_mcc, test_f1, test_mcc (added in schema version 7), then any
+    # metric's added since. F1 is the positive class's with two labels (runs.positive_label), else macro-F1; MCC
+    # is Matthews' (Gorodkin's for more labels). NULL for runs recorded before their metric was.
+    # They are no schema version: migrations.add_metric_columns adds a missing one at every writable open, and a
+    # reader reads a column its database lacks as NULL (runs.RunRecords.epochs_of).
+    locals().update({column: mapped_column(NonFiniteFloat, nullable=True, sort_order=1)  # after the columns above
+                     for column in METRIC_COLUMNS})
 
 
 class Step(Base):
