@@ -22,19 +22,28 @@ from accumbench.optim_scaling import RULE_OPTIONS
 from accumbench.sweep.presets import PRESETS
 from accumbench.vocabulary import METRICS, RACE_AFTER, RACE_ALPHA
 
-# The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary,
-# outermost first. Cells are ordered so that one model/backend's EBS comparison completes early,
-# and a seed's whole lr x EBS grid before the next seed: one seed already gives a tuned answer.
-AXES = {"models": "model", "backends": "backend", "lr_scaling": "lr_scaling", "scaling_rule": "scaling_rule",
-        "beta1_scaling": "beta1_scaling", "beta2_scaling": "beta2_scaling", "eps_scaling": "eps_scaling",
-        "weight_decay_scaling": "weight_decay_scaling", "seeds": "seed", "lrs": "lr",
-        "effective_batch_sizes": "effective_batch_size"}
-# The optimizer's scaling rules: axes named like their RunConfig field, and shown in a cell's description.
-# What each axis takes, for the error line when one of its values is wrong.
-AXIS_EXAMPLES = {"models": "bert,modernbert", "backends": "torch,accelerate", "lr_scaling": "none,sqrt",
-                 "scaling_rule": "none,sde", "beta1_scaling": "none,half-life", "beta2_scaling": "none,half-life",
-                 "eps_scaling": "none,sqrt", "weight_decay_scaling": "none,timescale",
-                 "seeds": "42,43,44", "lrs": "1e-5,3e-5,1e-4", "effective_batch_sizes": "64,256,1024"}
+# The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary, with what
+# its values look like (for the error line when one is wrong), outermost first. Cells are ordered so that
+# one model/backend's EBS comparison completes early, and a seed's whole lr x EBS grid before the next seed:
+# one seed already gives a tuned answer. A new axis is its RunConfig field and one entry here.
+_AXIS_TABLE = (
+    ("models", "model", "bert,modernbert"),
+    ("backends", "backend", "torch,accelerate"),
+    # the optimizer's scaling rules: axes named like their RunConfig field, shown in a cell's description
+    ("lr_scaling", "lr_scaling", "none,sqrt"),
+    ("scaling_rule", "scaling_rule", "none,sde"),
+    ("beta1_scaling", "beta1_scaling", "none,half-life"),
+    ("beta2_scaling", "beta2_scaling", "none,half-life"),
+    ("eps_scaling", "eps_scaling", "none,sqrt"),
+    ("weight_decay_scaling", "weight_decay_scaling", "none,timescale"),
+    ("seeds", "seed", "42,43,44"),
+    ("lrs", "lr", "1e-5,3e-5,1e-4"),
+    ("effective_batch_sizes", "effective_batch_size", "64,256,1024"),
+)
+AXES = {axis: field_name for axis, field_name, _ in _AXIS_TABLE}  # plural -> RunConfig field
+AXIS_EXAMPLES = {axis: example for axis, _, example in _AXIS_TABLE}
+# The axes spelled like their field take their sweep flag from the RunConfig option itself, comma-separated.
+SAME_NAMED_AXES = tuple(axis for axis, field_name in AXES.items() if axis == field_name)
 SWEEP_OPTIONS = {"name": None, "preset": None, "max_retries": 1, "stale_after": 600.0, "fail_fast": False,
                  "race": False, "race_alpha": RACE_ALPHA, "race_after": RACE_AFTER, "race_metric": "val_accuracy"}
 
