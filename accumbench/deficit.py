@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from accumbench import metrics
 from accumbench.task_metrics import batched_metric
 
 RESAMPLES = 2000
@@ -222,30 +223,41 @@ def from_predictions(best: Sequence[RunPredictions], other: Sequence[RunPredicti
 
 # --- what "as good as the best" demands --------------------------------------------------------------------
 
-DEFAULT_MARGIN = 0.01  # one point of accuracy, F1 or MCC
-# Validation loss has no fixed scale (0.3 on one task, 1.1 on another), so its margin is a share of the best's
-# loss: 2% holds roughly what a point of accuracy moves the loss by on the demo and SST-2.
-DEFAULT_LOSS_MARGIN = 0.02
-LOSS = "val_loss"
+# Each metric's default margin is its own (metrics.Metric.margin): one point of accuracy, F1 or MCC. Validation
+# loss has no fixed scale (0.3 on one task, 1.1 on another), so its margin is a share of the best's loss: 2%
+# holds roughly what a point of accuracy moves the loss by on the demo and SST-2.
+DEFAULT_MARGIN = metrics.ACCURACY.margin
+DEFAULT_LOSS_MARGIN = metrics.LOSS.margin
+LOSS = metrics.LOSS.name
+
+
+def _metric(name: str) -> metrics.Metric:
+    """The metric of a selection name; a name outside the table is measured in points, as accuracy is."""
+    return next((metric for metric in metrics.TABLE if metric.name == name), metrics.ACCURACY)
+
+
+def relative(metric: str) -> bool:
+    """Whether deficits on `metric` are a share of the best's value (a loss), not points."""
+    return _metric(metric).relative
 
 
 @dataclass(frozen=True)
 class Margin:
     """How close to the best a candidate must be shown to be, and with what confidence."""
 
-    value: float | None = None  # None: the metric's default (DEFAULT_MARGIN, or DEFAULT_LOSS_MARGIN for a loss)
+    value: float | None = None  # None: the metric's default (metrics.Metric.margin)
     confidence: float = 0.95
 
     def of(self, metric: str) -> float:
         if self.value is not None:
             return self.value
-        return DEFAULT_LOSS_MARGIN if metric == LOSS else DEFAULT_MARGIN
+        return _metric(metric).margin
 
     def words(self, metric: str) -> str:
         """'1 point', '0.5 points', '2% of the best's loss'."""
         value = self.of(metric)
-        if metric == LOSS:
-            return f"{value * 100:.3g}% of the best's loss"
+        if relative(metric):
+            return f"{value * 100:.3g}{_metric(metric).unit}"
         points = value * 100
         return f"{points:.3g} point{'' if points == 1 else 's'}"
 
@@ -254,7 +266,7 @@ def amount(value: float, metric: str) -> str:
     """A deficit or a bound in the margin's units: points (0.003 -> '0.3'), or a share of the best's loss."""
     if math.isinf(value):
         return "unbounded"
-    return f"{value * 100:.1f}%" if metric == LOSS else f"{value * 100:.1f}"
+    return f"{value * 100:.1f}%" if relative(metric) else f"{value * 100:.1f}"
 
 
 DEFAULT_EVIDENCE = Margin()  # each metric's default margin, at 95% confidence

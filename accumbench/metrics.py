@@ -140,6 +140,27 @@ def join_or(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
+def choices_help() -> str:
+    """--metric's choices: 'val_accuracy, val_loss, val_f1 (positive class; macro with 3+ labels) or val_mcc'."""
+    return join_or([metric.name + (f" ({metric.help})" if metric.help else "") for metric in TABLE])
+
+
+def race_help() -> str:
+    """--race-metric's choices by the test racing compares runs with: 'val_accuracy or val_loss (McNemar), val_f1
+    or val_mcc (paired bootstrap)'."""
+    tests = {False: "McNemar", True: "paired bootstrap"}
+    return ", ".join(f"{join_or([m.name for m in TABLE if m.bootstrapped == bootstrapped])} ({test})"
+                     for bootstrapped, test in tests.items() if any(m.bootstrapped == bootstrapped for m in TABLE))
+
+
+def margin_help() -> str:
+    """--margin's units: '0.01 (the default) is one point of accuracy, F1 or MCC; for val_loss a share of its
+    loss (0.02)'."""
+    points = [metric for metric in TABLE if not metric.relative]
+    shares = [f"; for {m.name} a share of its {m.words} ({m.margin:g})" for m in TABLE if m.relative]
+    return f"{points[0].margin:g} (the default) is one point of {join_or([m.words for m in points])}{''.join(shares)}"
+
+
 ACCURACY = Metric("accuracy", "accuracy", "acc", True, _accuracy, built_in=True)
 LOSS = Metric("loss", "loss", "loss", False, None, built_in=True, digits=4, spread_in_heading=False, relative=True,
               margin=0.02, figure_scale=1.0)  # 2% of the best's loss: about what a point of accuracy moves it by

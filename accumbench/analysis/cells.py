@@ -13,15 +13,16 @@ from typing import Any
 
 import pandas as pd
 
-from accumbench.analysis.runs import CELL_COLUMNS, NOISE_METRICS, RunData, cell_key, cell_label, varying
+from accumbench.analysis.runs import AT_BEST_EPOCH, CELL_COLUMNS, NOISE_METRICS, RunData, cell_key, cell_label, varying
 from accumbench.analysis.tuning import best_lr_cells, has_lr_grid
 from accumbench.formatting import format_lr
+from accumbench.metrics import ACCURACY
 
-# The per-run metrics aggregated over seeds (mean and std per cell).
-METRICS = ("best_train_accuracy", "val_accuracy", "best_epoch", "test_accuracy", "best_test_accuracy", "val_loss",
-           "test_loss", "val_f1", "val_mcc", "test_f1", "test_mcc", "train_seconds", "samples_per_second",
-           "optimizer_steps", "peak_memory_mb",
-           "noise_scale_first", "noise_scale_last")
+# The per-run metrics aggregated over seeds (mean and std per cell): accuracy's with the best epoch and the
+# best test accuracy beside it, then every other metric's at the best epoch (runs.AT_BEST_EPOCH), then cost.
+METRICS = ("best_train_accuracy", "val_accuracy", "best_epoch", "test_accuracy", "best_test_accuracy",
+           *(column for column in AT_BEST_EPOCH if column not in ACCURACY.columns), "train_seconds",
+           "samples_per_second", "optimizer_steps", "peak_memory_mb", "noise_scale_first", "noise_scale_last")
 
 
 def cell_table(data: RunData) -> pd.DataFrame:

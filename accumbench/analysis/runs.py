@@ -25,6 +25,7 @@ import pandas as pd
 from accumbench.config import RunConfig
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, rate_key
+from accumbench.metrics import SPLITS, TABLE, scored_columns
 from accumbench.noise_scale import measurable
 from accumbench.optim_scaling import bundle_name
 from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, METRICS, PRUNED, RUNNING, higher_is_better
@@ -42,8 +43,10 @@ _BUDGET_SETTINGS = {"budget", "epochs", "train_steps"}
 # Each B_simple column, and the column that says why a run has none there.
 NOISE_METRICS = {"noise_scale_first": "noise_note_first", "noise_scale_last": "noise_note_last"}
 SPLITS_WITH_PREDICTIONS = ("validation", "test")
-# The numbers read at each run's best epoch (F1 and MCC: NaN for runs recorded before schema 7).
-AT_BEST_EPOCH = ("val_accuracy", "val_loss", "test_accuracy", "test_loss", "val_f1", "val_mcc", "test_f1", "test_mcc")
+# The numbers read at each run's best epoch: every metric's validation and test columns (metrics.TABLE), the
+# built-in ones first (accuracy and loss); a scored one is NaN for runs recorded before it was (F1 and MCC:
+# before schema 7).
+AT_BEST_EPOCH = (*(f"{split}_{m.key}" for split in SPLITS for m in TABLE if m.built_in), *scored_columns())
 
 
 class NoRuns(UserError):

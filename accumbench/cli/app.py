@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 
+from accumbench import metrics
 from accumbench.cli.command_line import OneLineErrors, ReadOnlyDb, WritableDb, fail, run_options, user_errors
 from accumbench.cli.inference import export, predict
 from accumbench.config import BACKENDS, REFERENCE_BACKEND
@@ -136,8 +137,8 @@ def sweep(
                    "epoch is a short horizon)."),
     race_after: int | None = typer.Option(None, help="The first epoch after which racing may stop a run (default: 2)."),
     race_metric: str | None = typer.Option(
-        None, help="The validation metric racing compares: val_accuracy (McNemar), val_loss, val_f1 or val_mcc "
-                   "(paired bootstrap) (default: val_accuracy)."),
+        None, help=f"The validation metric racing compares: {metrics.race_help()} "
+                   f"(default: {metrics.ACCURACY.name})."),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the cells and exit; touches no database."),
     workers: int = typer.Option(
         1, "--workers", help="Start this many workers on this machine against one --db: one per visible GPU "
@@ -197,10 +198,10 @@ def sweep(
 
 
 _METRIC_OPTION = typer.Option(
-    "val_accuracy", help="Selection metric, on validation only: val_accuracy, val_loss, val_f1 (positive class; "
-                         "macro with 3+ labels) or val_mcc. Each run's best epoch is chosen on it.")
-_MARGIN_OPTION = typer.Option(None, "--margin", help="How close to the best an EBS must be shown to be: 0.01 (the "
-                              "default) is one point of accuracy, F1 or MCC; for val_loss a share of its loss (0.02).")
+    metrics.ACCURACY.name, help=f"Selection metric, on validation only: {metrics.choices_help()}. Each run's best "
+                                "epoch is chosen on it.")
+_MARGIN_OPTION = typer.Option(None, "--margin", help="How close to the best an EBS must be shown to be: "
+                              f"{metrics.margin_help()}.")
 _FILTERS = dict(
     sweep=typer.Option(None, help="Only the runs of this sweep (its name)."),
     model=typer.Option(None, help="Only this model (as recorded, e.g. minilm)."),

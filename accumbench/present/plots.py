@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, short_group, short_model, spread, unique_slugs
+from accumbench.metrics import named
 from accumbench.vocabulary import METRICS, curve_metric
 
 if TYPE_CHECKING:
@@ -269,7 +270,8 @@ def _headline_figure(model: str, headlines: list) -> Figure:
         top, bottom = axes[0][column], axes[1][column]
         points = headline.points
         xs = [p.effective_batch_size for p in points]
-        scale = 1.0 if headline.metric == "val_loss" else 100.0  # points of accuracy, F1 or MCC; % of a loss
+        metric = named(headline.metric)
+        scale = metric.figure_scale  # points of accuracy, F1 or MCC; a loss's share as it is
         top.axhline(0.0, color="#444", linewidth=0.8)
         top.axhline(headline.margin * scale, color="#d62", linestyle="--", linewidth=1.2,
                     label=f"margin: {headline.margin_words}")
@@ -290,7 +292,7 @@ def _headline_figure(model: str, headlines: list) -> Figure:
         top.errorbar([], [], yerr=[], fmt="o", color="#888", capsize=4,
                      label=f"deficit, bars to its one-sided {headline.confidence:.0%} bounds")
         # One panel: the figure's title names the model already. Worse is down, as on a score axis.
-        unit = "% of the best's loss" if headline.metric == "val_loss" else "points"
+        unit = metric.unit
         top.set(title=short_group(headline.group) if len(headlines) > 1 else None,
                 ylabel=f"deficit to the best ({unit})")
         top.invert_yaxis()

@@ -18,6 +18,7 @@ from accumbench.analysis.runs import NOISE_METRICS, NOISE_NOTES
 from accumbench.analysis.tuning import LrGrid
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, format_seconds, short_model, spread
+from accumbench.metrics import ACCURACY, SPLITS, TABLE, Metric
 from accumbench.present import text_table
 from accumbench.vocabulary import METRICS
 
@@ -44,6 +45,14 @@ class Column:
 
 def _metric(metric: str, digits: int, sep: str = "±") -> Any:
     return lambda cells: [_mean_std(m, s, digits, sep) for m, s in zip(cells[f"{metric}_mean"], cells[f"{metric}_std"])]
+
+
+def _metric_columns(metric: Metric) -> tuple[Column, Column]:
+    """A metric's validation and test columns: 'val_f1' headed 'val F1\nmean±std' (the loss's: 'val\nloss')."""
+    column = metric.label.lower().replace(" ", "_")
+    return tuple(Column(f"{split}_{column}", f"{split} {metric.label}\nmean±std" if metric.spread_in_heading
+                        else f"{split}\n{metric.label}", False, _metric(f"{split}_{metric.key}", metric.digits))
+                 for split in SPLITS)
 
 
 def _noise(metric: str) -> Any:
@@ -75,17 +84,12 @@ COLUMNS = {c.name: c for c in (
     # Training accuracy is a running average over each epoch: context, so the mean alone (and 80 columns fit).
     Column("train_acc", "train\nacc", False,
            lambda cells: [_mean_std(m, float("nan"), 3) for m in cells["best_train_accuracy_mean"]]),
-    Column("val_acc", "val acc\nmean±std", False, _metric("val_accuracy", 3)),
-    Column("test_acc", "test acc\nmean±std", False, _metric("test_accuracy", 3)),
+    # Every metric's validation and test columns (metrics.TABLE), accuracy's with the best epoch beside them;
+    # '-' where runs were recorded before their metric was (F1 and MCC: before schema 7).
+    *_metric_columns(ACCURACY),
     Column("best_epoch", "best\nepoch", False, _metric("best_epoch", 0)),
     Column("best_test_acc", "best test acc\n(picked on test)", False, _metric("best_test_accuracy", 3)),
-    Column("val_loss", "val\nloss", False, _metric("val_loss", 4)),
-    Column("test_loss", "test\nloss", False, _metric("test_loss", 4)),
-    # F1 (the positive class's, macro with 3+ labels) and MCC, '-' for runs recorded before they were.
-    Column("val_f1", "val F1\nmean±std", False, _metric("val_f1", 3)),
-    Column("test_f1", "test F1\nmean±std", False, _metric("test_f1", 3)),
-    Column("val_mcc", "val MCC\nmean±std", False, _metric("val_mcc", 3)),
-    Column("test_mcc", "test MCC\nmean±std", False, _metric("test_mcc", 3)),
+    *(column for metric in TABLE if metric is not ACCURACY for column in _metric_columns(metric)),
     Column("time", "train\ntime", False, lambda cells: [format_seconds(v) for v in cells["train_seconds_mean"]]),
     Column("samples_per_s", "samples\nper s", False, _metric("samples_per_second", 1)),
     Column("steps", "optim\nsteps", False, _metric("optimizer_steps", 0)),
@@ -100,8 +104,8 @@ TABLE_NOTE = ("val and test acc at each run's best-validation epoch (test is rea
               "over the n seeds; train acc the best epoch's running average, mean over seeds; train time summed "
               "over epochs; optimizer steps in total")
 # With --metric other than accuracy, its validation and test columns lead the table.
-LEADING_COLUMNS = {"val_loss": ("val_loss", "test_loss"), "val_f1": ("val_f1", "test_f1"),
-                   "val_mcc": ("val_mcc", "test_mcc")}
+LEADING_COLUMNS = {metric.name: tuple(column.name for column in _metric_columns(metric))
+                   for metric in TABLE if metric is not ACCURACY}
 BEST_LR_NOTE = "; * marks each EBS's best lr on validation"
 
 
