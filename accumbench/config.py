@@ -29,7 +29,24 @@ from accumbench.optim_scaling import (
     scaled_settings,
 )
 
-BACKENDS = ("torch", "accelerate")
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """A training loop that --backend can name. Its class (a backends.base.Backend over the shared epoch loop,
+    built as Class(model, BackendSetup)) is named, not imported: nothing heavy loads before a run builds it,
+    and the report, which reads only the names, never loads torch."""
+
+    loop: str  # "module:Class"
+
+
+# The backend table: a run builds its --backend from it (runtime/preparation.py), check-ga checks every entry,
+# and the report compares each backend with the first, the reference (analysis/cells.backend_comparison).
+BACKENDS: dict[str, BackendEntry] = {
+    "torch": BackendEntry("accumbench.backends.torch_loop:TorchBackend"),
+    "accelerate": BackendEntry("accumbench.backends.accelerate_loop:AccelerateBackend"),
+}
+REFERENCE_BACKEND = next(iter(BACKENDS))
+
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 AUTO = "auto"  # --micro-batch-size auto: the largest power of two that fits in memory (see micro_batch.py)
 OPTIMIZERS = ("adam", "adamw")
@@ -59,7 +76,7 @@ class RunConfig:
 
     model: str = field(default="minilm", metadata={"help": "Alias (bert, modernbert, minilm), hub id or local directory."})
     dataset: str = field(default="demo", metadata={"help": "demo, imdb, a hub dataset id, a local file or a directory."})
-    backend: str = field(default="torch", metadata={"help": "Training loop: torch or accelerate."})
+    backend: str = field(default=REFERENCE_BACKEND, metadata={"help": f"Training loop: {' or '.join(BACKENDS)}."})
     effective_batch_size: int = field(default=64, metadata={"help": "Samples per optimizer step (EBS)."})
     micro_batch_size: Union[int, str] = field(default=16, metadata={"help": "Samples per forward/backward pass (EBS must be a multiple), or auto: the largest power of two that fits in memory, keeping EBS."})
     epochs: int = field(default=5, metadata={"help": "Passes over the training split."})

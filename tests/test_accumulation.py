@@ -90,10 +90,11 @@ def _full_batch_gradient(model, batch_for, indices):
 def _accumulated_gradient(model, group, batch_for):
     import torch
 
+    from accumbench.backends.base import BackendSetup
     from accumbench.backends.torch_loop import TorchBackend
 
-    backend = TorchBackend(model, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="constant",
-                           warmup_ratio=0.0, total_steps=1)
+    backend = TorchBackend(model, BackendSetup(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="constant",
+                                               warmup_ratio=0.0, total_steps=1))
     model.zero_grad(set_to_none=True)
     backend.accumulate(group, batch_for)
     return torch.cat([p.grad.flatten() for p in model.parameters()])

@@ -178,6 +178,7 @@ def test_fp16_steps_with_inf_gradients_are_skipped_and_counted(tiny_bert):
     import torch
 
     from accumbench import accumulation
+    from accumbench.backends.base import BackendSetup
     from accumbench.backends.torch_loop import TorchBackend
     from accumbench.data import pipeline
     from accumbench.data.demo import generate_demo_reviews
@@ -187,8 +188,8 @@ def test_fp16_steps_with_inf_gradients_are_skipped_and_counted(tiny_bert):
     reviews = generate_demo_reviews(n=32, seed=2)
     split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, 24)
     model = TextClassifier(encoder, 2, 0.0, "cls")
-    backend = TorchBackend(model, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="linear", warmup_ratio=0.0,
-                           total_steps=4, precision="fp16")
+    backend = TorchBackend(model, BackendSetup(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="linear",
+                                               warmup_ratio=0.0, total_steps=4, precision="fp16"))
     poisoned = {"left": 1}
 
     def poison(grad):  # the first optimizer step's gradient overflows
@@ -205,3 +206,20 @@ def test_fp16_steps_with_inf_gradients_are_skipped_and_counted(tiny_bert):
     assert stats.skipped_steps == 1 and stats.optimizer_steps == 2
     assert [s["lr"] for s in stats.steps] == [1e-3, 1e-3]  # the skipped step did not advance the schedule
     assert not torch.equal(model.head.weight, before)  # the second step was taken
+
+
+def test_every_backend_of_the_table_is_built_one_way(tiny_bert):
+    """config.BACKENDS is the one list of backends: each entry builds, as Class(model, BackendSetup), a Backend
+    of its name (what runs, check-ga and the --backend choices use)."""
+    from accumbench.backends.base import Backend, BackendSetup, build_backend
+    from accumbench.config import BACKENDS, REFERENCE_BACKEND
+    from accumbench.model import TextClassifier, load_tokenizer_and_encoder
+
+    _, encoder = load_tokenizer_and_encoder(tiny_bert)
+    setup = BackendSetup(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="constant", warmup_ratio=0.0,
+                         total_steps=1)
+    assert REFERENCE_BACKEND == "torch" and list(BACKENDS) == ["torch", "accelerate"]
+    for name in BACKENDS:
+        backend = build_backend(name, TextClassifier(encoder, 2, 0.0, "cls"), setup)
+        assert isinstance(backend, Backend) and backend.name == name
+        backend.close()

@@ -159,6 +159,7 @@ def test_norms_gathered_in_the_loop_equal_fresh_backward_passes(tiny_bert, preci
     import torch
 
     from accumbench import accumulation
+    from accumbench.backends.base import BackendSetup
     from accumbench.backends.torch_loop import TorchBackend
 
     model, batch_for = _tiny_setup(tiny_bert, 50)  # fp32 weights; under fp16 autocast runs fp16 matmuls over them
@@ -168,8 +169,8 @@ def test_norms_gathered_in_the_loop_equal_fresh_backward_passes(tiny_bert, preci
     batches = [batch_for(mb.indices) for mb in group.micro_batches]
     reference = _fresh_micro_norms(model, batches, precision)
 
-    backend = TorchBackend(model, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="constant",
-                           warmup_ratio=0.0, total_steps=1, precision=precision)
+    backend = TorchBackend(model, BackendSetup(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="constant",
+                                               warmup_ratio=0.0, total_steps=1, precision=precision))
     if precision == "fp16":
         backend.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     backend.measure_noise_scale()
@@ -199,11 +200,12 @@ def test_norms_gathered_in_the_loop_equal_fresh_backward_passes(tiny_bert, preci
 
 
 def test_hooks_are_removed_on_close(tiny_bert):
+    from accumbench.backends.base import BackendSetup
     from accumbench.backends.torch_loop import TorchBackend
 
     model, _ = _tiny_setup(tiny_bert, 8)
-    backend = TorchBackend(model, optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="constant",
-                           warmup_ratio=0.0, total_steps=1)
+    backend = TorchBackend(model, BackendSetup(optimizer="adam", lr=1e-3, weight_decay=0.0, scheduler="constant",
+                                               warmup_ratio=0.0, total_steps=1))
     backend.measure_noise_scale()
     hooked = backend.noise_norms
     backend.close()

@@ -211,6 +211,7 @@ def test_schedule_and_clipping_count_optimizer_steps(tiny_bert, monkeypatch):
     import torch
 
     from accumbench import accumulation
+    from accumbench.backends.base import BackendSetup
     from accumbench.backends.torch_loop import TorchBackend
     from accumbench.data import pipeline
     from accumbench.data.demo import generate_demo_reviews
@@ -222,8 +223,8 @@ def test_schedule_and_clipping_count_optimizer_steps(tiny_bert, monkeypatch):
     model = TextClassifier(encoder, 2, 0.0, "cls")
     steps = accumulation.groups_per_epoch(50, 16) * 2  # 4 groups (16, 16, 16, 2) x 2 epochs
     lr = 1e-3
-    backend = TorchBackend(model, optimizer="adam", lr=lr, weight_decay=0.0, scheduler="linear",
-                           warmup_ratio=0.25, total_steps=steps)
+    backend = TorchBackend(model, BackendSetup(optimizer="adam", lr=lr, weight_decay=0.0, scheduler="linear",
+                                               warmup_ratio=0.25, total_steps=steps))
 
     clips = []
     real_clip = torch.nn.utils.clip_grad_norm_

@@ -2,7 +2,7 @@
 side, and the series the figures draw.
 
     RunData -> one row per cell: mean and std over seeds of every metric, n      cell_table
-            -> accelerate minus torch, same cell and seed                        backend_comparison
+            -> accelerate minus torch (config.BACKENDS), same cell and seed      backend_comparison
             -> epochs and steps labelled with their series, for the figures     plot_frames
 """
 
@@ -15,6 +15,7 @@ import pandas as pd
 
 from accumbench.analysis.runs import AT_BEST_EPOCH, CELL_COLUMNS, NOISE_METRICS, RunData, cell_key, cell_label, varying
 from accumbench.analysis.tuning import best_lr_cells, has_lr_grid
+from accumbench.config import BACKENDS
 from accumbench.formatting import format_lr
 from accumbench.metrics import ACCURACY
 
@@ -50,22 +51,24 @@ def cell_table(data: RunData) -> pd.DataFrame:
 
 
 def backend_comparison(data: RunData) -> pd.DataFrame:
-    """Cells that ran under both backends with the same seed: accelerate minus torch per metric, and
-    the training-time ratio accelerate/torch, averaged over the paired seeds."""
+    """Cells that ran under both the reference backend (the first of config.BACKENDS, torch) and the next one
+    (accelerate) with the same seed: the other minus the reference per metric, and the training-time ratio
+    other/reference, averaged over the paired seeds."""
+    reference, other = list(BACKENDS)[:2]
     runs = data.runs.copy()
-    runs["pair"] = runs["config"].map(lambda c: cell_key(dataclasses.replace(c, backend="torch")))
+    runs["pair"] = runs["config"].map(lambda c: cell_key(dataclasses.replace(c, backend=reference)))
     pivot = runs.pivot_table(index=["pair", "seed"], columns="backend",
                              values=["val_accuracy", "test_accuracy", "val_loss", "train_seconds"], aggfunc="first")
     columns = ["model", "effective_batch_size", "lr_scaling", "lr", "variant", "pairs", "val_accuracy_diff",
                "test_accuracy_diff", "val_loss_diff", "time_ratio"]
-    if "torch" not in pivot.columns.get_level_values(1) or "accelerate" not in pivot.columns.get_level_values(1):
+    if reference not in pivot.columns.get_level_values(1) or other not in pivot.columns.get_level_values(1):
         return pd.DataFrame(columns=columns)
-    pivot = pivot.dropna(subset=[("val_accuracy", "torch"), ("val_accuracy", "accelerate")])
+    pivot = pivot.dropna(subset=[("val_accuracy", reference), ("val_accuracy", other)])
     diffs = pd.DataFrame({
-        "val_accuracy_diff": pivot[("val_accuracy", "accelerate")] - pivot[("val_accuracy", "torch")],
-        "test_accuracy_diff": pivot[("test_accuracy", "accelerate")] - pivot[("test_accuracy", "torch")],
-        "val_loss_diff": pivot[("val_loss", "accelerate")] - pivot[("val_loss", "torch")],
-        "time_ratio": pivot[("train_seconds", "accelerate")] / pivot[("train_seconds", "torch")],
+        "val_accuracy_diff": pivot[("val_accuracy", other)] - pivot[("val_accuracy", reference)],
+        "test_accuracy_diff": pivot[("test_accuracy", other)] - pivot[("test_accuracy", reference)],
+        "val_loss_diff": pivot[("val_loss", other)] - pivot[("val_loss", reference)],
+        "time_ratio": pivot[("train_seconds", other)] / pivot[("train_seconds", reference)],
     }).reset_index()
     if diffs.empty:
         return pd.DataFrame(columns=columns)

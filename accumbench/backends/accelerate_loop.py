@@ -25,7 +25,15 @@ from typing import Any
 import torch
 
 from accumbench.accumulation import OptimizerGroup
-from accumbench.backends.base import Backend, BatchFn, make_optimizer, make_scheduler, micro_batch_loss, rank_inputs
+from accumbench.backends.base import (
+    Backend,
+    BackendSetup,
+    BatchFn,
+    make_optimizer,
+    make_scheduler,
+    micro_batch_loss,
+    rank_inputs,
+)
 
 
 class _PlanBatches:
@@ -62,11 +70,9 @@ class _Keys(torch.utils.data.Dataset):
 
 class AccelerateBackend(Backend):
     name = "accelerate"
+    _batch_for: BatchFn  # the epoch's, set by accumulated() before its dataloader collates
 
-    def __init__(self, model: torch.nn.Module, *, optimizer: str, lr: float, weight_decay: float,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, scheduler: str,
-                 warmup_ratio: float, total_steps: int, precision: str = "no", accumulation_steps: int,
-                 collate: BatchFn, compile: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, setup: BackendSetup) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState, GradientState
         from accelerate.utils import DataLoaderConfiguration
@@ -79,40 +85,40 @@ class AccelerateBackend(Backend):
             # Without CUDA, cpu=True is what makes a multi-process launch use gloo over the CPU
             # (otherwise each process would quietly train alone).
             cpu=not torch.cuda.is_available(),
-            gradient_accumulation_steps=accumulation_steps, mixed_precision=precision,
+            gradient_accumulation_steps=setup.accumulation_steps, mixed_precision=setup.precision,
             step_scheduler_with_optimizer=False,
             # non_blocking: batches come from pinned memory (pin_memory below), so copies overlap compute.
             dataloader_config=DataLoaderConfiguration(even_batches=False, non_blocking=True),
-            dynamo_backend="inductor" if compile else "no",
+            dynamo_backend="inductor" if setup.compile else "no",
         )
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self._plan = _PlanBatches(self.world_size)
-
-        def collate_keys(keys: list[tuple[int, float, bool]]) -> dict[str, Any]:
-            batch: dict[str, Any] = dict(collate([k[0] for k in keys]))
-            batch["weight"], batch["real"] = keys[0][1], keys[0][2]
-            batch["indices"] = [k[0] for k in keys]
-            return batch
-
         # Its own generator: iterating a DataLoader draws a worker base seed, by default from torch's global
         # generator, which would shift the dropout masks away from the PyTorch backend's every epoch.
-        loader = torch.utils.data.DataLoader(_Keys(), batch_sampler=self._plan, collate_fn=collate_keys,
+        loader = torch.utils.data.DataLoader(_Keys(), batch_sampler=self._plan, collate_fn=self._collate_keys,
                                              generator=torch.Generator(), pin_memory=self.device.type == "cuda")
         # On the device before the optimizer is made, so that it can pick its fused CUDA kernel.
         model.to(self.device)
-        opt = make_optimizer(model, optimizer, lr, weight_decay, betas, eps)
-        sched = make_scheduler(opt, scheduler, warmup_ratio, total_steps)
+        opt = make_optimizer(model, setup.optimizer, setup.lr, setup.weight_decay, setup.betas, setup.eps)
+        sched = make_scheduler(opt, setup.scheduler, setup.warmup_ratio, setup.total_steps)
         self._module = model
         self.model, self.optimizer, self.scheduler, self.loader = self.accelerator.prepare(model, opt, sched, loader)
 
     def unwrapped_model(self) -> torch.nn.Module:
         return self._module
 
+    def _collate_keys(self, keys: list[tuple[int, float, bool]]) -> dict[str, Any]:
+        """The dataloader's collate: the epoch's batch_for over the keys' samples, with their weight."""
+        batch: dict[str, Any] = dict(self._batch_for([k[0] for k in keys]))
+        batch["weight"], batch["real"] = keys[0][1], keys[0][2]
+        batch["indices"] = [k[0] for k in keys]
+        return batch
+
     def accumulated(self, groups: Sequence[OptimizerGroup], batch_for: BatchFn
                     ) -> Iterator[tuple[OptimizerGroup, torch.Tensor, torch.Tensor]]:
-        del batch_for  # the prepared dataloader collates; it was given the same collate function
-        self._plan.groups = groups
+        # The prepared dataloader collates, in this process (no loader workers), with the epoch's batch_for.
+        self._plan.groups, self._batch_for = groups, batch_for
         expected = ((g, m, s == len(g.micro_steps) - 1)
                     for g in groups for s, m in enumerate(g.for_rank(self.rank)))
         loss_sum = correct = None

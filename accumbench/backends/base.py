@@ -8,6 +8,7 @@ PyTorch and Accelerate really differ.
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from accumbench.accumulation import MicroBatch, OptimizerGroup
 from accumbench.backends.grad_norms import MicroBatchGradNorms
+from accumbench.config import BACKENDS
 from accumbench.noise_scale import DEFAULT_DECAY, GroupNorms, NoiseScaleEMA
 
 BatchFn = Callable[[Sequence[int]], dict[str, torch.Tensor]]
@@ -149,8 +151,36 @@ def make_scheduler(optimizer: torch.optim.Optimizer, scheduler: str, warmup_rati
     return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total_steps)
 
 
+@dataclass(frozen=True)
+class BackendSetup:
+    """What every backend is built from, Class(model, setup): the optimizer with the run's (scaled) settings,
+    its schedule in optimizer steps, the precision, torch.compile or not."""
+
+    optimizer: str
+    lr: float
+    weight_decay: float
+    scheduler: str
+    warmup_ratio: float
+    total_steps: int
+    betas: tuple[float, float] = (0.9, 0.999)  # torch's defaults
+    eps: float = 1e-8
+    precision: str = "no"
+    compile: bool = False
+    # Micro-steps per optimizer step (world x micro x k = EBS): Accelerate's gradient_accumulation_steps. The
+    # torch loop reads each group's micro-batches from the plan instead.
+    accumulation_steps: int = 1
+
+
+def build_backend(name: str, model: torch.nn.Module, setup: BackendSetup) -> Backend:
+    """The backend config.BACKENDS names, set up for this process; only its own module is imported."""
+    module, _, class_name = BACKENDS[name].loop.partition(":")
+    backend: Backend = getattr(importlib.import_module(module), class_name)(model, setup)
+    return backend
+
+
 class Backend:
-    """One training process's view of a run. Subclasses: TorchBackend, AccelerateBackend."""
+    """One training process's view of a run, built as Class(model, BackendSetup): TorchBackend,
+    AccelerateBackend (config.BACKENDS names them)."""
 
     name: str
     rank: int = 0

@@ -19,6 +19,7 @@ from accumbench.accumulation import OptimizerGroup
 from accumbench.backends.base import (
     AUTOCAST_DTYPES,
     Backend,
+    BackendSetup,
     BatchFn,
     make_optimizer,
     make_scheduler,
@@ -32,9 +33,7 @@ from accumbench.backends.base import (
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, model: torch.nn.Module, *, optimizer: str, lr: float, weight_decay: float,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, scheduler: str,
-                 warmup_ratio: float, total_steps: int, precision: str = "no", compile: bool = False) -> None:
+    def __init__(self, model: torch.nn.Module, setup: BackendSetup) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = training_device()
@@ -42,16 +41,17 @@ class TorchBackend(Backend):
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self._module = model.to(self.device)
         # torch.compile wraps the module; parameters, state dict and evaluation stay the plain module's.
-        self.model: torch.nn.Module = torch.compile(self._module) if compile else self._module
+        self.model: torch.nn.Module = torch.compile(self._module) if setup.compile else self._module
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
             self.model = DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = make_optimizer(self._module, optimizer, lr, weight_decay, betas, eps)
-        self.scheduler = make_scheduler(self.optimizer, scheduler, warmup_ratio, total_steps)
-        self.autocast_dtype = AUTOCAST_DTYPES.get(precision)
+        self.optimizer = make_optimizer(self._module, setup.optimizer, setup.lr, setup.weight_decay, setup.betas,
+                                        setup.eps)
+        self.scheduler = make_scheduler(self.optimizer, setup.scheduler, setup.warmup_ratio, setup.total_steps)
+        self.autocast_dtype = AUTOCAST_DTYPES.get(setup.precision)
         # fp16 needs loss scaling; with enabled=False the scaler is a no-op pass-through.
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=setup.precision == "fp16")
 
     def unwrapped_model(self) -> torch.nn.Module:
         return self._module

@@ -14,7 +14,14 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation
-from accumbench.backends.base import require_supported_precision, to_device, training_device
+from accumbench.backends.base import (
+    BackendSetup,
+    build_backend,
+    require_supported_precision,
+    to_device,
+    training_device,
+)
+from accumbench.config import BACKENDS, REFERENCE_BACKEND
 from accumbench.data import pipeline
 from accumbench.errors import UserError
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
@@ -50,9 +57,9 @@ def _compare(name: str, grad: torch.Tensor, reference: torch.Tensor, tolerance: 
 
 
 def check_gradient_accumulation(model: str = "minilm", samples: int = 50, micro_batch_size: int = 16,
-                                backends: tuple[str, ...] = ("torch", "accelerate"), precision: str = "no",
+                                backends: tuple[str, ...] = tuple(BACKENDS), precision: str = "no",
                                 dataset: str = "demo", max_length: int = 128, seed: int = 0) -> list[GradientCheck]:
-    """Checks for each backend, then the naive 1/k rule (not judged)."""
+    """Checks for each backend named (config.BACKENDS, in its order), then the naive 1/k rule (not judged)."""
     if samples < 2 or micro_batch_size < 1:
         raise UserError("--samples must be >= 2 and --micro-batch-size >= 1; e.g. --samples 50 --micro-batch-size 16")
     if micro_batch_size >= samples:
@@ -80,21 +87,16 @@ def check_gradient_accumulation(model: str = "minilm", samples: int = 50, micro_
 
     group = accumulation.cut_group(list(range(samples)), micro_batch_size)
     k = math.ceil(samples / micro_batch_size)
-    options = dict(optimizer="adam", lr=1e-5, weight_decay=0.0, scheduler="constant", warmup_ratio=0.0,
-                   total_steps=1, precision=precision)
+    setup = BackendSetup(optimizer="adam", lr=1e-5, weight_decay=0.0, scheduler="constant", warmup_ratio=0.0,
+                         total_steps=1, precision=precision, accumulation_steps=k)
+    # The reference backend is built first, whatever is checked: the naive rule runs through its loop too.
+    reference_loop = build_backend(REFERENCE_BACKEND, classifier, setup)
     checks = []
-    from accumbench.backends.torch_loop import TorchBackend
-
-    torch_backend = TorchBackend(classifier, **options)
-    if "torch" in backends:
-        torch_backend.accumulate(group, batch_for)
-        checks.append(_compare("torch", _gradient(classifier), reference, TOLERANCES[precision]))
-    if "accelerate" in backends:
-        from accumbench.backends.accelerate_loop import AccelerateBackend
-
-        accelerate_backend = AccelerateBackend(classifier, **options, accumulation_steps=k, collate=batch_for)
-        next(iter(accelerate_backend.accumulated([group], batch_for)))  # stops at the group's boundary
-        checks.append(_compare("accelerate", _gradient(classifier), reference, TOLERANCES[precision]))
-    torch_backend.accumulate(accumulation.cut_group_naively(range(samples), micro_batch_size, k), batch_for)
+    for name in (name for name in BACKENDS if name in backends):
+        backend = reference_loop if name == REFERENCE_BACKEND else build_backend(name, classifier, setup)
+        next(iter(backend.accumulated([group], batch_for)))  # stops at the group's boundary: .grad holds it
+        checks.append(_compare(name, _gradient(classifier), reference, TOLERANCES[precision]))
+    naive = accumulation.cut_group_naively(range(samples), micro_batch_size, k)
+    next(iter(reference_loop.accumulated([naive], batch_for)))
     checks.append(_compare(f"naive 1/{k} rule", _gradient(classifier), reference, None))
     return checks

@@ -3,7 +3,7 @@ sweep, tokenized once per tokenizer), the model, the micro-batch size and the tr
 run's columns as the store records them.
 
     prepare(config) -> Prepared: dataset, tokenized splits, model, planned epochs and steps
-    make_backend(prepared) -> the torch or accelerate loop, over the same accumulation plan
+    make_backend(prepared) -> the loop config.BACKENDS names (torch, accelerate), over the same accumulation plan
     run_columns / loaded_columns -> what the runs table records before and after loading
 
 Every UserError (bad input) is raised here, before the run store is written.
@@ -25,6 +25,8 @@ from accumbench import accumulation
 from accumbench.backends.base import (
     AUTOCAST_DTYPES,
     Backend,
+    BackendSetup,
+    build_backend,
     micro_batch_loss,
     require_supported_precision,
     resolve_precision,
@@ -148,30 +150,24 @@ def positive_class(dataset: pipeline.TextDataset, config: RunConfig) -> int:
 
 
 def make_backend(prepared: Prepared) -> Backend:
-    """The training loop the config names, set up for this process (and its process group)."""
+    """The training loop the config names (config.BACKENDS), set up for this process (and its process group)."""
     config = prepared.config
-    settings = config.optimizer_settings  # each batch-size-dependent setting scaled under its rule
-    common = dict(optimizer=config.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
-                  betas=(settings.beta1, settings.beta2), eps=settings.eps,
-                  scheduler=config.scheduler, warmup_ratio=config.warmup_ratio,
-                  total_steps=prepared.total_steps, precision=config.precision, compile=config.compile)
-    if config.backend == "accelerate":
-        from accumbench.backends.accelerate_loop import AccelerateBackend
-
-        train_split = prepared.splits["train"]
-        backend: Backend = AccelerateBackend(
-            prepared.model, **common, accumulation_steps=config.accumulation_steps_for(world_size()),
-            collate=lambda indices: pipeline.collate(train_split, indices, prepared.pad_token_id))
-    else:
-        from accumbench.backends.torch_loop import TorchBackend
-
-        backend = TorchBackend(prepared.model, **common)
+    backend = build_backend(config.backend, prepared.model, backend_setup(config, prepared.total_steps))
     if config.noise_scale and measurable(config.effective_batch_size, config.micro_batch_size):
         backend.measure_noise_scale(config.noise_scale_decay, config.noise_scale_every)
     # Both backends start training from the same generator state, whatever their setup drew from it,
     # so that they draw the same dropout masks (the parity test with dropout checks this).
     torch.manual_seed(config.seed + 1)
     return backend
+
+
+def backend_setup(config: RunConfig, total_steps: int) -> BackendSetup:
+    """What the run's backend is built from: each batch-size-dependent optimizer setting scaled under its rule."""
+    settings = config.optimizer_settings
+    return BackendSetup(optimizer=config.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
+                        betas=(settings.beta1, settings.beta2), eps=settings.eps, scheduler=config.scheduler,
+                        warmup_ratio=config.warmup_ratio, total_steps=total_steps, precision=config.precision,
+                        compile=config.compile, accumulation_steps=config.accumulation_steps_for(world_size()))
 
 
 def run_columns(config: RunConfig) -> dict[str, Any]:
