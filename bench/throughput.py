@@ -96,10 +96,10 @@ def run_bare(work: Workload) -> float:
     import torch
     import torch.nn.functional as F
 
-    from accumbench.backends.base import AUTOCAST_DTYPES, training_device
+    from accumbench.backends.base import AUTOCAST_DTYPES, local_device
     from accumbench.data.pipeline import collate, token_counts
 
-    device = training_device()
+    device = local_device()
     model = work.classifier().to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-5)
     k = work.ebs // work.micro
@@ -139,7 +139,7 @@ def run_trainer(work: Workload, out_dir: Path) -> float:
     from torch import nn
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    from accumbench.backends.base import training_device
+    from accumbench.backends.base import local_device
 
     class WithLoss(nn.Module):
         """The same classifier, returning the loss as Trainer expects of a model."""
@@ -157,7 +157,7 @@ def run_trainer(work: Workload, out_dir: Path) -> float:
             self.start = time.perf_counter()
 
         def on_train_end(self, args, state, control, **kwargs):
-            _sync(training_device())
+            _sync(local_device())
             self.seconds = time.perf_counter() - self.start
 
     train_set = datasets.Dataset.from_dict({"input_ids": work.train.input_ids, "labels": work.train.labels})

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from accumbench.accumulation import MicroBatch, OptimizerGroup
+from accumbench.accumulation import MicroBatch, OptimizerGroup, length_batches
 from accumbench.backends.grad_norms import MicroBatchGradNorms
 from accumbench.config import BACKENDS
 from accumbench.noise_scale import DEFAULT_DECAY, GroupNorms, NoiseScaleEMA
@@ -77,6 +77,17 @@ def micro_batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
     return loss, (logits.detach().argmax(dim=-1) == batch["labels"]).sum()
 
 
+def logits_by_length(model: torch.nn.Module, lengths: Sequence[int], batch_size: int, batch_for: BatchFn,
+                     device: torch.device, rank: int = 0, world_size: int = 1
+                     ) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor]]:
+    """(indices, batch, float64 logits) over a split whose examples have `lengths`, for evaluation and
+    prediction: batched by length only to cut padding (padding is masked, so no logit changes); with several
+    processes each rank takes every W-th batch."""
+    for indices in length_batches(lengths, batch_size)[rank::world_size]:
+        batch = to_device(batch_for(indices), device)
+        yield indices, batch, model(batch["input_ids"], batch["attention_mask"], **segment_ids(batch)).double()
+
+
 def unshared_token_embedding(model: torch.nn.Module) -> torch.nn.Parameter | None:
     """The encoder's token-embedding matrix, if nothing else in the model uses it (not tied)."""
     encoder = getattr(model, "encoder", None)
@@ -102,8 +113,10 @@ def require_supported_precision(precision: str) -> None:
         raise UserError("--precision fp16 needs a CUDA GPU (loss scaling); on CPU use --precision bf16 or no")
 
 
-def training_device() -> torch.device:
-    """This process's device: its local GPU (LOCAL_RANK, set by torchrun) or the CPU."""
+def local_device() -> torch.device:
+    """This process's device: its local GPU (LOCAL_RANK, set by torchrun and accelerate launch) or the CPU. The
+    torch loop trains on it, the micro-batch probe and check-ga run on it, predict classifies on it. (The
+    Accelerate loop trains where its Accelerator puts it: the same device.)"""
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")

@@ -21,12 +21,12 @@ from accumbench.backends.base import (
     Backend,
     BackendSetup,
     BatchFn,
+    local_device,
     make_optimizer,
     make_scheduler,
     micro_batch_loss,
     rank_inputs,
     to_device,
-    training_device,
 )
 
 
@@ -36,7 +36,7 @@ class TorchBackend(Backend):
     def __init__(self, model: torch.nn.Module, setup: BackendSetup) -> None:
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.device = training_device()
+        self.device = local_device()
         if self.world_size > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self._module = model.to(self.device)

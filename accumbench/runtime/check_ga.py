@@ -14,13 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation
-from accumbench.backends.base import (
-    BackendSetup,
-    build_backend,
-    require_supported_precision,
-    to_device,
-    training_device,
-)
+from accumbench.backends.base import BackendSetup, build_backend, local_device, require_supported_precision, to_device
 from accumbench.config import BACKENDS, REFERENCE_BACKEND
 from accumbench.data import pipeline
 from accumbench.errors import UserError
@@ -76,7 +70,7 @@ def check_gradient_accumulation(model: str = "minilm", samples: int = 50, micro_
     torch.manual_seed(seed)
     classifier = TextClassifier(encoder, num_labels=max(2, max(split.labels) + 1), dropout=0.0, pooling="cls")
     classifier.eval()  # dropout off everywhere, so every pass computes the same function
-    device = training_device()
+    device = local_device()
     classifier.to(device)
     batch_for = lambda indices: pipeline.collate(split, indices, tokenizer.pad_token_id)  # noqa: E731
 

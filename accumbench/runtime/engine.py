@@ -19,6 +19,7 @@ import math
 import resource
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation, task_metrics
-from accumbench.backends.base import Backend, Diverged, segment_ids, to_device
+from accumbench.backends.base import Backend, Diverged, logits_by_length
 from accumbench.config import RunConfig
 from accumbench.data import pipeline
 from accumbench.runtime.checkpoints import checkpoint_root, require_writable_checkpoints, save_checkpoint
@@ -246,18 +247,17 @@ class Evaluation:
 
 @torch.inference_mode()
 def evaluate(backend: Backend, split: pipeline.EncodedSplit, pad_token_id: int, batch_size: int) -> Evaluation:
-    """Loss, accuracy and predictions over the split. Samples are batched by length only to cut
-    padding; with several processes each rank takes every W-th batch and the sums are all-reduced
+    """Loss, accuracy and predictions over the split, batched by length (backends.base.logits_by_length, as
+    predict's); with several processes each rank takes every W-th batch and the sums are all-reduced
     (each rank fills in its own examples' predictions, zeros elsewhere, so their sum is all of them)."""
     model, device = backend.unwrapped_model(), backend.device
     model.eval()
-    batches = accumulation.length_batches(split.lengths, batch_size)
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)
     correct = torch.zeros((), device=device, dtype=torch.float64)
     predicted = torch.zeros(len(split), device=device, dtype=torch.float64)  # float64: exact for class ids
-    for indices in batches[backend.rank :: backend.world_size]:
-        batch = to_device(pipeline.collate(split, indices, pad_token_id), device)
-        logits = model(batch["input_ids"], batch["attention_mask"], **segment_ids(batch)).double()
+    for indices, batch, logits in logits_by_length(model, split.lengths, batch_size,
+                                                   partial(pipeline.collate, split, pad_token_id=pad_token_id),
+                                                   device, backend.rank, backend.world_size):
         loss_sum += F.cross_entropy(logits, batch["labels"], reduction="sum")
         guess = logits.argmax(dim=-1)
         correct += (guess == batch["labels"]).sum()

@@ -18,13 +18,13 @@ import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from accumbench.accumulation import length_batches
-from accumbench.backends.base import segment_ids, to_device
+from accumbench.backends.base import local_device, logits_by_length
 from accumbench.data import pipeline
 from accumbench.data.sources import FILE_FORMATS, read_tables
 from accumbench.errors import UserError, first_line
@@ -188,11 +188,6 @@ def _trained_from(classifier: Classifier) -> str:
                         ) from None
 
 
-def inference_device() -> torch.device:
-    """A GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 @torch.inference_mode()
 def class_probabilities(model: TextClassifier, tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None,
                         max_length: int, batch_size: int = 64, device: torch.device | None = None
@@ -202,14 +197,13 @@ def class_probabilities(model: TextClassifier, tokenizer: Any, texts: Sequence[s
     batched by length to cut padding, which changes no prediction (padding is masked)."""
     if not texts:
         return [], []
-    device = device or inference_device()
+    device = device or local_device()
     model.to(device)
     split = pipeline.TextSplit(list(texts), [0] * len(texts), None if pairs is None else list(pairs))
     encoded = pipeline.tokenize(split, tokenizer, max_length, segment_ids=embeds_segments(model.encoder))
     labels, probabilities = [0] * len(encoded), [[0.0]] * len(encoded)
-    for indices in length_batches(encoded.lengths, batch_size):
-        batch = to_device(pipeline.collate(encoded, indices, tokenizer.pad_token_id), device)
-        logits = model(batch["input_ids"], batch["attention_mask"], **segment_ids(batch)).double()
+    for indices, _batch, logits in logits_by_length(model, encoded.lengths, batch_size, partial(
+            pipeline.collate, encoded, pad_token_id=tokenizer.pad_token_id), device):
         for i, guess, row in zip(indices, logits.argmax(dim=-1).tolist(), torch.softmax(logits, -1).tolist()):
             labels[i], probabilities[i] = guess, row
     return labels, probabilities
@@ -279,7 +273,7 @@ def predict(input_path: Path, output: Path, run: int | None = None, model: Path 
     tokenizer, net = load_model(classifier)
     values = [table[c] for c in columns]
     rows = [i for i, texts in enumerate(zip(*values)) if not any(pipeline.is_missing(t) for t in texts)]
-    device = inference_device()
+    device = local_device()
     ids, probabilities = class_probabilities(
         net, tokenizer, [str(values[0][i]) for i in rows], [str(values[1][i]) for i in rows] if len(values) == 2 else None,
         classifier.max_length, batch_size, device)
@@ -298,7 +292,7 @@ def predict(input_path: Path, output: Path, run: int | None = None, model: Path 
                                                                 *probs])
 
     write_aside(output, write)
-    return Predicted(output, size, len(rows), columns, classifier.origin, str(device), renamed)
+    return Predicted(output, size, len(rows), columns, classifier.origin, device.type, renamed)
 
 
 def _renamed(columns: list[str], ours: list[str]) -> dict[str, str]:

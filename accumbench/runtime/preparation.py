@@ -27,10 +27,10 @@ from accumbench.backends.base import (
     Backend,
     BackendSetup,
     build_backend,
+    local_device,
     micro_batch_loss,
     require_supported_precision,
     resolve_precision,
-    training_device,
     use_fast_cuda_math,
 )
 from accumbench.config import RunConfig
@@ -100,7 +100,7 @@ def _probe_micro_batch_size(model: TextClassifier, config: RunConfig) -> int:
     """--micro-batch-size auto, probed on the device the run will train on."""
     from accumbench.runtime.micro_batch import auto_micro_batch_size
 
-    device = training_device()
+    device = local_device()
     model.to(device)
     return auto_micro_batch_size(model, device, config.effective_batch_size, world_size(), config.max_length,
                                  AUTOCAST_DTYPES.get(config.precision), lambda m, batch: micro_batch_loss(m, batch)[0])
