@@ -218,16 +218,17 @@ def test_the_cluster_job_files_start_workers_that_share_one_sweep(tiny_bert, tmp
 
 def test_ctrl_c_reaches_every_local_worker_and_each_records_its_run_killed(tiny_bert, tmp_path):
     """`sweep --workers 2`, both workers paused mid-run (a RUNNING run with an epoch row each, held by
-    lifecycle.pause_for_tests): one SIGINT to the parent, and both runs are KILLED, none left RUNNING."""
+    the test entry paused_accumbench.py): one SIGINT to the parent, and both runs are KILLED, none left RUNNING."""
     import sqlite3
 
-    from accumbench.runtime.lifecycle import PAUSE_FILE_ENV
+    from paused_accumbench import paused_command
+
     from accumbench.store import INTERRUPTED, KILLED
 
     db, pause = tmp_path / "runs.db", tmp_path / "pause"
-    args = [sys.executable, "-m", "accumbench", "sweep", "--models", tiny_bert, *TINY, "--no-checkpoint",
+    args = [*paused_command(pause), "sweep", "--models", tiny_bert, *TINY, "--no-checkpoint",
             "--effective-batch-sizes", "8,16", "--workers", "2", "--db", str(db)]
-    parent = subprocess.Popen(args, env={**os.environ, "HF_HUB_OFFLINE": "1", PAUSE_FILE_ENV: str(pause)},
+    parent = subprocess.Popen(args, env={**os.environ, "HF_HUB_OFFLINE": "1"},
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def paused_mid_run() -> int:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from conftest import query, wait_for
+from paused_accumbench import paused_command
 from typer.testing import CliRunner
 
 from accumbench.cli.app import app
 from accumbench.runtime import engine
-from accumbench.runtime.lifecycle import PAUSE_FILE_ENV
 from accumbench.store import FAILED, FINISHED, INTERRUPTED, KILLED, RUNNING, STALE_ERROR, Store, resolve_db_url
 from accumbench.sweep.spec import build_spec
 from accumbench.sweep.worker import run_sweep
@@ -37,11 +37,11 @@ def sweep_cli(model: str, db, *extra, code: int = 0):
 
 def sweep_process(model: str, db, *extra, threads: int = 2, pause: Path | None = None) -> subprocess.Popen:
     """The real command in its own process (and process group), as a user or a cluster starts it. With
-    `pause`, its runs stop after each recorded epoch until that file is removed (lifecycle.pause_for_tests)."""
-    args = [sys.executable, "-m", "accumbench", "sweep", "--models", model, *TINY_RUN, "--db", str(db), *map(str, extra)]
+    `pause`, through the test entry paused_accumbench.py: its runs stop after each recorded epoch until that file
+    is removed."""
+    accumbench = [sys.executable, "-m", "accumbench"] if pause is None else paused_command(pause)
+    args = [*accumbench, "sweep", "--models", model, *TINY_RUN, "--db", str(db), *map(str, extra)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", "OMP_NUM_THREADS": str(threads)}
-    if pause is not None:
-        env[PAUSE_FILE_ENV] = str(pause)
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                             start_new_session=True)
 
@@ -127,7 +127,7 @@ def test_rerunning_a_finished_sweep_runs_nothing(tiny_bert, tmp_path):
     assert len(query(db, "SELECT id FROM runs")) == 4 and len(query(db, "SELECT id FROM sweeps")) == 1
 
 
-def test_failed_cell_is_retried_then_given_up(tiny_bert, tmp_path, monkeypatch):
+def test_failed_cell_is_retried_then_given_up(tiny_bert, tmp_path):
     """A cell that crashes is retried up to --max-retries times; the attempts are recorded."""
     real_fit, calls = engine.fit, []
 
@@ -137,18 +137,17 @@ def test_failed_cell_is_retried_then_given_up(tiny_bert, tmp_path, monkeypatch):
             raise RuntimeError("CUDA out of memory (simulated)")
         return real_fit(run_id, prepared, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "fit", crashing_fit)
     db = str(tmp_path / "runs.db")
     spec = build_spec(models=tiny_bert, effective_batch_sizes="8,16", max_train_samples=200, max_eval_samples=64,
                       max_length=32, epochs=1, micro_batch_size=8, checkpoint=False, max_retries=2)
-    result = run_sweep(spec, db=db)
+    result = run_sweep(spec, db=db, fit=crashing_fit)
     assert calls == [8, 16, 16, 16]  # 1 try + 2 retries
     assert [s.state for s in result.statuses] == [DONE, GAVE_UP] and not result.ok
     runs = query(Path(db), "SELECT status, attempt, error FROM runs WHERE effective_batch_size = 16 ORDER BY id")
     assert [(r["status"], r["attempt"]) for r in runs] == [(FAILED, 1), (FAILED, 2), (FAILED, 3)]
     assert runs[0]["error"] == "RuntimeError: CUDA out of memory (simulated)"
 
-    monkeypatch.setattr(engine, "fit", real_fit)  # the bug is fixed; a larger --max-retries tries again
+    # The bug is fixed (the engine's own fit); a larger --max-retries tries again.
     result = run_sweep(build_spec(**{**spec.options, "models": tiny_bert, "effective_batch_sizes": "8,16",
                                      "max_retries": 3}), db=db)
     assert [s.state for s in result.statuses] == [DONE, DONE] and result.ok and result.ran == 1

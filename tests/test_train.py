@@ -8,16 +8,15 @@ import math
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import query, wait_for
+from paused_accumbench import paused_command
 from typer.testing import CliRunner
 
 from accumbench.cli.app import app
 from accumbench.config import RunConfig
-from accumbench.runtime.lifecycle import PAUSE_FILE_ENV
 
 METRICS = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy",
            "optimizer_steps", "samples_seen")
@@ -186,10 +185,10 @@ def test_an_interrupted_or_failing_run_is_closed(tiny_bert, tmp_path, exc, statu
 def test_sigterm_marks_the_run_killed(tiny_bert, tmp_path):
     db, pause = tmp_path / "runs.db", tmp_path / "pause"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "accumbench", "train", "--model", tiny_bert, "--epochs", "3",
+        [*paused_command(pause), "train", "--model", tiny_bert, "--epochs", "3",
          "--max-train-samples", "64", "--max-eval-samples", "16", "--no-checkpoint", "--db", str(db)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", PAUSE_FILE_ENV: str(pause)},
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     try:
         # The run waits after its first recorded epoch until the pause file goes: no race with the clock.

@@ -36,6 +36,9 @@ class EpochStats:
     skipped_steps: int = 0  # fp16 steps the GradScaler skipped (inf/NaN gradients)
     steps: list[dict[str, Any]] = field(default_factory=list)  # one row per optimizer step, for the store
     noise: NoiseScaleEMA | None = None  # the epoch's gradient noise scale, when measured
+    epoch: int = 1
+    steps_before: int = 0  # optimizer steps and samples of the run's earlier epochs: the step rows count on
+    samples_before: int = 0
 
     def noise_columns(self) -> dict[str, Any]:
         """The epoch row's noise-scale columns: B_simple and its EMA components at the epoch's end."""
@@ -247,59 +250,66 @@ class Backend:
                     steps_before: int, samples_before: int,
                     on_step: Callable[[int, float], None] = lambda samples_done, loss: None,
                     after_step: Callable[[int, int], None] = lambda step, samples_seen: None) -> EpochStats:
-        """Train one epoch's groups. on_step(samples done this epoch, loss) is called for each step once
-        its numbers are read (one step late); after_step(step, samples seen) right after each
-        optimizer step, with the model as that step left it (for evaluations between epochs' ends)."""
+        """Train one epoch's groups, one optimizer step per group. on_step(samples done this epoch, loss) is
+        called for each step once its numbers are read (one step late); after_step(step, samples seen) right
+        after each optimizer step, with the model as that step left it (for evaluations between epochs' ends)."""
         self.unwrapped_model().train()
-        measuring = self.noise_norms is not None
-        stats = EpochStats(loss_sum=0.0, correct=0, samples=0, optimizer_steps=0,
-                           noise=NoiseScaleEMA(self.noise_decay) if measuring else None)
-
-        def record(group: OptimizerGroup, lr: float, totals: torch.Tensor, grad_norm: torch.Tensor, skipped: bool) -> None:
-            # The one read from the device per optimizer step: loss, correct and (when measuring) the
-            # micro-batch norms, all in one tensor.
-            loss_sum, correct, *micro = totals.tolist()
-            stats.loss_sum += loss_sum
-            stats.correct += round(correct)
-            stats.samples += len(group)
-            stats.optimizer_steps += 1
-            stats.skipped_steps += int(skipped)
-            row = dict(step=steps_before + stats.optimizer_steps, epoch=epoch,
-                       samples_seen=samples_before + stats.samples, loss=loss_sum / len(group),
-                       grad_norm=float(grad_norm), lr=lr)
-            if micro and not skipped:
-                row.update(self._noise_update(stats.noise, GroupNorms(
-                    micro_sq_sum=micro[0], inverse_size_sum=micro[1], micro_batches=round(micro[2]),
-                    group_size=len(group), group_sq=row["grad_norm"] ** 2), row["step"]))
-            stats.steps.append(row)
-            if not math.isfinite(loss_sum):  # every rank sees the same all-reduced loss, so all stop together
-                raise Diverged(stats.steps[-1]["step"], loss_sum / len(group), stats.steps)
-            on_step(stats.samples, loss_sum / len(group))
-
+        stats = EpochStats(loss_sum=0.0, correct=0, samples=0, optimizer_steps=0, epoch=epoch,
+                           steps_before=steps_before, samples_before=samples_before,
+                           noise=NoiseScaleEMA(self.noise_decay) if self.noise_norms is not None else None)
         # A step's numbers are read only after the next step's work is queued: reading them at once
         # would make the host wait for the GPU to drain, and the GPU then idles while the host
         # collates and launches the next micro-batch. (Divergence is therefore seen one step late.)
         pending = None
         taken = taken_samples = 0
+        # accumulated() backpropagates a group's micro-batches and stops at its boundary, .grad whole.
         for group, loss_sum, correct in self.accumulated(groups, batch_for):
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-            numbers = [loss_sum, correct.to(loss_sum.dtype)]
-            if measuring:
-                # Before the step: its unscaling leaves .grad, not the hooks' sums, divided by the scale.
-                micro_sq_sum, inverse_size_sum, micro_batches = self.noise_norms.take()
-                counts = torch.tensor([inverse_size_sum, micro_batches], dtype=loss_sum.dtype, device=loss_sum.device)
-                numbers += [micro_sq_sum / self.grad_scale() ** 2, *counts]
+            numbers = self._step_numbers(loss_sum, correct)  # before the step: see _step_numbers
             grad_norm, skipped = self.optimizer_step(grad_clip)
             # One small all-reduce per step: the group's loss and accuracy (and micro-batch norms) over every rank.
             totals = self.all_reduce_sum(torch.stack(numbers))
             taken, taken_samples = taken + 1, taken_samples + len(group)
             after_step(steps_before + taken, samples_before + taken_samples)
             if pending is not None:
-                record(*pending)
+                self._record_step(stats, *pending, on_step)
             pending = (group, lr, totals, grad_norm, skipped)
         if pending is not None:
-            record(*pending)
+            self._record_step(stats, *pending, on_step)
         return stats
+
+    def _step_numbers(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> list[torch.Tensor]:
+        """A group's numbers, still on the device: loss sum, correct and (when measuring) the micro-batch norms.
+        Taken before the optimizer step: its unscaling leaves .grad, not the hooks' sums, divided by the scale."""
+        numbers = [loss_sum, correct.to(loss_sum.dtype)]
+        if self.noise_norms is not None:
+            micro_sq_sum, inverse_size_sum, micro_batches = self.noise_norms.take()
+            counts = torch.tensor([inverse_size_sum, micro_batches], dtype=loss_sum.dtype, device=loss_sum.device)
+            numbers += [micro_sq_sum / self.grad_scale() ** 2, *counts]
+        return numbers
+
+    def _record_step(self, stats: EpochStats, group: OptimizerGroup, lr: float, totals: torch.Tensor,
+                     grad_norm: torch.Tensor, skipped: bool, on_step: Callable[[int, float], None]) -> None:
+        """Add one step to the epoch's numbers and step rows; Diverged when its loss is NaN or infinite."""
+        # The one read from the device per optimizer step: loss, correct and (when measuring) the
+        # micro-batch norms, all in one tensor.
+        loss_sum, correct, *micro = totals.tolist()
+        stats.loss_sum += loss_sum
+        stats.correct += round(correct)
+        stats.samples += len(group)
+        stats.optimizer_steps += 1
+        stats.skipped_steps += int(skipped)
+        row = dict(step=stats.steps_before + stats.optimizer_steps, epoch=stats.epoch,
+                   samples_seen=stats.samples_before + stats.samples, loss=loss_sum / len(group),
+                   grad_norm=float(grad_norm), lr=lr)
+        if micro and not skipped:
+            row.update(self._noise_update(stats.noise, GroupNorms(
+                micro_sq_sum=micro[0], inverse_size_sum=micro[1], micro_batches=round(micro[2]),
+                group_size=len(group), group_sq=row["grad_norm"] ** 2), row["step"]))
+        stats.steps.append(row)
+        if not math.isfinite(loss_sum):  # every rank sees the same all-reduced loss, so all stop together
+            raise Diverged(stats.steps[-1]["step"], loss_sum / len(group), stats.steps)
+        on_step(stats.samples, loss_sum / len(group))
 
     def _noise_update(self, ema: NoiseScaleEMA, norms: GroupNorms, step: int) -> dict[str, Any]:
         """Feed one group's norms to the epoch's EMAs; the step row's noise columns (every noise_every steps)."""

@@ -4,9 +4,10 @@ terminal status whatever happens.
 
     prepare (preparation.py: data, model; every UserError happens there, before the store is written)
       -> store.create_run (RUNNING; a sweep claims the run in the store instead, see sweep/worker.py)
-      -> recorded_run (lifecycle.py) + fit: for each epoch: plan -> backend.train_epoch -> evaluate
-         val/test -> store.add_steps, add_epoch (a heartbeat thread beats meanwhile) -> a raced run
-         (sweep --race) asks its Race whether to stop
+      -> recorded_run (lifecycle.py) + fit: for each epoch, _train_epoch: plan -> backend.train_epoch
+         (backends/base.py: one optimizer step per group) -> evaluate val/test -> _record_epoch: predictions,
+         store.add_steps, add_epoch (a heartbeat thread beats meanwhile); then a NaN evaluation is divergence,
+         and a raced run (sweep --race) asks its Race whether to stop
       -> FINISHED | FAILED (exception; "diverged at step S") | KILLED (Ctrl-C, SIGTERM) | PRUNED (racing)
 
 What a run shows while it trains goes through RunHooks, a small protocol: the console views in
@@ -18,16 +19,17 @@ from __future__ import annotations
 import math
 import resource
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation, task_metrics
-from accumbench.backends.base import Backend, Diverged, logits_by_length
+from accumbench.backends.base import Backend, Diverged, EpochStats, logits_by_length
 from accumbench.config import RunConfig
 from accumbench.data import pipeline
 from accumbench.runtime.checkpoints import checkpoint_root, require_writable_checkpoints, save_checkpoint
@@ -35,12 +37,14 @@ from accumbench.runtime.lifecycle import (
     Heartbeat,
     RunDiverged,
     RunPruned,
-    pause_for_tests,
     recorded_run,
     sigterm_as_exception,
 )
 from accumbench.runtime.preparation import Prepared, device_name, loaded_columns, make_backend, prepare, run_columns
 from accumbench.store import NullStore, Store, resolve_db_url
+
+if TYPE_CHECKING:
+    from accumbench.tracking import RunTracker
 
 
 class RunHooks(Protocol):
@@ -68,7 +72,7 @@ class SilentHooks(RunHooks):
 
 @dataclass
 class TrainResult:
-    run_id: int
+    run_id: int | None  # None on the processes other than the main one
     epochs: list[dict[str, Any]]
     best_epoch: int
     checkpoint_path: str | None
@@ -88,7 +92,7 @@ def train(config: RunConfig, db: str | None = None, reporter: RunHooks | None = 
     backend = make_backend(prepared)
     if not backend.is_main:
         try:
-            return _fit(None, prepared, backend, NullStore(), SilentHooks(), checkpoint_root(url, config))
+            return fit(None, prepared, backend, NullStore(), SilentHooks(), checkpoint_root(url, config))
         except Diverged as exc:
             raise RunDiverged(None, exc.step, exc.loss) from None
         finally:
@@ -105,137 +109,175 @@ def train(config: RunConfig, db: str | None = None, reporter: RunHooks | None = 
         backend.close()
 
 
-def fit(run_id: int, prepared: Prepared, backend: Backend, store: Store, reporter: RunHooks | None,
-        checkpoints: Path, heartbeat: Heartbeat | None = None, race: Race | None = None) -> TrainResult:
-    """Train a recorded run epoch by epoch, recording as it goes (inside recorded_run). With `race` (sweep
-    --race), after each recorded epoch but the last, racing may stop it: RunPruned."""
+@dataclass
+class RunLoop:
+    """One run as fit trains it: what it trains and records with, and how far it has got."""
+
+    run_id: int | None  # None on the processes other than the main one, which record nothing
+    prepared: Prepared
+    backend: Backend
+    store: Store | NullStore
+    reporter: RunHooks
+    checkpoints: Path
+    heartbeat: Heartbeat | None = None
+    race: Race | None = None
+    tracker: RunTracker | None = None  # --log-with
+    optimizer_steps: int = 0  # of the epochs so far
+    samples_seen: int = 0
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one per epoch, as recorded
+    best: dict[str, Any] | None = None  # the best epoch's row so far
+    checkpoint_path: str | None = None
+
+    def train_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The padded batch of these training samples."""
+        return pipeline.collate(self.prepared.splits["train"], indices, self.prepared.pad_token_id)
+
+    def step_done(self, samples_done: int, loss: float) -> None:
+        """After each optimizer step, once its numbers are read: a run another worker gave up stops here."""
+        if self.heartbeat is not None:
+            self.heartbeat.raise_if_lost()
+        self.reporter.step(samples_done, loss)
+
+
+def fit(run_id: int | None, prepared: Prepared, backend: Backend, store: Store | NullStore,
+        reporter: RunHooks | None, checkpoints: Path, heartbeat: Heartbeat | None = None,
+        race: Race | None = None) -> TrainResult:
+    """Train a run epoch by epoch, recording as it goes (a recorded run: inside recorded_run). With `race`
+    (sweep --race), after each recorded epoch but the last, racing may stop it: RunPruned."""
     reporter = reporter or SilentHooks()
     sizes = {name: len(split) for name, split in prepared.splits.items()}
     reporter.run_started(run_id, prepared.config, sizes, device_name(backend.device), backend.world_size,
                          epochs=prepared.epochs, total_steps=prepared.total_steps,
                          data_notes=prepared.dataset.describe())
-    return _fit(run_id, prepared, backend, store, reporter, checkpoints, heartbeat, race)
-
-
-def _fit(run_id: int | None, prepared: Prepared, backend: Backend, store: Store | NullStore, reporter: RunHooks,
-         checkpoints: Path, heartbeat: Heartbeat | None = None, race: Race | None = None) -> TrainResult:
+    run = RunLoop(run_id, prepared, backend, store, reporter, checkpoints, heartbeat, race)
     config = prepared.config
-    train_split = prepared.splits["train"]
-    batch_for = lambda indices: pipeline.collate(train_split, indices, prepared.pad_token_id)  # noqa: E731
-
-    def on_step(samples_done: int, loss: float) -> None:
-        if heartbeat is not None:
-            heartbeat.raise_if_lost()
-        reporter.step(samples_done, loss)
-
-    tracker = None
     if config.log_with:  # after the backend: Accelerate's trackers need its process state
         from accumbench.tracking import RunTracker
 
-        tracker = RunTracker(config.log_with, f"run-{run_id}", checkpoints.parent / "tracking", config.to_dict())
+        run.tracker = RunTracker(config.log_with, f"run-{run_id}", checkpoints.parent / "tracking", config.to_dict())
     try:
-        return _epochs(run_id, prepared, backend, store, reporter, checkpoints, on_step, batch_for, tracker, race)
+        for epoch in range(1, prepared.epochs + 1):
+            row = _train_epoch(run, epoch)
+            # The training loss can stay finite while the weights have blown up: a NaN evaluation is divergence too.
+            for loss in (row["val_loss"], row["test_loss"]):
+                if not math.isfinite(loss):
+                    raise Diverged(run.optimizer_steps, loss, steps=[])  # this epoch's steps are recorded
+            # After the last epoch there is nothing left to save: a run that got there is FINISHED.
+            if race is not None and epoch < prepared.epochs and (decision := race.decide(run_id, epoch)) is not None:
+                raise RunPruned(decision, race.metric)
     finally:
-        if tracker is not None:
-            tracker.finish()
+        if run.tracker is not None:
+            run.tracker.finish()
+    assert run.best is not None
+    return TrainResult(run_id=run_id, epochs=run.rows, best_epoch=run.best["epoch"],
+                       checkpoint_path=run.checkpoint_path)
 
 
-def _epochs(run_id: int | None, prepared: Prepared, backend: Backend, store: Store | NullStore, reporter: RunHooks,
-            checkpoints: Path, on_step: Any, batch_for: Any, tracker: Any, race: Race | None) -> TrainResult:
-    config, splits = prepared.config, prepared.splits
-    train_split, device = splits["train"], backend.device
-    rows: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    checkpoint_path: str | None = None
-    optimizer_steps = samples_seen = 0
-    for epoch in range(1, prepared.epochs + 1):
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        groups = accumulation.plan_epoch(len(train_split), config.effective_batch_size, config.micro_batch_size,
-                                         seed=config.seed, epoch=epoch, drop_last=config.drop_last,
-                                         world_size=backend.world_size,
-                                         lengths=train_split.lengths if config.group_by_length else None)
-        # The steps budget cuts the last epoch short; evaluation still follows, as at every epoch end.
-        groups = groups[: prepared.total_steps - optimizer_steps]
-        real_tokens, padded_tokens = pipeline.token_counts((mb.indices for g in groups for mb in g.micro_batches),
+# fit's shape, for whoever runs it for a prepared run (sweep/worker.py: a test passes one that crashes).
+Fit = Callable[[int | None, Prepared, Backend, Store | NullStore, RunHooks | None, Path, Heartbeat | None, Race | None],
+               TrainResult]
+
+
+def _train_epoch(run: RunLoop, epoch: int) -> dict[str, Any]:
+    """One epoch: its plan, one optimizer step per group, validation and test; then its records. Its row."""
+    prepared, backend = run.prepared, run.backend
+    config, train_split = prepared.config, prepared.splits["train"]
+    if backend.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(backend.device)
+    groups = accumulation.plan_epoch(len(train_split), config.effective_batch_size, config.micro_batch_size,
+                                     seed=config.seed, epoch=epoch, drop_last=config.drop_last,
+                                     world_size=backend.world_size,
+                                     lengths=train_split.lengths if config.group_by_length else None)
+    # The steps budget cuts the last epoch short; evaluation still follows, as at every epoch end.
+    groups = groups[: prepared.total_steps - run.optimizer_steps]
+    real_tokens, padded_tokens = pipeline.token_counts((mb.indices for g in groups for mb in g.micro_batches),
                                                        train_split.lengths)
-        reporter.epoch_started(epoch, sum(len(g) for g in groups))
-        evals: list[dict[str, Any]] = []
-        eval_seconds_between = 0.0
+    run.reporter.epoch_started(epoch, sum(len(g) for g in groups))
+    between = EvalsBetween(run, epoch, last_step=run.optimizer_steps + len(groups))
 
-        # after_step is called by this epoch's train_epoch only, so it reads this iteration's variables.
-        def after_step(step: int, samples: int, epoch: int = epoch) -> None:
-            nonlocal eval_seconds_between
-            # --eval-every: validation between epochs' ends, for steps-to-target (the epoch's last
-            # step is evaluated with the epoch, below). Its time is not training time.
-            if config.eval_every is None or step % config.eval_every or step == optimizer_steps + len(groups):  # noqa: B023
-                return
-            _sync(device)  # the training queued so far is training time, not evaluation time
-            started = time.perf_counter()
-            result = evaluate(backend, splits["validation"], prepared.pad_token_id, config.micro_batch_size)
-            evals.append(dict(step=step, epoch=epoch, samples_seen=samples, val_loss=result.loss,  # noqa: B023
+    epoch_start = time.perf_counter()
+    stats = backend.train_epoch(groups, run.train_batch, epoch, config.grad_clip, run.optimizer_steps,
+                                run.samples_seen, on_step=run.step_done, after_step=between.after_step)
+    _sync(backend.device)
+    train_seconds = time.perf_counter() - epoch_start - between.seconds
+
+    eval_start = time.perf_counter()
+    val = evaluate(backend, prepared.splits["validation"], prepared.pad_token_id, config.micro_batch_size)
+    test = evaluate(backend, prepared.splits["test"], prepared.pad_token_id, config.micro_batch_size)
+    val_loss, val_accuracy, test_loss, test_accuracy = val.loss, val.accuracy, test.loss, test.accuracy
+    task = {f"{prefix}_{name}": value for prefix, split, evaluation in (("val", "validation", val), ("test", "test", test))
+            for name, value in task_metrics.scores(getattr(prepared.dataset, split).labels, evaluation.predicted,
+                                                   prepared.dataset.num_labels, prepared.positive).items()}
+    eval_seconds = time.perf_counter() - eval_start + between.seconds
+
+    run.optimizer_steps += stats.optimizer_steps
+    run.samples_seen += stats.samples
+    row = dict(
+        epoch=epoch, train_loss=stats.loss, train_accuracy=stats.accuracy,
+        val_loss=val_loss, val_accuracy=val_accuracy, test_loss=test_loss, test_accuracy=test_accuracy, **task,
+        optimizer_steps=run.optimizer_steps, samples_seen=run.samples_seen, skipped_steps=stats.skipped_steps,
+        epoch_seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, eval_seconds=eval_seconds,
+        samples_per_second=stats.samples / train_seconds, tokens_per_second=real_tokens / train_seconds,
+        padding_fraction=1 - real_tokens / padded_tokens, peak_memory_mb=_peak_memory_mb(backend.device),
+        **stats.noise_columns(),
+    )
+    _record_epoch(run, row, stats, between.rows, {"validation": val, "test": test}, epoch_start)
+    return row
+
+
+def _record_epoch(run: RunLoop, row: dict[str, Any], stats: EpochStats, evals: list[dict[str, Any]],
+                  evaluations: dict[str, Evaluation], epoch_start: float) -> None:
+    """The epoch into the store (its predictions, the best epoch and its checkpoint, its steps, evaluations
+    between epochs' ends and row), the tracker and the reporter, in that order."""
+    config, dataset, store, epoch = run.prepared.config, run.prepared.dataset, run.store, row["epoch"]
+    improved = run.best is None or _better(row, run.best)
+    # Every epoch's predictions, for paired tests between runs at the epoch a metric chooses (pick-best's
+    # McNemar tests and bootstraps); the best epoch's also as the checkpoint's.
+    for name, evaluation in evaluations.items():
+        text_split = getattr(dataset, name)
+        store.save_predictions(run.run_id, name, epoch, text_split.fingerprint, list(text_split.labels),
+                               evaluation.predicted, best=improved)
+    if improved:
+        run.best = row
+        store.update_run(run.run_id, best_epoch=epoch)
+        if config.checkpoint and run.backend.is_main:
+            run.checkpoint_path = str(save_checkpoint(run.backend.unwrapped_model(), run.checkpoints / str(run.run_id),
+                                                      epoch, dataset.label_names, config))
+            store.update_run(run.run_id, checkpoint_path=run.checkpoint_path)
+    row["epoch_seconds"] = time.perf_counter() - epoch_start  # includes the checkpoint write
+    store.add_steps(run.run_id, stats.steps)
+    store.add_evals(run.run_id, evals)
+    store.add_epoch(run.run_id, **row)
+    if run.tracker is not None:
+        run.tracker.log_steps(stats.steps)
+        run.tracker.log_epoch(row)
+    run.rows.append(row)
+    run.reporter.epoch_finished(row)
+
+
+@dataclass
+class EvalsBetween:
+    """--eval-every: validation between epochs' ends, for steps-to-target (the epoch's last step is evaluated
+    with the epoch). Its time is not training time."""
+
+    run: RunLoop
+    epoch: int
+    last_step: int  # the epoch's last optimizer step
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def after_step(self, step: int, samples: int) -> None:
+        prepared, backend = self.run.prepared, self.run.backend
+        every = prepared.config.eval_every
+        if every is None or step % every or step == self.last_step:
+            return
+        _sync(backend.device)  # the training queued so far is training time, not evaluation time
+        started = time.perf_counter()
+        result = evaluate(backend, prepared.splits["validation"], prepared.pad_token_id,
+                          prepared.config.micro_batch_size)
+        self.rows.append(dict(step=step, epoch=self.epoch, samples_seen=samples, val_loss=result.loss,
                               val_accuracy=result.accuracy))
-            eval_seconds_between += time.perf_counter() - started
-
-        epoch_start = time.perf_counter()
-        stats = backend.train_epoch(groups, batch_for, epoch, config.grad_clip, optimizer_steps, samples_seen,
-                                    on_step=on_step, after_step=after_step)
-        _sync(device)
-        train_seconds = time.perf_counter() - epoch_start - eval_seconds_between
-
-        eval_start = time.perf_counter()
-        val = evaluate(backend, splits["validation"], prepared.pad_token_id, config.micro_batch_size)
-        test = evaluate(backend, splits["test"], prepared.pad_token_id, config.micro_batch_size)
-        val_loss, val_accuracy, test_loss, test_accuracy = val.loss, val.accuracy, test.loss, test.accuracy
-        task = {f"{prefix}_{name}": value for prefix, split, evaluation in (("val", "validation", val), ("test", "test", test))
-                for name, value in task_metrics.scores(getattr(prepared.dataset, split).labels, evaluation.predicted,
-                                                       prepared.dataset.num_labels, prepared.positive).items()}
-        eval_seconds = time.perf_counter() - eval_start + eval_seconds_between
-
-        optimizer_steps += stats.optimizer_steps
-        samples_seen += stats.samples
-        row = dict(
-            epoch=epoch, train_loss=stats.loss, train_accuracy=stats.accuracy,
-            val_loss=val_loss, val_accuracy=val_accuracy, test_loss=test_loss, test_accuracy=test_accuracy, **task,
-            optimizer_steps=optimizer_steps, samples_seen=samples_seen, skipped_steps=stats.skipped_steps,
-            epoch_seconds=time.perf_counter() - epoch_start, train_seconds=train_seconds, eval_seconds=eval_seconds,
-            samples_per_second=stats.samples / train_seconds, tokens_per_second=real_tokens / train_seconds,
-            padding_fraction=1 - real_tokens / padded_tokens, peak_memory_mb=_peak_memory_mb(device),
-            **stats.noise_columns(),
-        )
-        improved = best is None or _better(row, best)
-        # Every epoch's predictions, for paired tests between runs at the epoch a metric chooses (pick-best's
-        # McNemar tests and bootstraps); the best epoch's also as the checkpoint's.
-        for name, evaluation in (("validation", val), ("test", test)):
-            text_split = getattr(prepared.dataset, name)
-            store.save_predictions(run_id, name, epoch, text_split.fingerprint, list(text_split.labels),
-                                   evaluation.predicted, best=improved)
-        if improved:
-            best = row
-            store.update_run(run_id, best_epoch=epoch)
-            if config.checkpoint and backend.is_main:
-                checkpoint_path = str(save_checkpoint(backend.unwrapped_model(), checkpoints / str(run_id), epoch,
-                                                      prepared.dataset.label_names, config))
-                store.update_run(run_id, checkpoint_path=checkpoint_path)
-        row["epoch_seconds"] = time.perf_counter() - epoch_start  # includes the checkpoint write
-        store.add_steps(run_id, stats.steps)
-        store.add_evals(run_id, evals)
-        store.add_epoch(run_id, **row)
-        if tracker is not None:
-            tracker.log_steps(stats.steps)
-            tracker.log_epoch(row)
-        rows.append(row)
-        reporter.epoch_finished(row)
-        pause_for_tests(run_id, epoch)
-        # The training loss can stay finite while the weights have blown up: a NaN evaluation is divergence too.
-        for loss in (val_loss, test_loss):
-            if not math.isfinite(loss):
-                raise Diverged(optimizer_steps, loss, steps=[])  # this epoch's steps are recorded above
-        # After the last epoch there is nothing left to save: a run that got there is FINISHED.
-        if race is not None and epoch < prepared.epochs and (decision := race.decide(run_id, epoch)) is not None:
-            raise RunPruned(decision, race.metric)
-    assert best is not None
-    return TrainResult(run_id=run_id, epochs=rows, best_epoch=best["epoch"], checkpoint_path=checkpoint_path)
+        self.seconds += time.perf_counter() - started
 
 
 @dataclass

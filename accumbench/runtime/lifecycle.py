@@ -5,20 +5,16 @@ PRUNED, whatever happens, so that no run is left RUNNING by a crash, a signal or
                                   end is recorded (FINISHED | FAILED, 'diverged at step S' | KILLED | PRUNED)
     sigterm_as_exception          SIGTERM raised as Terminated, so that it ends a run like Ctrl-C does
     describe_failure              a failed run's error, in one line
-    pause_for_tests               a recorded state that signal and kill tests synchronise on
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from accumbench.backends.base import Diverged
@@ -154,21 +150,6 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"
 
 
-
-# Test-only: with this set to a file path, a run writes "<run id> <epoch>" there after recording each epoch
-# and waits until the file is removed. Tests that signal or kill a run synchronise on that file (a
-# recorded state) instead of racing a tiny model that may finish before the signal lands.
-PAUSE_FILE_ENV = "ACCUMBENCH_TEST_PAUSE_FILE"
-
-
-def pause_for_tests(run_id: int, epoch: int) -> None:
-    path = os.environ.get(PAUSE_FILE_ENV)
-    if not path:
-        return
-    Path(path).write_text(f"{run_id} {epoch}")
-    while Path(path).exists():
-        time.sleep(0.02)  # Ctrl-C and SIGTERM land here as anywhere else in training
-
 class sigterm_as_exception:
     """While training, turn SIGTERM into Terminated so the run is closed as KILLED, not left RUNNING."""
 
@@ -184,5 +165,3 @@ class sigterm_as_exception:
     def __exit__(self, *exc: Any) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
-
-

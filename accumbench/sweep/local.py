@@ -4,6 +4,7 @@ CPU's cores split between them, each a `accumbench sweep` process of its own aga
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +56,12 @@ def spec_as_yaml(spec: SweepSpec) -> str:
     return yaml.safe_dump({**sweep, **axes, **spec.options}, sort_keys=False)
 
 
-def run_workers(spec: SweepSpec, db: str | None, count: int, echo: Any) -> int:
+def run_workers(spec: SweepSpec, db: str | None, count: int, echo: Any, command: Sequence[str] = ()) -> int:
     """Start `count` workers of the sweep on this machine, one per visible GPU or with the CPU's cores
     split between them, against one database; print their lines prefixed [worker i]; wait for all.
     Ctrl-C or SIGTERM reaches every worker, each records its run KILLED. The exit code is the first
-    non-zero worker's, else 0."""
+    non-zero worker's, else 0. `command` starts accumbench in a worker (default: this Python's
+    `-m accumbench`); the sweep's arguments follow it."""
     import signal
     import subprocess
     import sys
@@ -73,9 +75,9 @@ def run_workers(spec: SweepSpec, db: str | None, count: int, echo: Any) -> int:
     with tempfile.TemporaryDirectory(prefix="accumbench-workers-") as tmp:
         grid = Path(tmp) / "sweep.yaml"
         grid.write_text(spec_as_yaml(spec))
-        command = [sys.executable, "-m", "accumbench", "sweep", "--config", str(grid)]
+        worker_command = [*(command or (sys.executable, "-m", "accumbench")), "sweep", "--config", str(grid)]
         if db is not None:
-            command += ["--db", db]
+            worker_command += ["--db", db]
         shown = ", ".join(" ".join(f"{k}={v}" for k, v in env.items() if v) or "CUDA_VISIBLE_DEVICES=" for env in environments)
         echo(f"sweep {spec.sweep_name}: starting {count} workers ({shown})")
         workers: list[subprocess.Popen] = []
@@ -98,7 +100,7 @@ def run_workers(spec: SweepSpec, db: str | None, count: int, echo: Any) -> int:
                 # passes it on once. (In our process group every worker would get it twice, and the second
                 # can cut short the write that records its run KILLED.)
                 workers.append(subprocess.Popen(
-                    command, env={**os.environ, **env, "COLUMNS": os.environ.get("COLUMNS", "100")},
+                    worker_command, env={**os.environ, **env, "COLUMNS": os.environ.get("COLUMNS", "100")},
                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True))
                 relays.append(threading.Thread(target=relay, args=(index, workers[-1]), daemon=True))
                 relays[-1].start()

@@ -204,8 +204,10 @@ class SweepReporter:
         return engine.SilentHooks()
 
 
-def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | None = None) -> SweepResult:
-    """Work on the sweep until no cell is left to claim. Safe to run in many processes at once."""
+def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | None = None,
+              fit: engine.Fit = engine.fit) -> SweepResult:
+    """Work on the sweep until no cell is left to claim. Safe to run in many processes at once. `fit` trains
+    each claimed cell once it is prepared (engine.fit; a test passes one that crashes)."""
     reporter = reporter or SweepReporter()
     url = resolve_db_url(db)
     cache: dict[Any, Any] = {}
@@ -246,7 +248,7 @@ def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | 
                 ran += 1
                 racer = (Racer(store, sweep["id"], status.config, spec.race_metric, spec.race_alpha, spec.race_after)
                          if spec.race else None)
-                outcome, detail = _train_cell(store, url, status.config, run_id, cache, spec, reporter, racer)
+                outcome, detail = _train_cell(store, url, status.config, run_id, cache, spec, reporter, racer, fit)
                 durations.append(time.perf_counter() - started)
                 reporter.cell_ended(run_id, outcome, detail)
                 if outcome == FAILED and spec.fail_fast:
@@ -263,7 +265,8 @@ def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | 
 
 
 def _train_cell(store: Store, url: str, config: RunConfig, run_id: int, cache: dict[Any, Any],
-                spec: SweepSpec, reporter: SweepReporter, racer: Racer | None = None) -> tuple[str, str]:
+                spec: SweepSpec, reporter: SweepReporter, racer: Racer | None = None,
+                fit: engine.Fit = engine.fit) -> tuple[str, str]:
     """Train one claimed cell to its end. Returns (FINISHED | PRUNED | FAILED | lost, detail). Ctrl-C and
     SIGTERM are re-raised after the run is recorded as KILLED."""
     try:
@@ -272,9 +275,8 @@ def _train_cell(store: Store, url: str, config: RunConfig, run_id: int, cache: d
             backend = make_backend(prepared)
             try:
                 store.update_run(run_id, **loaded_columns(prepared, backend))
-                # engine.fit looked up at call time: a test can make a cell crash by replacing it.
-                result = engine.fit(run_id, prepared, backend, store, reporter.run_reporter(),
-                                    checkpoint_root(url, config), heartbeat, racer)
+                result = fit(run_id, prepared, backend, store, reporter.run_reporter(), checkpoint_root(url, config),
+                             heartbeat, racer)
             finally:
                 backend.close()
     except RunDiverged as exc:
