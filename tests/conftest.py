@@ -109,6 +109,22 @@ def store(db_url):
     s.close()
 
 
+@pytest.fixture
+def clock_ahead(monkeypatch):
+    """advance(seconds): from then on until the test ends, every store claims with a clock that far ahead
+    of the real one (Store.clock judges staleness), so a run whose worker is dead is stale at once, with
+    no sleep through --stale-after. Heartbeats are still stamped with the real time."""
+    from datetime import timedelta
+
+    from accumbench.store import Store
+
+    def advance(seconds: float) -> None:
+        now = Store.clock
+        monkeypatch.setattr(Store, "clock", staticmethod(lambda: now() + timedelta(seconds=seconds)))
+
+    return advance
+
+
 POSTGRES_ENV = "ACCUMBENCH_TEST_POSTGRES_URL"
 
 

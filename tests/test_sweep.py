@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -212,7 +211,7 @@ def paused_run(pause: Path, db: Path) -> int:
 CELLS = ("--effective-batch-sizes", "8,16")
 
 
-def test_sigkill_mid_run_then_resume_finishes_every_cell_once(tiny_bert, tmp_path):
+def test_sigkill_mid_run_then_resume_finishes_every_cell_once(tiny_bert, tmp_path, clock_ahead):
     db, pause = tmp_path / "runs.db", tmp_path / "pause"
     worker = sweep_process(tiny_bert, db, *CELLS, pause=pause)
     killed_run = paused_run(pause, db)
@@ -228,8 +227,8 @@ def test_sigkill_mid_run_then_resume_finishes_every_cell_once(tiny_bert, tmp_pat
     assert "1 still running on other workers" in polite.output
     assert query(db, "SELECT status FROM runs WHERE id = ?", killed_run)[0]["status"] == RUNNING
     # ...and one that considers 1 s of silence dead takes the cell over. (The worker is dead, so its
-    # heartbeat cannot move: after 1.2 s the run is certainly stale, whatever the machine's speed.)
-    time.sleep(1.2)
+    # heartbeat cannot move: to a claim whose clock is 2 s ahead the run is certainly stale, without a sleep.)
+    clock_ahead(2)
     resumed = sweep_cli(tiny_bert, db, *CELLS, "--stale-after", "1")
     assert "heartbeat stale" in resumed.output
     runs = query(db, "SELECT * FROM runs ORDER BY id")

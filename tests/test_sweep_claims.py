@@ -122,6 +122,21 @@ def test_stale_running_runs_are_reaped_at_claim(store):
     assert store.get_run(dead)["status"] == KILLED
 
 
+def test_staleness_is_judged_by_the_claiming_stores_clock(store):
+    """A claim reads now from the store's clock: one 601 s ahead finds a run that just beat stale at 600 s,
+    and says for how long it was silent by that clock. Nothing sleeps."""
+    sweep_id = store.open_sweep("s", "grid", "{}", 2)["id"]
+    run_id, _ = store.claim(sweep_id, first_free(["a", "b"]), stale_after=600)
+    beat = store.get_run(run_id)["heartbeat_at"]
+    store.clock = lambda: beat + timedelta(seconds=599)
+    assert store.claim(sweep_id, lambda runs: None, stale_after=600) == (None, [])
+    store.clock = lambda: beat + timedelta(seconds=601)
+    assert store.claim(sweep_id, lambda runs: None, stale_after=600) == (None, [run_id])
+    run = store.get_run(run_id)
+    assert (run["status"], run["finished_at"]) == (KILLED, beat + timedelta(seconds=601))
+    assert run["error"] == f"{STALE_ERROR}: no heartbeat for 601 s (its worker died or lost the database)"
+
+
 def test_claim_passes_every_run_of_the_sweep_only(store):
     one = store.open_sweep("one", "g1", "{}", 1)["id"]
     two = store.open_sweep("two", "g2", "{}", 1)["id"]

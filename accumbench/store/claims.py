@@ -8,7 +8,7 @@ one-live-run-per-cell index (schema.Run) backs it up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import insert, select, update
@@ -28,6 +28,11 @@ class SweepClaims:
     url: str
     engine: Engine
     _session: sessionmaker
+    # Where claim reads "now" from: the real UTC clock, unless a store (or a test, on the class) sets another.
+    # Staleness is judged against the heartbeats that the workers stamped from their own clocks (_now), not
+    # with the database's CURRENT_TIMESTAMP, so the seam is this `now` that the query compares them with:
+    # a test moves this clock ahead instead of sleeping through --stale-after.
+    clock: Callable[[], datetime] = staticmethod(_now)
 
     @_resilient()
     def open_sweep(self, name: str, grid_hash: str, spec_json: str, num_cells: int) -> dict[str, Any]:
@@ -73,7 +78,7 @@ class SweepClaims:
         None, ids of the runs marked KILLED). The one-live-run-per-cell index backs this up: a
         second live run of a cell raises IntegrityError rather than running the cell twice.
         """
-        now = _now()
+        now = self.clock()
         with self.engine.connect() as conn:
             _begin_write(conn)
             conn.execute(select(Sweep.id).where(Sweep.id == sweep_id).with_for_update())  # PostgreSQL: the lock
