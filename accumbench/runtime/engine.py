@@ -120,7 +120,6 @@ class RunLoop:
     reporter: RunHooks
     checkpoints: Path
     heartbeat: Heartbeat | None = None
-    race: Race | None = None
     tracker: RunTracker | None = None  # --log-with
     optimizer_steps: int = 0  # of the epochs so far
     samples_seen: int = 0
@@ -149,7 +148,7 @@ def fit(run_id: int | None, prepared: Prepared, backend: Backend, store: Store |
     reporter.run_started(run_id, prepared.config, sizes, device_name(backend.device), backend.world_size,
                          epochs=prepared.epochs, total_steps=prepared.total_steps,
                          data_notes=prepared.dataset.describe())
-    run = RunLoop(run_id, prepared, backend, store, reporter, checkpoints, heartbeat, race)
+    run = RunLoop(run_id, prepared, backend, store, reporter, checkpoints, heartbeat)
     config = prepared.config
     if config.log_with:  # after the backend: Accelerate's trackers need its process state
         from accumbench.tracking import RunTracker
