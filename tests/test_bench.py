@@ -103,12 +103,13 @@ def test_faults_bench_runs_and_prints_its_table(tmp_path, monkeypatch, capsys):
 
 
 def test_repeat_signal_tests_counts_every_round(tmp_path, monkeypatch, capsys):
-    """One round of the fastest signal test: the script runs it and tallies it."""
+    """One round of the fastest signal test (SIGTERM to one `train`: no sweep to set up first, unlike the study
+    page's --watch, whose fixture trains two sweeps): the script runs it and tallies it."""
     out = tmp_path / "repeat.json"
-    _run_script("repeat_signal_tests.py", ["--count", "1", "-k", "watch_rewrites", "--out", str(out)], monkeypatch)
+    _run_script("repeat_signal_tests.py", ["--count", "1", "-k", "sigterm", "--out", str(out)], monkeypatch)
     tally = json.loads(out.read_text())["tests"]
-    assert tally == {"test_study_page::test_watch_rewrites_the_page_until_ctrl_c": {"passed": 1, "failed": 0, "skipped": 0}}
-    assert "| test_study_page::test_watch_rewrites_the_page_until_ctrl_c | 1/1 | 0 | 0 |" in capsys.readouterr().out
+    assert tally == {"test_train::test_sigterm_marks_the_run_killed": {"passed": 1, "failed": 0, "skipped": 0}}
+    assert "| test_train::test_sigterm_marks_the_run_killed | 1/1 | 0 | 0 |" in capsys.readouterr().out
 
 
 def test_pairs_bench_compares_encodings_and_metrics_on_a_hidden_test_split(tiny_bert, tmp_path, monkeypatch, capsys):
