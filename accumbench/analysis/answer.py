@@ -77,7 +77,7 @@ def bound_line(candidate: Any, best: Any, metric: str) -> str:
     elif bound.upper <= 0:
         within = f"no worse than the best ({bound.confidence:.0%})"
     else:
-        unit = "" if metric == deficit.LOSS else " points"
+        unit = "" if deficit.relative(metric) else " points"
         within = f"within {deficit.amount(bound.upper, metric)}{unit} of the best ({bound.confidence:.0%})"
     saved = saving(candidate, best)
     return f"{within}, {saved}" if saved else within
@@ -133,7 +133,7 @@ def too_small_to_show(candidates: list[Any], best: Any, metric: str, margin: Any
         return None
     closest = min(near, key=lambda c: c.deficit.upper)
     bound = closest.deficit
-    unit = "%" if metric == deficit.LOSS else " points"
+    unit = "%" if deficit.relative(metric) else " points"
     seeds, examples = bound.se_seeds, bound.se_examples
     levers = (["more seeds (--seeds)"] if seeds >= examples else []) + (
         [f"a larger validation split (it has {bound.examples} examples)"] if bound.examples and examples >= seeds / 2

@@ -40,6 +40,7 @@ from accumbench.deficit import DEFAULT_EVIDENCE, DeficitBound, Margin, RunPredic
 from accumbench.errors import UserError
 from accumbench.files import check_output_file
 from accumbench.formatting import plain_number
+from accumbench.metrics import named
 from accumbench.vocabulary import (
     BOOTSTRAPPED,
     METRICS,
@@ -116,7 +117,7 @@ def check_margin(margin: float | None, metric: str) -> None:
     if not math.isfinite(margin) or margin < 0:
         raise UserError(f"--margin must be 0 or more, got {plain_number(margin)}; e.g. --margin 0.01 (one point)")
     if margin >= 1:
-        what = ("a share of the best's loss" if metric == deficit.LOSS
+        what = (f"a share of the best's {named(metric).words}" if deficit.relative(metric)
                 else f"in units of {METRICS.get(metric, metric)}, which is bounded by 1")
         raise UserError(f"--margin {plain_number(margin)} is 1 or more ({what}): every candidate would pass; "
                         "e.g. --margin 0.01 (one point)")
@@ -280,12 +281,14 @@ def _paired_discordance(best: Candidate, other: Candidate, preds: dict[int, dict
 
 
 def _scorer(group: pd.DataFrame, metric: str, evidence: Margin) -> deficit.Scorer | None:
-    """The example bootstrap of `metric` for this group's runs; None for a loss (no per-example losses kept)."""
-    if metric not in BOOTSTRAPPED and metric != "val_accuracy":
+    """The example bootstrap of `metric` for this group's runs; None for one not computed from predictions (a loss:
+    no per-example losses kept)."""
+    scored = named(metric)
+    if scored.score is None:
         return None
     first = group.iloc[0]
     positive = first.get("positive_class")  # NaN or None for runs of 3+ labels, or recorded before it was
-    return deficit.Scorer(BOOTSTRAPPED.get(metric, "accuracy"), int(first["num_labels"] or 2),
+    return deficit.Scorer(scored.key, int(first["num_labels"] or 2),
                           1 if pd.isna(positive) else int(positive), evidence.confidence)
 
 
@@ -303,7 +306,7 @@ def deficit_to_best(best: Candidate, other: Candidate, preds: dict[int, dict[str
         paired = len(mine) > 1 and mine["seed"].tolist() == theirs["seed"].tolist()
         return scorer.bound(runs[:len(mine)], runs[len(mine):], paired=paired)
     return deficit.from_seed_means(mine[metric].astype(float).tolist(), theirs[metric].astype(float).tolist(),
-                                   higher_is_better(metric), evidence.confidence, relative=metric == deficit.LOSS)
+                                   higher_is_better(metric), evidence.confidence, relative=deficit.relative(metric))
 
 
 def pick_among(name: str, group: pd.DataFrame, predictions: dict[str, dict[int, dict[str, Any]]],

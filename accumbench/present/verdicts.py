@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from accumbench.analysis import answer
-from accumbench.deficit import LOSS, amount
+from accumbench.deficit import amount
 from accumbench.formatting import format_lr, format_seconds, spread
+from accumbench.metrics import named
 from accumbench.vocabulary import METRIC_HEADINGS, PROTOCOL_MEANINGS
 
 
@@ -52,7 +53,7 @@ def print_picks(picks: list[Any]) -> None:
                           "-" if bound is None else amount(bound.upper, pick.metric), "yes" if c.as_good else "no",
                           "-" if c.mcnemar_test_p is None else f"{c.mcnemar_test_p:.3g}")
         console.print(table)
-        unit = "% of the best's loss" if pick.metric == LOSS else "points"
+        unit = named(pick.metric).unit
         console.print(f"* the pick; deficit to the best on validation in {unit}, with its one-sided {confidence} bound "
                       f"(seeds and validation examples); within margin: the bound is below "
                       f"{pick.evidence.words(pick.metric)}; test p: exact McNemar on test, reported only")
@@ -124,10 +125,16 @@ def print_comparisons(comparisons: list[Any]) -> None:
         if comparison.protocols:
             first = comparison.protocols[0].pick
             console.print(f"95% bound vs best: the pick's deficit to its protocol's best may be up to this many "
-                          f"{'% of its loss' if first.metric == LOSS else 'points'}; a pick is taken only within "
+                          f"{_units_of_its(first.metric)}; a pick is taken only within "
                           f"{first.evidence.words(first.metric)}")
         console.print(f"[bold]{comparison.text}[/]")
         console.print()
+
+
+def _units_of_its(metric: str) -> str:
+    """What a deficit on `metric` is counted in, after 'this many': 'points', or '% of its loss'."""
+    chosen = named(metric)
+    return f"% of its {chosen.words}" if chosen.relative else "points"
 
 
 def print_gradient_checks(checks: list[Any], samples: int, micro_batch_size: int, precision: str) -> None:
