@@ -20,7 +20,7 @@ from accumbench.cli.inference import export, predict
 from accumbench.config import BACKENDS, REFERENCE_BACKEND
 from accumbench.config_files import build_config
 from accumbench.errors import StoreUnavailable, Terminated, UserError
-from accumbench.optim_scaling import RULE_OPTIONS
+from accumbench.sweep.spec import SAME_NAMED_AXES
 from accumbench.vocabulary import RACE_AFTER, RACE_ALPHA
 
 app = typer.Typer(
@@ -111,7 +111,7 @@ def train(config: Path | None = _CONFIG_OPTION, db: WritableDb = None, **options
 
 @app.command()
 @run_options(skip=("model", "effective_batch_size", "backend", "seed"), own_first=True,
-             listed=RULE_OPTIONS)
+             listed=SAME_NAMED_AXES)
 def sweep(
     models: str | None = typer.Option(None, "--models", "--model", help="Comma-separated models (default: minilm)."),
     effective_batch_sizes: str | None = typer.Option(
