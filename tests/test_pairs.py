@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from accumbench import task_metrics
 from accumbench.cli.app import app
-from accumbench.data import pipeline
+from accumbench.data import pipeline, token_cache
 from accumbench.errors import UserError
 from accumbench.store.schema import _unpack
 
@@ -114,12 +114,12 @@ def test_token_cache_keys_segment_ids_and_round_trips_types(tiny_bert, tmp_path)
     pair = pipeline.load_text_dataset(_write(tmp_path / "p.csv", _pairs(40)), seed=0)
     single = pipeline.load_text_dataset(_write(tmp_path / "t.csv", [{"text": f"t {i}", "label": i % 2}
                                                                 for i in range(40)]), seed=0)
-    cache = pipeline.TokenCache(tmp_path / "cache")
+    cache = token_cache.TokenCache(tmp_path / "cache")
     assert cache.key(pair, tok, 32, segment_ids=True) != cache.key(pair, tok, 32, segment_ids=False)
     assert cache.key(single, tok, 32, segment_ids=True) == cache.key(single, tok, 32, segment_ids=False)
     first, cached = cache.load_or_tokenize(pair, tok, 32, segment_ids=True)
     assert not cached and first["train"].token_type_ids is not None
-    again, cached = pipeline.TokenCache(tmp_path / "cache").load_or_tokenize(pair, tok, 32, segment_ids=True)
+    again, cached = token_cache.TokenCache(tmp_path / "cache").load_or_tokenize(pair, tok, 32, segment_ids=True)
     assert cached
     for name in pipeline.SPLITS:
         assert again[name].input_ids == first[name].input_ids

@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import query
 from test_train import train_cli
 
-from accumbench.data import pipeline
+from accumbench.data import pipeline, token_cache
 
 
 def _dataset(n: int = 60, seed: int = 1) -> pipeline.TextDataset:
@@ -26,7 +26,7 @@ def _tokenizer(path: str):
 
 
 def test_second_load_reads_the_same_tokens_from_disk(tiny_bert, tmp_path):
-    cache, dataset, tokenizer = pipeline.TokenCache(tmp_path), _dataset(), _tokenizer(tiny_bert)
+    cache, dataset, tokenizer = token_cache.TokenCache(tmp_path), _dataset(), _tokenizer(tiny_bert)
     first, cached = cache.load_or_tokenize(dataset, tokenizer, 32)
     assert not cached and len(list((tmp_path / "tokenized").glob("*.npz"))) == 1
     second, cached = cache.load_or_tokenize(dataset, tokenizer, 32)
@@ -38,7 +38,7 @@ def test_second_load_reads_the_same_tokens_from_disk(tiny_bert, tmp_path):
 
 
 def test_key_changes_with_examples_tokenizer_and_max_length(tiny_bert, tmp_path):
-    cache, dataset, tokenizer = pipeline.TokenCache(tmp_path), _dataset(), _tokenizer(tiny_bert)
+    cache, dataset, tokenizer = token_cache.TokenCache(tmp_path), _dataset(), _tokenizer(tiny_bert)
     key = cache.key(dataset, tokenizer, 32)
     assert cache.key(_dataset(), _tokenizer(tiny_bert), 32) == key  # stable across loads
     tokenizer("a call leaves truncation switched on in the backend", truncation=True, max_length=8)
@@ -51,7 +51,7 @@ def test_key_changes_with_examples_tokenizer_and_max_length(tiny_bert, tmp_path)
 
 
 def test_an_unreadable_cache_file_is_tokenized_again(tiny_bert, tmp_path):
-    cache, dataset, tokenizer = pipeline.TokenCache(tmp_path), _dataset(), _tokenizer(tiny_bert)
+    cache, dataset, tokenizer = token_cache.TokenCache(tmp_path), _dataset(), _tokenizer(tiny_bert)
     path = tmp_path / "tokenized" / f"{cache.key(dataset, tokenizer, 32)}.npz"
     cache.load_or_tokenize(dataset, tokenizer, 32)
     whole = path.read_bytes()

@@ -7,18 +7,13 @@ given test set, when needed) -> label ids -> tokenize once -> pad each micro-bat
 from __future__ import annotations
 
 import functools
-import json
-import os
 import random
-import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from accumbench.data.sources import SPLITS, read_tables
 from accumbench.errors import UserError
-from accumbench.files import write_aside
 
 TEXT_COLUMNS = ("text", "sentence", "review", "content", "document")
 LABEL_COLUMNS = ("label", "labels", "sentiment")
@@ -96,6 +91,31 @@ def load_text_dataset(dataset: str, seed: int, text_column: str | None = None, l
     unlabelled_test = "test" in columns_by_split and "test" not in labelled
     if not labelled:
         raise UserError(f"dataset '{dataset}' has no labelled split; check --label-column or the data")
+    raw, columns, dropped = _read_rows(dataset, labelled, text_column, label_column, text_pair_column)
+    raw, source = _arrange_splits(raw, seed, unlabelled_test)
+
+    label_values = sorted({y for rows in raw.values() for _, _, y in rows}, key=lambda v: (str(type(v)), v))
+    label_ids = {value: i for i, value in enumerate(label_values)}
+    pair = len(columns) == 2
+    splits = {name: TextSplit([t for t, _, _ in rows], [label_ids[y] for _, _, y in rows],
+                              [p for _, p, _ in rows] if pair else None) for name, rows in raw.items()}
+    _check_trainable(dataset, splits, label_values, dropped)
+    return TextDataset(
+        train=splits["train"].head(max_train_samples),
+        validation=splits["validation"].head(max_eval_samples),
+        test=splits["test"].head(max_eval_samples),
+        label_names=[str(v) for v in label_values],
+        source=source,
+        columns=columns,
+        dropped=dropped,
+    )
+
+
+def _read_rows(dataset: str, labelled: dict[str, dict[str, list[Any]]], text_column: str | None,
+               label_column: str | None, text_pair_column: str | None
+               ) -> tuple[dict[str, list[Row]], tuple[str, ...], str]:
+    """Each labelled split's rows (text, pair, label value), the text column(s) read, and what was dropped
+    ('' when nothing was): rows with no label or no text."""
     raw: dict[str, list[Row]] = {}
     columns: tuple[str, ...] = ()
     missing = {"label": 0, "text": 0}
@@ -112,29 +132,28 @@ def load_text_dataset(dataset: str, seed: int, text_column: str | None = None, l
             else:
                 raw[split].append((str(text), None if pair is None else str(pair), label))
     dropped = " and ".join(f"{n} row{'s' if n != 1 else ''} with no {what}" for what, n in missing.items() if n)
-    dropped = f"dropped {dropped}" if dropped else ""
+    return raw, columns, f"dropped {dropped}" if dropped else ""
 
+
+def _arrange_splits(raw: dict[str, list[Row]], seed: int, unlabelled_test: bool) -> tuple[dict[str, list[Row]], str]:
+    """Train/validation/test from the labelled splits as given, and how they were made (recorded with the run)."""
     if set(raw) == set(SPLITS):
-        source = "given splits"
-    elif unlabelled_test and {"train", "validation"} <= set(raw):
+        return raw, "given splits"
+    if unlabelled_test and {"train", "validation"} <= set(raw):
         # GLUE's way: the test labels are hidden, so the labelled validation split is the test set, and a
         # tenth of train is held out to choose on (never the test set itself).
-        raw = {**split_rows(raw["train"], seed, (0.9, 0.1), ("train", "validation")), "test": raw["validation"]}
-        source = f"test split unlabelled: validation used as test; train split 9:1 into train/validation, seed {seed}"
-    else:
-        # One pool (a single file, or imdb's train+test): shuffle with the seed and cut 8:1:1.
-        pool = [row for split in raw for row in raw[split]]
-        raw = split_rows(pool, seed, (0.8, 0.1, 0.1), SPLITS)
-        source = f"8:1:1 split of {len(pool)} examples, seed {seed}"
-        if unlabelled_test:
-            source = f"test split unlabelled and left out; {source}"
+        arranged = {**split_rows(raw["train"], seed, (0.9, 0.1), ("train", "validation")), "test": raw["validation"]}
+        return arranged, f"test split unlabelled: validation used as test; train split 9:1 into train/validation, seed {seed}"
+    # One pool (a single file, or imdb's train+test): shuffle with the seed and cut 8:1:1.
+    pool = [row for split in raw for row in raw[split]]
+    source = f"8:1:1 split of {len(pool)} examples, seed {seed}"
+    if unlabelled_test:
+        source = f"test split unlabelled and left out; {source}"
+    return split_rows(pool, seed, (0.8, 0.1, 0.1), SPLITS), source
 
-    label_values = sorted({y for rows in raw.values() for _, _, y in rows}, key=lambda v: (str(type(v)), v))
-    label_ids = {value: i for i, value in enumerate(label_values)}
-    pair = len(columns) == 2
-    splits = {name: TextSplit([t for t, _, _ in rows], [label_ids[y] for _, _, y in rows],
-                              [p for _, p, _ in rows] if pair else None) for name, rows in raw.items()}
 
+def _check_trainable(dataset: str, splits: dict[str, TextSplit], label_values: list[Any], dropped: str) -> None:
+    """Two classes in train, and no empty split: else one UserError that says what was dropped."""
     because = f" ({dropped})" if dropped else ""
     train_classes = set(splits["train"].labels)
     if len(train_classes) < 2:
@@ -147,16 +166,6 @@ def load_text_dataset(dataset: str, seed: int, text_column: str | None = None, l
         if len(split) == 0:
             raise UserError(f"dataset '{dataset}' has an empty {name} split{because}; "
                             "it needs at least 10 labelled examples")
-
-    return TextDataset(
-        train=splits["train"].head(max_train_samples),
-        validation=splits["validation"].head(max_eval_samples),
-        test=splits["test"].head(max_eval_samples),
-        label_names=[str(v) for v in label_values],
-        source=source,
-        columns=columns,
-        dropped=dropped,
-    )
 
 
 def is_missing(value: Any) -> bool:
@@ -262,105 +271,6 @@ def tokenize(split: TextSplit, tokenizer: Any, max_length: int, segment_ids: boo
                         return_attention_mask=False, return_token_type_ids=keep_types)
     return EncodedSplit(input_ids=encoded["input_ids"], labels=list(split.labels),
                         token_type_ids=encoded["token_type_ids"] if keep_types else None)
-
-
-def cache_dir() -> Path:
-    """$ACCUMBENCH_CACHE, else $XDG_CACHE_HOME/accumbench, else ~/.cache/accumbench."""
-    if os.environ.get("ACCUMBENCH_CACHE"):
-        return Path(os.environ["ACCUMBENCH_CACHE"]).expanduser()
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "accumbench"
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """Names what the tokenizer does: its full serialised pipeline (vocabulary, normaliser, special
-    tokens), so a changed vocabulary or lower-casing never reuses stale tokens."""
-    import hashlib
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        spec = json.loads(backend.to_str())
-        # A call with truncation=True leaves truncation switched on in the backend: not part of what it is.
-        spec.pop("truncation", None)
-        spec.pop("padding", None)
-        text = json.dumps(spec, sort_keys=True)
-    else:  # a slow (Python) tokenizer: its class, vocabulary and settings
-        text = json.dumps([type(tokenizer).__name__, sorted(tokenizer.get_vocab().items()),
-                           str(tokenizer.init_kwargs)], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-class TokenCache:
-    """Tokenized splits on disk, one .npz per (examples, tokenizer, max length).
-
-    The key is built from the splits' fingerprints (which examples, in which order: so the dataset,
-    its split seed and any --max-*-samples), the tokenizer's fingerprint and max_length. Writes go
-    to a temporary file renamed into place, so parallel workers never read half a file."""
-
-    VERSION = 1  # bump when the file layout changes
-
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = (root or cache_dir()) / "tokenized"
-
-    def key(self, dataset: TextDataset, tokenizer: Any, max_length: int, segment_ids: bool = False) -> str:
-        import hashlib
-
-        parts = [str(self.VERSION), tokenizer_fingerprint(tokenizer), str(max_length),
-                 *(getattr(dataset, name).fingerprint for name in SPLITS)]
-        if dataset.is_pair:  # the pair's texts are in the fingerprints; its columns and segment ids name it too
-            parts += [*dataset.columns, f"segment_ids={segment_ids}"]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:24]
-
-    def load_or_tokenize(self, dataset: TextDataset, tokenizer: Any, max_length: int, segment_ids: bool = False
-                         ) -> tuple[dict[str, EncodedSplit], bool]:
-        """(split name -> tokens, whether they came from the cache)."""
-        path = self.root / f"{self.key(dataset, tokenizer, max_length, segment_ids)}.npz"
-        if path.is_file():
-            try:
-                return self._read(path, dataset), True
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-                pass  # unreadable (a disk error, a truncated or foreign file): tokenize again and overwrite it
-        splits = {name: tokenize(getattr(dataset, name), tokenizer, max_length, segment_ids) for name in SPLITS}
-        try:
-            self._write(path, splits)
-        except OSError:
-            pass  # a read-only or full disk only costs the next run its tokenization time
-        return splits, False
-
-    @staticmethod
-    def _write(path: Path, splits: dict[str, EncodedSplit]) -> None:
-        import numpy as np
-
-        arrays = {}
-        for name, split in splits.items():
-            arrays[f"{name}_lengths"] = np.asarray(split.lengths, dtype=np.int32)
-            arrays[f"{name}_tokens"] = np.fromiter((t for ids in split.input_ids for t in ids), dtype=np.int32)
-            if split.token_type_ids is not None:
-                arrays[f"{name}_types"] = np.fromiter((t for ids in split.token_type_ids for t in ids), dtype=np.int8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-        def write(partial: Path) -> None:
-            with partial.open("wb") as handle:  # a handle: np.savez would add .npz to a bare path
-                np.savez(handle, **arrays)
-
-        write_aside(path, write)
-
-    @staticmethod
-    def _read(path: Path, dataset: TextDataset) -> dict[str, EncodedSplit]:
-        import numpy as np
-
-        splits = {}
-        with np.load(path) as arrays:
-            for name in SPLITS:
-                lengths, tokens = arrays[f"{name}_lengths"], arrays[f"{name}_tokens"].tolist()
-                ends = np.cumsum(lengths).tolist()
-                starts = [0, *ends[:-1]]
-                labels = list(getattr(dataset, name).labels)
-                if len(labels) != len(lengths) or (ends and ends[-1] != len(tokens)):
-                    raise ValueError(f"{path} does not match the dataset")
-                types = arrays[f"{name}_types"].tolist() if f"{name}_types" in arrays else None
-                splits[name] = EncodedSplit([tokens[a:b] for a, b in zip(starts, ends)], labels,
-                                            None if types is None else [types[a:b] for a, b in zip(starts, ends)])
-        return splits
 
 
 def collate(split: EncodedSplit, indices: Sequence[int], pad_token_id: int) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from accumbench.backends.base import (
     use_fast_cuda_math,
 )
 from accumbench.config import RunConfig
-from accumbench.data import pipeline
+from accumbench.data import pipeline, token_cache
 from accumbench.errors import UserError
 from accumbench.model import TextClassifier, embeds_segments, load_tokenizer_and_encoder
 from accumbench.noise_scale import measurable
@@ -66,7 +66,7 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
 
     `cache` (a sweep passes one dict for all its cells) keeps loaded datasets and tokenized splits,
     so cells that share them load and tokenize once; tokenized splits are also cached on disk
-    (pipeline.TokenCache), so a second run of the same data and tokenizer skips tokenization. The
+    (token_cache.TokenCache), so a second run of the same data and tokenizer skips tokenization. The
     model is always loaded afresh."""
     cache = {} if cache is None else cache
     config.accumulation_steps_for(world_size())  # checks EBS = world x micro x k before any loading
@@ -81,7 +81,7 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
     token_key = (data_key(config), config.model, config.max_length)
     started, tokens_cached = time.perf_counter(), True
     if token_key not in cache:
-        cache[token_key], tokens_cached = pipeline.TokenCache().load_or_tokenize(dataset, tokenizer, config.max_length,
+        cache[token_key], tokens_cached = token_cache.TokenCache().load_or_tokenize(dataset, tokenizer, config.max_length,
                                                                              segment_ids=embeds_segments(encoder))
     splits = cache[token_key]
     tokenize_seconds = time.perf_counter() - started
