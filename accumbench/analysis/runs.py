@@ -139,38 +139,10 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
         known = ", ".join(s["name"] for s in store.list_sweeps()) or "none"
         raise NoRuns(f"no runs match ({filters}) in {store.url}; sweeps there: {known}")
     epochs = pd.DataFrame(store.epochs_of([r["id"] for r in runs]))
-    frame = pd.DataFrame(runs).rename(columns={"id": "run_id"})
-    configs = {row["id"]: RunConfig.from_dict(json.loads(row["config_json"])) for row in runs}
-    frame["cell"] = frame["run_id"].map(lambda run_id: cell_key(configs[run_id]))
-    frame["config"] = frame["run_id"].map(configs)
-    # Derived from the config, also for runs recorded before these columns existed.
-    frame["lr_scaling"] = frame["config"].map(lambda c: c.lr_scaling)
-    frame["base_lr"] = frame["config"].map(lambda c: c.lr)
-    frame["lr"] = frame["config"].map(lambda c: c.scaled_lr)
-    # The other rules by name ('' for none: a cell's label then says nothing of them) and what they gave.
-    frame["optim_rules"] = frame["config"].map(optim_rules)
-    frame["optim_settings"] = frame["config"].map(optim_settings_text)
-    frame["lr_free"] = frame["config"].map(lr_free_key)
-    frame["series"] = frame["config"].map(series_key)
-
+    frame = _with_config_columns(pd.DataFrame(runs).rename(columns={"id": "run_id"}), runs)
     if epochs.empty:
         raise NoRuns(f"the matching runs in {store.url} have no recorded epochs; nothing to report")
-    per_run = epochs.groupby("run_id").agg(
-        best_train_accuracy=("train_accuracy", "max"), best_test_accuracy=("test_accuracy", "max"),
-        train_seconds=("train_seconds", "sum"), samples_seen=("samples_seen", "max"),
-        optimizer_steps=("optimizer_steps", "max"), peak_memory_mb=("peak_memory_mb", "max"),
-    )
-    per_run["samples_per_second"] = per_run["samples_seen"] / per_run["train_seconds"]
-    # B_simple of the first and the last epoch (noise_steps says whether it was measured at all).
-    ordered = epochs.sort_values(["run_id", "epoch"])
-    # Each epoch's training seconds per sample, for telling a measured difference from noise (cost.py).
-    epoch_samples = ordered["samples_seen"] - ordered.groupby("run_id")["samples_seen"].shift(fill_value=0)
-    per_sample = (ordered["train_seconds"] / epoch_samples).rename("seconds_per_sample")
-    per_run["seconds_per_sample"] = per_sample.groupby(ordered["run_id"]).agg(tuple)
-    for name, keep in (("first", "first"), ("last", "last")):
-        rows = ordered.drop_duplicates("run_id", keep=keep).set_index("run_id")
-        per_run[f"noise_scale_{name}"] = rows["noise_scale"].astype(float)
-        per_run[f"noise_measured_{name}"] = rows["noise_steps"].notna()
+    per_run = _per_run_totals(epochs)
     for column in AT_BEST_EPOCH:  # a store of runs all recorded before F1 and MCC has no values there
         epochs[column] = epochs[column].astype(float) if column in epochs else float("nan")
     if metric != "val_accuracy":  # the recorded best_epoch is the best on validation accuracy
@@ -187,6 +159,56 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
             raise UserError(f"none of the matching runs in {store.url} recorded {METRICS[metric]} (they were trained "
                             "before accumbench recorded F1 and MCC); choose with --metric val_accuracy or val_loss")
         raise NoRuns(f"none of the matching runs in {store.url} finished an epoch; nothing to report")
+    frame = _with_labels(frame)
+    evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
+                         columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
+    filters = dict(sweep=sweep, model=model, backend=backend)
+    pruned, pruned_epochs = _pruned(store, **filters)
+    return RunData(frame.reset_index(drop=True), epochs, evals, _diverged(store, **filters), metric, without_metric,
+                   pruned, pruned_epochs)
+
+
+def _with_config_columns(frame: pd.DataFrame, runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Each run's RunConfig, its cell, and the columns derived from it (also for runs recorded before these
+    columns existed)."""
+    configs = {row["id"]: RunConfig.from_dict(json.loads(row["config_json"])) for row in runs}
+    frame["cell"] = frame["run_id"].map(lambda run_id: cell_key(configs[run_id]))
+    frame["config"] = frame["run_id"].map(configs)
+    frame["lr_scaling"] = frame["config"].map(lambda c: c.lr_scaling)
+    frame["base_lr"] = frame["config"].map(lambda c: c.lr)
+    frame["lr"] = frame["config"].map(lambda c: c.scaled_lr)
+    # The other rules by name ('' for none: a cell's label then says nothing of them) and what they gave.
+    frame["optim_rules"] = frame["config"].map(optim_rules)
+    frame["optim_settings"] = frame["config"].map(optim_settings_text)
+    frame["lr_free"] = frame["config"].map(lr_free_key)
+    frame["series"] = frame["config"].map(series_key)
+    return frame
+
+
+def _per_run_totals(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per run, over its epochs: the best train and test accuracy, the time and work it took, its peak
+    memory, the seconds per sample of each epoch, and the noise scale of its first and last epoch."""
+    per_run = epochs.groupby("run_id").agg(
+        best_train_accuracy=("train_accuracy", "max"), best_test_accuracy=("test_accuracy", "max"),
+        train_seconds=("train_seconds", "sum"), samples_seen=("samples_seen", "max"),
+        optimizer_steps=("optimizer_steps", "max"), peak_memory_mb=("peak_memory_mb", "max"),
+    )
+    per_run["samples_per_second"] = per_run["samples_seen"] / per_run["train_seconds"]
+    # B_simple of the first and the last epoch (noise_steps says whether it was measured at all).
+    ordered = epochs.sort_values(["run_id", "epoch"])
+    # Each epoch's training seconds per sample, for telling a measured difference from noise (cost.py).
+    epoch_samples = ordered["samples_seen"] - ordered.groupby("run_id")["samples_seen"].shift(fill_value=0)
+    per_sample = (ordered["train_seconds"] / epoch_samples).rename("seconds_per_sample")
+    per_run["seconds_per_sample"] = per_sample.groupby(ordered["run_id"]).agg(tuple)
+    for name, keep in (("first", "first"), ("last", "last")):
+        rows = ordered.drop_duplicates("run_id", keep=keep).set_index("run_id")
+        per_run[f"noise_scale_{name}"] = rows["noise_scale"].astype(float)
+        per_run[f"noise_measured_{name}"] = rows["noise_steps"].notna()
+    return per_run
+
+
+def _with_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """What the tables say of each run beside its numbers: its variant, its budget, its noise notes."""
     frame["variant"] = _variants(frame)
     frame["shown_variant"] = _variants(frame, frozenset(_BUDGET_SETTINGS))  # the budget has a column of its own
     frame["budget_text"] = frame["config"].map(
@@ -196,12 +218,7 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
             noise_note(config, int(micro), measured, value) for config, micro, measured, value in zip(
                 frame["config"], frame["micro_batch_size"], frame[f"noise_measured_{which}"],
                 frame[f"noise_scale_{which}"])]
-    evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
-                         columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
-    filters = dict(sweep=sweep, model=model, backend=backend)
-    pruned, pruned_epochs = _pruned(store, **filters)
-    return RunData(frame.reset_index(drop=True), epochs, evals, _diverged(store, **filters), metric, without_metric,
-                   pruned, pruned_epochs)
+    return frame
 
 
 def best_epochs(epochs: pd.DataFrame, metric: str) -> pd.Series:
