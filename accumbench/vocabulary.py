@@ -60,20 +60,12 @@ def test_metric(metric: str) -> str:
     """The test column of a validation metric: val_f1 -> test_f1."""
     return "test_" + metric.removeprefix("val_")
 TUNED, POOLED = "tuned", "pooled"
-PROTOCOLS = (TUNED, POOLED)  # --protocol; pick.PICK_PROTOCOLS maps each to its function
 # The defaults of sweep --race-alpha and --race-after (and of pick-best --replay-race), chosen by replaying
 # racing over the SST-2 grid of bench/race.py (README, "Racing"): from epoch 1, EBS 64's best lr (3e-5,
 # 0.65 against 0.82 after epoch 1) is lost at any alpha; from epoch 2 at 1e-6, no arm racing stopped ended
 # as good as its EBS's best by the paired test, and the pick and every best lr stayed.
 RACE_ALPHA = 1e-6
 RACE_AFTER = 2
-# The kinds of protocol --compare-protocols shows (choice.COMPARED maps each to the function that picks under
-# it), and what each means, as the comparison's footnote says.
-PROTOCOL_MEANINGS = {"single lr": "every EBS at one shared lr, as the seed study trained them",
-                     "scaling rule": "every EBS at the lr its scaling rule gave it from one base lr",
-                     POOLED: "every (EBS, lr) cell competes as it is",
-                     TUNED: "each EBS at its best lr on validation, then EBS against EBS",
-                     "rule bundle": "tuned (or pooled) within one bundle of the β, ε and weight-decay rules"}
 
 # --- report -------------------------------------------------------------------------------------------
 

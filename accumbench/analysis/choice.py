@@ -98,18 +98,35 @@ def _per_rule_bundle(name: str, group: pd.DataFrame, data: RunData, predictions:
     return rows
 
 
-# The protocols --compare-protocols shows, in order: each kind (vocabulary.PROTOCOL_MEANINGS says what it
-# means) with the function that picks under it. A new protocol is one entry here and one meaning there.
-COMPARED = (("single lr", _at_each_lr), ("scaling rule", _by_scaling_rule), (POOLED, _as_protocol(POOLED)),
-            (TUNED, _as_protocol(TUNED)), ("rule bundle", _per_rule_bundle))
+@dataclass(frozen=True)
+class ComparedProtocol:
+    """A kind of protocol --compare-protocols shows: the picks it makes in a group, and what it means (the
+    comparison's footnote)."""
+
+    kind: str
+    picks: Any  # (group name, runs, data, predictions, metric, evidence) -> [(shown name, Pick)]
+    meaning: str
+
+
+# The protocols --compare-protocols shows, in order. A new protocol is one entry here (and, for --protocol,
+# one in pick.PICK_PROTOCOLS).
+COMPARED = (
+    ComparedProtocol("single lr", _at_each_lr, "every EBS at one shared lr, as the seed study trained them"),
+    ComparedProtocol("scaling rule", _by_scaling_rule, "every EBS at the lr its scaling rule gave it from one base lr"),
+    ComparedProtocol(POOLED, _as_protocol(POOLED), "every (EBS, lr) cell competes as it is"),
+    ComparedProtocol(TUNED, _as_protocol(TUNED), "each EBS at its best lr on validation, then EBS against EBS"),
+    ComparedProtocol("rule bundle", _per_rule_bundle,
+                     "tuned (or pooled) within one bundle of the β, ε and weight-decay rules"),
+)
 
 
 def compare_protocols(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], metric: str = "val_accuracy",
                       evidence: Margin = DEFAULT_EVIDENCE, by: str = "model") -> list[ProtocolComparison]:
     """Per group, the pick under each protocol the runs support (COMPARED). Whether the EBS picked changes is
     the finding."""
-    return [ProtocolComparison(name, [ProtocolPick(kind, shown, found) for kind, rows in COMPARED
-                                      for shown, found in rows(name, group, data, predictions, metric, evidence)])
+    return [ProtocolComparison(name, [ProtocolPick(protocol.kind, shown, found) for protocol in COMPARED
+                                      for shown, found in protocol.picks(name, group, data, predictions, metric,
+                                                                         evidence)])
             for name, group in pick_groups(data.runs, by)]
 
 

@@ -45,7 +45,6 @@ from accumbench.vocabulary import (
     BOOTSTRAPPED,
     METRICS,
     POOLED,
-    PROTOCOLS,
     RACE_AFTER,
     RACE_ALPHA,
     TUNED,
@@ -82,8 +81,8 @@ class PickOptions:
         check_margin(self.margin, self.metric)
         if self.target is not None and not 0 < self.target <= 1:
             raise UserError(f"--target is a validation accuracy in (0, 1], got {plain_number(self.target)}; e.g. --target 0.85")
-        if self.protocol is not None and self.protocol not in PROTOCOLS:
-            raise UserError(f"unknown --protocol '{self.protocol}'; choose one of: {', '.join(PROTOCOLS)}")
+        if self.protocol is not None and self.protocol not in PICK_PROTOCOLS:
+            raise UserError(f"unknown --protocol '{self.protocol}'; choose one of: {', '.join(PICK_PROTOCOLS)}")
         if self.protocol is not None and self.compare_protocols:
             raise UserError("--compare-protocols shows every protocol; drop --protocol")
         if self.replay_race and (self.compare_protocols or self.protocol is not None):
@@ -239,7 +238,7 @@ def pick_tuned(name: str, group: pd.DataFrame, data: RunData, predictions: dict[
     return pick
 
 
-PICK_PROTOCOLS = {POOLED: pick_pooled, TUNED: pick_tuned}  # --protocol's names, each to its function
+PICK_PROTOCOLS = {TUNED: pick_tuned, POOLED: pick_pooled}  # --protocol's names, each to its function
 
 
 def pick_by_protocol(name: str, group: pd.DataFrame, data: RunData, predictions: dict[str, dict[int, dict[str, Any]]],

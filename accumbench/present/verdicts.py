@@ -8,7 +8,7 @@ from accumbench.analysis import answer
 from accumbench.deficit import amount
 from accumbench.formatting import format_lr, format_seconds, spread
 from accumbench.metrics import named
-from accumbench.vocabulary import METRIC_HEADINGS, PROTOCOL_MEANINGS
+from accumbench.vocabulary import METRIC_HEADINGS
 
 
 def print_answer(answer: list[Any]) -> None:
@@ -119,9 +119,11 @@ def print_comparisons(comparisons: list[Any]) -> None:
                           f"{row.pick.test_accuracy:.4f}")
         if comparison.protocols:
             console.print(table)
-            kinds = [kind for kind in PROTOCOL_MEANINGS if any(row.kind == kind for row in comparison.protocols)]
-            if kinds:
-                console.print("; ".join(f"{kind}: {PROTOCOL_MEANINGS[kind]}" for kind in kinds))
+            from accumbench.analysis.choice import COMPARED  # what each kind means, beside its function
+
+            shown = [p for p in COMPARED if any(row.kind == p.kind for row in comparison.protocols)]
+            if shown:
+                console.print("; ".join(f"{p.kind}: {p.meaning}" for p in shown))
         if comparison.protocols:
             first = comparison.protocols[0].pick
             console.print(f"95% bound vs best: the pick's deficit to its protocol's best may be up to this many "
