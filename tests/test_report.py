@@ -19,12 +19,15 @@ from accumbench.store import Store, resolve_db_url
 from accumbench.sweep.spec import build_spec
 from accumbench.sweep.worker import run_sweep
 
+# As few samples as the checks need (the fixture's cost is its forward passes): 104 = 3 x 32 + a ragged 8.
+TRAIN_SAMPLES, EVAL_SAMPLES = 104, 48
+
 
 @pytest.fixture(scope="module")
 def swept(tiny_bert, tmp_path_factory) -> Path:
     db = tmp_path_factory.mktemp("report") / "runs.db"
     spec = build_spec(models=tiny_bert, effective_batch_sizes="8,32", seeds="1,2", backends="torch,accelerate",
-                      dataset="demo", max_train_samples=200, max_eval_samples=100, max_length=32, epochs=2,
+                      dataset="demo", max_train_samples=TRAIN_SAMPLES, max_eval_samples=EVAL_SAMPLES, max_length=32, epochs=2,
                       micro_batch_size=8, lr=1e-3, checkpoint=False, name="tiny-study")
     assert run_sweep(spec, db=str(db)).ok
     return db
@@ -43,7 +46,7 @@ def test_stored_predictions_match_the_recorded_accuracies(swept):
             predictions = store.predictions([r["id"] for r in runs], split)
             for run in runs:
                 p = predictions[run["id"]]
-                assert p["epoch"] == run["best_epoch"] and len(p["labels"]) == 100
+                assert p["epoch"] == run["best_epoch"] and len(p["labels"]) == EVAL_SAMPLES
                 accuracy = sum(a == b for a, b in zip(p["labels"], p["predicted"])) / len(p["labels"])
                 (recorded,) = query(swept, f"SELECT {column} FROM epochs WHERE run_id = ? AND epoch = ?",
                                     run["id"], run["best_epoch"])
@@ -73,7 +76,7 @@ def test_csv_has_one_row_per_cell_with_the_databases_numbers(swept):
                              "WHERE r.effective_batch_size = ? AND r.backend = ? GROUP BY r.id",
                       row.effective_batch_size, row.backend)
         assert row.train_seconds_mean == pytest.approx(sum(t["t"] for t in times) / 2)
-        assert row.optimizer_steps_mean == 2 * math.ceil(200 / row.effective_batch_size)
+        assert row.optimizer_steps_mean == 2 * math.ceil(TRAIN_SAMPLES / row.effective_batch_size)
 
 
 def test_json_and_the_backend_comparison(swept):
