@@ -18,7 +18,7 @@ from accumbench.cli.inference import export, predict
 from accumbench.config import RunConfig
 from accumbench.runtime.preparation import load_dataset
 
-# The commands as cli.py registers them.
+# The commands as cli/app.py registers them.
 app = typer.Typer()
 app.command("predict")(predict)
 app.command("export")(export)
