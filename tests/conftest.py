@@ -7,11 +7,17 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import signal
 import sqlite3
 import tempfile
 from pathlib import Path
 
 import pytest
+
+# A suite started in the background by a non-interactive shell (`make test &`) inherits SIGINT ignored, and
+# so would every process it starts: the Ctrl-C tests' children would never see their Ctrl-C. Catching it here
+# (as a foreground Python does anyway) gives the children the default disposition back.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Never touch the network: an unknown hub name must fail in seconds, not after retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
