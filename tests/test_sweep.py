@@ -23,8 +23,9 @@ from accumbench.sweep.spec import build_spec
 from accumbench.sweep.worker import run_sweep
 from accumbench.vocabulary import DONE, GAVE_UP
 
-# Small and fast: 200 training samples, 64 to evaluate, sequences cut to 32 tokens.
-TINY_RUN = ["--dataset", "demo", "--max-train-samples", "200", "--max-eval-samples", "64", "--max-length", "32",
+# Small and fast: 104 training samples (a ragged last group at EBS 16 and 32), 32 to evaluate, sequences cut
+# to 32 tokens. A test whose arithmetic needs more passes its own --max-train-samples after these.
+TINY_RUN = ["--dataset", "demo", "--max-train-samples", "104", "--max-eval-samples", "32", "--max-length", "32",
             "--epochs", "1", "--micro-batch-size", "8", "--lr", "1e-3", "--dropout", "0", "--no-checkpoint"]
 
 
@@ -137,7 +138,7 @@ def test_failed_cell_is_retried_then_given_up(tiny_bert, tmp_path):
         return real_fit(run_id, prepared, *args, **kwargs)
 
     db = str(tmp_path / "runs.db")
-    spec = build_spec(models=tiny_bert, effective_batch_sizes="8,16", max_train_samples=200, max_eval_samples=64,
+    spec = build_spec(models=tiny_bert, effective_batch_sizes="8,16", max_train_samples=104, max_eval_samples=32,
                       max_length=32, epochs=1, micro_batch_size=8, checkpoint=False, max_retries=2)
     result = run_sweep(spec, db=db, fit=crashing_fit)
     assert calls == [8, 16, 16, 16]  # 1 try + 2 retries
@@ -155,7 +156,8 @@ def test_failed_cell_is_retried_then_given_up(tiny_bert, tmp_path):
 def test_diverged_run_is_recorded_and_the_sweep_finishes_the_rest(tiny_bert, tmp_path):
     """lr 100 trains; linear scaling from EBS 1 makes it 100 x 100 = 1e4 at EBS 100, which diverges."""
     db = tmp_path / "runs.db"
-    args = ("--effective-batch-sizes", "100", "--micro-batch-size", "20", "--base-batch-size", "1", "--lr", "100")
+    args = ("--effective-batch-sizes", "100", "--micro-batch-size", "20", "--base-batch-size", "1", "--lr", "100",
+            "--max-train-samples", "200")  # two steps an epoch at EBS 100
     result = sweep_cli(tiny_bert, db, *args, "--lr-scaling", "linear,none", code=1)
     assert "diverged at step" in result.output
     runs = query(db, "SELECT * FROM runs ORDER BY id")
@@ -181,7 +183,8 @@ def test_diverged_run_is_recorded_and_the_sweep_finishes_the_rest(tiny_bert, tmp
 
 def test_steps_budget_gives_equal_optimizer_steps_across_ebs(tiny_bert, tmp_path):
     db = tmp_path / "runs.db"
-    sweep_cli(tiny_bert, db, "--effective-batch-sizes", "8,32,64", "--budget", "steps", "--train-steps", "10")
+    sweep_cli(tiny_bert, db, "--effective-batch-sizes", "8,32,64", "--budget", "steps", "--train-steps", "10",
+              "--max-train-samples", "200")
     runs = query(db, "SELECT * FROM runs ORDER BY effective_batch_size")
     assert [(r["budget"], r["train_steps"]) for r in runs] == [("steps", 10)] * 3
     # 200 samples: EBS 8 is 25 steps an epoch (1 epoch, cut at 10); EBS 32 is 7 (2 epochs: 7 + 3);
