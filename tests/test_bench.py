@@ -6,15 +6,36 @@ from __future__ import annotations
 import json
 import runpy
 import sys
+from functools import partial
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def _run_script(name: str, argv: list[str], monkeypatch) -> None:
+def _run_script(name: str, argv: list[str], monkeypatch, in_process: bool = True) -> None:
+    """Run bench/NAME as `python bench/NAME ARGV`. in_process: its accumbench commands (commands.accumbench) run
+    here through CliRunner, the same command lines and stdout, without a Python, torch and transformers start
+    for each (the race bench runs 14). The optim_scaling smoke keeps one process per command, as a user's."""
     monkeypatch.setattr(sys, "argv", [str(BENCH / name), *argv])
     monkeypatch.syspath_prepend(str(BENCH))
+    if in_process:
+        import commands
+
+        monkeypatch.setattr(commands, "accumbench", partial(_accumbench_here, monkeypatch))
     runpy.run_path(str(BENCH / name), run_name="__main__")
+
+
+def _accumbench_here(monkeypatch, *args: str, cwd: Path) -> str:
+    """commands.accumbench, in this process: its stdout, or SystemExit with the output when it fails."""
+    from typer.testing import CliRunner
+
+    from accumbench.cli.app import app
+
+    monkeypatch.chdir(cwd)
+    done = CliRunner().invoke(app, list(args), env={"HF_HUB_OFFLINE": "1"})
+    if done.exit_code != 0:
+        raise SystemExit(f"accumbench {' '.join(args)} failed:\n{done.output[-2000:]}\n{done.exception!r}")
+    return done.stdout
 
 
 def test_throughput_bench_measures_every_variant(tiny_bert, tmp_path, monkeypatch, capsys):
@@ -156,7 +177,7 @@ def test_race_bench_replays_and_races_the_same_grid(tiny_bert, tmp_path, monkeyp
 
 def test_optim_scaling_bench_compares_the_rule_bundles_over_one_grid(tiny_bert, tmp_path, monkeypatch, capsys):
     out = tmp_path / "optim_scaling.json"
-    _run_script("optim_scaling.py", ["--tiny", tiny_bert, "--out", str(out)], monkeypatch)
+    _run_script("optim_scaling.py", ["--tiny", tiny_bert, "--out", str(out)], monkeypatch, in_process=False)
     results = json.loads(out.read_text())
     plain, sde = results["bundles"]
     assert (plain["bundle"], sde["bundle"]) == ("none", "sde β, ε")
