@@ -92,7 +92,6 @@ class Metric:
     # a fixed scale (a loss: 0.3 on one task, 1.1 on another), as a share of the best's value.
     relative: bool = False
     margin: float = 0.01  # the default --margin
-    figure_scale: float = 100.0  # the headline figure draws deficit x this (points)
 
     def __post_init__(self) -> None:
         if not self.built_in and self.score is None:
@@ -163,9 +162,7 @@ def margin_help() -> str:
 
 ACCURACY = Metric("accuracy", "accuracy", "acc", True, _accuracy, built_in=True)
 LOSS = Metric("loss", "loss", "loss", False, None, built_in=True, digits=4, spread_in_heading=False, relative=True,
-              margin=0.02, figure_scale=1.0)  # 2% of the best's loss: about what a point of accuracy moves it by
-# (figure_scale 1.0 draws the loss's share as it is, 0.02 for 2%, on an axis whose unit reads '%': kept as it was
-# drawn, since this table changed no output; 100.0 would make the axis agree with its unit.)
+              margin=0.02)  # 2% of the best's loss: about what a point of accuracy moves it by
 
 # Every metric, in the order they are listed, offered and shown: one entry per metric. The first is the default.
 TABLE: tuple[Metric, ...] = (

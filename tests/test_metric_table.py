@@ -96,7 +96,6 @@ def test_margins_and_their_units_are_each_metrics():
                                                                   "1 point"]
     assert [deficit.amount(0.0123, name) for name in NAMES] == ["1.2", "1.2%", "1.2", "1.2"]
     assert [m.unit for m in metrics.TABLE] == ["points", "% of the best's loss", "points", "points"]
-    assert [m.figure_scale for m in metrics.TABLE] == [100.0, 1.0, 100.0, 100.0]  # the headline figure's y
 
 
 def test_the_help_lists_every_metric():

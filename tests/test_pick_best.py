@@ -364,6 +364,32 @@ def test_the_headline_draws_the_deficits_pick_best_decided_on(db):
     assert [p.optimizer_steps for p in shown.points] == [16, 4, 1]
 
 
+@pytest.mark.parametrize("metric, drawn_margin, unit", [("val_accuracy", 1.0, "points"),
+                                                       ("val_loss", 2.0, "% of the best's loss")])
+def test_the_headline_figure_draws_deficits_in_its_axis_unit(db, metric, drawn_margin, unit):
+    """One point of accuracy is drawn at 1 on a 'points' axis, and the loss's 2% margin at 2 on a '%' axis (it
+    was once drawn at 0.02 there)."""
+    pytest.importorskip("matplotlib")
+    from accumbench.analysis.headline import headline
+    from accumbench.analysis.pick import pick_best
+    from accumbench.analysis.runs import load_predictions, load_runs
+    from accumbench.present.plots import _headline_figure
+
+    _equal_on_validation(db)
+    with Store.open_readonly(resolve_db_url(str(db))) as store:
+        data = load_runs(store, metric=metric)
+        predictions = load_predictions(store, data)
+    [answer] = pick_best(data, predictions, metric=metric)
+    shown = headline(answer)
+    top = _headline_figure(shown.model, [shown]).axes[0]
+    [margin_line] = [line for line in top.get_lines() if line.get_linestyle() == "--"]
+    assert list(margin_line.get_ydata()) == pytest.approx([drawn_margin, drawn_margin])
+    assert top.get_ylabel() == f"deficit to the best ({unit})"
+    picked = [p for p in shown.points if p.picked]
+    [star] = [line for line in top.get_lines() if line.get_marker() == "*"]
+    assert list(star.get_ydata()) == pytest.approx([100 * p.deficit for p in picked])
+
+
 def test_with_one_seed_the_headline_bound_is_the_examples_alone(db):
     from accumbench.analysis.headline import headline
     from accumbench.analysis.pick import pick_best

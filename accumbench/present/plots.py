@@ -271,7 +271,7 @@ def _headline_figure(model: str, headlines: list) -> Figure:
         points = headline.points
         xs = [p.effective_batch_size for p in points]
         metric = named(headline.metric)
-        scale = metric.figure_scale  # points of accuracy, F1 or MCC; a loss's share as it is
+        scale = 100.0  # hundredths, as the axis's unit says: points of accuracy, F1 or MCC, or % of the best's loss
         top.axhline(0.0, color="#444", linewidth=0.8)
         top.axhline(headline.margin * scale, color="#d62", linestyle="--", linewidth=1.2,
                     label=f"margin: {headline.margin_words}")
