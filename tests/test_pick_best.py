@@ -170,26 +170,27 @@ def test_noise_scale_and_critical_batch_size_beside_the_pick(db):
     out = json.loads(pick(db, "--json", "--target", "0.9").stdout)["picks"][0]
     noise = out["noise_scale"]
     assert (noise["runs"], noise["epoch_1"], noise["epoch_1_range"], noise["nearest_tried"]) == (3, 60.0, [50.0, 400.0], 64)
-    assert "measured B_simple ≈ 60 in epoch 1 (median of 3 runs, 50–400)" in noise["text"]
+    assert "B_simple ≈ 60 in epoch 1 (median of 3 runs, 50–400)" in noise["text"]
     assert "EBS 64 is the tried size nearest it" in noise["text"]
-    assert "(from length-sorted micro-batches: an upper estimate)" in noise["text"]  # --group-by-length, the default
+    assert "(measured on length-sorted micro-batches: if anything, too high)" in noise["text"]  # --group-by-length
+    assert noise["text"].endswith("A hint for the EBS range of the next sweep, not the answer")  # what to do with it
     [critical] = out["critical_batch_size"]
     assert [p["steps"] for p in critical["steps_to_target"]] == pytest.approx([500, 200, 125])
     assert critical["b_crit"] == pytest.approx(64) and critical["s_min"] == pytest.approx(100)
     assert critical["e_min"] == pytest.approx(6400) and critical["nearest_tried"] == 64
     # Every EBS ties on validation and takes as long, so the tie goes to the largest, 256; both signals point
-    # to 64, and the one answer says what that means and that validation found 64 no better.
+    # to 64, and each "another signal" line says what that means, what validation found at 64, and what to do.
     assert out["pick"] == "EBS 256"
-    verdict = "on validation EBS 64 was shown within 1 point of the best too; the pick costs less; act on the pick"
+    verdict = "on validation EBS 64 was shown within 1 point of the best too, and the pick costs less. Train at the pick"
     assert out["reconciled"] == [
-        f"the noise scale (B_simple ≈ 60) points to EBS 64, the pick is EBS 256: it suggests smaller batches would "
-        f"make better use of each sample; {verdict}",
-        f"the critical batch size (B_crit ≈ 64) points to EBS 64, the pick is EBS 256: it suggests smaller batches "
-        f"would make better use of each sample; {verdict}"]
+        f"the noise scale (B_simple ≈ 60) suggests EBS 64 (smaller batches would make better use of each sample), "
+        f"but the pick is EBS 256: {verdict}",
+        f"the critical batch size (B_crit ≈ 64) suggests EBS 64 (smaller batches would make better use of each "
+        f"sample), but the pick is EBS 256: {verdict}"]
     text = pick(db, "--target", "0.9").stdout
     assert "B_crit ≈ 64; EBS 64 is the tried size nearest it" in text
-    assert "one answer: the noise scale (B_simple ≈ 60) points to EBS 64, the pick is EBS 256" in text
-    assert "noise scale: measured B_simple ≈ 60" in text
+    assert "another signal: the noise scale (B_simple ≈ 60) suggests EBS 64" in text
+    assert "noise scale: B_simple ≈ 60" in text
 
     # The default target is 99% of the best validation accuracy seen (0.9 -> 0.891), interpolated
     # between evaluations: S/2 + (0.391 / 0.4)·S/2 = 0.98875·S, so B_crit stays 64.
@@ -218,7 +219,7 @@ def test_a_target_out_of_range_is_bad_input(db):
     assert db.read_bytes() == before
 
 
-def test_one_answer_says_what_validation_found_at_the_ebs_a_signal_points_to():
+def test_another_signal_says_what_validation_found_at_the_ebs_it_points_to_and_what_to_do():
     from types import SimpleNamespace
 
     from accumbench.analysis.answer import reconcile
@@ -233,12 +234,13 @@ def test_one_answer_says_what_validation_found_at_the_ebs_a_signal_points_to():
     answer = SimpleNamespace(chosen=picked, best=best, candidates=[best, picked, worse], noise=noise, critical=[],
                              evidence=Margin(), metric="val_accuracy")
     assert reconcile(answer) == [
-        "the noise scale (B_simple ≈ 70) points to EBS 64, the pick is EBS 256: it suggests smaller batches would "
-        "make better use of each sample; EBS 64 was the best on validation, and the pick is shown within 1 point of "
-        "it at less cost; act on the pick"]
+        "the noise scale (B_simple ≈ 70) suggests EBS 64 (smaller batches would make better use of each sample), but "
+        "the pick is EBS 256: EBS 64 was the best on validation, and the pick is shown within 1 point of it at less "
+        "cost. Train at the pick"]
     answer.noise = SimpleNamespace(first=12.0, nearest=16)
     assert reconcile(answer)[0].endswith("on validation EBS 16 was not shown within 1 point of the best (deficit 3.0, "
-                                         "95% bound 4.5; 3 seeds); act on the pick")
+                                         "95% bound 4.5; 3 seeds). Train at the pick; to test EBS 16, run more "
+                                         "seeds")
     answer.noise = SimpleNamespace(first=300.0, nearest=256)  # it agrees with the pick: nothing to say
     assert reconcile(answer) == []
 

@@ -6,7 +6,7 @@
     evidence.py  the gradient noise scale and the critical batch size beside the pick
     pick.py      the pick per model, chosen on validation, under each protocol
     cost.py      the cheapest of the candidates validation cannot tell apart, by counts (load-free)
-    answer.py    the pick in one sentence; one answer where the noise scale or B_crit points elsewhere
+    answer.py    the pick in one sentence; another signal where the noise scale or B_crit points elsewhere
     headline.py  the headline figure's data: each EBS at its best lr, with its interval and its cost
     shapes.py    pick-best's JSON
 

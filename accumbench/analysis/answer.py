@@ -1,5 +1,5 @@
-"""The pick in words: one sentence a reader can act on, the evidence under it, and one answer where the
-signals point elsewhere.
+"""The pick in words: one sentence a reader can act on, the evidence under it, and, where the noise scale or
+the critical batch size points to another EBS, what validation found there and what to do.
 
     sentence       'EBS 256 at lr 2e-4: within 1 point of the best, EBS 64 (deficit 0.1, 95% bound 0.6;
                    3 seeds), with 4.0x fewer optimizer steps'
@@ -157,9 +157,9 @@ def reconcile(pick: Any) -> list[str]:
     for signal, nearest in signals:
         if nearest is None or nearest == chosen:
             continue
-        direction = ("larger batches would still train efficiently" if nearest > chosen
+        direction = ("larger batches would still use each sample well" if nearest > chosen
                      else "smaller batches would make better use of each sample")
-        lines.append(f"{signal} points to EBS {nearest}, the pick is EBS {chosen}: it suggests {direction}; "
+        lines.append(f"{signal} suggests EBS {nearest} ({direction}), but the pick is EBS {chosen}: "
                      f"{_validation_verdict(pick, nearest)}")
     return lines
 
@@ -172,9 +172,10 @@ def _validation_verdict(pick: Any, ebs: int) -> str:
     candidate = at[0]
     within = pick.evidence.words(pick.metric)
     if candidate is pick.best:
-        return (f"EBS {ebs} was the best on validation, and the pick is shown within {within} of it at less cost; "
-                "act on the pick")
+        return (f"EBS {ebs} was the best on validation, and the pick is shown within {within} of it at less cost. "
+                "Train at the pick")
     if candidate.as_good:
-        return f"on validation EBS {ebs} was shown within {within} of the best too; the pick costs less; act on the pick"
+        return (f"on validation EBS {ebs} was shown within {within} of the best too, and the pick costs less. "
+                "Train at the pick")
     return (f"on validation EBS {ebs} was not shown within {within} of the best "
-            f"({evidence(candidate.deficit, pick.metric)}); act on the pick")
+            f"({evidence(candidate.deficit, pick.metric)}). Train at the pick; to test EBS {ebs}, run more seeds")

@@ -69,9 +69,10 @@ def noise_advice(runs: pd.DataFrame, tried: list[int]) -> NoiseAdvice:
                          for note, count in without.items())
     # Length strata count their spread as noise (noise_scale.py): a few percent high on SST-2.
     sorted_cut = any(config.group_by_length for config in measured["config"])
-    upper = " (from length-sorted micro-batches: an upper estimate)" if sorted_cut else ""
-    text = (f"noise scale: measured B_simple ≈ {first:.3g} in epoch 1{spread}{later}{upper}; "
-            f"EBS {nearest} is the tried size nearest it{unmeasured}")
+    upper = " (measured on length-sorted micro-batches: if anything, too high)" if sorted_cut else ""
+    text = (f"noise scale: B_simple ≈ {first:.3g} in epoch 1{spread}{later}{upper}, the batch size beyond which "
+            f"more samples per step start to pay off less; EBS {nearest} is the tried size nearest it{unmeasured}. "
+            "A hint for the EBS range of the next sweep, not the answer")
     return NoiseAdvice(n, first, (low, high), last, nearest, text)
 
 

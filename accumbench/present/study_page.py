@@ -133,7 +133,7 @@ def _pick_block(index: int, pick: Any) -> str:
                                                    f"{pick.test_score:.4f}")
              + ": reported, never used to choose.</p>"]
     lines.append("<ul class='bounds'>" + "".join(f"<li>{_e(line)}</li>" for line in answer.bound_lines(pick)) + "</ul>")
-    lines += [f"<p class='note'>one answer: {_e(line)}</p>" for line in pick.reconciled]
+    lines += [f"<p class='note'>another signal: {_e(line)}</p>" for line in pick.reconciled]
     lines += [f"<p class='warning'>warning: {_e(w)}</p>" for w in pick.warnings]
     why = [f"{pick.justification}."] + [fit.text for fit in pick.scaling]
     why += ([pick.noise.text, NOISE_SCALE_IN_WORDS] if pick.noise else []) + [c.text for c in pick.critical]

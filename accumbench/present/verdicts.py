@@ -76,7 +76,7 @@ def print_picks(picks: list[Any]) -> None:
                               f"{p['epoch']} (p={p['p']:.1g})" for p in pick.pruned)
             console.print(f"racing pruned {len(pick.pruned)} run{'s' if len(pick.pruned) != 1 else ''}: {stops}")
         for line in pick.reconciled:
-            console.print(f"[bold]one answer:[/] {line}")
+            console.print(f"[bold]another signal:[/] {line}")
         for warning in pick.warnings:
             console.print(f"[yellow]warning: {warning}[/]")
         console.print()
