@@ -61,7 +61,7 @@ def test_metric(metric: str) -> str:
     return "test_" + metric.removeprefix("val_")
 TUNED, POOLED = "tuned", "pooled"
 # The defaults of sweep --race-alpha and --race-after (and of pick-best --replay-race), chosen by replaying
-# racing over the SST-2 grid of bench/race.py (README, "Racing"): from epoch 1, EBS 64's best lr (3e-5,
+# racing over the SST-2 grid of bench/race.py (docs/racing.md): from epoch 1, EBS 64's best lr (3e-5,
 # 0.65 against 0.82 after epoch 1) is lost at any alpha; from epoch 2 at 1e-6, no arm racing stopped ended
 # as good as its EBS's best by the paired test, and the pick and every best lr stayed.
 RACE_ALPHA = 1e-6

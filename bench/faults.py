@@ -372,7 +372,7 @@ def fresh_postgres_database(admin_url: str, name: str) -> str:
 
 
 def table(results: dict[str, Any]) -> str:
-    """The README's fault table: one row per experiment."""
+    """docs/benchmarks.md's fault table: one row per experiment."""
     lines = ["| fault | database | outcome | cells finished once | with all epochs | RUNNING left | "
              "integrity | orphan rows | retries used |", "|---|---|---|---:|---:|---:|---|---:|---:|"]
 

@@ -118,7 +118,7 @@ def wrong_prunes(full_db: Path, raced_db: Path) -> list[dict[str, Any]]:
 
 
 def table(results: dict[str, Any]) -> str:
-    """The README's table: the full grid, each replay, and the raced run."""
+    """docs/racing.md's table: the full grid, each replay, and the raced run."""
     from accumbench.formatting import format_lr, format_seconds
     from accumbench.vocabulary import RACE_AFTER, RACE_ALPHA
 

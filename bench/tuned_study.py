@@ -124,7 +124,7 @@ def analyse(db: Path, work: Path, sweep: str | None) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> str:
-    """The README's tables of one analysis: the best lr per EBS, the fitted exponent, and the pick under
+    """docs/benchmarks.md's tables of one analysis: the best lr per EBS, the fitted exponent, and the pick under
     each protocol."""
     from accumbench.formatting import format_lr
 

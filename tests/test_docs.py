@@ -1,5 +1,6 @@
-"""The CLI documents itself: every command has an example, the README documents every command,
-the `train` flags contract is intact, and `--help` stays free of heavy imports."""
+"""The CLI documents itself: every command has an example, the README documents every command, the README and
+the docs/ pages it links document every flag, the `train` flags contract is intact, and `--help` stays free of
+heavy imports."""
 
 from __future__ import annotations
 
@@ -40,6 +41,23 @@ def test_mentions_takes_a_flag_as_a_whole_word():
     assert not mentions("--lr-scaling sqrt --lrs 1e-4", "--lr") and not mentions("--no-checkpoint", "--checkpoint")
 
 
+def _documentation() -> str:
+    """The README and every docs/ page it links (the README keeps the first five minutes; the pages the rest)."""
+    readme = (ROOT / "README.md").read_text()
+    pages = sorted(set(re.findall(r"\]\((docs/[\w-]+\.md)\)", readme)))
+    return "\n".join([readme, *((ROOT / page).read_text() for page in pages)])
+
+
+def test_every_docs_page_is_linked_from_the_readme_and_links_back():
+    readme = (ROOT / "README.md").read_text()
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert f"](docs/{page.name})" in readme, page.name
+        if page.name != "architecture.md":
+            assert "](../README.md)" in page.read_text(), page.name
+    for linked in re.findall(r"\]\((docs/[\w.-]+)\)", readme):  # no link to a page that is not there
+        assert (ROOT / linked).is_file(), linked
+
+
 def _help(*args: str) -> str:
     result = CliRunner().invoke(app, [*args, "--help"], env={"COLUMNS": "200"}, terminal_width=200)
     assert result.exit_code == 0
@@ -62,13 +80,13 @@ def test_readme_documents_every_command_with_an_example():
 
 
 def test_train_flags_contract():
-    text, readme = _help("train"), (ROOT / "README.md").read_text()
+    text, readme = _help("train"), _documentation()
     for flag in TRAIN_FLAGS:
         assert mentions(text, flag) and mentions(readme, flag), flag
 
 
 def test_report_takes_its_options_and_the_readme_documents_them():
-    text, readme = _help("report"), (ROOT / "README.md").read_text()
+    text, readme = _help("report"), _documentation()
     for flag in REPORT_FLAGS:
         assert mentions(text, flag) and mentions(readme, flag), flag
     from accumbench.present.tables import COLUMNS
@@ -80,7 +98,7 @@ def test_report_takes_its_options_and_the_readme_documents_them():
 
 
 def test_pick_best_takes_its_options_and_the_readme_documents_them():
-    text, readme = _help("pick-best"), (ROOT / "README.md").read_text()
+    text, readme = _help("pick-best"), _documentation()
     for flag in PICK_FLAGS:
         assert mentions(text, flag) and mentions(readme, flag), flag
     assert "accumbench pick-best --compare-protocols" in text and "accumbench pick-best --compare-protocols" in readme
@@ -88,7 +106,7 @@ def test_pick_best_takes_its_options_and_the_readme_documents_them():
 
 
 def test_sweep_takes_the_grid_and_every_train_option():
-    text, readme = _help("sweep"), (ROOT / "README.md").read_text()
+    text, readme = _help("sweep"), _documentation()
     for flag in SWEEP_FLAGS:
         assert mentions(text, flag) and mentions(readme, flag), flag
     for flag in TRAIN_FLAGS:  # the singular axes (--model, --seed, ...) are their plurals' aliases

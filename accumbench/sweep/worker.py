@@ -164,7 +164,7 @@ def preflight(spec: SweepSpec, url: str, cache: dict[Any, Any]) -> None:
     require_resources(spec)
     if world_size() > 1:
         raise UserError("accumbench sweep runs one process per worker; instead of torchrun, start one sweep per GPU "
-                        "with CUDA_VISIBLE_DEVICES=<i> (see the README)")
+                        "with CUDA_VISIBLE_DEVICES=<i> (see docs/many-machines.md)")
     for model in dict.fromkeys(cell.model for cell in spec.cells):
         check_model(model)
     for cell in spec.cells:
