@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from accumbench.config import CONFIG_KEYS, RunConfig, check_value, coerce_field
-from accumbench.config_files import file_error, read_yaml_mapping
+from accumbench.config_files import FileProblems, read_yaml_mapping
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, plain_number
 from accumbench.optim_scaling import RULE_OPTIONS
@@ -116,36 +116,37 @@ def split_list(value: Any) -> list[Any]:
     return [value]
 
 
-def read_sweep_yaml(path: Path) -> dict[str, Any]:
+def read_sweep_yaml(path: Path, problems: FileProblems | None = None) -> dict[str, Any]:
     """A sweep file: grid axes (lists), shared run options, and sweep options, all as top-level keys."""
     return read_yaml_mapping(path, "sweep file", (*AXES, *SWEEP_OPTIONS, *CONFIG_KEYS),
-                             f"grid keys: {', '.join(AXES)}")
+                             f"grid keys: {', '.join(AXES)}", problems)
+
+
+def read_sweep_file(path: Path, flags: dict[str, Any]) -> dict[str, Any]:
+    """A sweep file read and checked whole, every key and value on its own: all its problems in one UserError."""
+    problems = FileProblems(path)
+    from_file = read_sweep_yaml(path, problems)
+    check_sweep_file(from_file, path, flags, problems)
+    return from_file
 
 
 def build_spec(config_file: Path | None = None, **given: Any) -> SweepSpec:
     """Preset, then the YAML file, then the flags that were given (not None). Expands and validates
     every cell, so a bad value fails here, before anything is written."""
     values: dict[str, Any] = {}
-    from_file = read_sweep_yaml(config_file) if config_file else {}
-    preset = given.get("preset") or from_file.get("preset")
-    if preset is not None and preset not in PRESETS:
-        raise UserError(f"unknown --preset '{preset}'; choose one of: {', '.join(PRESETS)}")
     flags = {k: v for k, v in given.items() if v is not None}
-    if config_file:
-        check_sweep_file(from_file, config_file, flags)
+    from_file = read_sweep_file(config_file, flags) if config_file else {}
+    preset = given.get("preset") or from_file.get("preset")
+    check_preset(preset)
     sources = [(PRESETS[preset], f"in --preset {preset}")] if preset is not None else []
     sources += [(from_file, f"in {config_file}"), (flags, "on the command line")]
     for source, where in sources:
         for axis, name in AXES.items():
             if name != axis and name in source and axis in source:
-                # --lr 1e-4 --lrs 1e-5,1e-4: one rate or a grid? Neither reading is safe to guess.
-                raise UserError(f"{_spelling(name, where)} and {_spelling(axis, where)} both given {where}; "
-                                f"keep {_spelling(axis, where)} for a grid (e.g. {AXIS_EXAMPLES[axis]}) or "
-                                f"{_spelling(name, where)} for one value")
+                raise UserError(_both_spellings(name, axis, where))
         for key, value in source.items():
             if key == "lr" and isinstance(value, (list, tuple)):
-                raise UserError(f"'lr' takes one value in a sweep, got {value!r}; for a grid of learning rates "
-                                f"use 'lrs: [{', '.join(map(str, value))}]' (or --lrs {','.join(map(str, value))})")
+                raise UserError(_lr_list(value))
             # The singular spelling of an axis (model: bert in YAML, --lr 1e-4) sets a one-value axis.
             plural = next((axis for axis, name in AXES.items() if name == key), key)
             values[plural] = value
@@ -156,9 +157,7 @@ def build_spec(config_file: Path | None = None, **given: Any) -> SweepSpec:
     sweep_options = {key: values.pop(key, default) for key, default in SWEEP_OPTIONS.items()}
     for key, value in values.items():
         if isinstance(value, (list, tuple)):
-            raise UserError(
-                f"'{key}' takes one value in a sweep, got {value!r}; the grid axes are: {', '.join(AXES)}"
-            )
+            raise UserError(_one_value(key, value))
     options = values
     max_retries, stale_after = retry_options(sweep_options["max_retries"], sweep_options["stale_after"])
     race = race_options(sweep_options, axes)
@@ -218,9 +217,7 @@ def retry_options(max_retries: Any, stale_after: Any) -> tuple[int, float]:
 
 def race_options(options: dict[str, Any], axes: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
     """--race, --race-alpha, --race-after and --race-metric, checked: values always, the lr grid with --race."""
-    race = options["race"]
-    if not isinstance(race, bool):
-        raise UserError(f"'race' takes true or false, got {race!r}; e.g. race: true")
+    race = race_switch(options["race"])
     try:
         alpha, after = float(options["race_alpha"]), options["race_after"]
         if isinstance(after, bool) or float(after) != int(after):
@@ -243,25 +240,69 @@ def race_options(options: dict[str, Any], axes: dict[str, tuple[Any, ...]]) -> d
     return dict(race=race, race_alpha=alpha, race_after=after, race_metric=options["race_metric"])
 
 
-def check_sweep_file(from_file: dict[str, Any], path: Path, flags: dict[str, Any]) -> None:
-    """A sweep file on its own, before any flag is applied: every axis value, every run option, the retry
-    options. A wrong value in it is an error even where a flag overrides it."""
+def race_switch(race: Any) -> bool:
+    if not isinstance(race, bool):
+        raise UserError(f"'race' takes true or false, got {race!r}; e.g. race: true")
+    return race
+
+
+def check_preset(preset: str | None) -> None:
+    if preset is not None and preset not in PRESETS:
+        raise UserError(f"unknown --preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+
+
+def check_sweep_file(from_file: dict[str, Any], path: Path, flags: dict[str, Any],
+                     problems: FileProblems | None = None) -> None:
+    """A sweep file on its own, before any flag is applied: every axis value, every run and sweep option,
+    each on its own, and every problem reported at once (added to `problems`, if given, as well). A wrong
+    value in it is an error even where a flag overrides it."""
+    problems = problems or FileProblems(path)
     singular = {name: axis for axis, name in AXES.items()}
     for key, value in from_file.items():
         axis = key if key in AXES else singular.get(key)
+        if axis is not None and axis != key and axis in from_file:
+            problems.add(_both_spellings(key, axis, f"in {path}"))
+        if isinstance(value, (list, tuple)) and (key == "lr" or (axis is None and key in CONFIG_KEYS)):
+            problems.add(_lr_list(value) if key == "lr" else _one_value(key, value))
+            continue
         overriding = next((k for k in (key, axis, AXES.get(axis or "", "")) if k in flags), None)
-        try:
-            if axis is not None:
-                for item in axis_values(axis, value):
-                    check_value(AXES[axis], item)
-            elif key in ("max_retries", "stale_after"):
-                retry_options(from_file.get("max_retries", 1), from_file.get("stale_after", 600.0))
-            elif key in ("race_alpha", "race_after", "race_metric"):
-                race_options({**SWEEP_OPTIONS, key: value}, {"lr": ()})
-            elif key in CONFIG_KEYS and not isinstance(value, (list, tuple)):
-                check_value(key, coerce_field(key, value))
-        except UserError as exc:
-            raise file_error(path, exc, overriding and "--" + overriding.replace("_", "-")) from None
+        with problems.checking(overriding and "--" + overriding.replace("_", "-")):
+            _check_file_value(key, axis, value)
+    problems.raise_any()
+
+
+def _check_file_value(key: str, axis: str | None, value: Any) -> None:
+    """One key's value from a sweep file, checked on its own (UserError)."""
+    if axis is not None:
+        for item in axis_values(axis, value):
+            check_value(AXES[axis], item)
+    elif key == "max_retries":
+        retry_options(value, SWEEP_OPTIONS["stale_after"])
+    elif key == "stale_after":
+        retry_options(SWEEP_OPTIONS["max_retries"], value)
+    elif key == "race":
+        race_switch(value)
+    elif key in ("race_alpha", "race_after", "race_metric"):
+        race_options({**SWEEP_OPTIONS, key: value}, {"lr": ()})
+    elif key == "preset":
+        check_preset(value)
+    elif key in CONFIG_KEYS:
+        check_value(key, coerce_field(key, value))
+
+
+def _both_spellings(name: str, axis: str, where: str) -> str:
+    # --lr 1e-4 --lrs 1e-5,1e-4: one rate or a grid? Neither reading is safe to guess.
+    return (f"{_spelling(name, where)} and {_spelling(axis, where)} both given {where}; keep "
+            f"{_spelling(axis, where)} for a grid (e.g. {AXIS_EXAMPLES[axis]}) or {_spelling(name, where)} for one value")
+
+
+def _lr_list(value: Any) -> str:
+    return (f"'lr' takes one value in a sweep, got {value!r}; for a grid of learning rates "
+            f"use 'lrs: [{', '.join(map(str, value))}]' (or --lrs {','.join(map(str, value))})")
+
+
+def _one_value(key: str, value: Any) -> str:
+    return f"'{key}' takes one value in a sweep, got {value!r}; the grid axes are: {', '.join(AXES)}"
 
 
 def _spelling(key: str, where: str) -> str:
