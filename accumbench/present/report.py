@@ -26,7 +26,7 @@ from accumbench.analysis.tuning import lr_grids
 from accumbench.deficit import Margin
 from accumbench.errors import UserError
 from accumbench.files import check_output_file, write_text_aside
-from accumbench.formatting import plain_number
+from accumbench.formatting import plain_number, unknown_choice
 from accumbench.present import plots, study_page, tables
 from accumbench.store import open_for_reading, portable_url, resolve_db_url
 from accumbench.vocabulary import CURVES, FINISHED, FORMATS, STATUSES
@@ -55,11 +55,11 @@ class ReportRequest:
         pick.check_metric(self.metric)
         pick.check_margin(self.margin, self.metric)
         if self.curves not in CURVES:
-            raise UserError(f"unknown --curves '{self.curves}'; choose one of: {', '.join(CURVES)}")
+            raise UserError(unknown_choice("--curves", self.curves, CURVES))
         if self.fmt not in FORMATS:
-            raise UserError(f"unknown --format '{self.fmt}'; choose one of: {', '.join(FORMATS)}")
+            raise UserError(unknown_choice("--format", self.fmt, FORMATS))
         if self.status != "any" and self.status not in STATUSES:
-            raise UserError(f"unknown --status '{self.status}'; choose one of: {', '.join(STATUSES)}, any")
+            raise UserError(unknown_choice("--status", self.status, (*STATUSES, "any")))
         if self.columns is not None and self.wide:
             raise UserError("--columns picks columns and --wide shows them all; give one of them")
         if self.columns is not None:

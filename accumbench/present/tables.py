@@ -17,7 +17,7 @@ import pandas as pd
 from accumbench.analysis.runs import NOISE_METRICS, NOISE_NOTES
 from accumbench.analysis.tuning import LrGrid
 from accumbench.errors import UserError
-from accumbench.formatting import format_lr, format_seconds, short_model, spread
+from accumbench.formatting import did_you_mean, format_lr, format_seconds, short_model, spread
 from accumbench.metrics import ACCURACY, SPLITS, TABLE, Metric
 from accumbench.present import text_table
 from accumbench.vocabulary import METRICS
@@ -128,7 +128,7 @@ def choose_columns(cells: pd.DataFrame, columns: str | None = None, wide: bool =
         unknown = [name for name in names if name not in COLUMNS]
         if unknown or not names:
             raise UserError(f"unknown --columns {', '.join(map(repr, unknown)) or '(none given)'}; "
-                            f"choose from: {', '.join(COLUMNS)}")
+                            f"choose from: {', '.join(COLUMNS)}{did_you_mean(unknown[0], COLUMNS) if unknown else ''}")
         return names
     constant = {name for name in _WHERE_THEY_VARY if len(set(COLUMNS[name].text(cells))) < 2}
     leading = LEADING_COLUMNS.get(cells.attrs.get("metric", "val_accuracy"), ())

@@ -18,6 +18,7 @@ from accumbench.backends.base import BackendSetup, build_backend, local_device, 
 from accumbench.config import BACKENDS, REFERENCE_BACKEND
 from accumbench.data import pipeline
 from accumbench.errors import UserError
+from accumbench.formatting import unknown_choice
 from accumbench.model import TextClassifier, load_tokenizer_and_encoder
 
 # Relative max deviation allowed per precision: fp32 differs only by summation order; bf16 and
@@ -60,7 +61,7 @@ def check_gradient_accumulation(model: str = "minilm", samples: int = 50, micro_
         raise UserError(f"--micro-batch-size {micro_batch_size} >= --samples {samples} leaves nothing to accumulate; "
                         "use a micro-batch smaller than the group")
     if precision not in TOLERANCES:
-        raise UserError(f"unknown --precision '{precision}'; choose one of: {', '.join(TOLERANCES)}")
+        raise UserError(unknown_choice("--precision", precision, TOLERANCES))
     require_supported_precision(precision)
     texts = pipeline.load_text_dataset(dataset, seed=seed, max_train_samples=samples).train
     if len(texts) < samples:

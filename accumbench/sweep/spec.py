@@ -17,7 +17,7 @@ from typing import Any
 from accumbench.config import CONFIG_KEYS, RunConfig, check_value, coerce_field
 from accumbench.config_files import FileProblems, read_yaml_mapping
 from accumbench.errors import UserError
-from accumbench.formatting import format_lr, plain_number
+from accumbench.formatting import format_lr, plain_number, unknown_choice
 from accumbench.optim_scaling import RULE_OPTIONS
 from accumbench.sweep.presets import PRESETS
 from accumbench.vocabulary import METRICS, RACE_AFTER, RACE_ALPHA
@@ -161,6 +161,7 @@ def build_spec(config_file: Path | None = None, **given: Any) -> SweepSpec:
     options = values
     max_retries, stale_after = retry_options(sweep_options["max_retries"], sweep_options["stale_after"])
     race = race_options(sweep_options, axes)
+    check_given_values(axes, options)
 
     cells: dict[str, RunConfig] = {}
     for point in product(*axes.values()):
@@ -182,6 +183,18 @@ def build_spec(config_file: Path | None = None, **given: Any) -> SweepSpec:
     return SweepSpec(axes=axes, options=options, name=sweep_options["name"], preset=sweep_options["preset"],
                      max_retries=max_retries, stale_after=stale_after, fail_fast=bool(sweep_options["fail_fast"]),
                      **race, cells=tuple(cells.values()))
+
+
+def check_given_values(axes: dict[str, tuple[Any, ...]], options: dict[str, Any]) -> None:
+    """Every value the user gave, each on its own (an axis's values, an option every cell shares), before
+    the cells are built: a wrong one is named by its flag (unknown --lr-scaling 'sqroot'), not as if one cell
+    of the grid were wrong. What only a cell's values together get wrong is named by its cell."""
+    for name, values in axes.items():
+        for value in values:
+            check_value(name, value)
+    for key, value in options.items():
+        if key in CONFIG_KEYS:
+            check_value(key, coerce_field(key, value))
 
 
 def axis_values(axis: str, raw: Any) -> tuple[Any, ...]:
@@ -233,7 +246,7 @@ def race_options(options: dict[str, Any], axes: dict[str, tuple[Any, ...]]) -> d
         raise UserError(f"--race-after must be at least 1, got {after}: a run can stop after its first epoch at "
                         "the earliest; e.g. --race-after 1")
     if options["race_metric"] not in METRICS:
-        raise UserError(f"unknown --race-metric '{options['race_metric']}'; choose one of: {', '.join(METRICS)}")
+        raise UserError(unknown_choice("--race-metric", options["race_metric"], METRICS))
     if race and len(axes["lr"]) < 2:
         raise UserError("--race stops runs whose lr is worse than their group's best lr, so it needs an lr grid; "
                         "add --lrs, e.g. --lrs 3e-5,1e-4,3e-4 (or drop --race)")
@@ -248,7 +261,7 @@ def race_switch(race: Any) -> bool:
 
 def check_preset(preset: str | None) -> None:
     if preset is not None and preset not in PRESETS:
-        raise UserError(f"unknown --preset '{preset}'; choose one of: {', '.join(PRESETS)}")
+        raise UserError(unknown_choice("--preset", preset, PRESETS))
 
 
 def check_sweep_file(from_file: dict[str, Any], path: Path, flags: dict[str, Any],

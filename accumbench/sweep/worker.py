@@ -23,6 +23,7 @@ from accumbench.backends.base import require_supported_precision
 from accumbench.config import RunConfig
 from accumbench.errors import StoreUnavailable, UserError
 from accumbench.model import check_model
+from accumbench.model_names import check_model_name
 from accumbench.runtime import engine
 from accumbench.runtime.checkpoints import checkpoint_root, require_writable_checkpoints
 from accumbench.runtime.lifecycle import (
@@ -166,6 +167,7 @@ def preflight(spec: SweepSpec, url: str, cache: dict[Any, Any]) -> None:
         raise UserError("accumbench sweep runs one process per worker; instead of torchrun, start one sweep per GPU "
                         "with CUDA_VISIBLE_DEVICES=<i> (see docs/many-machines.md)")
     for model in dict.fromkeys(cell.model for cell in spec.cells):
+        check_model_name(model)  # one look at the hub, not a minute of retries, when it is out of reach
         check_model(model)
     for cell in spec.cells:
         require_supported_precision(cell.precision)
