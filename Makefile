@@ -36,4 +36,4 @@ bench: install
 	$(BIN)/python bench/throughput.py
 
 clean:
-	rm -rf $(VENV) checkpoints runs.db runs.db-wal runs.db-shm runs.db-reserve
+	rm -rf $(VENV) checkpoints runs.db runs.db-wal runs.db-shm .runs.db-reserve runs.db-reserve

@@ -6,6 +6,8 @@ transformers' own Auto classes. The CLI imports this module only when it trains.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -19,6 +21,30 @@ def _load_error(name: str, exc: Exception) -> UserError:
     return cannot_load(name, f"{type(exc).__name__}: {first_line(exc)}")
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """transformers and huggingface_hub without progress bars ("Loading weights", downloads) or info and
+    warning logs (the load report of a checkpoint's unused head) while a model loads: a model that cannot be
+    used is then one error line with nothing printed before it, and the run's own display is the one that
+    matters. Scoped, not process-wide: transformers offers a switch and a way to read it (its progress switch
+    is huggingface_hub's too), so the state before comes back after. HF_HUB_DISABLE_PROGRESS_BARS, when the
+    user set it, has priority, as huggingface_hub has it (it warns when code overrides it)."""
+    from huggingface_hub import constants
+    from transformers.utils import logging as hf_logging
+
+    bars = constants.HF_HUB_DISABLE_PROGRESS_BARS is None and hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    if bars:
+        hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def check_model(name: str, local_files_only: bool = False) -> None:
     """Raise the UserError that loading `--model name` would, without loading its weights: a sweep
     checks every model of its grid this way before it claims its first cell."""
@@ -26,8 +52,9 @@ def check_model(name: str, local_files_only: bool = False) -> None:
     from transformers import AutoConfig, AutoTokenizer
 
     try:
-        AutoConfig.from_pretrained(source, local_files_only=local_files_only)
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+        with quiet_loading():
+            AutoConfig.from_pretrained(source, local_files_only=local_files_only)
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(name, exc) from None
     if tokenizer.pad_token_id is None:
@@ -38,13 +65,11 @@ def load_tokenizer_and_encoder(name: str) -> tuple[Any, Any]:
     """(tokenizer, encoder) for `--model name`, or a UserError that says why it cannot be had."""
     source = resolve_model_source(name)
     from transformers import AutoModel, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the run's own progress display is the one that matters
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        encoder = AutoModel.from_pretrained(source)
+        with quiet_loading():
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            encoder = AutoModel.from_pretrained(source)
     except (OSError, ValueError, KeyError) as exc:
         raise _load_error(name, exc) from None
     if tokenizer.pad_token_id is None:

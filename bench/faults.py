@@ -252,16 +252,20 @@ def disk_full(model: str, samples: int, work: Path) -> list[dict[str, Any]]:
         # The checkpoint of the tiny model is ~4.2 MB: more than the disk (3 MB), or the file-size limit.
         limit = None if mounted else (3 * 2**20 if case == "checkpoint" else 400_000)
         first = start(args, file_limit=limit, log=log, threads=2)
+        reserve, kept = disk / ".runs.db-reserve", None  # the store's hidden reserve, beside the database
         if case == "commit" and mounted:
             # The disk fills while a run trains: once one has an epoch recorded, a file takes all free space.
             wait_until(lambda: count(db, "SELECT COUNT(*) FROM epochs") > 0 or first.poll() is not None)  # noqa: B023
-            with open(ballast, "wb") as fill:
+            kept = reserve.exists()
+            with open(ballast, "wb", buffering=0) as fill:  # unbuffered: nothing left to fail at close
                 try:
                     while True:
                         fill.write(b"\0" * 65536)
                 except OSError:
                     pass
         code = first.wait()
+        # On the full disk the reserve is given up to record the failed run (a file-size limit needs no room).
+        given_up = None if kept is None else kept and not reserve.exists()
         before = audit(db)
         ballast.unlink(missing_ok=True)  # space comes back
         retry = ["--max-retries", "3"]  # the cells that failed on the full disk have used their retry
@@ -274,7 +278,8 @@ def disk_full(model: str, samples: int, work: Path) -> list[dict[str, Any]]:
         out.append({"case": case, "how": "tmpfs" if mounted else "ulimit -f", "first_exit_code": code,
                     "first_said": [line for line in lines if line.startswith(("error:", "accumbench:"))][:4],
                     "run_errors": sorted({error for (error,) in rows(db, "SELECT error FROM runs WHERE error IS NOT NULL")})[:3],
-                    "after_the_fault": before, "resume_exit_code": resumed.returncode, "after_resume": after})
+                    "after_the_fault": before, "reserve_kept": kept, "reserve_given_up": given_up,
+                    "resume_exit_code": resumed.returncode, "after_resume": after, "reserve_made_again": reserve.exists()})
         if mounted:
             unmount(disk)
     return out

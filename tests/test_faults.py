@@ -6,6 +6,7 @@ across its workers) and the cluster job files in examples/."""
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import signal
@@ -18,7 +19,11 @@ from conftest import query, wait_for
 from typer.testing import CliRunner
 
 from accumbench.cli.app import app
-from accumbench.store import FINISHED, RESERVE_BYTES, Store, resolve_db_url
+from accumbench.config import RunConfig
+from accumbench.errors import StoreUnavailable
+from accumbench.runtime.lifecycle import recorded_run
+from accumbench.runtime.preparation import run_columns
+from accumbench.store import FAILED, FINISHED, RESERVE_BYTES, Store, resolve_db_url
 from accumbench.sweep.local import worker_environments
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -93,9 +98,6 @@ def test_connections_the_server_drops_are_reconnected(postgres_url, capfd):
     write notices, connects again, and succeeds; nothing is lost or written twice."""
     from sqlalchemy import create_engine, text
 
-    from accumbench.config import RunConfig
-    from accumbench.runtime.preparation import run_columns
-
     with Store.open(postgres_url) as store:
         run_id = store.create_run(**run_columns(RunConfig(model="m")))
         store.heartbeat(run_id)  # a pooled connection, now idle
@@ -133,12 +135,65 @@ def test_a_checkpoint_directory_that_cannot_be_written_is_one_line_before_traini
 def test_the_store_keeps_space_in_reserve_for_recording_a_failure(tmp_path):
     db = tmp_path / "runs.db"
     with Store.open(resolve_db_url(str(db))) as store:
-        reserve = tmp_path / "runs.db-reserve"
+        reserve = tmp_path / ".runs.db-reserve"  # hidden, beside the database: on its disk
         assert reserve.stat().st_size == RESERVE_BYTES
         store.make_room()
         assert not reserve.exists()
     Store.open(resolve_db_url(str(db))).close()  # made again when there is room
     assert reserve.stat().st_size == RESERVE_BYTES
+
+
+def test_a_reserve_under_its_old_name_is_hidden_not_made_twice(tmp_path):
+    db, old, new = tmp_path / "runs.db", tmp_path / "runs.db-reserve", tmp_path / ".runs.db-reserve"
+    old.write_bytes(b"\0" * RESERVE_BYTES)  # as accumbench kept it before
+    kept = old.stat().st_ino
+    Store.open(resolve_db_url(str(db))).close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".runs.db-reserve", "runs.db"]
+    assert new.stat().st_ino == kept and new.stat().st_size == RESERVE_BYTES  # the same file, renamed
+    old.write_bytes(b"\0" * RESERVE_BYTES)  # an older accumbench on the same database made its own again
+    with Store.open(resolve_db_url(str(db))) as store:
+        store.make_room()  # a full disk: both give their space back
+    assert not old.exists() and not new.exists()
+
+
+def _fill(path: Path) -> None:
+    """A file that takes every byte the disk has left."""
+    with open(path, "wb", buffering=0) as ballast:  # unbuffered: nothing left to fail again at close
+        for chunk in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    ballast.write(b"\0" * chunk)
+            except OSError:
+                continue
+
+
+def test_on_a_full_disk_the_hidden_reserve_is_the_room_that_records_the_run_failed(tmp_path):
+    """A real full disk (a 4 MiB tmpfs, as bench/faults.py's disk case mounts): once a file takes all free
+    space the store cannot write (a heartbeat fails), yet the run is recorded FAILED, in the room that its
+    reserve, .runs.db-reserve, gives back. With room again, the store makes the reserve again."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if not faults.mount_tmpfs(disk, "4m"):
+        pytest.skip("mounting a tmpfs needs root (bench/faults.py --only disk then falls back to ulimit -f)")
+    try:
+        db, reserve = disk / "runs.db", disk / ".runs.db-reserve"
+        with Store.open(resolve_db_url(str(db))) as store:
+            assert reserve.stat().st_size == RESERVE_BYTES
+            run_id = store.create_run(**run_columns(RunConfig(model="m")))
+            with pytest.raises(OSError, match="No space left"), recorded_run(store, run_id):
+                _fill(disk / "ballast")
+                with pytest.raises(StoreUnavailable, match="is its disk full"):
+                    store.heartbeat(run_id)  # the disk is full: the store cannot write
+                raise OSError(errno.ENOSPC, "No space left on device", str(disk / "model.safetensors"))
+            assert not reserve.exists()  # given up for the write that recorded the run's end
+            run = store.get_run(run_id)
+            assert run["status"] == FAILED and run["error"].startswith("disk full while writing")
+        (disk / "ballast").unlink()
+        Store.open(resolve_db_url(str(db))).close()
+        assert reserve.stat().st_size == RESERVE_BYTES
+        assert query(db, "PRAGMA integrity_check")[0][0] == "ok"
+    finally:
+        faults.unmount(disk)
 
 
 def test_worker_environments_one_gpu_each_or_the_cores_split():

@@ -48,8 +48,8 @@ def test_check_compatible_accepts_own_database(db_url):
         Store.check_compatible(db_url)  # while another connection holds it in WAL mode
     files = sorted(p.name for p in sqlite_path(db_url).parent.iterdir())
     Store.check_compatible(db_url)  # after close: leaves no -wal/-shm behind
-    # Only the space the store keeps in reserve for recording a run's end on a full disk stays beside it.
-    assert sorted(p.name for p in sqlite_path(db_url).parent.iterdir()) == files == ["runs.db", "runs.db-reserve"]
+    # Only the space the store keeps in reserve for recording a run's end on a full disk stays beside it, hidden.
+    assert sorted(p.name for p in sqlite_path(db_url).parent.iterdir()) == files == [".runs.db-reserve", "runs.db"]
 
 
 def test_check_compatible_on_missing_file_creates_nothing(tmp_path):

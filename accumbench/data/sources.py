@@ -9,6 +9,8 @@ the splits are cut, is pipeline.py's business.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +56,43 @@ def _load_file(path: Path) -> dict[str, list]:
     return _read(path, fmt)
 
 
+@contextmanager
+def quiet_loading() -> Iterator[None]:
+    """datasets and huggingface_hub without progress bars ("Generating train split: 120 examples") or info and
+    warning logs while a dataset loads: a file or name that cannot be used is then one error line with
+    nothing printed before it, and one that can leaves the run's own display alone. Scoped, not process-wide:
+    both libraries offer a switch and a way to read it, so the state before comes back after. An environment
+    variable the user set (HF_DATASETS_DISABLE_PROGRESS_BARS, HF_HUB_DISABLE_PROGRESS_BARS) has priority, as
+    the libraries have it (they warn when code overrides one)."""
+    from datasets import config
+    from datasets.utils import logging as datasets_logging
+    from huggingface_hub import constants
+    from huggingface_hub import utils as hub_utils
+
+    bars = config.HF_DATASETS_DISABLE_PROGRESS_BARS is None and datasets_logging.is_progress_bar_enabled()
+    hub_bars = constants.HF_HUB_DISABLE_PROGRESS_BARS is None and not hub_utils.are_progress_bars_disabled()
+    verbosity = datasets_logging.get_verbosity()
+    if bars:
+        datasets_logging.disable_progress_bar()
+    if hub_bars:
+        hub_utils.disable_progress_bars()
+    datasets_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(verbosity)
+        if bars:
+            datasets_logging.enable_progress_bar()
+        if hub_bars:
+            hub_utils.enable_progress_bars()
+
+
 def _read(path: Path, fmt: str, **kwargs: Any) -> dict[str, list]:
     import datasets
 
     try:
-        ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
+        with quiet_loading():
+            ds = datasets.load_dataset(fmt, data_files=str(path), split="train", **kwargs)
     except Exception as exc:  # the loaders raise many types for malformed files
         raise UserError(f"cannot read {path} as {fmt} ({type(exc).__name__}: {first_line(exc)}); fix the file") from None
     if fmt == "csv" and any(name.startswith("__index_level_") for name in ds.column_names):
@@ -103,7 +137,8 @@ def _load_hub(name: str, config_name: str | None = None) -> dict[str, dict[str, 
     import datasets
 
     try:
-        dsd = datasets.load_dataset(name, config_name)
+        with quiet_loading():
+            dsd = datasets.load_dataset(name, config_name)
     except Exception as exc:  # offline, unknown id, gated, ...: all mean "cannot use this name"
         message = first_line(exc)
         if "Config name is missing" in message or "BuilderConfig" in message:

@@ -203,14 +203,26 @@ RESERVE_BYTES = 1 << 20  # beside an SQLite file: enough to record, on a full di
 
 
 def _reserve_path(path: pathlib.Path) -> pathlib.Path:
-    return path.with_name(path.name + "-reserve")
+    """Hidden beside the database (.runs.db-reserve): it must be on the same disk to make room there."""
+    return path.with_name(f".{path.name}-reserve")
+
+
+def _legacy_reserve_path(path: pathlib.Path) -> pathlib.Path:
+    """Where accumbench kept the reserve before it was hidden (runs.db-reserve)."""
+    return path.with_name(f"{path.name}-reserve")
 
 
 def reserve_space(path: pathlib.Path) -> None:
-    """Keep RESERVE_BYTES on the database's disk as a file (runs.db-reserve), made again whenever the
-    store is opened with room for it. When the disk fills mid-run, make_room deletes it, and the run can
-    still be recorded FAILED rather than left RUNNING. Best effort: no room, no reserve."""
+    """Keep RESERVE_BYTES on the database's disk as a hidden file (.runs.db-reserve), made again whenever
+    the store is opened with room for it. When the disk fills mid-run, make_room deletes it, and the run can
+    still be recorded FAILED rather than left RUNNING. A reserve under its old name (runs.db-reserve) is
+    renamed, not made twice. Best effort: no room, no reserve."""
     reserve = _reserve_path(path)
+    if not reserve.exists():
+        try:
+            os.replace(_legacy_reserve_path(path), reserve)
+        except OSError:
+            pass  # none under the old name (or another process renamed it first)
     if reserve.exists():
         return
     try:
@@ -218,6 +230,13 @@ def reserve_space(path: pathlib.Path) -> None:
             out.write(b"\0" * RESERVE_BYTES)
     except OSError:
         reserve.unlink(missing_ok=True)
+
+
+def free_reserve(path: pathlib.Path) -> None:
+    """Give the reserve's space back to the disk (and an old-named one's, should an older accumbench have
+    made it again meanwhile)."""
+    _reserve_path(path).unlink(missing_ok=True)
+    _legacy_reserve_path(path).unlink(missing_ok=True)
 
 
 def writable_engine(url: str) -> Engine:

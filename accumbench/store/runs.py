@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import sessionmaker
 
 from accumbench.config import PRECISIONS  # runs.precision (accelerate's mixed_precision names)
-from accumbench.store.connection import _reserve_path, _resilient, sqlite_path
+from accumbench.store.connection import _resilient, free_reserve, sqlite_path
 from accumbench.store.schema import (
     EPOCH_COLUMNS,
     EVAL_COLUMNS,
@@ -152,7 +152,7 @@ class RunRecords:
         the write that says why a run ended still fits. A server keeps its own: nothing to do."""
         path = sqlite_path(self.url)
         if path is not None:
-            _reserve_path(path).unlink(missing_ok=True)
+            free_reserve(path)
 
     @_resilient()
     def heartbeat(self, run_id: int) -> bool:
