@@ -1,11 +1,14 @@
 """Figures of recorded runs, for `report --plot` (PNG files) and the study page (the same PNGs inline), per
-model: <slug>-headline.png (each EBS at its best lr, and what it cost), -validation.png (accuracy, or F1/MCC,
-and loss per epoch), -time.png (the same against training time), -train-loss.png (per optimizer step),
--noise-scale.png (B_simple, the EBS tried, B_crit) and -lr-grid.png (the validation metric by lr and EBS).
+model: <slug>-headline.png (each EBS at its best lr, and the cost the pick minimised: headline_figure.py),
+-validation.png (accuracy, or F1/MCC, and loss per epoch), -time.png (the same against training time),
+-train-loss.png (per optimizer step), -noise-scale.png (B_simple, the EBS tried, B_crit) and -lr-grid.png
+(the validation metric by lr and EBS).
 
 Each series is one label (an EBS, with its LR rule), drawn as the mean over its runs (one run per
-seed) with a shaded min-max band where it has two or more. Non-finite values (a diverged run's NaN
-or inf) are dropped point by point: a diverged run is a result to show, not a reason to crash.
+seed) with a shaded min-max band where it has two or more. Each EBS has one colour in every figure
+(colours.py): its series of other lrs, rules or backends keep that hue, faded, shaded or dashed.
+Non-finite values (a diverged run's NaN or inf) are dropped point by point: a diverged run is a
+result to show, not a reason to crash.
 
 matplotlib (the extra `accumbench[plot]`) and pandas are imported inside the functions, so that
 `accumbench --help` stays fast. Figures use `Figure` and the Agg canvas directly, not pyplot: no global
@@ -17,8 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from accumbench.errors import UserError
-from accumbench.formatting import format_lr, short_group, short_model, spread, unique_slugs
-from accumbench.metrics import named
+from accumbench.formatting import short_model, spread, unique_slugs
+from accumbench.present.colours import PALETTE, ebs_colours, shade
+from accumbench.present.headline_figure import DPI
+from accumbench.present.headline_figure import headline_figure as _headline_figure
 from accumbench.vocabulary import METRICS, curve_metric
 
 if TYPE_CHECKING:
@@ -26,7 +31,6 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-DPI = 120
 MISSING = "--plot needs matplotlib; pip install 'accumbench[plot]'"
 
 
@@ -46,8 +50,8 @@ def _finite(frame: pd.DataFrame, column: str) -> pd.DataFrame:
 
 
 def _label_order(*frames: pd.DataFrame) -> list[str]:
-    """Every label, sorted by its `order` (then name): the legend order, and the colour index, so a
-    label has the same colour in every figure of one call."""
+    """Every label, sorted by its `order` (then name): the legend order (and, without EBS, the colour
+    index, so a label has the same colour in every figure of one call)."""
     import pandas as pd
 
     rows = pd.concat([f[["label", "order"]] for f in frames if not f.empty])
@@ -69,27 +73,30 @@ def _band(ax: Axes, x, stats: pd.DataFrame, style, label: str, marker: str | Non
         ax.fill_between(x, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
 
 
-def _styles(frames: list[pd.DataFrame], labels: list[str], curves: str, palette) -> dict[str, tuple | None]:
-    """Each label's style. curves 'best': one colour per EBS in every figure, a line style per series of one
-    EBS (backends, rules), and None (faded) for a lr that is not its EBS's best; 'all': a colour per label."""
+def _styles(frames: list[pd.DataFrame], labels: list[str], curves: str, colours: dict[int, str]
+            ) -> dict[str, tuple | None]:
+    """Each label's style, (colour, line style), in its EBS's colour (`colours`, the same in every figure).
+    curves 'best': a line style per series of one EBS (backends, rules), and None (faded) for a lr that is not
+    its EBS's best; 'all': every series solid, its EBS's best lr in the EBS's colour and its other lrs lighter
+    shades of it. Frames without EBS: a colour per label."""
     known = [f[["label", "effective_batch_size", "faded"]] for f in frames
              if not f.empty and {"effective_batch_size", "faded"} <= set(f)]
-    if curves == "all" or not known:  # (frames without EBS and fading: a colour per label too)
-        return {label: (palette(i % palette.N), "-") for i, label in enumerate(labels)}
+    if not known:
+        return {label: (PALETTE[i % len(PALETTE)], "-") for i, label in enumerate(labels)}
     import pandas as pd
 
     rows = pd.concat(known).drop_duplicates("label").set_index("label")
-    sizes = sorted({int(v) for v in rows["effective_batch_size"]})
+    per_ebs: dict[int, list[str]] = {}
+    for label in sorted(labels, key=lambda lab: bool(rows.at[lab, "faded"])):  # stable: the best lr first
+        per_ebs.setdefault(int(rows.at[label, "effective_batch_size"]), []).append(label)
     styles: dict[str, tuple | None] = {}
-    per_ebs: dict[int, int] = {}
-    for label in labels:
-        if bool(rows.at[label, "faded"]):
-            styles[label] = None
+    for ebs, series in per_ebs.items():
+        if curves == "all":
+            styles.update({label: (shade(colours[ebs], i, len(series)), "-") for i, label in enumerate(series)})
             continue
-        ebs = int(rows.at[label, "effective_batch_size"])
-        dash = ("-", "--", ":", "-.")[per_ebs.get(ebs, 0) % 4]
-        per_ebs[ebs] = per_ebs.get(ebs, 0) + 1
-        styles[label] = (palette(sizes.index(ebs) % palette.N), dash)
+        shown = [label for label in series if not bool(rows.at[label, "faded"])]
+        styles.update({label: None for label in series if label not in shown})
+        styles.update({label: (colours[ebs], ("-", "--", ":", "-.")[i % 4]) for i, label in enumerate(shown)})
     return styles
 
 
@@ -255,65 +262,6 @@ def _lr_grid_figure(model: str, grids: list) -> Figure:
     return fig
 
 
-def _headline_figure(model: str, headlines: list) -> Figure:
-    """The answer at a glance, one column per pick of the model (one per backend where both ran): above, what
-    pick-best's verdict rests on: each EBS's deficit to the best (its best lr printed by the point) with the
-    deficit's confidence bounds, the margin as a line, the EBS shown within it in green and the pick starred;
-    below, what each EBS cost to train (mean seconds, with its optimizer steps)."""
-    from matplotlib.figure import Figure
-
-    from accumbench.analysis.headline import drawable
-
-    fig = Figure(figsize=(max(6.0, 5.2 * len(headlines)), 5.4), dpi=DPI, layout="constrained")
-    axes = fig.subplots(2, len(headlines), squeeze=False, sharex="col", height_ratios=(3, 1.3))
-    for column, headline in enumerate(headlines):
-        top, bottom = axes[0][column], axes[1][column]
-        points = headline.points
-        xs = [p.effective_batch_size for p in points]
-        metric = named(headline.metric)
-        scale = 100.0  # hundredths, as the axis's unit says: points of accuracy, F1 or MCC, or % of the best's loss
-        top.axhline(0.0, color="#444", linewidth=0.8)
-        top.axhline(headline.margin * scale, color="#d62", linestyle="--", linewidth=1.2,
-                    label=f"margin: {headline.margin_words}")
-        for p in points:
-            color = "#2a7" if p.as_good else "#888"
-            y = p.deficit * scale if drawable(p.deficit) else 0.0
-            high = p.high * scale if drawable(p.high) else top.get_ylim()[1]
-            low = p.low * scale if drawable(p.low) else y
-            top.errorbar([p.effective_batch_size], [y], yerr=[[max(0.0, y - low)], [max(0.0, high - y)]], fmt="o",
-                         color=color, capsize=4, markersize=6)
-            top.annotate(f"lr {format_lr(p.lr)}", (p.effective_batch_size, y), textcoords="offset points",
-                         xytext=(8, -3), fontsize="small")
-        picked = [p for p in points if p.picked]
-        top.plot([p.effective_batch_size for p in picked], [p.deficit * scale for p in picked], marker="*",
-                 markersize=18, color="#d62", linestyle="none",
-                 label=f"the pick: EBS {picked[0].effective_batch_size}" if picked else None)
-        top.plot([], [], "o", color="#2a7", label="shown within the margin")
-        top.errorbar([], [], yerr=[], fmt="o", color="#888", capsize=4,
-                     label=f"deficit, bars to its one-sided {headline.confidence:.0%} bounds")
-        # One panel: the figure's title names the model already. Worse is down, as on a score axis.
-        unit = metric.unit
-        top.set(title=short_group(headline.group) if len(headlines) > 1 else None,
-                ylabel=f"deficit to the best ({unit})")
-        top.invert_yaxis()
-        top.margins(y=0.12)
-        top.legend(fontsize="small", loc="best")
-        top.grid(alpha=0.3)
-        bottom.bar(xs, [p.train_seconds for p in points], width=[x * 0.35 for x in xs], color="#8ab")
-        for p in points:
-            bottom.annotate(f"{p.optimizer_steps:,.0f} steps", (p.effective_batch_size, p.train_seconds),
-                            textcoords="offset points", xytext=(0, 2), ha="center", fontsize="x-small")
-        bottom.set(xscale="log", xlabel="effective batch size", ylabel="train seconds",
-                   ylim=(0, 1.3 * max((p.train_seconds for p in points), default=1.0) or 1.0))
-        bottom.set_xticks(xs, [str(x) for x in xs])
-        bottom.set_xlim(min(xs) / 1.8, max(xs) * 1.8)  # room for the lr labels right of the last point
-        bottom.minorticks_off()
-        bottom.grid(alpha=0.3, axis="y")
-    fig.suptitle(f"{short_model(model)}: each EBS at its best lr, behind the best on validation, and its cost",
-                 fontsize="medium")
-    return fig
-
-
 def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path, lr_grids: tuple = (),
                   b_crit: dict[str, float] | None = None, headlines: tuple = (), curves: str = "best",
                   metric: str = "val_accuracy") -> dict[Path, Figure]:
@@ -321,22 +269,24 @@ def build_figures(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path, lr_g
     for each its validation figure, its training-loss figure (left out without finite steps), its
     accuracy against training time, its noise-scale figure (left out where nothing measured it; with
     B_crit from `b_crit`, model -> value, where fitted), then its lr x EBS heatmap (with an lr grid:
-    analysis.tuning.lr_grids)."""
+    analysis.tuning.lr_grids). Each EBS has one colour in all of them (colours.ebs_colours over every EBS
+    drawn: the curves' and the headlines')."""
     _require_matplotlib()
     import pandas as pd
-    from matplotlib import colormaps
 
     out_dir = Path(out_dir)
     epochs = epochs if not epochs.empty else pd.DataFrame(columns=["model", "label", "order"])
     steps = _finite(steps, "loss") if not steps.empty else pd.DataFrame(columns=["model", "label", "order"])
     labels = _label_order(epochs, steps)
-    colors = _styles([epochs, steps], labels, curves, colormaps["tab10"])
+    sizes = [int(v) for f in (epochs, steps) if "effective_batch_size" in f for v in f["effective_batch_size"].unique()]
+    hues = ebs_colours(sizes + [p.effective_batch_size for h in headlines for p in h.points])
+    colors = _styles([epochs, steps], labels, curves, hues)
     models = sorted(set(epochs["model"]) | set(steps["model"]), key=str)
     figures: dict[Path, Figure] = {}
     for model, slug in unique_slugs([str(m) for m in models]).items():
         picked = [h for h in headlines if h.model == model]
         if picked:  # the answer first (analysis.headline)
-            figures[out_dir / f"{slug}-headline.png"] = _headline_figure(model, picked)
+            figures[out_dir / f"{slug}-headline.png"] = _headline_figure(model, picked, hues)
         model_epochs = epochs[epochs["model"].astype(str) == model]
         model_steps = steps[steps["model"].astype(str) == model]
         if not model_epochs.empty:

@@ -40,17 +40,28 @@ pre{font-size:.8em;background:#f6f6f6;padding:.5em;overflow-x:auto}
 """
 
 
-HEADLINE_CAPTION = ("each EBS at its best lr: its deficit to the best in {metric}, with the deficit's {confidence} "
-                    "confidence bounds (the seeds' spread and the validation examples together); dashed, the margin "
-                    "of {margin}; green, the EBS shown within it; starred, the pick, the cheapest of the green by "
-                    "samples, then optimizer steps; below, what each cost to train (seconds, and optimizer steps)")
+HEADLINE_CAPTION = ("each EBS at its best lr, in its colour in every figure of this page: its deficit to the best in "
+                    "{metric}, with the deficit's {confidence} confidence bounds (the seeds' spread and the validation "
+                    "examples together); dashed, the margin of {margin}; filled, the EBS shown within it (hollow, the "
+                    "others); starred, the pick, the cheapest of the filled; below, what it minimised, so that the "
+                    "lowest filled bar is the pick's: {cost}; over each bar, its training time as measured (mean over "
+                    "seeds)")
+# What the cost panel draws, by the headline's cost_basis (analysis/headline.py, after cost.py).
+COST_IN_WORDS = {"samples": "samples trained, a count the same on every machine (within 2% a tie, broken by the fewest "
+                            "optimizer steps)",
+                 "steps": "optimizer steps, a count the same on every machine (their samples tied, within 2%)",
+                 "clock": "training seconds per sample, as measured: the clock decided, far beyond its spread over seeds"}
 
 
 def headline_caption(headlines: list[Any]) -> str:
-    """A model's headline caption: what its panels draw, with the margin and the bound's confidence."""
+    """A model's headline caption: what its panels draw, with the margin, the bound's confidence and the cost
+    each pick minimised (one phrase per kind of cost its panels draw)."""
     first = headlines[0]
+    cost = "; or ".join(COST_IN_WORDS[basis] for basis in dict.fromkeys(h.cost_basis for h in headlines))
     return HEADLINE_CAPTION.format(metric=METRICS[first.metric], confidence=f"{first.confidence:.0%}",
-                                   margin=first.margin_words)
+                                   margin=first.margin_words, cost=cost)
+
+
 # The gradient noise scale in two plain sentences, under the pick's "why".
 NOISE_SCALE_IN_WORDS = ("B_simple, the gradient noise scale, is the batch size at which the noise in a batch's gradient "
                         "is about as large as the gradient itself. Batches much smaller than it spend optimizer steps "
