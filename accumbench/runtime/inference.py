@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,7 +28,7 @@ from accumbench.data import pipeline
 from accumbench.data.sources import FILE_FORMATS, read_tables
 from accumbench.errors import UserError, first_line
 from accumbench.files import check_output_file, write_aside
-from accumbench.model import TextClassifier, embeds_segments, resolve_model_source
+from accumbench.model import TextClassifier, embeds_segments, quiet_loading, resolve_model_source
 from accumbench.runtime.checkpoints import CHECKPOINT_META, CHECKPOINT_WEIGHTS
 
 EXPORT_SPEC, EXPORT_HEAD = "classifier.json", "head.safetensors"
@@ -128,21 +127,6 @@ def export_classifier(directory: Path) -> Classifier:
                         f"{first_line(exc)}); export the run again with accumbench export --run ID DIR") from None
 
 
-@contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """transformers without progress bars or load reports: an export's encoder lacks BERT's pooler on purpose
-    (TextClassifier drops it), which the report would list as missing weights. load_model checks the keys."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-
-
 def load_model(classifier: Classifier) -> tuple[Any, TextClassifier]:
     """(tokenizer, classifier in eval mode on the CPU) with the checkpoint's or the export's weights.
     UserError when they cannot be loaded. The head's dropout is moot: nothing here trains."""
@@ -151,7 +135,7 @@ def load_model(classifier: Classifier) -> tuple[Any, TextClassifier]:
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     where = classifier.directory
-    with _quiet_transformers():
+    with quiet_loading():  # an export's encoder lacks BERT's pooler on purpose: no load report
         try:
             if classifier.is_export:
                 tokenizer = AutoTokenizer.from_pretrained(where)
@@ -215,9 +199,6 @@ def read_input(path: Path) -> dict[str, list]:
         raise UserError(f"input {path} does not exist; check the INPUT path")
     if not path.is_file() or path.suffix.lower() not in FILE_FORMATS:
         raise UserError(f"input {path} is not a {', '.join(FILE_FORMATS)} file; pass one")
-    from datasets.utils.logging import disable_progress_bar
-
-    disable_progress_bar()  # reading one file takes a moment; its "Generating train split" bar says nothing
     return next(iter(read_tables(str(path)).values()))
 
 
@@ -342,7 +323,7 @@ def export(run_id: int, directory: Path, db: str | None = None) -> Exported:
 
     def write(path: Path) -> None:
         path.mkdir()
-        with _quiet_transformers():
+        with quiet_loading():  # no progress bar or log line between the command and its one line
             model.encoder.save_pretrained(path)
             tokenizer.save_pretrained(path)
         save_file({name: tensor.detach().cpu().contiguous() for name, tensor in model.head.state_dict().items()},

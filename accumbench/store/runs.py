@@ -3,6 +3,7 @@ epochs and its predictions, written as a run trains and read back for sweeps and
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from sqlalchemy import delete, insert, inspect, select, update
@@ -233,15 +234,17 @@ class RunRecords:
     def epochs_of(self, run_ids: list[int]) -> list[dict[str, Any]]:
         return self._epoch_rows(lambda query: query.where(Epoch.run_id.in_(run_ids)).order_by(Epoch.run_id, Epoch.epoch))
 
+    @functools.cached_property
+    def _epoch_columns_present(self) -> set[str]:
+        """The epochs table's columns in this database, read once per store."""
+        return {column["name"] for column in inspect(self.engine).get_columns(Epoch.__tablename__)}
+
     def _epoch_rows(self, where: Any) -> list[dict[str, Any]]:
         """Epoch rows as dicts of every column (EPOCH_COLUMNS), selected by where(query). A metric's columns
         that this database lacks read as None: a read-only store is not upgraded, and one written before a metric
         was added to metrics.TABLE has none of its columns until a writable open adds them
         (migrations.add_metric_columns)."""
-        present = self.__dict__.get("_epoch_columns_present")
-        if present is None:
-            present = {column["name"] for column in inspect(self.engine).get_columns(Epoch.__tablename__)}
-            self._epoch_columns_present = present
+        present = self._epoch_columns_present
         query = where(select(*(Epoch.__table__.c[name] for name in EPOCH_COLUMNS if name in present)))
         with self._session() as session:
             return [{name: row.get(name) for name in EPOCH_COLUMNS} for row in session.execute(query).mappings()]
