@@ -63,9 +63,7 @@ class Cheapest:
 def cheapest(contenders: list[Any]) -> Cheapest:
     """The cheapest of `contenders` (each with effective_batch_size, label, samples, steps and
     seconds_per_sample, one list per run): by counts, unless a measured difference is far beyond its noise."""
-    fewest = min(c.samples for c in contenders)
-    tied = [c for c in contenders if c.samples <= fewest * (1 + SAMPLES_TIE)]
-    by_count = min(tied, key=lambda c: (c.steps, -c.effective_batch_size))
+    by_count = min(_tied_on_samples(contenders), key=lambda c: (c.steps, -c.effective_batch_size))
     count = {2: "two", 3: "three", 4: "four", 5: "five"}.get(len(contenders), str(len(contenders)))
     name = _short(by_count)
     others = ", ".join(f"{_counts(c)} for {_short(c)}" for c in contenders if c is not by_count)
@@ -77,6 +75,18 @@ def cheapest(contenders: list[Any]) -> Cheapest:
     candidate, ratio, noise = faster
     return Cheapest(candidate, f"{_short(candidate)} is the cheapest of the {count} as measured: {ratio:.2f}x faster "
                                f"per sample than {name}, far beyond their run-to-run spread (±{noise:.0%})", ratio)
+
+
+def count_basis(contenders: list[Any]) -> str:
+    """Which count decides among `contenders` by what they trained: 'samples' where their samples differ beyond
+    SAMPLES_TIE, else 'steps' (the samples tie, and the fewest optimizer steps win)."""
+    return "steps" if len(_tied_on_samples(contenders)) == len(contenders) else "samples"
+
+
+def _tied_on_samples(contenders: list[Any]) -> list[Any]:
+    """The contenders within SAMPLES_TIE of the fewest samples trained: a difference below it is no difference."""
+    fewest = min(c.samples for c in contenders)
+    return [c for c in contenders if c.samples <= fewest * (1 + SAMPLES_TIE)]
 
 
 def _far_faster(contenders: list[Any], by_count: Any) -> tuple[Any, float, float] | None:

@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from accumbench.analysis.cost import SAMPLES_TIE, Timing
+from accumbench.analysis.cost import Timing, count_basis
 
 # What a pick's cost was decided on (cost.py's order), each with the words of the axis that draws it.
 COST_BASES = {"samples": "samples trained", "steps": "optimizer steps",
@@ -83,9 +83,7 @@ def cost_basis(pick: Any) -> str:
     if getattr(getattr(pick, "cost", None), "measured_speedup", None) is not None:
         return "clock"
     contenders = [c for c in pick.candidates if c.as_good]
-    counted = contenders if len(contenders) > 1 else list(pick.candidates)
-    fewest = min(c.samples for c in counted)
-    return "samples" if any(c.samples > fewest * (1 + SAMPLES_TIE) for c in counted) else "steps"
+    return count_basis(contenders if len(contenders) > 1 else list(pick.candidates))
 
 
 def drawable(value: float) -> bool:
