@@ -226,7 +226,6 @@ def from_predictions(best: Sequence[RunPredictions], other: Sequence[RunPredicti
 # Each metric's default margin is its own (metrics.Metric.margin): one point of accuracy, F1 or MCC. Validation
 # loss has no fixed scale (0.3 on one task, 1.1 on another), so its margin is a share of the best's loss: 2%
 # holds roughly what a point of accuracy moves the loss by on the demo and SST-2.
-DEFAULT_MARGIN = metrics.ACCURACY.margin
 DEFAULT_LOSS_MARGIN = metrics.LOSS.margin
 LOSS = metrics.LOSS.name
 
