@@ -145,11 +145,11 @@ def choices_help() -> str:
 
 
 def race_help() -> str:
-    """--race-metric's choices by the test racing compares runs with: 'val_accuracy or val_loss (McNemar), val_f1
-    or val_mcc (paired bootstrap)'."""
-    tests = {False: "McNemar", True: "paired bootstrap"}
-    return ", ".join(f"{join_or([m.name for m in TABLE if m.bootstrapped == bootstrapped])} ({test})"
-                     for bootstrapped, test in tests.items() if any(m.bootstrapped == bootstrapped for m in TABLE))
+    """--race-metric's choices: the metrics scored from each example's prediction, whose deficit racing can bound
+    ('val_accuracy, val_f1 or val_mcc (not val_loss: not kept per example)')."""
+    unscored = [m.name for m in TABLE if m.score is None]
+    return join_or([m.name for m in TABLE if m.score is not None]) + (
+        f" (not {join_or(unscored)}: not kept per example)" if unscored else "")
 
 
 def margin_help() -> str:

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from accumbench.metrics import ACCURACY, TABLE
 
-# --- run statuses (runs.status): a lifecycle RUNNING -> FINISHED | FAILED | KILLED | PRUNED ------------
+# --- run statuses (runs.status): a lifecycle RUNNING -> FINISHED | FAILED | KILLED | PRUNED; or SKIPPED -
 
 RUNNING, FINISHED, FAILED, KILLED = "RUNNING", "FINISHED", "FAILED", "KILLED"
-# A raced run stopped early because its lr was significantly worse than its group's best at that epoch
-# (sweep --race): final, like FINISHED. runs.pruned_epoch, pruned_by and pruned_p record the decision.
+# A raced run stopped early because its lr was shown worse than its group's best by more than the margin at
+# that epoch (sweep --race): final, like FINISHED. runs.pruned_epoch, pruned_by, pruned_deficit and
+# pruned_bound record the decision.
 PRUNED = "PRUNED"
-STATUSES = (RUNNING, FINISHED, FAILED, KILLED, PRUNED)
-TERMINAL_STATUSES = (FINISHED, FAILED, KILLED, PRUNED)
+# A raced cell never trained: its lr lies beyond a bracketed optimum, or its arm was already pruned on another
+# seed. Recorded as a run (runs.error says why, pruned_by names the run that decided it) so that pick-best
+# counts the lr as tried and worse, as it counts PRUNED, and a resumed sweep never trains it.
+SKIPPED = "SKIPPED"
+STATUSES = (RUNNING, FINISHED, FAILED, KILLED, PRUNED, SKIPPED)
+TERMINAL_STATUSES = (FINISHED, FAILED, KILLED, PRUNED, SKIPPED)
 LIVE_STATUSES = (RUNNING, FINISHED)  # at most one such run per sweep cell
 # The error of a run that ended KILLED says why. A user's stop (Ctrl-C, SIGTERM) is not the run's
 # fault, so a sweep resumes such cells without counting a failed attempt; a stale heartbeat is
@@ -30,6 +35,7 @@ STALE_ERROR = "stale heartbeat"  # how a run's error begins when another worker 
 
 PENDING, RUNNING_ELSEWHERE, DONE, DIVERGED, GAVE_UP = "pending", "running", "finished", "diverged", "gave up"
 CUT = "pruned"  # its run was PRUNED by racing: done, never rerun
+PASSED_OVER = "skipped"  # racing SKIPPED it: done, never trained
 
 # --- choosing an EBS -----------------------------------------------------------------------------------
 
@@ -60,12 +66,15 @@ def test_metric(metric: str) -> str:
     """The test column of a validation metric: val_f1 -> test_f1."""
     return "test_" + metric.removeprefix("val_")
 TUNED, POOLED = "tuned", "pooled"
-# The defaults of sweep --race-alpha and --race-after (and of pick-best --replay-race), chosen by replaying
-# racing over the SST-2 grid of bench/race.py (docs/racing.md): from epoch 1, EBS 64's best lr (3e-5,
-# 0.65 against 0.82 after epoch 1) is lost at any alpha; from epoch 2 at 1e-6, no arm racing stopped ended
-# as good as its EBS's best by the paired test, and the pick and every best lr stayed.
-RACE_ALPHA = 1e-6
+# The defaults of sweep --race-alpha, --race-after and --race-guard (and of pick-best --replay-race), chosen
+# by replaying racing over the SST-2 grid of bench/race.py and checked on SUBJ (docs/racing.md). alpha is the
+# one-sided error of the deficit's lower bound: an arm stops when that bound is above the margin.
+RACE_ALPHA = 0.01
 RACE_AFTER = 2
+# The slow-starter guard: "closing" spares an arm whose last epoch's gain on the leader, carried over the epochs
+# left, would bring it within the margin (and every arm until it has two epochs to extrapolate from); "none".
+RACE_GUARDS = ("closing", "none")
+RACE_GUARD = "closing"
 
 # --- report -------------------------------------------------------------------------------------------
 

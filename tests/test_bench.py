@@ -155,24 +155,25 @@ def test_pairs_bench_compares_encodings_and_metrics_on_a_hidden_test_split(tiny_
     assert "| pair | val_f1 |" in capsys.readouterr().out
 
 
-def test_race_bench_replays_and_races_the_same_grid(tiny_bert, tmp_path, monkeypatch, capsys):
-    from accumbench.vocabulary import RACE_AFTER
-
+def test_race_bench_replays_two_grids_and_races_one(tiny_bert, tmp_path, monkeypatch, capsys):
     out = tmp_path / "race.json"
     _run_script("race.py", ["--tiny", tiny_bert, "--out", str(out)], monkeypatch)
     results = json.loads(out.read_text())
-    full, raced = results["full"], results["raced"]
-    assert full["epochs"] == 12 * 4 and full["pruned"] == [] and full["pick"] in (8, 16)
-    assert [(r["race_alpha"], r["race_after"]) for r in results["replays"]] == [
-        (alpha, after) for after in (1, 2, 3) for alpha in (1e-2, 1e-3, 1e-4, 1e-6)]
-    for replay in results["replays"]:  # never before --race-after, never after the last epoch
-        assert all(replay["race_after"] <= p["epoch"] < 4 for p in replay["prunes"])
-        assert replay["saved_seconds"] >= 0 and (replay["saved_seconds"] > 0) == bool(replay["prunes"])
-    # A raced run trains, for each run it prunes, the epochs after the one it stopped at fewer.
-    assert raced["epochs"] == 48 - sum(4 - p["epoch"] for p in raced["pruned"])
-    assert all(RACE_AFTER <= p["epoch"] < 4 for p in raced["pruned"])
+    assert set(results["grids"]) == {"sst2", "subj"}
+    for grid in results["grids"].values():
+        full = grid["full"]
+        assert full["epochs"] == 12 * 4 and full["stops"] == [] and full["pick"] in (8, 16)
+        assert len(grid["replays"]) >= 2  # the smoke test's two rules and the defaults
+        for replay in grid["replays"]:  # never before --race-after, never after the last epoch; skips train nothing
+            assert all(replay["race_after"] <= s["epoch"] < 4 or (s["skipped"] and s["epoch"] == 0)
+                       for s in replay["stops"])
+            assert replay["epochs_trained"] == 48 - sum(s["saved_epochs"] for s in replay["stops"])
+    raced = results["raced"]
+    # A raced run trains, for each run it prunes, the epochs after the one it stopped at fewer, and none of a skip.
+    assert raced["epochs"] == 48 - sum(4 - (s["epoch"] or 0) for s in raced["stops"])
     printed = capsys.readouterr().out
-    assert "| full grid |" in printed and "| raced (the defaults) |" in printed
+    assert "| sst2 | full grid |" in printed and "| sst2 | raced for real at the defaults |" in printed
+    assert "| subj | replay at the defaults (held out) |" in printed
 
 
 def test_optim_scaling_bench_compares_the_rule_bundles_over_one_grid(tiny_bert, tmp_path, monkeypatch, capsys):

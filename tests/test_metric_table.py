@@ -100,7 +100,7 @@ def test_margins_and_their_units_are_each_metrics():
 
 def test_the_help_lists_every_metric():
     assert metrics.choices_help() == "val_accuracy, val_loss, val_f1 (positive class; macro with 3+ labels) or val_mcc"
-    assert metrics.race_help() == "val_accuracy or val_loss (McNemar), val_f1 or val_mcc (paired bootstrap)"
+    assert metrics.race_help() == "val_accuracy, val_f1 or val_mcc (not val_loss: not kept per example)"
     assert metrics.margin_help() == ("0.01 (the default) is one point of accuracy, F1 or MCC; for val_loss a share "
                                      "of its loss (0.02)")
     for command in ("report", "pick-best", "sweep"):

@@ -1,11 +1,12 @@
 """Racing the lr grid (sweep --race): known answers on constructed stores (what is pruned, when, and what
-never is), the claim order, the replay's saved time and wrong prunes, bad input, and a tiny-model race end
-to end.
+never is; the slow-starter guard; the claim order and the skips), the replay's saved time and wrong prunes, bad
+input, and a tiny-model race end to end.
 
 Constructed runs have 200 validation examples, all of label 1; a run at accuracy a gets the first 200a of
-them right, so two runs at a > b disagree on exactly 200(a - b) examples, all in the better one's favour:
-McNemar's p is then 2 / 2^(200(a - b)) (0.60 against 0.80: 40 discordant, p = 1.8e-12; 0.79 against 0.80:
-2 discordant, p = 0.5)."""
+them right, so two runs at a > b disagree on exactly 200(a - b) examples, all in the better one's favour.
+With one seed each, the deficit a - b is bounded by the example bootstrap alone: its standard error is about
+sqrt(d (1 - d) / 200) for d = a - b (0.80 against 0.77: 0.012, so the one-sided 95% lower bound is about 0.010).
+"""
 
 from __future__ import annotations
 
@@ -18,14 +19,27 @@ import pytest
 from conftest import query
 from typer.testing import CliRunner
 
-from accumbench.analysis.racing import EpochOutcome, claim_order, judge
+from accumbench import stats
+from accumbench.analysis.racing import (
+    EpochOutcome,
+    RunRecord,
+    Standing,
+    claim_order,
+    closing,
+    expected_best_lr,
+    judge,
+    skip_reason,
+    standings,
+)
 from accumbench.cli.app import app
 from accumbench.config import RunConfig
+from accumbench.formatting import rate_key
+from accumbench.race_rule import RaceRule
 from accumbench.runtime.preparation import run_columns
 from accumbench.store import FINISHED, Store, resolve_db_url
 from accumbench.sweep.race import Racer
 from accumbench.sweep.worker import cell_statuses
-from accumbench.vocabulary import CUT, PENDING, PRUNED
+from accumbench.vocabulary import CUT, PASSED_OVER, PENDING, PRUNED, SKIPPED
 
 N = 200
 
@@ -56,8 +70,8 @@ def add_run(store: Store, sweep_id: int, ebs: int, lr: float, seed: int, accurac
             best = epoch
             store.update_run(run_id, best_epoch=epoch)
     if status == PRUNED:
-        store.finish_run(run_id, PRUNED, "pruned", pruned_epoch=len(accuracies), pruned_by=1, pruned_p=1e-9,
-                         pruned_test="mcnemar")
+        store.finish_run(run_id, PRUNED, "pruned", pruned_epoch=len(accuracies), pruned_by=1, pruned_p=0.01,
+                         pruned_test="margin", pruned_deficit=0.2, pruned_bound=0.1)
     elif status is not None:
         store.finish_run(run_id, status)
     return run_id
@@ -72,9 +86,16 @@ def sweep(any_db):
     store.close()
 
 
-def racer(store: Store, sweep_id: int, run_id: int, after: int = 1, alpha: float = 1e-4) -> Racer:
+def racer(store: Store, sweep_id: int, run_id: int, after: int = 1, alpha: float = 1e-4, guard: str = "none",
+          margin: float | None = None) -> Racer:
     run = store.get_run(run_id)
-    return Racer(store, sweep_id, RunConfig.from_dict(json.loads(run["config_json"])), "val_accuracy", alpha, after)
+    return Racer(store, sweep_id, RunConfig.from_dict(json.loads(run["config_json"])), "val_accuracy",
+                 RaceRule(alpha, margin, after, guard))
+
+
+def outcome(run_id: int, seed: int, lr: float, accuracy: float) -> EpochOutcome:
+    right = round(accuracy * N)
+    return EpochOutcome(run_id, seed, lr, accuracy, [1] * N, [1] * right + [0] * (N - right), "v")
 
 
 # --- the judge, on a constructed store -------------------------------------------------------------------
@@ -85,18 +106,28 @@ def test_a_clearly_worse_lr_is_pruned_at_the_first_eligible_epoch(sweep):
     best = add_run(store, sweep_id, 16, 1e-4, 42, [0.80, 0.85, 0.86])
     worse = add_run(store, sweep_id, 16, 1e-3, 42, [0.60], status=None)
     decision = racer(store, sweep_id, worse).decide(worse, 1)
-    assert decision is not None and (decision.epoch, decision.lost_to, decision.test) == (1, best, "mcnemar")
-    assert decision.p_value == pytest.approx(2 / 2**40)
+    assert decision is not None and (decision.epoch, decision.lost_to, decision.test) == (1, best, "margin")
+    assert decision.deficit == pytest.approx(0.20)
+    # 40 discordant examples of 200: se ~ 0.028, so at alpha 1e-4 (z = 3.7) the bound is about 0.10 above 0.
+    assert 0.05 < decision.lower < 0.15 and decision.margin == 0.01 and decision.seeds_paired == 1
     assert (decision.value, decision.best_value, decision.lr, decision.lost_to_lr) == (0.60, 0.80, 1e-3, 1e-4)
+    assert decision.describe().startswith("pruned after epoch 1: lr 1e-3 at validation accuracy 0.600 against "
+                                          f"0.800 at lr 1e-4 (run {best}), 20.0 behind, at least ")
     # Not before --race-after: with --race-after 2 the same evidence waits for epoch 2.
     assert racer(store, sweep_id, worse, after=2).decide(worse, 1) is None
 
 
-def test_a_close_lr_is_not_pruned_and_the_groups_best_never_is(sweep):
+def test_significantly_worse_is_not_enough_the_deficit_must_clear_the_margin(sweep):
+    """0.77 against 0.80: 6 discordant examples, all one way, McNemar p = 0.03, significant at 0.05. Its deficit
+    (3 points) is above a 2-point margin, but not with 95% confidence (lower bound ~1 point): it runs on. Against
+    a half-point margin the same evidence suffices."""
     store, sweep_id = sweep
     add_run(store, sweep_id, 16, 1e-4, 42, [0.80, 0.85, 0.86])
-    close = add_run(store, sweep_id, 16, 3e-4, 42, [0.79], status=None)
-    assert racer(store, sweep_id, close).decide(close, 1) is None  # 2 discordant examples: p = 0.5
+    close = add_run(store, sweep_id, 16, 3e-4, 42, [0.77], status=None)
+    assert stats.mcnemar_exact(6, 0) < 0.05
+    assert racer(store, sweep_id, close, alpha=0.05, margin=0.02).decide(close, 1) is None
+    decision = racer(store, sweep_id, close, alpha=0.05, margin=0.005).decide(close, 1)
+    assert decision is not None and 0.005 < decision.lower < 0.015
     leader = add_run(store, sweep_id, 16, 1e-3, 42, [0.95], status=None)
     assert racer(store, sweep_id, leader).decide(leader, 1) is None  # the group's best at epoch 1
     # Another group (EBS 32) has nothing at its lr grid yet: nothing to compare with, nothing pruned.
@@ -104,21 +135,36 @@ def test_a_close_lr_is_not_pruned_and_the_groups_best_never_is(sweep):
     assert racer(store, sweep_id, alone).decide(alone, 1) is None
 
 
-def test_the_test_is_stratified_by_seed_and_pairs_by_example_without_a_shared_seed(sweep):
+def test_the_guard_spares_a_slow_starter_closing_the_gap_and_prunes_one_that_stalls(sweep):
+    """5 epochs. The leader: 0.80, 0.85. The slow starter: 0.60, 0.75 (20 points behind, then 10: it gained
+    10 on the leader; 3 epochs left at that pace end within the margin). The stalled: 0.60, 0.61 (20, then 24
+    behind). Both are shown worse by more than a point at epoch 2; the guard spares only the first, and after
+    epoch 1 it spares both: one epoch is no trajectory."""
+    store, sweep_id = sweep
+    add_run(store, sweep_id, 16, 1e-4, 42, [0.80, 0.85, 0.86, 0.87, 0.88], epochs=5)
+    slow = add_run(store, sweep_id, 16, 3e-5, 42, [0.60, 0.75], epochs=5, status=None)
+    stalled = add_run(store, sweep_id, 16, 1e-3, 42, [0.60, 0.61], epochs=5, status=None)
+    guarded = dict(alpha=1e-3, guard="closing")
+    assert racer(store, sweep_id, slow, **guarded).decide(slow, 2) is None
+    assert racer(store, sweep_id, slow, alpha=1e-3).decide(slow, 2) is not None  # unguarded: pruned
+    decision = racer(store, sweep_id, stalled, **guarded).decide(stalled, 2)
+    assert decision is not None and decision.deficit == pytest.approx(0.24)
+    assert racer(store, sweep_id, stalled, **guarded).decide(stalled, 1) is None
+    # The rule itself: 10 gained with 3 epochs left clears a 20-point gap; 1 gained with 3 left does not.
+    assert closing(0.20, 0.10, 3, 0.01) and not closing(0.20, 0.19, 3, 0.01) and not closing(0.20, 0.24, 3, 0.01)
+
+
+def test_seeds_both_arms_ran_are_paired_and_a_seed_the_best_never_ran_is_compared_unpaired(sweep):
     store, sweep_id = sweep
     add_run(store, sweep_id, 16, 1e-4, 42, [0.80, 0.85, 0.86])
     add_run(store, sweep_id, 16, 1e-4, 43, [0.80, 0.85, 0.86])
-    # 0.77 against 0.80: 6 discordant examples on one seed, p = 0.03; the other seed of the same lr adds 6
-    # more (p = 4.9e-4): summed over the seeds both ran, then one exact test.
-    first = add_run(store, sweep_id, 16, 3e-4, 42, [0.77], status=None)
-    assert racer(store, sweep_id, first, alpha=1e-3).decide(first, 1) is None
-    second = add_run(store, sweep_id, 16, 3e-4, 43, [0.77], status=None)
-    decision = racer(store, sweep_id, second, alpha=1e-3).decide(second, 1)
-    assert decision is not None and decision.seeds_paired == 2 and decision.p_value == pytest.approx(2 / 2**12)
-    # A seed the best lr never ran is paired by example alone, with the best lr's run of another seed.
+    add_run(store, sweep_id, 16, 3e-4, 42, [0.60], status=PRUNED)
+    second = add_run(store, sweep_id, 16, 3e-4, 43, [0.60], status=None)
+    decision = racer(store, sweep_id, second, alpha=0.01).decide(second, 1)
+    assert decision is not None and decision.seeds_paired == 2 and decision.deficit == pytest.approx(0.20)
     other = add_run(store, sweep_id, 16, 1e-3, 44, [0.60], status=None)
-    decision = racer(store, sweep_id, other).decide(other, 1)
-    assert decision is not None and decision.seeds_paired == 1 and decision.p_value == pytest.approx(2 / 2**40)
+    decision = racer(store, sweep_id, other, alpha=0.01).decide(other, 1)
+    assert decision is not None and decision.seeds_paired == 0
 
 
 def test_pruned_and_killed_runs_count_as_evidence_only_where_they_should(sweep):
@@ -130,31 +176,101 @@ def test_pruned_and_killed_runs_count_as_evidence_only_where_they_should(sweep):
     assert racer(store, sweep_id, worse).decide(worse, 1) is not None
 
 
-def test_the_judge_on_f1_uses_a_paired_bootstrap():
+def test_the_judge_on_f1_bounds_the_deficit_from_the_predictions():
     labels = [1] * 100 + [0] * 100
-    strong = EpochOutcome(1, 42, 1e-4, 0.9, labels, labels, "v")  # every example right
-    weak = EpochOutcome(2, 42, 1e-3, 0.5, labels, [1] * 200, "v")  # everything positive
-    decision = judge([strong, weak], 2, 1, metric="val_f1", alpha=1e-3)
-    assert decision is not None and decision.test == "bootstrap" and decision.p_value < 1e-3
-    assert judge([strong, weak], 1, 1, metric="val_f1") is None
+    strong = EpochOutcome(1, 42, 1e-4, 1.0, labels, labels, "v")  # every example right: F1 1
+    weak = EpochOutcome(2, 42, 1e-3, 2 / 3, labels, [1] * 200, "v")  # everything positive: F1 2/3
+    rule = RaceRule(alpha=1e-3, after=1, guard="none")
+    decision = judge([strong, weak], 2, 1, metric="val_f1", rule=rule)
+    assert decision is not None and decision.deficit == pytest.approx(1 / 3) and decision.lower > 0.01
+    assert judge([strong, weak], 1, 1, metric="val_f1", rule=rule) is None
 
 
-# --- claiming and resuming ---------------------------------------------------------------------------------
+def test_a_seed_counts_once_per_lr_however_many_runs_it_had():
+    rule = RaceRule(alpha=0.05, margin=0.0, after=1, guard="none")
+    best = [outcome(1, 42, 1e-4, 0.80)]
+    # Two runs of one cell (a dead worker's, then its rerun): only the latest, the judged run, is counted, so the
+    # seed is one run of each arm (examples alone, a normal bound), not two (seeds too, a t with 1 df).
+    dead, rerun = outcome(2, 42, 1e-3, 0.70), outcome(3, 42, 1e-3, 0.70)
+    decision = judge([*best, dead, rerun], 3, 1, rule=rule)
+    assert decision is not None and decision.seeds_paired == 1
 
 
-def test_claim_order_goes_seed_by_seed_round_robin_and_middle_out():
+# --- the order and the skips ---------------------------------------------------------------------------------
+
+
+def standing(best_lr: float | None = None, worse: tuple[float, ...] = (), pruned: dict | None = None) -> Standing:
+    return Standing(best_lr=best_lr, best_run=1 if best_lr else None, worse={rate_key(lr): "worse" for lr in worse},
+                    pruned=pruned or {})
+
+
+def group_of(ebs: int) -> str:
+    from accumbench.analysis.racing import race_group
+
+    return race_group(config(ebs, 1e-4, 42))
+
+
+def test_with_nothing_known_cells_go_seed_by_seed_group_by_group_from_the_middle_out():
     cells = [config(ebs, lr, seed) for seed in (42, 43) for lr in (3e-5, 1e-4, 3e-4, 1e-3) for ebs in (16, 64)]
     order = [(c.seed, c.lr, c.effective_batch_size) for c in claim_order(cells)]
-    assert order[:8] == [(42, 1e-4, 16), (42, 1e-4, 64), (42, 3e-4, 16), (42, 3e-4, 64),
-                         (42, 3e-5, 16), (42, 3e-5, 64), (42, 1e-3, 16), (42, 1e-3, 64)]
+    assert order[:8] == [(42, 1e-4, 16), (42, 3e-4, 16), (42, 3e-5, 16), (42, 1e-3, 16),
+                         (42, 1e-4, 64), (42, 3e-4, 64), (42, 3e-5, 64), (42, 1e-3, 64)]
     assert order[8:] == [(43, lr, ebs) for _, lr, ebs in order[:8]]
 
 
-def test_a_pruned_cell_is_done_and_never_claimed_again():
-    cells = (config(16, 1e-4, 42), config(16, 1e-3, 42))
-    runs = [{"config_hash": cells[1].config_hash, "status": PRUNED, "error": "pruned after epoch 1", "id": 1}]
+def test_the_lr_expected_best_goes_first_from_the_scaling_fit_over_the_groups_tuned():
+    lrs = (3e-5, 1e-4, 3e-4, 1e-3)
+    cells = [config(ebs, lr, 42) for lr in lrs for ebs in (16, 64, 256)]
+    # EBS 16 tuned at 1e-4: EBS 64 by the sqrt rule from one point, 2e-4; nearest in log lr: 3e-4 (x1.5), 1e-4
+    # (x2), 1e-3 (x5), 3e-5 (x6.7).
+    known = {group_of(16): standing(1e-4)}
+    assert expected_best_lr(config(64, 1e-4, 42), cells, known) == pytest.approx(2e-4)
+    order = [(c.lr, c.effective_batch_size) for c in claim_order(cells, known)]
+    assert order[4:8] == [(3e-4, 64), (1e-4, 64), (1e-3, 64), (3e-5, 64)]
+    # Its own best comes first for EBS 16 (an earlier seed's answer), then its neighbours: 3e-4 (x3) before 3e-5 (x3.3).
+    assert order[:4] == [(1e-4, 16), (3e-4, 16), (3e-5, 16), (1e-3, 16)]
+    # EBS 16 at 1e-4 and 64 at 3e-4: exponent log 3 / log 4 = 0.79, so EBS 256 expects 9e-4: 1e-3 first.
+    known[group_of(64)] = standing(3e-4)
+    assert expected_best_lr(config(256, 1e-4, 42), cells, known) == pytest.approx(9e-4)
+    assert [c.lr for c in claim_order(cells, known) if c.effective_batch_size == 256] == [1e-3, 3e-4, 1e-4, 3e-5]
+
+
+def test_an_lr_beyond_a_bracketed_optimum_is_skipped_and_a_pruned_arm_skips_its_other_seeds():
+    lrs = (3e-5, 1e-4, 3e-4, 1e-3)
+    cells = [config(16, lr, seed) for lr in lrs for seed in (42, 43)]
+    # The best at 3e-5, and both lrs between it and 1e-3 worse by more than the margin: 1e-3 need not train.
+    known = {group_of(16): standing(3e-5, worse=(1e-4, 3e-4))}
+    why, decided_by = skip_reason(config(16, 1e-3, 42), cells, known)
+    assert why == ("skipped: lr 1e-3 lies above the bracketed optimum lr 3e-5 (run 1), beyond 1e-4 and 3e-4, "
+                   "already worse by more than the margin") and decided_by == 1
+    assert skip_reason(config(16, 3e-4, 43), cells, known) is None  # worse, but not beyond two worse ones
+    # Only one worse between them: trained.
+    assert skip_reason(config(16, 1e-3, 42), cells, {group_of(16): standing(3e-5, worse=(3e-4,))}) is None
+    # An arm is its seeds: pruned on seed 42, its seed 43 is skipped.
+    pruned = RunRecord(config(16, 1e-3, 42), "pruned", 7, pruned_epoch=2)
+    known = {group_of(16): standing(1e-4, pruned={rate_key(1e-3): pruned})}
+    assert skip_reason(config(16, 1e-3, 43), cells, known) == (
+        "skipped: lr 1e-3 was pruned on seed 42 after epoch 2 (run 7)", 7)
+
+
+def test_standings_name_the_best_finished_arm_and_the_arms_worse_by_the_margin():
+    rule = RaceRule(alpha=0.01, after=1, guard="none")
+    records = [RunRecord(config(16, 1e-4, 42), "finished", 1, outcome(1, 42, 1e-4, 0.85)),
+               RunRecord(config(16, 3e-4, 42), "finished", 2, outcome(2, 42, 3e-4, 0.84)),  # 1 point: not shown
+               RunRecord(config(16, 1e-3, 42), "finished", 3, outcome(3, 42, 1e-3, 0.60)),
+               RunRecord(config(16, 3e-5, 42), "pruned", 4, pruned_epoch=2)]
+    [(group, found)] = standings(records, "val_accuracy", rule).items()
+    assert group == group_of(16) and found.best_lr == 1e-4 and found.best_run == 1
+    assert set(found.worse) == {rate_key(1e-3), rate_key(3e-5)} and set(found.pruned) == {rate_key(3e-5)}
+    assert found.worse[rate_key(3e-5)] == "pruned after epoch 2 (run 4)"
+
+
+def test_pruned_and_skipped_cells_are_done_and_never_claimed_again():
+    cells = (config(16, 1e-4, 42), config(16, 1e-3, 42), config(16, 1e-3, 43))
+    runs = [{"config_hash": cells[1].config_hash, "status": PRUNED, "error": "pruned after epoch 1", "id": 1},
+            {"config_hash": cells[2].config_hash, "status": SKIPPED, "error": "skipped: lr 1e-3 was pruned", "id": 2}]
     states = [s.state for s in cell_statuses(cells, runs, max_retries=1)]
-    assert states == [PENDING, CUT]
+    assert states == [PENDING, CUT, PASSED_OVER]
 
 
 # --- the replay ---------------------------------------------------------------------------------------------
@@ -168,8 +284,8 @@ def replay(db: Path, *args: str) -> dict:
 
 def test_the_replay_counts_the_time_saved_and_a_constructed_wrong_prune(tmp_path):
     """EBS 16 at 1e-4 leads throughout. 1e-3 is far behind after epoch 1 and stays behind: a right prune.
-    3e-5 is far behind after epoch 1 (the short horizon) and ends shown within a point of the best (0.855 and
-    0.860 against 0.860 and 0.865: one example behind in each seed, a 0.5-point deficit): a wrong prune."""
+    3e-5 is far behind after epoch 1 (the short horizon) and ends within a point of the best (0.855 and 0.860
+    against 0.860 and 0.865: a 0.5-point deficit, not shown worse by more than the margin): a wrong prune."""
     db = tmp_path / "runs.db"
     with Store.open(resolve_db_url(str(db))) as store:
         sweep_id = store.open_sweep("grid", "g", "{}", 6)["id"]
@@ -177,19 +293,26 @@ def test_the_replay_counts_the_time_saved_and_a_constructed_wrong_prune(tmp_path
             add_run(store, sweep_id, 16, 1e-4, seed, [0.80, 0.85, 0.86 + wobble])
             add_run(store, sweep_id, 16, 1e-3, seed, [0.55, 0.55, 0.55 + wobble])
             add_run(store, sweep_id, 16, 3e-5, seed, [0.60, 0.83, 0.855 + wobble])
-    out = replay(db, "--race-alpha", "1e-4", "--race-after", "1")
-    assert out["arms"] == 3 and len(out["prunes"]) == 4  # both seeds of both worse lrs, after epoch 1
-    assert {(p["lr"], p["epoch"]) for p in out["prunes"]} == {(1e-3, 1), (3e-5, 1)}
-    assert out["seconds"] == 6 * 3 * 10.0 and out["saved_seconds"] == 4 * 2 * 10.0  # 2 epochs of 10 s, 4 runs
-    assert out["wrong_prunes"] == out["not_ruled_out"] == [{"effective_batch_size": 16, "lr": 3e-5}]
+    # Unguarded from epoch 1: seed 42 claims 1e-4 (the middle), then 3e-5 and 1e-3, both pruned after epoch 1;
+    # seed 43 trains 1e-4 and skips both pruned arms.
+    out = replay(db, "--race-alpha", "1e-3", "--race-after", "1", "--race-guard", "none")
+    stops = {(s["lr"], s["seed"]): s for s in out["stops"]}
+    assert out["arms"] == 3 and set(stops) == {(1e-3, 42), (3e-5, 42), (1e-3, 43), (3e-5, 43)}
+    assert [stops[(lr, 42)]["epoch"] for lr in (1e-3, 3e-5)] == [1, 1]
+    assert stops[(1e-3, 43)]["skipped"] and stops[(1e-3, 43)]["why"].startswith("skipped: lr 1e-3 was pruned on seed 42")
+    # 2 runs cut after 1 of 3 epochs, 2 never trained: 4 + 6 of the grid's 18 epochs of 10 s each.
+    assert out["seconds"] == 18 * 10.0 and out["saved_seconds"] == 100.0 and out["epochs_trained"] == 8
+    assert out["wrong"] == [{"effective_batch_size": 16, "lr": 3e-5}]
     assert out["pick_full"] == out["pick_raced"] == 16 and out["best_lr_full"] == out["best_lr_raced"] == {"16": 1e-4}
-    # At a level no such evidence reaches (the smallest p here is 2 / 2^120), nothing is pruned or saved.
-    strict = replay(db, "--race-alpha", "1e-40", "--race-after", "1")
-    assert strict["prunes"] == [] and strict["saved_seconds"] == 0 and strict["wrong_prunes"] == []
-    # Racing from epoch 2 on: 3e-5 has nearly caught up by then (0.83 against 0.85 on both seeds: 8 discordant
-    # examples, p = 7.8e-3); 1e-3 has not.
-    late = replay(db, "--race-alpha", "1e-4", "--race-after", "2")
-    assert {(p["lr"], p["epoch"]) for p in late["prunes"]} == {(1e-3, 2)} and late["wrong_prunes"] == []
+    # The guard: nothing stops after epoch 1 (one epoch is no trajectory). After epoch 2, 3e-5 has gained 18
+    # points on the leader, enough to close its last 2 with the epoch left: spared, and 1e-3, falling further
+    # behind, is pruned; its seed 43 is skipped.
+    guarded = replay(db, "--race-alpha", "1e-3", "--race-after", "1", "--race-guard", "closing")
+    assert {(s["lr"], s["seed"], s["epoch"]) for s in guarded["stops"]} == {(1e-3, 42, 2), (1e-3, 43, 0)}
+    assert guarded["wrong"] == [] and guarded["saved_seconds"] == 40.0
+    # At a confidence no such evidence reaches, nothing is pruned or saved.
+    strict = replay(db, "--race-alpha", "1e-300", "--race-after", "1", "--race-guard", "none")
+    assert strict["stops"] == [] and strict["saved_seconds"] == 0 and strict["wrong"] == []
 
 
 def test_replaying_a_raced_grid_is_refused(tmp_path):
@@ -212,10 +335,28 @@ def test_replaying_a_raced_grid_is_refused(tmp_path):
     (["--race", "--lrs", "1e-4,3e-4", "--race-after", "0"], "--race-after must be at least 1"),
     (["--race", "--lrs", "1e-4,3e-4", "--epochs", "2", "--race-after", "2"], "leaves no epoch to stop early at"),
     (["--race", "--lrs", "1e-4,3e-4", "--race-metric", "val_f2"], "unknown --race-metric"),
+    (["--race", "--lrs", "1e-4,3e-4", "--race-metric", "val_loss"], "cannot use a margin on validation loss"),
+    (["--race", "--lrs", "1e-4,3e-4", "--race-margin", "-0.01"], "--race-margin must be at least 0 and below 1"),
+    (["--race", "--lrs", "1e-4,3e-4", "--race-margin", "1"], "--race-margin must be at least 0 and below 1"),
+    (["--race", "--lrs", "1e-4,3e-4", "--race-guard", "closed"], "unknown --race-guard 'closed'"),
 ])
 def test_bad_race_options_are_one_line_exit_2_and_nothing_written(tmp_path, args, fragment):
     db = tmp_path / "runs.db"
     result = CliRunner().invoke(app, ["sweep", "--dataset", "demo", "--db", str(db), *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and fragment in result.stderr
+    assert not db.exists()
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--metric", "val_loss"], "--replay-race cannot use a margin on validation loss"),
+    (["--race-margin", "2"], "--race-margin must be at least 0 and below 1"),
+    (["--race-guard", "clos"], "unknown --race-guard 'clos'; choose one of: closing, none; did you mean 'closing'?"),
+    (["--race-alpha", "0"], "--race-alpha must be between 0 and 1"),
+])
+def test_bad_replay_options_are_one_line_exit_2_before_anything_is_read(tmp_path, args, fragment):
+    db = tmp_path / "runs.db"
+    result = CliRunner().invoke(app, ["pick-best", "--db", str(db), "--replay-race", *args])
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and fragment in result.stderr
     assert not db.exists()
@@ -246,7 +387,7 @@ def keyword_reviews(path: Path) -> Path:
     return path
 
 
-def test_a_tiny_race_prunes_the_clearly_worse_lr_and_the_pick_excludes_it(tiny_bert, tmp_path):
+def test_a_tiny_race_prunes_the_clearly_worse_lr_skips_its_next_seed_and_the_pick_excludes_it(tiny_bert, tmp_path):
     db = tmp_path / "runs.db"
     args = ["sweep", "--models", tiny_bert, "--dataset", str(keyword_reviews(tmp_path / "reviews.csv")),
             "--max-train-samples", "256", "--max-eval-samples", "200", "--max-length", "16", "--epochs", "3",
@@ -256,19 +397,29 @@ def test_a_tiny_race_prunes_the_clearly_worse_lr_and_the_pick_excludes_it(tiny_b
     # Exit 1 for the diverged cells, as ever (a sweep with a cell that failed for good); not for the pruned.
     assert result.exit_code == 1, result.output
     runs = {(r["lr"], r["seed"]): r for r in query(db, "SELECT * FROM runs")}
-    # Claimed middle-out: 3e-3 first (nothing to race against: it finishes), then 1e-6, then 1e4.
+    # Claimed middle-out: 3e-3 first (nothing to race against: it finishes), then 1e-6, then 1e4; seed 2 starts
+    # from its group's best so far, 3e-3.
     assert [r["lr"] for r in query(db, "SELECT lr FROM runs WHERE seed = 1 ORDER BY id")] == [3e-3, 1e-6, 1e4]
+    assert [r["lr"] for r in query(db, "SELECT lr FROM runs WHERE seed = 2 ORDER BY id")][0] == 3e-3
+    winner = runs[(3e-3, 1)]
+    assert winner["status"] == FINISHED and runs[(3e-3, 2)]["status"] == FINISHED
+    # The guard spares every arm after its first epoch; after its second, 1e-6 (at chance, gaining nothing on
+    # the leader) is shown worse by more than a point and stops.
+    slow = runs[(1e-6, 1)]
+    assert slow["status"] == PRUNED and slow["pruned_epoch"] == 2 and slow["pruned_test"] == "margin"
+    assert slow["pruned_by"] == winner["id"] and slow["pruned_bound"] > 0.01 and slow["pruned_p"] == 1e-4
+    assert slow["error"].startswith("pruned after epoch 2: lr 1e-6")
+    assert [e[0] for e in query(db, "SELECT epoch FROM epochs WHERE run_id = ?", slow["id"])] == [1, 2]  # kept
+    # An arm is its seeds: seed 2 of 1e-6 never trains.
+    skipped = runs[(1e-6, 2)]
+    assert skipped["status"] == SKIPPED and skipped["pruned_by"] == slow["id"] and skipped["started_at"] is None
+    assert skipped["error"] == f"skipped: lr 1e-6 was pruned on seed 1 after epoch 2 (run {slow['id']})"
+    assert query(db, "SELECT COUNT(*) FROM epochs WHERE run_id = ?", skipped["id"])[0][0] == 0
     for seed in (1, 2):
-        assert runs[(3e-3, seed)]["status"] == FINISHED
-        slow = runs[(1e-6, seed)]
-        assert slow["status"] == PRUNED and slow["pruned_epoch"] == 1 and slow["pruned_test"] == "mcnemar"
-        assert slow["pruned_by"] == runs[(3e-3, seed)]["id"] and slow["pruned_p"] < 1e-4
-        assert slow["error"].startswith("pruned after epoch 1: lr 1e-6")
-        assert [e[0] for e in query(db, "SELECT epoch FROM epochs WHERE run_id = ?", slow["id"])] == [1]  # kept
         assert runs[(1e4, seed)]["status"] == "FAILED" and runs[(1e4, seed)]["error"].startswith("diverged")
-    assert "2 pruned by racing" in result.output
+    assert "1 pruned by racing" in result.output and "1 skipped by racing" in result.output
 
-    # Resumed, nothing runs again: the pruned cells are done.
+    # Resumed, nothing runs again: the pruned and skipped cells are done.
     again = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
     assert again.exit_code == 1 and "0 to run" in again.output
     assert query(db, "SELECT COUNT(*) FROM runs")[0][0] == 6
@@ -277,11 +428,13 @@ def test_a_tiny_race_prunes_the_clearly_worse_lr_and_the_pick_excludes_it(tiny_b
     assert out["lr"] == 3e-3 and [c["run_ids"] for c in out["candidates"]] == [
         sorted(runs[(3e-3, s)]["id"] for s in (1, 2))]
     tried = {t["lr"]: t for t in out["best_lr_per_ebs"][0]["lrs_tried"]}
-    assert tried[1e-6]["pruned"] == 2 and tried[1e-6]["seeds"] == 0 and tried[1e4]["diverged"] == 2
+    assert (tried[1e-6]["pruned"], tried[1e-6]["skipped"], tried[1e-6]["seeds"]) == (2, 1, 0)
+    assert tried[1e4]["diverged"] == 2
     assert out["best_lr_per_ebs"][0]["lr"] == 3e-3 and out["best_lr_per_ebs"][0]["edge"] is None
-    assert sorted(p["run_id"] for p in out["pruned"]) == sorted(runs[(1e-6, s)]["id"] for s in (1, 2))
+    assert sorted((p["run_id"], p["skipped"]) for p in out["pruned"]) == [(slow["id"], False), (skipped["id"], True)]
     report = CliRunner().invoke(app, ["report", "--db", str(db)], env={"COLUMNS": "200"}).stdout
-    assert "racing (sweep --race)" in report and "2 runs pruned" in report and "pruned" in report.split("lr x EBS")[1]
+    assert "racing (sweep --race)" in report and "1 run pruned, 1 skipped" in report
+    assert "pruned" in report.split("lr x EBS")[1]
 
 
 # --- what report, the study page and --workers make of it ------------------------------------------------------
@@ -317,11 +470,13 @@ def test_workers_get_the_race_options_through_their_sweep_file(tmp_path):
     from accumbench.sweep.local import spec_as_yaml
     from accumbench.sweep.spec import build_spec
 
-    spec = build_spec(lrs="1e-4,3e-4", epochs=3, race=True, race_alpha=1e-3, race_after=2, race_metric="val_loss")
+    spec = build_spec(lrs="1e-4,3e-4", epochs=3, race=True, race_alpha=1e-3, race_after=2, race_metric="val_f1",
+                      race_margin=0.02, race_guard="none")
     grid = tmp_path / "sweep.yaml"
     grid.write_text(spec_as_yaml(spec))
     again = build_spec(grid)
-    assert (again.race, again.race_alpha, again.race_after, again.race_metric) == (True, 1e-3, 2, "val_loss")
+    assert (again.race, again.race_alpha, again.race_after, again.race_metric) == (True, 1e-3, 2, "val_f1")
+    assert (again.race_margin, again.race_guard) == (0.02, "none")
     assert again.grid_hash == spec.grid_hash == build_spec(lrs="1e-4,3e-4", epochs=3).grid_hash  # racing is not the grid
 
 
@@ -355,12 +510,3 @@ def test_two_workers_race_one_grid_and_every_decision_reads_what_the_other_recor
         winner = by_id[run["pruned_by"]]
         assert winner["lr"] == 3e-3 and epochs[(winner["id"], run["pruned_epoch"])] > epochs[(run["id"], run["pruned_epoch"])]
         assert max(e for (r, e) in epochs if r == run["id"]) == run["pruned_epoch"] < 4
-
-
-def test_a_seed_counts_once_per_lr_however_many_runs_it_had():
-    labels = [1] * N
-    best = [EpochOutcome(1, 42, 1e-4, 0.80, labels, [1] * 160 + [0] * 40, "v")]
-    # Two runs of one cell (a dead worker's, then its rerun): only the latest, the judged run, is counted.
-    dead = EpochOutcome(2, 42, 1e-3, 0.78, labels, [1] * 156 + [0] * 44, "v")
-    rerun = EpochOutcome(3, 42, 1e-3, 0.78, labels, [1] * 156 + [0] * 44, "v")
-    assert judge([*best, dead, rerun], 3, 1, alpha=0.1) is None  # 4 discordant: p = 0.125, not 8: p = 0.008

@@ -164,7 +164,7 @@ def choose(store: Any, data: RunData, options: PickOptions) -> list[Pick] | list
     """pick-best's answer from an open store: the picks; with compare_protocols the pick under every protocol;
     with replay_race, racing replayed over the grid."""
     if options.replay_race:
-        return replay_race(store, data, options.race_alpha, options.race_after, evidence=options.evidence)
+        return replay_race(store, data, options.race_rule, evidence=options.evidence)
     predictions = load_predictions(store, data)
     if options.compare_protocols:
         return compare_protocols(data, predictions, metric=options.metric, evidence=options.evidence, by=options.by)

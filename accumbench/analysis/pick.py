@@ -41,12 +41,14 @@ from accumbench.errors import UserError
 from accumbench.files import check_output_file
 from accumbench.formatting import plain_number, unknown_choice
 from accumbench.metrics import named
+from accumbench.race_rule import RaceRule, check_rule
 from accumbench.vocabulary import (
     BOOTSTRAPPED,
     METRICS,
     POOLED,
     RACE_AFTER,
     RACE_ALPHA,
+    RACE_GUARD,
     TUNED,
     higher_is_better,
     test_metric,
@@ -69,6 +71,8 @@ class PickOptions:
     replay_race: bool = False  # race_replay.py: racing replayed over the grid instead of a pick
     race_alpha: float = RACE_ALPHA
     race_after: int = RACE_AFTER
+    race_margin: float | None = None  # None: the metric's own margin
+    race_guard: str = RACE_GUARD
     save_config: Path | None = None  # write the picked cell as a train YAML (saved_config.py)
 
     def __post_init__(self) -> None:
@@ -87,12 +91,7 @@ class PickOptions:
             raise UserError("--compare-protocols shows every protocol; drop --protocol")
         if self.replay_race and (self.compare_protocols or self.protocol is not None):
             raise UserError("--replay-race replays racing under the tuned protocol; drop --compare-protocols and --protocol")
-        if not 0 < self.race_alpha < 1:
-            raise UserError(f"--race-alpha must be between 0 and 1, got {plain_number(self.race_alpha)}; the default "
-                            f"is {RACE_ALPHA:g}")
-        if self.race_after < 1:
-            raise UserError(f"--race-after must be at least 1, got {self.race_after}: a run can stop after its first "
-                            "epoch at the earliest")
+        self.race_rule  # noqa: B018 - checked here, before any run is read
         if self.save_config is not None:
             if self.compare_protocols or self.replay_race:
                 raise UserError("--save-config writes the one pick; drop --compare-protocols and --replay-race")
@@ -101,6 +100,12 @@ class PickOptions:
     @property
     def evidence(self) -> Margin:
         return Margin(self.margin, 1 - self.alpha)
+
+    @property
+    def race_rule(self) -> RaceRule:
+        """--replay-race's rule, on the metric pick-best chooses on (racing's own, replayed)."""
+        return check_rule(self.race_alpha, self.race_after, self.race_margin, self.race_guard,
+                          self.metric if self.replay_race else "val_accuracy", flag="--replay-race")
 
 
 def check_metric(metric: str) -> None:
@@ -213,8 +218,11 @@ def pick_best(data: RunData, predictions: dict[str, dict[int, dict[str, Any]]], 
         pick.reconciled = reconcile(pick)
         cut = data.pruned[data.pruned["lr_free"].isin(group["lr_free"])]
         pick.pruned = [dict(run_id=int(r.run_id), effective_batch_size=int(r.effective_batch_size), lr=float(r.lr),
-                            seed=int(r.seed), epoch=int(r.pruned_epoch), lost_to=int(r.pruned_by), p=float(r.pruned_p),
-                            test=r.pruned_test) for r in cut.itertuples()]
+                            seed=int(r.seed), epoch=int(r.pruned_epoch), skipped=bool(r.skipped),
+                            lost_to=None if pd.isna(r.pruned_by) else int(r.pruned_by),
+                            deficit=None if pd.isna(r.pruned_deficit) else float(r.pruned_deficit),
+                            bound=None if pd.isna(r.pruned_bound) else float(r.pruned_bound),
+                            test=r.pruned_test, why=r.error) for r in cut.itertuples()]
         if data.without_metric:
             pick.warnings.append(f"{data.without_metric} run(s) left out: recorded before accumbench recorded "
                                  f"{METRICS[metric]}; --metric val_accuracy compares them all")

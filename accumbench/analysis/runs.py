@@ -28,7 +28,7 @@ from accumbench.formatting import format_lr, rate_key
 from accumbench.metrics import SPLITS, TABLE, scored_columns
 from accumbench.noise_scale import measurable
 from accumbench.optim_scaling import bundle_name
-from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, METRICS, PRUNED, RUNNING, higher_is_better
+from accumbench.vocabulary import DIVERGED_PREFIX, FAILED, FINISHED, METRICS, PRUNED, RUNNING, SKIPPED, higher_is_better
 
 # The columns that name a cell in the study's table ("lr": the rate it trained with, runs.lr); any
 # other setting that differs between cells is listed in a "variant" column rather than averaged over.
@@ -104,7 +104,7 @@ class RunData:
 
 DIVERGED_COLUMNS = ["run_id", "lr", "base_lr", "lr_scaling", "lr_free", "series", "effective_batch_size"]
 PRUNED_COLUMNS = [*DIVERGED_COLUMNS, "model", "backend", "seed", "pruned_epoch", "pruned_by", "pruned_p", "pruned_test",
-                  "epochs_planned", "seconds", "saved_seconds", "error"]
+                  "pruned_deficit", "pruned_bound", "skipped", "epochs_planned", "seconds", "saved_seconds", "error"]
 
 
 def noise_note(config: RunConfig, micro_batch_size: int, measured: bool, value: float) -> str:
@@ -163,7 +163,7 @@ def load_runs(store: Any, *, sweep: str | None = None, model: str | None = None,
     evals = pd.DataFrame(store.evals_of(frame["run_id"].tolist()),
                          columns=["run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"])
     filters = dict(sweep=sweep, model=model, backend=backend)
-    pruned, pruned_epochs = _pruned(store, **filters)
+    pruned, pruned_epochs = _pruned(store, epochs, frame, **filters)
     return RunData(frame.reset_index(drop=True), epochs, evals, _diverged(store, **filters), metric, without_metric,
                    pruned, pruned_epochs)
 
@@ -242,24 +242,31 @@ def _diverged(store: Any, **filters: Any) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=DIVERGED_COLUMNS)
 
 
-def _pruned(store: Any, **filters: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The PRUNED runs among those the filters match, keyed like the finished ones, with their decision and
-    the training time racing saved: the epochs it did not train, at the pace of the ones it did."""
-    runs = store.find_runs(status=PRUNED, **filters)
+def _pruned(store: Any, finished_epochs: pd.DataFrame, finished: pd.DataFrame,
+            **filters: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The PRUNED and SKIPPED runs among those the filters match, keyed like the finished ones, with their
+    decision and the training time racing saved: the epochs a pruned run did not train, at the pace of the ones
+    it did; a skipped run's planned epochs, at the pace of its group's finished runs (its EBS: same work)."""
+    runs = sorted(store.find_runs(status=PRUNED, **filters) + store.find_runs(status=SKIPPED, **filters),
+                  key=lambda run: run["id"])
     epochs = pd.DataFrame(store.epochs_of([run["id"] for run in runs])) if runs else pd.DataFrame()
+    pace = (finished_epochs.merge(finished[["run_id", "lr_free"]], on="run_id").groupby("lr_free")["epoch_seconds"].mean()
+            if len(finished) else pd.Series(dtype=float))
     rows = []
     for run in runs:
         config = RunConfig.from_dict(json.loads(run["config_json"]))
         own = epochs[epochs["run_id"] == run["id"]] if not epochs.empty else epochs
         seconds = float(own["epoch_seconds"].sum()) if len(own) else 0.0
         left = max(0, int(run["epochs"]) - len(own))
+        each = seconds / len(own) if len(own) else float(pace.get(lr_free_key(config), 0.0))
         rows.append(dict(run_id=run["id"], lr=config.scaled_lr, base_lr=config.lr, lr_scaling=config.lr_scaling,
                          lr_free=lr_free_key(config), series=series_key(config),
                          effective_batch_size=config.effective_batch_size, model=run["model"], backend=run["backend"],
-                         seed=run["seed"], pruned_epoch=run["pruned_epoch"], pruned_by=run["pruned_by"],
-                         pruned_p=run["pruned_p"], pruned_test=run["pruned_test"], epochs_planned=int(run["epochs"]),
-                         seconds=seconds, saved_seconds=seconds / len(own) * left if len(own) else 0.0,
-                         error=run["error"]))
+                         seed=run["seed"], pruned_epoch=run["pruned_epoch"] or 0, pruned_by=run["pruned_by"],
+                         pruned_p=run["pruned_p"], pruned_test=run["pruned_test"],
+                         pruned_deficit=run.get("pruned_deficit"), pruned_bound=run.get("pruned_bound"),
+                         skipped=run["status"] == SKIPPED, epochs_planned=int(run["epochs"]),
+                         seconds=seconds, saved_seconds=each * left, error=run["error"]))
     return pd.DataFrame(rows, columns=PRUNED_COLUMNS), epochs
 
 

@@ -70,7 +70,7 @@ def best_lr_json(b: BestLr) -> dict[str, Any]:
         "label": b.label, "effective_batch_size": b.effective_batch_size, "lr": b.best.lr,
         "metric_mean": _num(b.best.mean), "metric_std": _num(b.best.std), "seeds": b.best.seeds,
         "lrs_tried": [{"lr": t.lr, "metric_mean": _num(t.mean), "metric_std": _num(t.std), "seeds": t.seeds,
-                       "diverged": t.diverged, "pruned": t.pruned} for t in b.tried],
+                       "diverged": t.diverged, "pruned": t.pruned, "skipped": t.skipped} for t in b.tried],
         "edge": b.edge, "suggested_lr": b.suggestion, "refined_lr": b.refined_lr, "refined": b.refined,
         "warning": b.warning,
     }

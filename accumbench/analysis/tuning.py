@@ -44,7 +44,8 @@ class LrPoint:
     std: float  # NaN with one seed
     seeds: int  # finished runs
     diverged: int  # runs that diverged
-    pruned: int = 0  # runs that racing stopped: the lr lost to a better one, so it is never the best
+    pruned: int = 0  # runs that racing stopped or skipped: the lr lost to a better one, so it is never the best
+    skipped: int = 0  # ... of them, the ones racing never trained (SKIPPED)
 
 
 @dataclass
@@ -72,8 +73,12 @@ class BestLr:
 
     @property
     def lrs_tried(self) -> str:
-        return ", ".join(format_lr(p.lr) + (" (pruned)" if p.pruned else " (diverged)" if p.seeds == 0 else "")
-                         for p in self.tried)
+        def note(p: LrPoint) -> str:
+            if p.pruned:
+                return " (skipped)" if p.skipped == p.pruned else " (pruned)"
+            return " (diverged)" if p.seeds == 0 else ""
+
+        return ", ".join(format_lr(p.lr) + note(p) for p in self.tried)
 
 
 def parabola_vertex(x0: float, y0: float, x1: float, y1: float, x2: float, y2: float) -> float:
@@ -118,9 +123,10 @@ def _points(runs: pd.DataFrame, diverged: pd.DataFrame, pruned: pd.DataFrame, me
             by_lr[key].diverged += int(count)
         else:
             by_lr[key] = LrPoint(float(lr), None, math.nan, math.nan, 0, int(count))
-    for lr, count in pruned["lr"].astype(float).value_counts().items():
-        key = rate_key(lr)
-        by_lr.setdefault(key, LrPoint(float(lr), None, math.nan, math.nan, 0, 0)).pruned += int(count)
+    for lr, skipped in zip(pruned["lr"].astype(float), pruned["skipped"].astype(bool)):
+        point = by_lr.setdefault(rate_key(lr), LrPoint(float(lr), None, math.nan, math.nan, 0, 0))
+        point.pruned += 1
+        point.skipped += int(skipped)
     return sorted(by_lr.values(), key=lambda p: p.lr)
 
 
@@ -246,6 +252,7 @@ class LrGrid:
     cells: dict[tuple[int, int], tuple[float, float, int, float]]  # (row, EBS) -> (mean, std, seeds, lr trained)
     best: dict[int, int]  # EBS -> row of its best lr
     pruned: dict[tuple[int, int], int] = field(default_factory=dict)  # (row, EBS) -> runs racing stopped there
+    skipped: dict[tuple[int, int], int] = field(default_factory=dict)  # ... of them, the runs it never trained
 
     @staticmethod
     def row_label(rule: str, base_lr: float) -> str:
@@ -260,7 +267,8 @@ class LrGrid:
                      "std": None if math.isnan(self.cells[(i, ebs)][1]) else self.cells[(i, ebs)][1],
                      "seeds": self.cells[(i, ebs)][2],
                      "diverged": self.cells[(i, ebs)][2] == 0 and (i, ebs) not in self.pruned,
-                     "pruned": self.pruned.get((i, ebs), 0), "best": self.best.get(ebs) == i}
+                     "pruned": self.pruned.get((i, ebs), 0), "skipped": self.skipped.get((i, ebs), 0),
+                     "best": self.best.get(ebs) == i}
                     for ebs in self.effective_batch_sizes if (i, ebs) in self.cells]}
                     for i, (rule, base) in enumerate(self.rows)]}
 
@@ -284,9 +292,11 @@ def lr_grids(data: RunData) -> list[LrGrid]:
         for run in (*blown.itertuples(), *cut.itertuples()):  # (NaN, NaN, 0 seeds): tried, and diverged or pruned
             cells[(index[(run.lr_scaling, float(run.base_lr))], int(run.effective_batch_size))] = (
                 math.nan, math.nan, 0, float(run.lr))
+        skipped: dict[tuple[int, int], int] = {}
         for run in cut.itertuples():
             where = (index[(run.lr_scaling, float(run.base_lr))], int(run.effective_batch_size))
             pruned[where] = pruned.get(where, 0) + 1
+            skipped[where] = skipped.get(where, 0) + int(bool(run.skipped))
         for _, cell_runs in group.groupby("cell", sort=False):
             first = cell_runs.iloc[0]
             values = cell_runs[data.metric].astype(float)
@@ -301,7 +311,7 @@ def lr_grids(data: RunData) -> list[LrGrid]:
         variant = ", ".join(part for part in (f"rules {first['optim_rules']}" if first["optim_rules"] else "",
                                               str(first["variant"])) if part)
         grids.append(LrGrid(str(first["model"]), str(first["backend"]), variant, data.metric, rows,
-                            sorted(group["effective_batch_size"].astype(int).unique().tolist()), cells, chosen, pruned))
+                            sorted(group["effective_batch_size"].astype(int).unique().tolist()), cells, chosen, pruned, skipped))
     return grids
 
 

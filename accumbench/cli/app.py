@@ -23,7 +23,7 @@ from accumbench.errors import StoreUnavailable, Terminated, UserError
 from accumbench.formatting import unknown_choice
 from accumbench.model_names import check_model_name
 from accumbench.sweep.spec import SAME_NAMED_AXES
-from accumbench.vocabulary import RACE_AFTER, RACE_ALPHA
+from accumbench.vocabulary import RACE_AFTER, RACE_ALPHA, RACE_GUARD, RACE_GUARDS
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -133,12 +133,14 @@ def sweep(
         None, help="Seconds without a heartbeat after which another worker's RUNNING run counts as dead (default: 600)."),
     fail_fast: bool | None = typer.Option(None, "--fail-fast/--keep-going", help="Stop at the first failed run (default: keep going)."),
     race: bool | None = typer.Option(
-        None, "--race/--no-race", help="Race the lr grid: after each epoch, stop a run whose lr is significantly "
-                                       "worse than its group's best (paired test on validation); it ends PRUNED."),
-    race_alpha: float | None = typer.Option(
-        None, help="Significance level of racing: a run stops only at p < alpha (default: 1e-6, strict: an early "
-                   "epoch is a short horizon)."),
-    race_after: int | None = typer.Option(None, help="The first epoch after which racing may stop a run (default: 2)."),
+        None, "--race/--no-race", help="Race the lr grid: stop an lr once it is shown worse than its EBS's best by "
+                                       "more than the margin (it ends PRUNED), skip what that decides (SKIPPED)."),
+    race_alpha: float | None = typer.Option(None, help=f"An lr stops when its deficit's lower bound at 1 - alpha "
+                                                      f"is above the margin (default: {RACE_ALPHA:g})."),
+    race_margin: float | None = typer.Option(None, help="The deficit racing must show (default: the metric's margin)."),
+    race_after: int | None = typer.Option(None, help=f"The first epoch after which racing may stop a run (default: {RACE_AFTER})."),
+    race_guard: str | None = typer.Option(None, help=f"{' or '.join(RACE_GUARDS)}: closing spares an lr closing the gap "
+                                                     f"fast enough to end within the margin (default: {RACE_GUARD})."),
     race_metric: str | None = typer.Option(
         None, help=f"The validation metric racing compares: {metrics.race_help()} "
                    f"(default: {metrics.ACCURACY.name})."),
@@ -164,7 +166,7 @@ def sweep(
 
         accumbench sweep --effective-batch-sizes 16,32,64 --lrs 3e-5,1e-4,3e-4 --micro-batch-size 16 --epochs 2 --dry-run
 
-    Example, racing the lr grid (a run whose lr is clearly worse than its EBS's best stops early, PRUNED):
+    Example, racing the lr grid (an lr shown worse than its EBS's best by more than a point stops early, PRUNED):
 
         accumbench sweep --effective-batch-sizes 16,64 --lrs 3e-5,1e-4,3e-4,1e-3 --seeds 42,43 --epochs 5 --race
 
@@ -185,7 +187,8 @@ def sweep(
         spec = build_spec(config, models=models, effective_batch_sizes=effective_batch_sizes, backends=backends,
                           seeds=seeds, lrs=lrs, preset=preset, name=name, max_retries=max_retries,
                           stale_after=stale_after, fail_fast=fail_fast, race=race, race_alpha=race_alpha,
-                          race_after=race_after, race_metric=race_metric, **options)
+                          race_after=race_after, race_metric=race_metric, race_margin=race_margin,
+                          race_guard=race_guard, **options)
         for model in spec.axes["model"]:  # typos now; the hub, if a model needs it, before the first claim
             check_model_name(model, reach_hub=False)
         reporter = RichSweepReporter()
@@ -291,8 +294,10 @@ def pick_best(
     replay_race: bool = typer.Option(
         False, "--replay-race", help="Replay sweep --race over a complete lr grid from its stored epochs: the "
                                      "training time it would save, whether the pick changes, and its wrong prunes."),
-    race_alpha: float = typer.Option(RACE_ALPHA, help="With --replay-race: racing's significance level."),
+    race_alpha: float = typer.Option(RACE_ALPHA, help="With --replay-race: racing's confidence, 1 - alpha."),
+    race_margin: float | None = typer.Option(None, help="With --replay-race: the deficit racing must show."),
     race_after: int = typer.Option(RACE_AFTER, help="With --replay-race: the first epoch after which a run may stop."),
+    race_guard: str = typer.Option(RACE_GUARD, help=f"With --replay-race: {' or '.join(RACE_GUARDS)}."),
     save_config: Path | None = typer.Option(
         None, "--save-config", help="Write the picked cell (its best seed) as a train YAML: train --config FILE "
                                     "trains it again, with epochs = its best epoch at a constant lr."),
@@ -321,7 +326,7 @@ def pick_best(
 
     Example, what racing (sweep --race) would have saved on a grid trained in full, and what it would have cost:
 
-        accumbench pick-best --sweep race-sst2 --replay-race --race-alpha 1e-6 --race-after 2
+        accumbench pick-best --sweep race-sst2 --replay-race --race-alpha 0.05 --race-guard none
 
     Example, save the pick and train it again (then use it: predict, export):
 
@@ -339,7 +344,8 @@ def pick_best(
     with user_errors():
         options = PickOptions(metric=metric, by=by, alpha=alpha, margin=margin, target=target, protocol=protocol,
                               compare_protocols=compare_protocols, replay_race=replay_race, race_alpha=race_alpha,
-                              race_after=race_after, save_config=save_config)
+                              race_after=race_after, race_margin=race_margin, race_guard=race_guard,
+                              save_config=save_config)
         with open_for_reading(db) as store:
             data = load_runs(store, sweep=sweep, model=model, backend=backend, metric=options.metric)
             answer = choose(store, data, options)

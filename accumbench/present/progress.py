@@ -9,7 +9,7 @@ from typing import Any
 
 from accumbench.formatting import format_lr, format_seconds, short_model
 from accumbench.optim_scaling import RULE_OPTIONS
-from accumbench.vocabulary import CUT, DONE, GAVE_UP, PENDING, RUNNING_ELSEWHERE
+from accumbench.vocabulary import CUT, DONE, GAVE_UP, PASSED_OVER, PENDING, RUNNING_ELSEWHERE
 
 
 def scales_optimizer(config: Any) -> bool:
@@ -134,8 +134,8 @@ class RichSweepReporter:
         for column in ("#", "model", "EBS", "micro x k", "backend", "seed", "rules", "lr", "budget", "config hash"):
             table.add_column(column, justify="right" if column in ("#", "EBS", "seed", "lr") else "left")
         if spec.race:
-            self.console.print(f"racing at alpha {spec.race_alpha:g} from epoch {spec.race_after} on "
-                               f"{spec.race_metric}; cells in claim order")
+            self.console.print(f"racing ({spec.race_rule.words(spec.race_metric)}) on {spec.race_metric}; cells in "
+                               "claim order before anything is known (what is learnt reorders them and may skip some)")
         for index, cell in enumerate(spec.claim_order(), 1):
             budget = f"{cell.train_steps} steps" if cell.budget == "steps" else f"{cell.epochs} epochs"
             table.add_row(str(index), cell.model, str(cell.effective_batch_size),
@@ -150,8 +150,9 @@ class RichSweepReporter:
         self.console.print(
             f"sweep [bold]{sweep['name']}[/]: {self._total} cells, {count(DONE)} finished, "
             + (f"{count(CUT)} pruned, " if count(CUT) else "")
+            + (f"{count(PASSED_OVER)} skipped, " if count(PASSED_OVER) else "")
             + f"{count(RUNNING_ELSEWHERE)} running elsewhere, {count(PENDING)} to run"
-            + (f"; racing at alpha {spec.race_alpha:g}" if spec.race else "")
+            + (f"; racing ({spec.race_rule.words(spec.race_metric)})" if spec.race else "")
         )
 
     def reaped(self, run_ids: list[int]) -> None:
@@ -165,7 +166,7 @@ class RichSweepReporter:
                           align="left")
 
     def cell_ended(self, run_id: int, outcome: str, detail: str) -> None:
-        colour = {"FINISHED": "green", "FAILED": "red", "PRUNED": "cyan"}.get(outcome, "yellow")
+        colour = {"FINISHED": "green", "FAILED": "red", "PRUNED": "cyan", "SKIPPED": "cyan"}.get(outcome, "yellow")
         self.console.print(f"run {run_id} [{colour}]{outcome}[/]: {detail}")
 
     def summary(self, spec: Any, result: Any, db_label: str) -> None:
@@ -184,7 +185,11 @@ class RichSweepReporter:
             best = result.summaries.get(run["id"]) if run else None
             state = "[green]finished[/]" if status.state == DONE else status.state
             if status.state == CUT:
-                state = f"[cyan]pruned[/] after epoch {run['pruned_epoch']}, p={run['pruned_p']:.1g}"
+                behind = (f", {run['pruned_deficit'] * 100:.1f} behind (at least {run['pruned_bound'] * 100:.1f})"
+                          if run.get("pruned_bound") is not None else "")
+                state = f"[cyan]pruned[/] after epoch {run['pruned_epoch']}{behind}"
+            elif status.state == PASSED_OVER:
+                state = f"[cyan]skipped[/] (run {run['pruned_by']} decided it)"
             elif status.state not in (DONE, RUNNING_ELSEWHERE) and run and run["error"]:
                 state = f"[red]{status.state}[/]: {run['error'][:32]}"
             values = {"model": short_model(cell.model), "backend": cell.backend,
@@ -200,6 +205,8 @@ class RichSweepReporter:
         line = f"{done}/{len(result.statuses)} cells finished ({result.ran} run by this worker)"
         if result.count(CUT):
             line += f"; {result.count(CUT)} pruned by racing"
+        if result.count(PASSED_OVER):
+            line += f"; {result.count(PASSED_OVER)} skipped by racing"
         if running:
             line += f"; {running} still running on other workers"
         if result.count(GAVE_UP):

@@ -184,7 +184,7 @@ def lr_grid_title(grid: LrGrid) -> str:
 
 def lr_grid_table(grid: LrGrid) -> pd.DataFrame:
     """Rows 'lr', one column per EBS: 'mean ± std (n)', '*' on each EBS's best, 'diverged', 'pruned' (racing
-    stopped it), or '-'."""
+    stopped it), 'skipped' (racing never trained it), or '-'."""
     table = {"lr": [grid.row_label(*row) for row in grid.rows]}
     for ebs in grid.effective_batch_sizes:
         column = []
@@ -193,9 +193,9 @@ def lr_grid_table(grid: LrGrid) -> pd.DataFrame:
                 column.append("-")
                 continue
             mean, std, seeds, _ = grid.cells[(i, ebs)]
-            pruned = grid.pruned.get((i, ebs), 0)
+            pruned, skipped = grid.pruned.get((i, ebs), 0), grid.skipped.get((i, ebs), 0)
             if seeds == 0:
-                column.append("pruned" if pruned else "diverged")
+                column.append(("skipped" if skipped == pruned else "pruned") if pruned else "diverged")
                 continue
             column.append(f"{mean:.3f}{spread(std, 3)} ({seeds}){' *' if grid.best.get(ebs) == i else ''}"
                           + (f" +{pruned} pruned" if pruned else ""))

@@ -72,9 +72,16 @@ def print_picks(picks: list[Any]) -> None:
         for critical in pick.critical:
             console.print(critical.text)
         if pick.pruned:  # racing's decisions: their lrs counted as tried and worse above
-            stops = ", ".join(f"EBS {p['effective_batch_size']} lr {format_lr(p['lr'])} seed {p['seed']} after epoch "
-                              f"{p['epoch']} (p={p['p']:.1g})" for p in pick.pruned)
-            console.print(f"racing pruned {len(pick.pruned)} run{'s' if len(pick.pruned) != 1 else ''}: {stops}")
+            def stop(p: dict) -> str:
+                where = f"EBS {p['effective_batch_size']} lr {format_lr(p['lr'])} seed {p['seed']}"
+                if p["skipped"]:
+                    return f"{where} skipped"
+                behind = "" if p["bound"] is None else f", at least {p['bound'] * 100:.1f} behind"
+                return f"{where} after epoch {p['epoch']}{behind}"
+
+            stopped = sum(not p["skipped"] for p in pick.pruned)
+            console.print(f"racing pruned {stopped} run{'s' if stopped != 1 else ''} and skipped "
+                          f"{len(pick.pruned) - stopped}: {', '.join(stop(p) for p in pick.pruned)}")
         for line in pick.reconciled:
             console.print(f"[bold]another signal:[/] {line}")
         for warning in pick.warnings:

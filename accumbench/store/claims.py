@@ -74,7 +74,8 @@ class SweepClaims:
         In one write transaction: mark the sweep's RUNNING runs whose heartbeat is older than
         `stale_after` seconds as KILLED (their worker died), read all its runs, and let `choose`
         (the sweep's policy: which cell, which attempt) return the run columns of the cell to run
-        next, or None when nothing is left. That run is inserted as RUNNING. Returns (run id or
+        next, or None when nothing is left. That run is inserted as RUNNING (or, where the columns say status
+        SKIPPED, as the finished record of a cell racing never trains). Returns (run id or
         None, ids of the runs marked KILLED). The one-live-run-per-cell index backs this up: a
         second live run of a cell raises IntegrityError rather than running the cell twice.
         """
@@ -100,8 +101,11 @@ class SweepClaims:
                 unknown = set(columns) - set(RUN_COLUMNS)
                 if unknown:
                     raise TypeError(f"claim: not a run column: {', '.join(sorted(unknown))}")
+                # A cell the policy passes over (racing's SKIPPED) is recorded done, in the same transaction.
+                live = columns.get("status", RUNNING) == RUNNING
+                times = dict(started_at=now, heartbeat_at=now) if live else dict(finished_at=now)
                 result = conn.execute(insert(Run).values(
-                    **columns, sweep_id=sweep_id, status=RUNNING, created_at=now, started_at=now, heartbeat_at=now))
+                    **{"status": RUNNING, **columns}, sweep_id=sweep_id, created_at=now, **times))
                 run_id = result.inserted_primary_key[0]
             conn.commit()
         return run_id, [run_id for run_id, _ in stale]

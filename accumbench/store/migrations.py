@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from accumbench.errors import UserError
 from accumbench.store.schema import METRIC_COLUMNS, Base, Epoch, Run, SchemaVersion, Step
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def read_schema_version(conn: Connection) -> int | None:
@@ -107,6 +107,11 @@ def _migrate_to_9(conn: Connection) -> None:
                                                "beta2_scaling", "eps_scaling", "weight_decay_scaling", "scaling_rule"))
 
 
+def _migrate_to_10(conn: Connection) -> None:
+    """9 -> 10: racing by the margin: a PRUNED run's deficit to the best and its lower bound."""
+    _add_missing_columns(conn, Run.__table__, ("pruned_deficit", "pruned_bound"))
+
+
 def add_metric_columns(conn: Connection) -> None:
     """Each epoch's columns of every metric of metrics.TABLE scored from predictions (schema.METRIC_COLUMNS)
     that the database lacks: so adding a metric needs no migration of its own, and no schema version. That is
@@ -124,7 +129,8 @@ def add_metric_columns(conn: Connection) -> None:
 # takes the database from version N-1 to N and must be idempotent (inspect before
 # altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
 _MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5, 6: _migrate_to_6,
-               7: _migrate_to_7, 8: _migrate_to_8, 9: _migrate_to_9}
+               7: _migrate_to_7, 8: _migrate_to_8, 9: _migrate_to_9,
+               10: _migrate_to_10}
 assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
 
 

@@ -179,6 +179,8 @@ class Run(Base):
     eps_scaling: Mapped[str | None]  # none or sqrt
     weight_decay_scaling: Mapped[str | None]  # none or timescale
     scaling_rule: Mapped[str | None]
+    pruned_deficit: Mapped[float | None]  # racing's margin rule (schema 10): the deficit to the best, and its
+    pruned_bound: Mapped[float | None]  # lower bound, which was above the margin
 
 
 class Epoch(Base):

@@ -52,7 +52,8 @@ def spec_as_yaml(spec: SweepSpec) -> str:
     axes = {axis: list(spec.axes[name]) for axis, name in AXES.items()}
     sweep = {"name": spec.sweep_name, "max_retries": spec.max_retries, "stale_after": spec.stale_after,
              "fail_fast": spec.fail_fast, "race": spec.race, "race_alpha": spec.race_alpha,
-             "race_after": spec.race_after, "race_metric": spec.race_metric}
+             "race_after": spec.race_after, "race_metric": spec.race_metric, "race_margin": spec.race_margin,
+             "race_guard": spec.race_guard}
     return yaml.safe_dump({**sweep, **axes, **spec.options}, sort_keys=False)
 
 

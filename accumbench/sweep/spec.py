@@ -19,8 +19,9 @@ from accumbench.config_files import FileProblems, read_yaml_mapping
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, plain_number, unknown_choice
 from accumbench.optim_scaling import RULE_OPTIONS
+from accumbench.race_rule import RaceRule, check_rule
 from accumbench.sweep.presets import PRESETS
-from accumbench.vocabulary import METRICS, RACE_AFTER, RACE_ALPHA
+from accumbench.vocabulary import RACE_AFTER, RACE_ALPHA, RACE_GUARD
 
 # The grid's axes: the plural name (flag and YAML key) of each RunConfig field a sweep can vary, with what
 # its values look like (for the error line when one is wrong), outermost first. Cells are ordered so that
@@ -45,7 +46,8 @@ AXIS_EXAMPLES = {axis: example for axis, _, example in _AXIS_TABLE}
 # The axes spelled like their field take their sweep flag from the RunConfig option itself, comma-separated.
 SAME_NAMED_AXES = tuple(axis for axis, field_name in AXES.items() if axis == field_name)
 SWEEP_OPTIONS = {"name": None, "preset": None, "max_retries": 1, "stale_after": 600.0, "fail_fast": False,
-                 "race": False, "race_alpha": RACE_ALPHA, "race_after": RACE_AFTER, "race_metric": "val_accuracy"}
+                 "race": False, "race_alpha": RACE_ALPHA, "race_after": RACE_AFTER, "race_metric": "val_accuracy",
+                 "race_margin": None, "race_guard": RACE_GUARD}
 
 
 @dataclass(frozen=True)
@@ -59,12 +61,14 @@ class SweepSpec:
     max_retries: int = 1
     stale_after: float = 600.0
     fail_fast: bool = False
-    # --race: stop runs whose lr is significantly worse than their group's best (sweep/race.py). How a sweep
-    # runs, not what its cells are: the same grid raced or not is the same sweep (the same grid hash).
+    # --race: stop arms shown worse than their group's best by more than the margin (sweep/race.py). How a
+    # sweep runs, not what its cells are: the same grid raced or not is the same sweep (the same grid hash).
     race: bool = False
     race_alpha: float = RACE_ALPHA
     race_after: int = RACE_AFTER
     race_metric: str = "val_accuracy"
+    race_margin: float | None = None  # None: the metric's own margin
+    race_guard: str = RACE_GUARD
     cells: tuple[RunConfig, ...] = field(default=(), compare=False)
 
     @property
@@ -78,9 +82,12 @@ class SweepSpec:
         """--name, or one derived from the grid: rerunning the same command resumes the same sweep."""
         return self.name or f"{self.preset or 'sweep'}-{self.grid_hash[:8]}"
 
+    @property
+    def race_rule(self) -> RaceRule:
+        return RaceRule(self.race_alpha, self.race_margin, self.race_after, self.race_guard)
+
     def to_json(self) -> str:
-        race = {"race": self.race, "race_alpha": self.race_alpha, "race_after": self.race_after,
-                "race_metric": self.race_metric} if self.race else {}
+        race = {"race": self.race, **self.race_rule.to_json(), "race_metric": self.race_metric} if self.race else {}
         return json.dumps({"preset": self.preset, "axes": {k: list(v) for k, v in self.axes.items()},
                            "options": self.options, **race}, sort_keys=True)
 
@@ -229,28 +236,16 @@ def retry_options(max_retries: Any, stale_after: Any) -> tuple[int, float]:
 
 
 def race_options(options: dict[str, Any], axes: dict[str, tuple[Any, ...]]) -> dict[str, Any]:
-    """--race, --race-alpha, --race-after and --race-metric, checked: values always, the lr grid with --race."""
+    """--race and its rule (--race-alpha, --race-after, --race-margin, --race-guard, --race-metric), checked:
+    the values always, the lr grid with --race."""
     race = race_switch(options["race"])
-    try:
-        alpha, after = float(options["race_alpha"]), options["race_after"]
-        if isinstance(after, bool) or float(after) != int(after):
-            raise ValueError
-        after = int(after)
-    except (TypeError, ValueError):
-        raise UserError("--race-alpha must be a number and --race-after a whole number of epochs; "
-                        "e.g. --race-alpha 1e-4 --race-after 1") from None
-    if not 0 < alpha < 1:
-        raise UserError(f"--race-alpha must be between 0 and 1, got {plain_number(alpha)}; the default is "
-                        f"{RACE_ALPHA:g} (a run stops only when p < alpha)")
-    if after < 1:
-        raise UserError(f"--race-after must be at least 1, got {after}: a run can stop after its first epoch at "
-                        "the earliest; e.g. --race-after 1")
-    if options["race_metric"] not in METRICS:
-        raise UserError(unknown_choice("--race-metric", options["race_metric"], METRICS))
+    rule = check_rule(options["race_alpha"], options["race_after"], options["race_margin"], options["race_guard"],
+                      options["race_metric"])
     if race and len(axes["lr"]) < 2:
         raise UserError("--race stops runs whose lr is worse than their group's best lr, so it needs an lr grid; "
                         "add --lrs, e.g. --lrs 3e-5,1e-4,3e-4 (or drop --race)")
-    return dict(race=race, race_alpha=alpha, race_after=after, race_metric=options["race_metric"])
+    return dict(race=race, race_alpha=rule.alpha, race_after=rule.after, race_metric=options["race_metric"],
+                race_margin=rule.margin, race_guard=rule.guard)
 
 
 def race_switch(race: Any) -> bool:
@@ -295,7 +290,7 @@ def _check_file_value(key: str, axis: str | None, value: Any) -> None:
         retry_options(SWEEP_OPTIONS["max_retries"], value)
     elif key == "race":
         race_switch(value)
-    elif key in ("race_alpha", "race_after", "race_metric"):
+    elif key in ("race_alpha", "race_after", "race_metric", "race_margin", "race_guard"):
         race_options({**SWEEP_OPTIONS, key: value}, {"lr": ()})
     elif key == "preset":
         check_preset(value)

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from accumbench.analysis.racing import Standing, claim_order, skip_reason
 from accumbench.backends.base import require_supported_precision
 from accumbench.config import RunConfig
 from accumbench.errors import StoreUnavailable, UserError
@@ -37,7 +38,7 @@ from accumbench.runtime.lifecycle import (
 from accumbench.runtime.preparation import load_dataset, loaded_columns, make_backend, prepare, run_columns, world_size
 from accumbench.store import Store, resolve_db_url
 from accumbench.sweep.presets import NEEDS_GPU_AND_HUB
-from accumbench.sweep.race import Racer
+from accumbench.sweep.race import Racer, sweep_standings
 from accumbench.sweep.spec import SweepSpec
 from accumbench.vocabulary import (
     CUT,
@@ -49,10 +50,12 @@ from accumbench.vocabulary import (
     GAVE_UP,
     INTERRUPTED,
     KILLED,
+    PASSED_OVER,
     PENDING,
     PRUNED,
     RUNNING,
     RUNNING_ELSEWHERE,
+    SKIPPED,
     TERMINATED,
 )
 
@@ -62,7 +65,7 @@ from accumbench.vocabulary import (
 @dataclass
 class CellStatus:
     config: RunConfig
-    state: str  # PENDING, RUNNING_ELSEWHERE, DONE, CUT (pruned), DIVERGED or GAVE_UP
+    state: str  # PENDING, RUNNING_ELSEWHERE, DONE, CUT (pruned), PASSED_OVER (skipped), DIVERGED or GAVE_UP
     attempts: int  # runs recorded for the cell
     failures: int  # of them, the ones that count against --max-retries
     run: dict[str, Any] | None  # the deciding run: the FINISHED or RUNNING one, else the latest
@@ -80,7 +83,7 @@ def cell_statuses(cells: tuple[RunConfig, ...], runs: list[dict[str, Any]], max_
     """Each cell's state from its recorded runs.
 
     A cell is done once it has a FINISHED run, and busy while it has a RUNNING one. A PRUNED run (racing
-    stopped it) and a run that diverged are results (the same config diverges again), so neither cell
+    stopped it), a SKIPPED one (racing passed it over) and a run that diverged are results (the same config diverges again), so neither cell
     is run again. Otherwise it is pending until it has failed max_retries + 1 times."""
     by_hash: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
@@ -92,6 +95,7 @@ def cell_statuses(cells: tuple[RunConfig, ...], runs: list[dict[str, Any]], max_
         finished = [run for run in cell_runs if run["status"] == FINISHED]
         running = [run for run in cell_runs if run["status"] == RUNNING]
         pruned = [run for run in cell_runs if run["status"] == PRUNED]
+        skipped = [run for run in cell_runs if run["status"] == SKIPPED]
         diverged = [run for run in cell_runs if run["status"] == FAILED and (run["error"] or "").startswith(DIVERGED_PREFIX)]
         if finished:
             state, deciding = DONE, finished[-1]
@@ -99,6 +103,8 @@ def cell_statuses(cells: tuple[RunConfig, ...], runs: list[dict[str, Any]], max_
             state, deciding = RUNNING_ELSEWHERE, running[-1]
         elif pruned:
             state, deciding = CUT, pruned[-1]
+        elif skipped:
+            state, deciding = PASSED_OVER, skipped[-1]
         elif diverged:
             state, deciding = DIVERGED, diverged[-1]
         elif failures > max_retries:
@@ -192,7 +198,8 @@ class SweepResult:
     @property
     def ok(self) -> bool:
         """Every cell finished, pruned or still running on another worker; nothing failed for good."""
-        return not self.stopped_early and all(s.state in (DONE, CUT, RUNNING_ELSEWHERE) for s in self.statuses)
+        return not self.stopped_early and all(s.state in (DONE, CUT, PASSED_OVER, RUNNING_ELSEWHERE)
+                                            for s in self.statuses)
 
 
 class SweepReporter:
@@ -204,6 +211,44 @@ class SweepReporter:
     def cell_ended(self, run_id: int, outcome: str, detail: str) -> None: ...
     def run_reporter(self) -> engine.RunHooks:
         return engine.SilentHooks()
+
+
+class ClaimPlan:
+    """Which cell a worker claims next: the first pending one in the sweep's order, or with --race in racing's
+    order from what the store knows now, where racing may record it SKIPPED instead (its reason in `skipped`)."""
+
+    def __init__(self, spec: SweepSpec, order: list[RunConfig], known: dict[str, Standing] | None = None) -> None:
+        self.spec, self.known = spec, known
+        self.rank = {cell.config_hash: i for i, cell in enumerate(order)}
+        self.picked: list[CellStatus] = []
+        self.counts: dict[str, int] = {}
+        self.skipped = ""
+
+    @classmethod
+    def read(cls, store: Store, sweep_id: int, spec: SweepSpec) -> ClaimPlan:
+        if not spec.race:
+            return cls(spec, list(spec.cells))
+        known = sweep_standings(store, store.sweep_runs(sweep_id), spec.race_metric, spec.race_rule)
+        return cls(spec, claim_order(spec.cells, known), known)
+
+    def choose(self, runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """store.claim's policy, inside its transaction (a claim retried after a lost connection chooses afresh)."""
+        self.picked.clear()
+        self.skipped = ""
+        statuses = cell_statuses(self.spec.cells, runs, self.spec.max_retries)
+        self.counts.update({state: sum(s.state == state for s in statuses) for state in (PENDING, DONE)})
+        for status in sorted(statuses, key=lambda s: self.rank[s.config.config_hash]):
+            if status.state != PENDING:
+                continue
+            self.picked.append(status)
+            columns = {**run_columns(status.config), "attempt": status.attempts + 1}
+            if self.known is not None:
+                skip = skip_reason(status.config, self.spec.cells, self.known)
+                if skip is not None:
+                    self.skipped = skip[0]
+                    return {**columns, "status": SKIPPED, "error": skip[0], "pruned_by": skip[1]}
+            return columns
+        return None
 
 
 def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | None = None,
@@ -220,36 +265,24 @@ def run_sweep(spec: SweepSpec, db: str | None = None, reporter: SweepReporter | 
         sweep = store.open_sweep(spec.sweep_name, spec.grid_hash, spec.to_json(), len(spec.cells))
         reporter.sweep_started(spec, sweep, cell_statuses(spec.cells, store.sweep_runs(sweep["id"]), spec.max_retries))
         ran, stopped_early, durations = 0, False, []
-        # With --race, cells are claimed in racing's order: each group's central lr early (analysis/racing.py).
-        claim_rank = {cell.config_hash: i for i, cell in enumerate(spec.claim_order())}
         with sigterm_as_exception():
             while not stopped_early:
-                picked: list[CellStatus] = []
-                counts: dict[str, int] = {}
-
-                # choose runs inside this iteration's claim only: it fills this iteration's picked and counts.
-                def choose(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
-                    picked.clear()  # noqa: B023 - a claim retried after a lost connection chooses afresh
-                    statuses = cell_statuses(spec.cells, runs, spec.max_retries)
-                    counts.update({state: sum(s.state == state for s in statuses) for state in (PENDING, DONE)})  # noqa: B023
-                    for status in sorted(statuses, key=lambda s: claim_rank[s.config.config_hash]):
-                        if status.state == PENDING:
-                            picked.append(status)  # noqa: B023
-                            return {**run_columns(status.config), "attempt": status.attempts + 1}
-                    return None
-
-                run_id, reaped = store.claim(sweep["id"], choose, spec.stale_after)
+                # With --race, what the store knows now decides the order and the skips (analysis/racing.py).
+                plan = ClaimPlan.read(store, sweep["id"], spec)
+                run_id, reaped = store.claim(sweep["id"], plan.choose, spec.stale_after)
                 if reaped:
                     reporter.reaped(reaped)
                 if run_id is None:
                     break
-                status = picked[0]
+                status, counts = plan.picked[0], plan.counts
+                if plan.skipped:
+                    reporter.cell_ended(run_id, SKIPPED, plan.skipped)
+                    continue
                 eta = sum(durations) / len(durations) * counts[PENDING] if durations else None
                 reporter.cell_started(spec, status, run_id, counts[DONE], eta)
                 started = time.perf_counter()
                 ran += 1
-                racer = (Racer(store, sweep["id"], status.config, spec.race_metric, spec.race_alpha, spec.race_after)
-                         if spec.race else None)
+                racer = Racer(store, sweep["id"], status.config, spec.race_metric, spec.race_rule) if spec.race else None
                 outcome, detail = _train_cell(store, url, status.config, run_id, cache, spec, reporter, racer, fit)
                 durations.append(time.perf_counter() - started)
                 reporter.cell_ended(run_id, outcome, detail)
