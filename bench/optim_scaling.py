@@ -5,7 +5,7 @@ Two rule bundles over the same lr grid (3e-5, 1e-4, 3e-4, 1e-3, tuned per EBS), 
 seeds 42 and 43, 5 epochs, 1,024 training and 872 validation sentences:
 
     lr only     the lr tuned on the grid, every other setting at Adam's defaults: bench/race.py's full grid
-                (bench/results/race_full.db), copied in rather than trained again
+                (bench/results/race_full_sst2.db), copied in rather than trained again
     sde β, ε    the same, with the SDE bundle's other rules: β1 and β2 half-life (β^kappa), ε sqrt (ε/sqrt(kappa)),
                 kappa = EBS/16. Its lr rule (sqrt) is left out on purpose: with the lr tuned on one grid of actual
                 rates, the two bundles meet the same lrs, so what differs is β and ε alone. At EBS 16 (kappa 1)
@@ -65,7 +65,7 @@ def main() -> None:
                 "--epochs", str(epochs), "--max-train-samples", str(samples), "--max-eval-samples", str(eval_samples),
                 "--max-length", max_length, "--data-seed", "42", "--no-checkpoint", "--db", str(db)]
         # 1. lr only: race.py's full grid where it exists (the same grid, the same names), else trained here.
-        full = RESULTS / "race_full.db"
+        full = RESULTS / "race_full_sst2.db"
         if not db.exists() and not args.tiny and full.exists():
             shutil.copyfile(full, db)
         accumbench("sweep", *grid, "--effective-batch-sizes", ",".join(ebs), "--name", "race-sst2", cwd=work)
