@@ -265,6 +265,32 @@ def test_standings_name_the_best_finished_arm_and_the_arms_worse_by_the_margin()
     assert found.worse[rate_key(3e-5)] == "pruned after epoch 2 (run 4)"
 
 
+def test_a_worker_on_a_constructed_store_skips_beyond_the_bracket_then_claims_the_fits_lr(sweep):
+    """EBS 16, seed 42: 3e-5 finished best (0.86), 1e-4 finished 16 points behind, 3e-4 pruned. 1e-3 lies beyond
+    two lrs worse by the margin: the next claim records it SKIPPED. Then EBS 64 is claimed at the lr the sqrt rule
+    expects from EBS 16's best (3e-5 x 2 = 6e-5): 1e-4 (x1.7) before 3e-5 (x2)."""
+    from accumbench.sweep.spec import build_spec
+    from accumbench.sweep.worker import ClaimPlan
+
+    store, sweep_id = sweep
+    spec = build_spec(models="m", effective_batch_sizes="16,64", lrs="3e-5,1e-4,3e-4,1e-3", seeds="42,43", epochs=3,
+                      micro_batch_size=8, data_seed=42, race=True, race_alpha=0.01)
+    assert {c.config_hash for c in spec.cells} >= {config(16, 1e-3, 42).config_hash}
+    best = add_run(store, sweep_id, 16, 3e-5, 42, [0.80, 0.85, 0.86])
+    add_run(store, sweep_id, 16, 1e-4, 42, [0.60, 0.65, 0.70])
+    add_run(store, sweep_id, 16, 3e-4, 42, [0.55, 0.55], status=PRUNED)
+    plan = ClaimPlan.read(store, sweep_id, spec)
+    skipped, _ = store.claim(sweep_id, plan.choose, 600)
+    run = store.get_run(skipped)
+    assert (run["status"], run["lr"], run["seed"], run["pruned_by"]) == (SKIPPED, 1e-3, 42, best)
+    assert run["error"].startswith("skipped: lr 1e-3 lies above the bracketed optimum lr 3e-5") and run["started_at"] is None
+    plan = ClaimPlan.read(store, sweep_id, spec)
+    claimed, _ = store.claim(sweep_id, plan.choose, 600)
+    run = store.get_run(claimed)
+    assert (run["status"], run["effective_batch_size"], run["lr"], run["seed"]) == ("RUNNING", 64, 1e-4, 42)
+    assert not plan.skipped
+
+
 def test_pruned_and_skipped_cells_are_done_and_never_claimed_again():
     cells = (config(16, 1e-4, 42), config(16, 1e-3, 42), config(16, 1e-3, 43))
     runs = [{"config_hash": cells[1].config_hash, "status": PRUNED, "error": "pruned after epoch 1", "id": 1},
