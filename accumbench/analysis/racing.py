@@ -247,7 +247,7 @@ def standings(records: Sequence[RunRecord], metric: str, rule: RaceRule, num_lab
 
 def expected_best_lr(cell: RunConfig, cells: Sequence[RunConfig], known: dict[str, Standing]) -> float | None:
     """The lr `cell`'s group is expected to be best at: its own best so far; else the lr-scaling fit over the
-    other groups of its series already tuned (log lr against log EBS, least squares, the exponent kept in
+    other groups of its series (and lr rule) already tuned (log lr against log EBS, least squares, the exponent kept in
     [0, 1]; from a single one, the sqrt rule); None when nothing is known."""
     own = known.get(race_group(cell))
     if own is not None and own.best_lr is not None:
@@ -256,7 +256,8 @@ def expected_best_lr(cell: RunConfig, cells: Sequence[RunConfig], known: dict[st
     points = {}
     for other in cells:
         standing = known.get(race_group(other))
-        if standing is not None and standing.best_lr is not None and series_key(other) == series:
+        if (standing is not None and standing.best_lr is not None and series_key(other) == series
+                and other.lr_scaling == cell.lr_scaling):
             points[other.effective_batch_size] = standing.best_lr
     if not points:
         return None
