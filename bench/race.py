@@ -158,23 +158,25 @@ def table(results: dict[str, Any]) -> str:
     d = results["defaults"]
     is_default = lambda r: (r["race_alpha"], r["race_after"], r["race_guard"]) == (  # noqa: E731
         d["race_alpha"], d["race_after"], d["race_guard"])
-    lines = ["| grid | run | training time (share of full) | saved | epochs trained | runs pruned / skipped | pick | "
-             "best lr per EBS | wrong prunes or skips |", "|---|---|---:|---:|---:|---:|---|---|---|"]
+    lines = ["| grid | run | training time (share of full) | saved | the most a safe rule saves | epochs trained | "
+             "runs pruned / skipped | pick | best lr per EBS | wrong prunes or skips |",
+             "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
     for task, grid in results["grids"].items():
         full = grid["full"]
-        lines.append(f"| {task} | full grid | {format_seconds(full['seconds'])} (100%) | - | {full['epochs']} | - | "
+        lines.append(f"| {task} | full grid | {format_seconds(full['seconds'])} (100%) | - | - | {full['epochs']} | - | "
                      f"EBS {full['pick']} | {best(full['best_lr'])} | - |")
         r = next(r for r in grid["replays"] if is_default(r))
         pruned = sum(not s["skipped"] for s in r["stops"])
         lines.append(f"| {task} | replay at the defaults{' (tuned here)' if task == 'sst2' else ' (held out)'} | "
                      f"{format_seconds(r['seconds'] - r['saved_seconds'])} ({1 - r['saved_share']:.0%}) | "
-                     f"{r['saved_share']:.0%} | {r['epochs_trained']} | {pruned} / {len(r['stops']) - pruned} | "
+                     f"{r['saved_share']:.0%} | {r['ceiling_share']:.0%} | {r['epochs_trained']} | "
+                     f"{pruned} / {len(r['stops']) - pruned} | "
                      f"EBS {r['pick_raced']} | {best(r['best_lr_raced'])} | {arms(r['wrong'])} |")
         raced = results.get("raced")
         if task == "sst2" and raced:
             pruned = sum(s["status"] == "PRUNED" for s in raced["stops"])
             lines.append(f"| {task} | raced for real at the defaults | {format_seconds(raced['seconds'])} "
-                         f"({raced['seconds'] / full['seconds']:.0%}) | {1 - raced['seconds'] / full['seconds']:.0%} | "
+                         f"({raced['seconds'] / full['seconds']:.0%}) | {1 - raced['seconds'] / full['seconds']:.0%} | - | "
                          f"{raced['epochs']} | {pruned} / {len(raced['stops']) - pruned} | EBS {raced['pick']} | "
                          f"{best(raced['best_lr'])} | {arms(raced['wrong'])} |")
     lines += ["", "| rule (alpha, after, guard) | " + " | ".join(

@@ -235,7 +235,7 @@ def test_the_lr_expected_best_goes_first_from_the_scaling_fit_over_the_groups_tu
     assert [c.lr for c in claim_order(cells, known) if c.effective_batch_size == 256] == [1e-3, 3e-4, 1e-4, 3e-5]
 
 
-def test_an_lr_beyond_a_bracketed_optimum_is_skipped_and_a_pruned_arm_skips_its_other_seeds():
+def test_an_lr_beyond_a_bracketed_optimum_is_skipped_and_a_worse_arm_skips_its_other_seeds():
     lrs = (3e-5, 1e-4, 3e-4, 1e-3)
     cells = [config(16, lr, seed) for lr in lrs for seed in (42, 43)]
     # The best at 3e-5, and both lrs between it and 1e-3 worse by more than the margin: 1e-3 need not train.
@@ -243,9 +243,12 @@ def test_an_lr_beyond_a_bracketed_optimum_is_skipped_and_a_pruned_arm_skips_its_
     why, decided_by = skip_reason(config(16, 1e-3, 42), cells, known)
     assert why == ("skipped: lr 1e-3 lies above the bracketed optimum lr 3e-5 (run 1), beyond 1e-4 and 3e-4, "
                    "already worse by more than the margin") and decided_by == 1
-    assert skip_reason(config(16, 3e-4, 43), cells, known) is None  # worse, but not beyond two worse ones
-    # Only one worse between them: trained.
-    assert skip_reason(config(16, 1e-3, 42), cells, {group_of(16): standing(3e-5, worse=(3e-4,))}) is None
+    # An lr already worse by more than the margin on one seed is worse on the others: its next seed is skipped.
+    assert skip_reason(config(16, 3e-4, 43), cells, known) == ("skipped: lr 3e-4 worse", 1)
+    # Only one worse between 3e-5 and 1e-3: 1e-3 is trained, and so is 1e-4, not shown worse.
+    one_worse = {group_of(16): standing(3e-5, worse=(3e-4,))}
+    assert skip_reason(config(16, 1e-3, 42), cells, one_worse) is None
+    assert skip_reason(config(16, 1e-4, 43), cells, one_worse) is None
     # An arm is its seeds: pruned on seed 42, its seed 43 is skipped.
     pruned = RunRecord(config(16, 1e-3, 42), "pruned", 7, pruned_epoch=2)
     known = {group_of(16): standing(1e-4, pruned={rate_key(1e-3): pruned})}
@@ -329,6 +332,8 @@ def test_the_replay_counts_the_time_saved_and_a_constructed_wrong_prune(tmp_path
     # 2 runs cut after 1 of 3 epochs, 2 never trained: 4 + 6 of the grid's 18 epochs of 10 s each.
     assert out["seconds"] == 18 * 10.0 and out["saved_seconds"] == 100.0 and out["epochs_trained"] == 8
     assert out["wrong"] == [{"effective_batch_size": 16, "lr": 3e-5}]
+    # No rule without a wrong stop could save more than 1e-3's 6 epochs: 1e-4 and 3e-5 must train in full.
+    assert out["floor_epochs"] == 12 and out["ceiling_share"] == pytest.approx(1 / 3)
     assert out["pick_full"] == out["pick_raced"] == 16 and out["best_lr_full"] == out["best_lr_raced"] == {"16": 1e-4}
     # The guard: nothing stops after epoch 1 (one epoch is no trajectory). After epoch 2, 3e-5 has gained 18
     # points on the leader, enough to close its last 2 with the epoch left: spared, and 1e-3, falling further
@@ -441,9 +446,11 @@ def test_a_tiny_race_prunes_the_clearly_worse_lr_skips_its_next_seed_and_the_pic
     assert skipped["status"] == SKIPPED and skipped["pruned_by"] == slow["id"] and skipped["started_at"] is None
     assert skipped["error"] == f"skipped: lr 1e-6 was pruned on seed 1 after epoch 2 (run {slow['id']})"
     assert query(db, "SELECT COUNT(*) FROM epochs WHERE run_id = ?", skipped["id"])[0][0] == 0
-    for seed in (1, 2):
-        assert runs[(1e4, seed)]["status"] == "FAILED" and runs[(1e4, seed)]["error"].startswith("diverged")
-    assert "1 pruned by racing" in result.output and "1 skipped by racing" in result.output
+    # 1e4 diverges on seed 1, so on seed 2 it is skipped as well.
+    blown = runs[(1e4, 1)]
+    assert blown["status"] == "FAILED" and blown["error"].startswith("diverged")
+    assert runs[(1e4, 2)]["status"] == SKIPPED and runs[(1e4, 2)]["error"] == f"skipped: lr 1e4 diverged (run {blown['id']})"
+    assert "1 pruned by racing" in result.output and "2 skipped by racing" in result.output
 
     # Resumed, nothing runs again: the pruned and skipped cells are done.
     again = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
@@ -455,11 +462,12 @@ def test_a_tiny_race_prunes_the_clearly_worse_lr_skips_its_next_seed_and_the_pic
         sorted(runs[(3e-3, s)]["id"] for s in (1, 2))]
     tried = {t["lr"]: t for t in out["best_lr_per_ebs"][0]["lrs_tried"]}
     assert (tried[1e-6]["pruned"], tried[1e-6]["skipped"], tried[1e-6]["seeds"]) == (2, 1, 0)
-    assert tried[1e4]["diverged"] == 2
+    assert tried[1e4]["diverged"] == 1 and tried[1e4]["skipped"] == 1
     assert out["best_lr_per_ebs"][0]["lr"] == 3e-3 and out["best_lr_per_ebs"][0]["edge"] is None
-    assert sorted((p["run_id"], p["skipped"]) for p in out["pruned"]) == [(slow["id"], False), (skipped["id"], True)]
+    assert sorted((p["run_id"], p["skipped"]) for p in out["pruned"]) == [
+        (slow["id"], False), (skipped["id"], True), (runs[(1e4, 2)]["id"], True)]
     report = CliRunner().invoke(app, ["report", "--db", str(db)], env={"COLUMNS": "200"}).stdout
-    assert "racing (sweep --race)" in report and "1 run pruned, 1 skipped" in report
+    assert "racing (sweep --race)" in report and "1 run pruned, 2 skipped" in report
     assert "pruned" in report.split("lr x EBS")[1]
 
 

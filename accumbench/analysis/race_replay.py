@@ -81,6 +81,13 @@ class RaceReplay:
     pick_raced: int  # ... and on what racing would have left
     best_lrs_full: dict[int, float] = field(default_factory=dict)  # EBS -> its best lr
     best_lrs_raced: dict[int, float] = field(default_factory=dict)
+    floor_seconds: float = 0.0  # the training no safe rule avoids: the arms not shown worse at the end, in full
+    floor_epochs: int = 0
+
+    @property
+    def ceiling_share(self) -> float:
+        """The most a rule with no wrong stop could save: everything but the floor."""
+        return 1 - self.floor_seconds / self.seconds if self.seconds else 0.0
 
     @property
     def prunes(self) -> list[ReplayedStop]:
@@ -126,7 +133,8 @@ class RaceReplay:
         return (f"{self.group}: racing ({self.rule.words(self.metric)}) would have pruned {len(self.prunes)} runs and "
                 f"skipped {len(self.skips)}, in {len(self.arms_stopped)} of {self.arms} (EBS, lr) arms "
                 f"({arms(self.arms_stopped)}), training {self.epochs_trained} of {self.epochs} epochs and saving "
-                f"{format_seconds(self.saved_seconds)} of {format_seconds(self.seconds)} ({self.saved_share:.0%}); "
+                f"{format_seconds(self.saved_seconds)} of {format_seconds(self.seconds)} ({self.saved_share:.0%}; "
+                f"no rule without a wrong stop saves more than {self.ceiling_share:.0%}); "
                 f"{pick}, {best}; wrong prunes and skips (fully trained, not shown worse than their EBS's best by "
                 f"more than {self.evidence.words(self.metric)}): {arms(self.wrong_arms)}")
 
@@ -134,7 +142,8 @@ class RaceReplay:
         arms = lambda found: [{"effective_batch_size": e, "lr": lr} for e, lr in found]  # noqa: E731
         return {"group": self.group, **self.rule.to_json(), "metric": self.metric,
                 "seconds": self.seconds, "saved_seconds": self.saved_seconds, "saved_share": self.saved_share,
-                "epochs": self.epochs, "epochs_trained": self.epochs_trained,
+                "epochs": self.epochs, "epochs_trained": self.epochs_trained, "floor_epochs": self.floor_epochs,
+                "floor_seconds": self.floor_seconds, "ceiling_share": self.ceiling_share,
                 "arms": self.arms, "arms_stopped": arms(self.arms_stopped),
                 "pick_full": self.pick_full, "pick_raced": self.pick_raced,
                 "best_lr_full": {str(e): lr for e, lr in self.best_lrs_full.items()},
@@ -204,7 +213,8 @@ def _race(data: RunData, predictions: dict[int, dict[int, dict[str, Any]]], rule
                 records.append(RunRecord(cell, "pruned", run, pruned_epoch=epoch))
                 break
         else:
-            records.append(RunRecord(cell, "finished", run, _outcome(run, int(last[run]), by_run, values, predictions)))
+            best = int(by_run.at[run, "best_epoch"])  # on the metric, as pick-best reads the run
+            records.append(RunRecord(cell, "finished", run, _outcome(run, best, by_run, values, predictions)))
     return done
 
 
@@ -248,15 +258,24 @@ def replay_race(store: Any, data: RunData, rule: RaceRule = DEFAULT_RULE,
             stops.append(ReplayedStop(run_id, int(run["effective_batch_size"]), float(run["lr"]), int(run["seed"]),
                                       trained, why, lost_to, float(spent["epoch_seconds"].sum()), len(spent),
                                       not_ruled_out, within, final, decision))
-        group_runs = runs[runs["run_id"].isin(members)]
-        arms = group_runs.assign(rate=group_runs["lr"].map(rate_key))[["lr_free", "rate"]].drop_duplicates()
+        group_runs = runs[runs["run_id"].isin(members)].assign(rate=lambda f: f["lr"].map(rate_key))
+        arms = group_runs[["lr_free", "rate"]].drop_duplicates()
         spent = epochs[epochs["run_id"].isin(members)]
+        # What no safe rule avoids: every epoch of the arms that, fully trained, are not shown worse than their
+        # EBS's best by more than the margin (a rule that stopped one would have stopped it wrongly).
+        needed = set()
+        for arm in arms.itertuples():
+            arm_runs = group_runs[(group_runs["lr_free"] == arm.lr_free) & (group_runs["rate"] == arm.rate)]
+            if ends_as_good(runs, arm_runs.iloc[0], at_best["validation"], metric, judged)[1]:
+                needed.update(int(r) for r in arm_runs["run_id"])
+        floor = spent[spent["run_id"].isin(needed)]
         raced_pick = raced_picks[full.group]
         out.append(RaceReplay(full.group, rule, metric, judged, float(spent["epoch_seconds"].sum()), len(spent),
                               stops, len(arms), full.chosen.effective_batch_size,
                               raced_pick.chosen.effective_batch_size,
                               {b.effective_batch_size: b.best.lr for b in full.best_lrs},
-                              {b.effective_batch_size: b.best.lr for b in raced_pick.best_lrs}))
+                              {b.effective_batch_size: b.best.lr for b in raced_pick.best_lrs},
+                              float(floor["epoch_seconds"].sum()), len(floor)))
     return out
 
 

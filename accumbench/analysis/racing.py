@@ -15,9 +15,10 @@ than the margin, spare the slow starters, claim the likely answer first, and ski
                  best at first, then its neighbours outward: the group's own best so far (an earlier seed),
                  else the lr-scaling fit over the groups already tuned (sqrt from a single one), else the
                  middle of its grid. So each group's leader is strong early and the others lose to it early.
-    skip_reason  a cell never trained (SKIPPED): its arm was already pruned on another seed (an arm is its
-                 seeds), or its lr lies beyond a bracketed optimum, two lrs between it and the group's best
-                 being already worse by more than the margin.
+    skip_reason  a cell never trained (SKIPPED): its arm was already pruned, or finished shown worse than the
+                 group's best by more than the margin, on another seed (an arm is its seeds); or its lr lies
+                 beyond a bracketed optimum, two lrs between it and the group's best being already worse by
+                 more than the margin.
 
 Why bound the deficit rather than test it: a p-value says "worse", not "worse by enough to matter", and a
 large validation set calls a half-point gap significant; the margin is the size of a deficit that matters,
@@ -193,12 +194,12 @@ def judge(outcomes: Sequence[EpochOutcome], run_id: int, epoch: int, metric: str
 
 @dataclass(frozen=True)
 class RunRecord:
-    """One run of a raced sweep as the planner sees it: its cell, how it ended, and its last epoch's outcome."""
+    """One run of a raced sweep as the planner sees it: its cell, how it ended, and its best epoch's outcome."""
 
     config: RunConfig
     status: str  # 'finished', 'pruned', 'skipped', 'diverged' or 'running'
     run_id: int
-    last: EpochOutcome | None = None  # a finished run's last epoch
+    best: EpochOutcome | None = None  # a finished run's best epoch on the race metric (as pick-best reads it)
     pruned_epoch: int | None = None
 
 
@@ -214,8 +215,9 @@ class Standing:
 
 def standings(records: Sequence[RunRecord], metric: str, rule: RaceRule, num_labels: int = 2,
               positive: int = 1) -> dict[str, Standing]:
-    """Per group: the best arm among its finished runs (mean metric at their last epoch), and every arm shown
-    worse than it by more than the margin (the judge's own bound, no guard: they are done), pruned or diverged."""
+    """Per group: the best arm among its finished runs (mean metric at their best epochs, as pick-best chooses), and
+    every arm shown worse than it by more than the margin there (the judge's own bound, no guard: they are done),
+    pruned or diverged."""
     by_group: dict[str, list[RunRecord]] = {}
     for record in records:
         by_group.setdefault(race_group(record.config), []).append(record)
@@ -230,7 +232,7 @@ def standings(records: Sequence[RunRecord], metric: str, rule: RaceRule, num_lab
                 standing.worse.setdefault(arm, f"pruned after epoch {record.pruned_epoch} (run {record.run_id})")
             elif record.status == "diverged":
                 standing.worse.setdefault(arm, f"diverged (run {record.run_id})")
-        arms = _latest_by_arm([r.last for r in members if r.status == "finished" and r.last is not None])
+        arms = _latest_by_arm([r.best for r in members if r.status == "finished" and r.best is not None])
         means = {arm: _mean(runs) for arm, runs in arms.items()}
         best = _best_arm(means, higher)
         if best is not None:
@@ -239,8 +241,9 @@ def standings(records: Sequence[RunRecord], metric: str, rule: RaceRule, num_lab
             for arm, runs in arms.items():
                 found = None if arm == best else arm_deficit(arms[best], runs, metric, rule.alpha, num_labels, positive)
                 if found is not None and found[0].worse_than(margin):
-                    standing.worse.setdefault(arm, f"{deficit.amount(found[0].deficit, metric)} behind at the end, at "
-                                                   f"least {deficit.amount(found[0].lower, metric)}")
+                    standing.worse.setdefault(arm, f"finished {deficit.amount(found[0].deficit, metric)} behind lr "
+                                                   f"{format_lr(arms[best][0].lr)}, at least "
+                                                   f"{deficit.amount(found[0].lower, metric)} (run {runs[0].run_id})")
         out[group] = standing
     return out
 
@@ -298,9 +301,9 @@ def claim_order(cells: Sequence[RunConfig], known: dict[str, Standing] | None = 
 
 
 def skip_reason(cell: RunConfig, cells: Sequence[RunConfig], known: dict[str, Standing]) -> tuple[str, int] | None:
-    """(why, the run that decided it) when racing need not train `cell` at all: its arm was pruned on another
-    seed, or its lr lies beyond its group's best with two lrs between them already worse by more than the
-    margin. None: train it."""
+    """(why, the run that decided it) when racing need not train `cell` at all: its arm was pruned, or shown worse
+    than its group's best by more than the margin, on another seed; or its lr lies beyond its group's best with two
+    lrs between them already worse by more than the margin. None: train it."""
     standing = known.get(race_group(cell))
     if standing is None:
         return None
@@ -309,6 +312,8 @@ def skip_reason(cell: RunConfig, cells: Sequence[RunConfig], known: dict[str, St
         pruned = standing.pruned[arm]
         return (f"skipped: lr {format_lr(cell.scaled_lr)} was pruned on seed {pruned.config.seed} after epoch "
                 f"{pruned.pruned_epoch} (run {pruned.run_id})", pruned.run_id)
+    if arm in standing.worse and standing.best_run is not None:  # finished (or diverged) worse on another seed
+        return f"skipped: lr {format_lr(cell.scaled_lr)} {standing.worse[arm]}", int(standing.best_run)
     if standing.best_lr is None:
         return None
     best, lr = standing.best_lr, cell.scaled_lr

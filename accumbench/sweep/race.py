@@ -13,6 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from accumbench import metrics
 from accumbench.analysis.racing import (
     EpochOutcome,
     PruneDecision,
@@ -54,6 +55,20 @@ def _outcomes(store: Store, members: dict[int, dict[str, Any]], metric: str, epo
             for run in ids if run in predictions and values.get(run) is not None]
 
 
+def best_epochs(rows: Sequence[dict[str, Any]], metric: str) -> dict[int, int]:
+    """Each run's best epoch on `metric` (the first of equals, as the recorded best epoch is chosen)."""
+    higher = metrics.named(metric).higher_is_better
+    best: dict[int, tuple[float, int]] = {}
+    for row in sorted(rows, key=lambda r: (r["run_id"], r["epoch"])):
+        value = row[metric]
+        if value is None or value != value:
+            continue
+        held = best.get(row["run_id"])
+        if held is None or (value > held[0] if higher else value < held[0]):
+            best[row["run_id"]] = (value, row["epoch"])
+    return {run_id: epoch for run_id, (_, epoch) in best.items()}
+
+
 class Racer:
     """The judge of one sweep's runs, for engine.fit's `race`."""
 
@@ -80,7 +95,7 @@ class Racer:
 
 def sweep_standings(store: Store, runs: Sequence[dict[str, Any]], metric: str, rule: RaceRule) -> dict[str, Standing]:
     """What each group of a raced sweep knows so far (racing.standings), from its recorded runs: the finished
-    ones at their last epoch, the pruned and the diverged."""
+    ones at their best epoch, the pruned and the diverged."""
     records, finished = [], {}
     for run in runs:
         config = RunConfig.from_dict(json.loads(run["config_json"]))
@@ -95,10 +110,8 @@ def sweep_standings(store: Store, runs: Sequence[dict[str, Any]], metric: str, r
     labels = (2, 1)
     if finished:
         members = {run_id: run for run_id, (run, _) in finished.items()}
-        last: dict[int, int] = {}
-        for row in store.epochs_of(list(members)):
-            last[row["run_id"]] = max(last.get(row["run_id"], 0), row["epoch"])
-        outcomes = {o.run_id: o for o in _outcomes(store, members, metric, last)}
+        best_epoch = best_epochs(store.epochs_of(list(members)), metric)
+        outcomes = {o.run_id: o for o in _outcomes(store, members, metric, best_epoch)}
         labels = _labels(next(iter(members.values())))
         records += [RunRecord(config, "finished", run_id, outcomes.get(run_id)) for run_id, (_, config) in finished.items()]
     return standings(records, metric, rule, *labels)
