@@ -66,10 +66,13 @@ def test_metric(metric: str) -> str:
     """The test column of a validation metric: val_f1 -> test_f1."""
     return "test_" + metric.removeprefix("val_")
 TUNED, POOLED = "tuned", "pooled"
-# The defaults of sweep --race-alpha, --race-after and --race-guard (and of pick-best --replay-race), chosen
-# by replaying racing over the SST-2 grid of bench/race.py and checked on SUBJ (docs/racing.md). alpha is the
-# one-sided error of the deficit's lower bound: an arm stops when that bound is above the margin.
-RACE_ALPHA = 0.01
+# The defaults of sweep --race-alpha, --race-after and --race-guard (and of pick-best --replay-race), chosen by
+# replaying racing over the SST-2 grid of bench/race.py and checked on SUBJ (docs/racing.md): of the rules that
+# kept the pick and every best lr and stopped no arm pick-best would show as good as its EBS's best, the one
+# with the fewest stops not ruled out at the end (the two lrs that collapse on one seed of two, which every
+# rule that prunes stops), then the largest saving. alpha is the one-sided error of the deficit's lower bound:
+# an arm stops when that bound is above the margin.
+RACE_ALPHA = 1e-3
 RACE_AFTER = 2
 # The slow-starter guard: "closing" spares an arm whose last epoch's gain on the leader, carried over the epochs
 # left, would bring it within the margin (and every arm until it has two epochs to extrapolate from); "none".

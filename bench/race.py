@@ -59,8 +59,16 @@ def replay(db: Path, work: Path, alpha: float, after: int, guard: str) -> dict[s
     return found
 
 
-def safe(found: dict[str, Any]) -> bool:
-    return found["same_answer"] and not found["wrong"]
+def within(found: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stopped arms that, fully trained, pick-best shows as good as their EBS's best: racing removed a contender."""
+    arms = {(s["effective_batch_size"], s["lr"]) for s in found["stops"] if s["within"]}
+    return [{"effective_batch_size": e, "lr": lr} for e, lr in sorted(arms)]
+
+
+def preference(found: dict[str, Any]) -> tuple:
+    """How the defaults are chosen among the rules that keep the pick and every best lr and remove no contender:
+    the fewest wrong stops (arms not ruled out at the end), then the largest saving, then the guard, the later start."""
+    return (-len(found["wrong"]), found["saved_share"], found["race_guard"] == "closing", found["race_after"])
 
 
 def main() -> None:
@@ -89,8 +97,8 @@ def main() -> None:
             grid["replays"] = [replay(grid["db"], work, *rule) for rule in rules]
             if defaults not in rules:
                 grid["replays"].append(replay(grid["db"], work, *defaults))
-        tuned = [r for r in grids["sst2"]["replays"] if safe(r)]
-        best_rule = max(tuned, key=lambda r: r["saved_share"], default=None)
+        tuned = [r for r in grids["sst2"]["replays"] if r["same_answer"] and not within(r)]
+        best_rule = max(tuned, key=preference, default=None)
         # 3. SST-2 raced for real, at the defaults.
         raced = None
         if not args.no_raced:
@@ -101,7 +109,7 @@ def main() -> None:
     results = {"machine": machine(), "model": "minilm" if not args.tiny else args.tiny, "tiny": bool(args.tiny),
                "defaults": {"race_alpha": defaults[0], "race_after": defaults[1], "race_guard": defaults[2]},
                "best_rule_on_sst2": None if best_rule is None else {k: best_rule[k] for k in (
-                   "race_alpha", "race_after", "race_guard", "saved_share")},
+                   "race_alpha", "race_after", "race_guard", "saved_share", "wrong")},
                "grids": {task: {k: v for k, v in grid.items() if k != "db"} for task, grid in grids.items()},
                "raced": raced}
     print(table(results))
@@ -159,28 +167,29 @@ def table(results: dict[str, Any]) -> str:
     is_default = lambda r: (r["race_alpha"], r["race_after"], r["race_guard"]) == (  # noqa: E731
         d["race_alpha"], d["race_after"], d["race_guard"])
     lines = ["| grid | run | training time (share of full) | saved | the most a safe rule saves | epochs trained | "
-             "runs pruned / skipped | pick | best lr per EBS | wrong prunes or skips |",
-             "|---|---|---:|---:|---:|---:|---:|---|---|---|"]
+             "runs pruned / skipped | pick | best lr per EBS | stopped, yet as good as the best | wrong: stopped, "
+             "not ruled out at the end |", "|---|---|---:|---:|---:|---:|---:|---|---|---|---|"]
     for task, grid in results["grids"].items():
         full = grid["full"]
         lines.append(f"| {task} | full grid | {format_seconds(full['seconds'])} (100%) | - | - | {full['epochs']} | - | "
-                     f"EBS {full['pick']} | {best(full['best_lr'])} | - |")
+                     f"EBS {full['pick']} | {best(full['best_lr'])} | - | - |")
         r = next(r for r in grid["replays"] if is_default(r))
         pruned = sum(not s["skipped"] for s in r["stops"])
         lines.append(f"| {task} | replay at the defaults{' (tuned here)' if task == 'sst2' else ' (held out)'} | "
                      f"{format_seconds(r['seconds'] - r['saved_seconds'])} ({1 - r['saved_share']:.0%}) | "
                      f"{r['saved_share']:.0%} | {r['ceiling_share']:.0%} | {r['epochs_trained']} | "
                      f"{pruned} / {len(r['stops']) - pruned} | "
-                     f"EBS {r['pick_raced']} | {best(r['best_lr_raced'])} | {arms(r['wrong'])} |")
+                     f"EBS {r['pick_raced']} | {best(r['best_lr_raced'])} | {arms(within(r))} | {arms(r['wrong'])} |")
         raced = results.get("raced")
         if task == "sst2" and raced:
             pruned = sum(s["status"] == "PRUNED" for s in raced["stops"])
             lines.append(f"| {task} | raced for real at the defaults | {format_seconds(raced['seconds'])} "
                          f"({raced['seconds'] / full['seconds']:.0%}) | {1 - raced['seconds'] / full['seconds']:.0%} | - | "
                          f"{raced['epochs']} | {pruned} / {len(raced['stops']) - pruned} | EBS {raced['pick']} | "
-                         f"{best(raced['best_lr'])} | {arms(raced['wrong'])} |")
+                         f"{best(raced['best_lr'])} | {arms([w for w in raced['wrong'] if w['within']])} | "
+                         f"{arms(raced['wrong'])} |")
     lines += ["", "| rule (alpha, after, guard) | " + " | ".join(
-        f"{task}: saved, epochs, same answer, wrong" for task in results["grids"]) + " |",
+        f"{task}: saved, epochs, same answer, as good as the best, wrong" for task in results["grids"]) + " |",
         "|---|" + "---|" * len(results["grids"])]
     rules = [(r["race_alpha"], r["race_after"], r["race_guard"]) for r in results["grids"]["sst2"]["replays"]]
     for rule in rules:
@@ -188,7 +197,7 @@ def table(results: dict[str, Any]) -> str:
         for grid in results["grids"].values():
             r = next(r for r in grid["replays"] if (r["race_alpha"], r["race_after"], r["race_guard"]) == rule)
             cells.append(f"{r['saved_share']:.0%}, {r['epochs_trained']}, {'yes' if r['same_answer'] else 'no'}, "
-                         f"{arms(r['wrong'])}")
+                         f"{arms(within(r))}, {arms(r['wrong'])}")
         mark = " (the defaults)" if rule == (d["race_alpha"], d["race_after"], d["race_guard"]) else ""
         lines.append(f"| {rule[0]:g}, {rule[1]}, {rule[2]}{mark} | " + " | ".join(cells) + " |")
     full = results["grids"]["sst2"]["full"]
