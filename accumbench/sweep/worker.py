@@ -83,8 +83,8 @@ def cell_statuses(cells: tuple[RunConfig, ...], runs: list[dict[str, Any]], max_
     """Each cell's state from its recorded runs.
 
     A cell is done once it has a FINISHED run, and busy while it has a RUNNING one. A PRUNED run (racing
-    stopped it), a SKIPPED one (racing passed it over) and a run that diverged are results (the same config diverges again), so neither cell
-    is run again. Otherwise it is pending until it has failed max_retries + 1 times."""
+    stopped it), a SKIPPED one (racing passed it over) and a run that diverged are results (the same config
+    diverges again), so none of these cells is run again. Otherwise it is pending until it has failed max_retries + 1 times."""
     by_hash: dict[str, list[dict[str, Any]]] = {}
     for run in runs:
         by_hash.setdefault(run["config_hash"], []).append(run)
@@ -197,7 +197,7 @@ class SweepResult:
 
     @property
     def ok(self) -> bool:
-        """Every cell finished, pruned or still running on another worker; nothing failed for good."""
+        """Every cell finished, pruned, skipped or still running on another worker; nothing failed for good."""
         return not self.stopped_early and all(s.state in (DONE, CUT, PASSED_OVER, RUNNING_ELSEWHERE)
                                             for s in self.statuses)
 
