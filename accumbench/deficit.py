@@ -34,6 +34,7 @@ scipy (t quantiles) is imported where it is used, keeping `accumbench --help` li
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,11 +129,15 @@ def from_seed_means(best: Sequence[float], other: Sequence[float], higher_is_bet
     return bound
 
 
+@functools.lru_cache(maxsize=8)
 def example_weights(examples: int, resamples: int = RESAMPLES, seed: int = SEED) -> np.ndarray:
     """[resamples, examples] multinomial counts: how often each validation example is drawn in each resample.
-    One draw serves every run of a comparison: that is the pairing."""
+    One draw serves every run of a comparison: that is the pairing. Seeded, so the draw is kept (read-only) and
+    shared by every Scorer of the same split size: racing builds one per decision."""
     rng = np.random.default_rng(seed)
-    return rng.multinomial(examples, np.full(examples, 1.0 / examples), size=resamples).astype(np.float32)
+    weights = rng.multinomial(examples, np.full(examples, 1.0 / examples), size=resamples).astype(np.float32)
+    weights.flags.writeable = False
+    return weights
 
 
 def run_scores(runs: Sequence[RunPredictions], metric: str, num_classes: int, positive: int,

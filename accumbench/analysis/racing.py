@@ -380,7 +380,7 @@ def race_summary(data: RunData) -> list[RacedGroup]:
         label = f"{short_model(first['model'])} EBS {first['effective_batch_size']}" + (f" {rule}" if rule != "none" else "")
         pruned = [dict(run_id=int(r.run_id), lr=float(r.lr), seed=int(r.seed), epoch=int(r.pruned_epoch or 0),
                        deficit=_number(r.pruned_deficit), bound=_number(r.pruned_bound), test=r.pruned_test,
-                       lost_to=int(r.pruned_by) if r.pruned_by == r.pruned_by and r.pruned_by is not None else None,
+                       lost_to=None if _number(r.pruned_by) is None else int(r.pruned_by),
                        skipped=bool(r.skipped)) for r in cut.itertuples()]
         seconds = float(spent.reindex(finished["run_id"]).fillna(0).sum() + cut["seconds"].sum())
         out.append(RacedGroup(label, pruned, seconds, float(cut["saved_seconds"].sum())))
