@@ -538,8 +538,11 @@ def test_two_workers_race_one_grid_and_every_decision_reads_what_the_other_recor
     assert len(runs) == 4 and len({r["config_hash"] for r in runs}) == 4
     by_id = {r["id"]: r for r in runs}
     assert all(r["status"] == FINISHED for r in runs if r["lr"] == 3e-3)
-    pruned = [r for r in runs if r["status"] == PRUNED]
-    assert pruned and all(r["lr"] == 1e-6 for r in pruned)
+    # Which of 1e-6's runs is pruned and which skipped depends on the workers' timing: when its seed-1 run outpaces
+    # 3e-3's and finishes, worse by the margin, seed 2 is skipped instead; either way 1e-6 is stopped.
+    stopped = [r for r in runs if r["status"] in (PRUNED, SKIPPED)]
+    assert stopped and all(r["lr"] == 1e-6 for r in stopped)
+    pruned = [r for r in stopped if r["status"] == PRUNED]
     for run in pruned:
         winner = by_id[run["pruned_by"]]
         assert winner["lr"] == 3e-3 and epochs[(winner["id"], run["pruned_epoch"])] > epochs[(run["id"], run["pruned_epoch"])]
