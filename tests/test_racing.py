@@ -515,11 +515,12 @@ def test_workers_get_the_race_options_through_their_sweep_file(tmp_path):
 
 
 def test_two_workers_race_one_grid_and_every_decision_reads_what_the_other_recorded(tiny_bert, any_db, tmp_path):
-    """Two processes on one store (SQLite file or PostgreSQL): every cell ends once, and each prune rests on
-    the run it lost to, whichever worker trained that run."""
+    """Two processes on one store (SQLite file or PostgreSQL): every cell ends once, and each prune or skip of
+    seed 2 rests on seed 1's run that the other worker is training or has trained."""
     import os
     import subprocess
     import sys
+    import time
 
     args = [sys.executable, "-m", "accumbench", "sweep", "--models", tiny_bert, "--dataset",
             str(keyword_reviews(tmp_path / "reviews.csv")), "--max-train-samples", "256", "--max-eval-samples", "200",
@@ -527,8 +528,17 @@ def test_two_workers_race_one_grid_and_every_decision_reads_what_the_other_recor
             "--effective-batch-sizes", "16", "--lrs", "1e-6,3e-3", "--seeds", "1,2", "--race", "--race-after", "1",
             "--race-alpha", "1e-4", "--db", any_db]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "120", "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-               for _ in range(2)]
+    # The second worker starts once the first has finished lr 1e-6 on seed 1 (claimed first: nothing is known yet,
+    # and of two lrs the lower goes first) and gone on to 3e-3. Started together, a 1e-6 run that happened to stay a
+    # moment ahead of 3e-3's on every epoch would never meet its result at the same epoch, and nothing would stop.
+    workers = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and workers[0].poll() is None:
+        with Store.open(resolve_db_url(any_db)) as store:
+            if store.find_runs(status=FINISHED):
+                break
+        time.sleep(0.2)
+    workers.append(subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env))
     for worker in workers:
         output = worker.communicate(timeout=600)[0]
         assert worker.returncode == 0 and "Traceback" not in output, output
@@ -538,10 +548,10 @@ def test_two_workers_race_one_grid_and_every_decision_reads_what_the_other_recor
     assert len(runs) == 4 and len({r["config_hash"] for r in runs}) == 4
     by_id = {r["id"]: r for r in runs}
     assert all(r["status"] == FINISHED for r in runs if r["lr"] == 3e-3)
-    # Which of 1e-6's runs is pruned and which skipped depends on the workers' timing: when its seed-1 run outpaces
-    # 3e-3's and finishes, worse by the margin, seed 2 is skipped instead; either way 1e-6 is stopped.
+    # Seed 2 of 1e-6 is pruned when the second worker claims it while 3e-3's seed-1 run is still training (a few
+    # epochs ahead), and skipped when that run has finished by then; either way it is stopped.
     stopped = [r for r in runs if r["status"] in (PRUNED, SKIPPED)]
-    assert stopped and all(r["lr"] == 1e-6 for r in stopped)
+    assert [(r["lr"], r["seed"]) for r in stopped] == [(1e-6, 2)]
     pruned = [r for r in stopped if r["status"] == PRUNED]
     for run in pruned:
         winner = by_id[run["pruned_by"]]
