@@ -35,6 +35,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from accumbench.ebs_schedule import EbsSchedule
+
 
 @dataclass(frozen=True)
 class MicroBatch:
@@ -50,6 +52,8 @@ class OptimizerGroup:
     """The samples of one optimizer step: micro_steps[s][r] is rank r's micro-batch at micro-step s."""
 
     micro_steps: tuple[tuple[MicroBatch, ...], ...]
+    # The EBS in force for this step (its schedule stage's); a ragged last group has fewer samples (len).
+    effective_batch_size: int = 0
 
     @property
     def micro_batches(self) -> tuple[MicroBatch, ...]:
@@ -85,28 +89,38 @@ def groups_per_epoch(num_samples: int, effective_batch_size: int, drop_last: boo
 
 
 def training_length(num_samples: int, effective_batch_size: int, drop_last: bool, epochs: int,
-                    train_steps: int | None = None) -> tuple[int, int]:
+                    train_steps: int | None = None, schedule: EbsSchedule | None = None) -> tuple[int, int]:
     """(epochs, optimizer steps) of a whole run.
 
     The epochs budget runs `epochs` full epochs. The steps budget (train_steps) runs exactly that
     many optimizer steps at every EBS, so a larger EBS sees more epochs, the last one cut short:
     e.g. 1000 samples at EBS 256 is 4 steps an epoch, and 10 steps is 3 epochs of 4 + 4 + 2.
+    An explicit --ebs-schedule counts each epoch's groups; auto's steps are not known in advance, and
+    the count at its starting EBS is the most it can take.
     """
+    if schedule is not None and not schedule.auto:
+        steps = 0
+        for epoch in range(1, epochs + 1):
+            steps += len(scheduled_sizes(num_samples, schedule, epoch, steps, drop_last))
+        return epochs, steps
     per_epoch = groups_per_epoch(num_samples, effective_batch_size, drop_last)
     if train_steps is None:
         return epochs, epochs * per_epoch
     return math.ceil(train_steps / per_epoch), train_steps
 
 
-def cut_group(indices: list[int] | tuple[int, ...], micro_batch_size: int, world_size: int = 1) -> OptimizerGroup:
+def cut_group(indices: list[int] | tuple[int, ...], micro_batch_size: int, world_size: int = 1,
+              effective_batch_size: int | None = None) -> OptimizerGroup:
     """Cut one optimizer group into micro-batches weighted by their share of the group, and deal
-    them round-robin to `world_size` ranks, padding the last micro-step with empty micro-batches."""
+    them round-robin to `world_size` ranks, padding the last micro-step with empty micro-batches.
+    `effective_batch_size`: the EBS in force (default: the group's own size)."""
     n_group = len(indices)
     chunks = [tuple(indices[start : start + micro_batch_size]) for start in range(0, n_group, micro_batch_size)]
     micro = [MicroBatch(chunk, weight=world_size * len(chunk) / n_group) for chunk in chunks]
     n_steps = math.ceil(len(micro) / world_size)
     micro += [MicroBatch((), 0.0)] * (n_steps * world_size - len(micro))
-    return OptimizerGroup(tuple(tuple(micro[s * world_size : (s + 1) * world_size]) for s in range(n_steps)))
+    return OptimizerGroup(tuple(tuple(micro[s * world_size : (s + 1) * world_size]) for s in range(n_steps)),
+                          effective_batch_size or n_group)
 
 
 def cut_group_naively(indices: list[int] | tuple[int, ...], micro_batch_size: int, accumulation_steps: int) -> OptimizerGroup:
@@ -124,17 +138,41 @@ def plan_epoch(
     drop_last: bool = False,
     world_size: int = 1,
     lengths: Sequence[int] | None = None,
+    schedule: EbsSchedule | None = None,
+    steps_before: int = 0,
 ) -> list[OptimizerGroup]:
     """Every optimizer group of one (1-based) epoch, in training order. With `lengths` (token
-    counts per sample), each group's samples are sorted longest first before they are cut."""
+    counts per sample), each group's samples are sorted longest first before they are cut.
+
+    With `schedule` (--ebs-schedule), each group takes the EBS in force where it starts (`steps_before`:
+    optimizer steps of the earlier epochs), so a change falls on a group boundary; `effective_batch_size`
+    is then unused. Groups are cut from the same epoch order either way."""
     order = epoch_order(num_samples, seed, epoch)
-    n_groups = groups_per_epoch(num_samples, effective_batch_size, drop_last)
-    groups = [order[g * effective_batch_size : (g + 1) * effective_batch_size] for g in range(n_groups)]
+    sizes = ([effective_batch_size] * groups_per_epoch(num_samples, effective_batch_size, drop_last) if schedule is None
+             else scheduled_sizes(num_samples, schedule, epoch, steps_before, drop_last))
+    starts = [sum(sizes[:g]) for g in range(len(sizes))]
+    groups = [order[start : start + size] for start, size in zip(starts, sizes)]
     if lengths is not None:
         # Longest first: the first micro-batch is the largest, so a too-large one fails at once.
         # sorted() is stable, so ties keep the shuffled order and the plan stays deterministic.
         groups = [sorted(group, key=lambda i: -lengths[i]) for group in groups]
-    return [cut_group(group, micro_batch_size, world_size) for group in groups]
+    return [cut_group(group, micro_batch_size, world_size, size) for group, size in zip(groups, sizes)]
+
+
+def scheduled_sizes(num_samples: int, schedule: EbsSchedule, epoch: int, steps_before: int,
+                    drop_last: bool = False) -> list[int]:
+    """The EBS of each group of a (1-based) epoch under `schedule`: each the size in force where the group
+    starts, e.g. 100 samples under 16@0,64@1.5 in epoch 2: 16, 16, 16, 16 (to sample 64: half the epoch),
+    then 64 (a ragged 36 samples at the end, or dropped with drop_last)."""
+    sizes: list[int] = []
+    start = 0
+    while start < num_samples:
+        size = schedule.ebs_at(epoch - 1 + start / num_samples, steps_before + len(sizes))
+        if drop_last and num_samples - start < size:
+            break
+        sizes.append(size)
+        start += size
+    return sizes
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Union
 
+from accumbench.ebs_schedule import EbsSchedule, normalized, parse_points, parse_schedule
 from accumbench.errors import UserError
 from accumbench.formatting import plain_number, unknown_choice
 from accumbench.optim_scaling import (
@@ -59,7 +60,7 @@ BUDGETS = ("epochs", "steps")
 # the model, and change no number of the training.
 # --scaling-rule is a shorthand: the rules it sets are fields of their own, and those are hashed.
 _NOT_HASHED = frozenset({"checkpoint", "checkpoint_dir", "log_with", "noise_scale", "noise_scale_every", "noise_scale_decay",
-                         "eval_every", "scaling_rule"})
+                         "eval_every", "scaling_rule", "save_states"})
 # Fields added after runs were first recorded, with the value every earlier run implicitly had:
 # left out of config_hash at that value, so the hash of an earlier run still names the same
 # configuration. (group_by_length is on by default now, but earlier runs trained without it.)
@@ -67,7 +68,7 @@ _EARLIER_RUNS_HAD = {"lr_scaling": "none", "base_batch_size": 64, "budget": "epo
                      "data_seed": None, "group_by_length": False, "compile": False, "text_pair_column": None,
                      "dataset_config": None, "positive_label": None, "adam_beta1": 0.9, "adam_beta2": 0.999,
                      "adam_eps": 1e-8, "beta1_scaling": "none", "beta2_scaling": "none", "eps_scaling": "none",
-                     "weight_decay_scaling": "none"}
+                     "weight_decay_scaling": "none", "ebs_schedule": None}
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,8 @@ class RunConfig:
     noise_scale_every: int = field(default=1, metadata={"help": "Write the noise scale into the steps table every N optimizer steps."})
     noise_scale_decay: float = field(default=0.99, metadata={"help": "EMA decay of the noise-scale averages, restarted every epoch."})
     eval_every: Optional[int] = field(default=None, metadata={"help": "Also evaluate validation every N optimizer steps (table evals), for steps-to-target; default: at epoch ends only."})
+    ebs_schedule: Optional[str] = field(default=None, metadata={"help": "An EBS that changes as training goes: by epochs trained (16@0,64@1,256@3), by optimizer steps (16@0,64@step40), or auto[:START-CAP] (doubles at an epoch's end once the measured B_simple passes it). Sets --effective-batch-size to its start."})
+    save_states: Optional[str] = field(default=None, metadata={"help": "Save the model and optimizer state at these epochs (0,1,2; 0 = before training) or steps (step20,step40), for accumbench branch."})
     checkpoint: bool = field(default=True, metadata={"help": "Save the best-validation model as safetensors."})
     checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "Where checkpoints go (default: checkpoints/ beside the database)."})
     log_with: Optional[str] = field(default=None, metadata={"help": "Also log to a tracker: wandb, tensorboard or mlflow (default: off)."})
@@ -132,7 +135,23 @@ class RunConfig:
                 raise UserError(f"--scaling-rule {self.scaling_rule} sets {option_flag(name)} {rule}, but {option_flag(name)} is "
                                 f"{given}; drop one of the two")
             object.__setattr__(self, name, rule)
+        if self.ebs_schedule is not None:  # canonical text, and the EBS it starts at
+            text, start = normalized(self.ebs_schedule, self.effective_batch_size, self.micro_batch_size, self.budget,
+                                     self.scheduler, self.noise_scale)
+            object.__setattr__(self, "ebs_schedule", text)
+            object.__setattr__(self, "effective_batch_size", start)
+        if self.save_states is not None:
+            parse_points(self.save_states)
         self._validate()
+
+    @property
+    def schedule(self) -> EbsSchedule | None:
+        """--ebs-schedule parsed (None: one EBS throughout)."""
+        return None if self.ebs_schedule is None else parse_schedule(self.ebs_schedule, None)
+
+    def settings_at(self, effective_batch_size: int) -> OptimizerSettings:
+        """The optimizer settings at another EBS under the run's rules: each stage of an --ebs-schedule."""
+        return dataclasses.replace(self, ebs_schedule=None, effective_batch_size=effective_batch_size).optimizer_settings
 
     @property
     def kappa(self) -> float:

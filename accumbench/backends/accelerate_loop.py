@@ -94,6 +94,7 @@ class AccelerateBackend(Backend):
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self._plan = _PlanBatches(self.world_size)
+        self.micro_batch_size, self._group_ebs = setup.micro_batch_size, 0
         # Its own generator: iterating a DataLoader draws a worker base seed, by default from torch's global
         # generator, which would shift the dropout masks away from the PyTorch backend's every epoch.
         loader = torch.utils.data.DataLoader(_Keys(), batch_sampler=self._plan, collate_fn=self._collate_keys,
@@ -124,6 +125,8 @@ class AccelerateBackend(Backend):
         loss_sum = correct = None
         for batch in self.loader:
             group, micro, at_boundary = next(expected)
+            if self.settings_at is not None and group.effective_batch_size != self._group_ebs:
+                self._accumulate_for(group)
             if loss_sum is None:
                 loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
                 correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -148,6 +151,16 @@ class AccelerateBackend(Backend):
                 if at_boundary:
                     yield group, loss_sum, correct
                     loss_sum = correct = None
+
+    def _accumulate_for(self, group: OptimizerGroup) -> None:
+        """--ebs-schedule: Accelerate syncs every k-th micro-step, counting from its own step counter, so at a
+        change of EBS both move: k to the new groups' micro-steps, and the count back to the boundary's 0."""
+        k = -(-group.effective_batch_size // (self.micro_batch_size * self.world_size)) if self.micro_batch_size \
+            else self.accelerator.gradient_accumulation_steps
+        if k != self.accelerator.gradient_accumulation_steps:
+            self.accelerator.gradient_accumulation_steps = k
+            self.accelerator.step = 0
+        self._group_ebs = group.effective_batch_size
 
     def grad_scale(self) -> float:
         scaler = self.accelerator.scaler  # fp16 only

@@ -22,6 +22,7 @@ from accumbench.accumulation import MicroBatch, OptimizerGroup, length_batches
 from accumbench.backends.grad_norms import MicroBatchGradNorms
 from accumbench.config import BACKENDS
 from accumbench.noise_scale import DEFAULT_DECAY, GroupNorms, NoiseScaleEMA
+from accumbench.optim_scaling import OptimizerSettings
 
 BatchFn = Callable[[Sequence[int]], dict[str, torch.Tensor]]
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -185,6 +186,7 @@ class BackendSetup:
     # Micro-steps per optimizer step (world x micro x k = EBS): Accelerate's gradient_accumulation_steps. The
     # torch loop reads each group's micro-batches from the plan instead.
     accumulation_steps: int = 1
+    micro_batch_size: int = 0  # per process; with --ebs-schedule Accelerate's k follows EBS / (world x micro)
 
 
 def build_backend(name: str, model: torch.nn.Module, setup: BackendSetup) -> Backend:
@@ -203,10 +205,14 @@ class Backend:
     world_size: int = 1
     device: torch.device
     optimizer: torch.optim.Optimizer
+    scheduler: Any  # torch's LambdaLR (transformers' schedules), or Accelerate's wrapper of it
     # Set by measure_noise_scale(): the micro-batch gradient norms, and how to average and log them.
     noise_norms: MicroBatchGradNorms | None = None
     noise_decay: float = DEFAULT_DECAY
     noise_every: int = 1
+    # --ebs-schedule: the optimizer settings at an EBS (the run's rules), and the EBS the optimizer is set for.
+    settings_at: Callable[[int], OptimizerSettings] | None = None
+    settings_ebs: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -264,6 +270,8 @@ class Backend:
         taken = taken_samples = 0
         # accumulated() backpropagates a group's micro-batches and stops at its boundary, .grad whole.
         for group, loss_sum, correct in self.accumulated(groups, batch_for):
+            if self.settings_at is not None and group.effective_batch_size != self.settings_ebs:
+                self.use_settings(self.settings_at(group.effective_batch_size), group.effective_batch_size)
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             numbers = self._step_numbers(loss_sum, correct)  # before the step: see _step_numbers
             grad_norm, skipped = self.optimizer_step(grad_clip)
@@ -277,6 +285,21 @@ class Backend:
         if pending is not None:
             self._record_step(stats, *pending, on_step)
         return stats
+
+    def follow_schedule(self, settings_at: Callable[[int], OptimizerSettings], start: int) -> None:
+        """--ebs-schedule: before the first step of each new EBS, set the optimizer to `settings_at(EBS)`."""
+        self.settings_at, self.settings_ebs = settings_at, start
+
+    def use_settings(self, settings: OptimizerSettings, effective_batch_size: int) -> None:
+        """The optimizer's lr, betas, eps and weight decay for a new EBS. The lr schedule's base rate moves with
+        the lr, so a warmup or decay goes on from where it was, at the new peak; Adam's moments are kept."""
+        scheduler = getattr(self.scheduler, "scheduler", self.scheduler)  # Accelerate wraps the torch scheduler
+        ratio = settings.lr / scheduler.base_lrs[0]
+        scheduler.base_lrs = [base * ratio for base in scheduler.base_lrs]
+        for group in self.optimizer.param_groups:
+            group.update(lr=group["lr"] * ratio, betas=(settings.beta1, settings.beta2), eps=settings.eps,
+                         weight_decay=settings.weight_decay)
+        self.settings_ebs = effective_batch_size
 
     def _step_numbers(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> list[torch.Tensor]:
         """A group's numbers, still on the device: loss sum, correct and (when measuring) the micro-batch norms.
@@ -301,7 +324,7 @@ class Backend:
         stats.skipped_steps += int(skipped)
         row = dict(step=stats.steps_before + stats.optimizer_steps, epoch=stats.epoch,
                    samples_seen=stats.samples_before + stats.samples, loss=loss_sum / len(group),
-                   grad_norm=float(grad_norm), lr=lr)
+                   grad_norm=float(grad_norm), lr=lr, effective_batch_size=group.effective_batch_size)
         if micro and not skipped:
             row.update(self._noise_update(stats.noise, GroupNorms(
                 micro_sq_sum=micro[0], inverse_size_sum=micro[1], micro_batches=round(micro[2]),

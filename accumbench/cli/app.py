@@ -16,6 +16,7 @@ import typer
 
 from accumbench import metrics
 from accumbench.cli.command_line import OneLineErrors, ReadOnlyDb, WritableDb, fail, run_options, user_errors
+from accumbench.cli.branching import branch
 from accumbench.cli.inference import export, predict
 from accumbench.config import BACKENDS, REFERENCE_BACKEND
 from accumbench.config_files import build_config
@@ -393,6 +394,8 @@ def check_ga(
 # Acting on the answer: a run's checkpoint classifies new text, and exports for use without the store.
 app.command("predict")(predict)
 app.command("export")(export)
+# Which EBS, and when: the critical batch size along training, from a run's saved states.
+app.command("branch")(branch)
 
 
 def main(argv: list[str] | None = None) -> Any:

@@ -41,7 +41,7 @@ def require_writable_checkpoints(url: str, config: RunConfig) -> None:
     a run refused later for bad input (a missing dataset, an unknown model) leaves no empty checkpoints/.
     What is probed is what that write will do: a file in the directory if it exists, else a directory in
     its nearest existing parent (made and removed at once)."""
-    if not config.checkpoint:
+    if not config.checkpoint and config.save_states is None:
         return
     root = checkpoint_root(url, config).absolute()
     try:

@@ -32,6 +32,7 @@ from accumbench import accumulation, task_metrics
 from accumbench.backends.base import Backend, Diverged, EpochStats, logits_by_length
 from accumbench.config import RunConfig
 from accumbench.data import pipeline
+from accumbench.ebs_schedule import EbsSchedule
 from accumbench.runtime.checkpoints import checkpoint_root, require_writable_checkpoints, save_checkpoint
 from accumbench.runtime.lifecycle import (
     Heartbeat,
@@ -41,6 +42,7 @@ from accumbench.runtime.lifecycle import (
     sigterm_as_exception,
 )
 from accumbench.runtime.preparation import Prepared, device_name, loaded_columns, make_backend, prepare, run_columns
+from accumbench.runtime.states import StateSaver
 from accumbench.store import NullStore, Store, resolve_db_url
 
 if TYPE_CHECKING:
@@ -126,6 +128,8 @@ class RunLoop:
     rows: list[dict[str, Any]] = field(default_factory=list)  # one per epoch, as recorded
     best: dict[str, Any] | None = None  # the best epoch's row so far
     checkpoint_path: str | None = None
+    schedule: EbsSchedule | None = None  # --ebs-schedule (auto's grows as it decides)
+    states: StateSaver | None = None  # --save-states
 
     def train_batch(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
         """The padded batch of these training samples."""
@@ -148,8 +152,11 @@ def fit(run_id: int | None, prepared: Prepared, backend: Backend, store: Store |
     reporter.run_started(run_id, prepared.config, sizes, device_name(backend.device), backend.world_size,
                          epochs=prepared.epochs, total_steps=prepared.total_steps,
                          data_notes=prepared.dataset.describe())
-    run = RunLoop(run_id, prepared, backend, store, reporter, checkpoints, heartbeat)
     config = prepared.config
+    run = RunLoop(run_id, prepared, backend, store, reporter, checkpoints, heartbeat, schedule=config.schedule,
+                  states=StateSaver.for_run(config.save_states, run_id, store, backend, checkpoints))
+    if run.states is not None:
+        run.states.at_epoch_end(0, 0, 0, config.effective_batch_size)
     if config.log_with:  # after the backend: Accelerate's trackers need its process state
         from accumbench.tracking import RunTracker
 
@@ -186,13 +193,14 @@ def _train_epoch(run: RunLoop, epoch: int) -> dict[str, Any]:
     groups = accumulation.plan_epoch(len(train_split), config.effective_batch_size, config.micro_batch_size,
                                      seed=config.seed, epoch=epoch, drop_last=config.drop_last,
                                      world_size=backend.world_size,
-                                     lengths=train_split.lengths if config.group_by_length else None)
+                                     lengths=train_split.lengths if config.group_by_length else None,
+                                     schedule=run.schedule, steps_before=run.optimizer_steps)
     # The steps budget cuts the last epoch short; evaluation still follows, as at every epoch end.
     groups = groups[: prepared.total_steps - run.optimizer_steps]
     real_tokens, padded_tokens = pipeline.token_counts((mb.indices for g in groups for mb in g.micro_batches),
                                                        train_split.lengths)
     run.reporter.epoch_started(epoch, sum(len(g) for g in groups))
-    between = EvalsBetween(run, epoch, last_step=run.optimizer_steps + len(groups))
+    between = EvalsBetween(run, epoch, groups, first_step=run.optimizer_steps + 1)
 
     epoch_start = time.perf_counter()
     stats = backend.train_epoch(groups, run.train_batch, epoch, config.grad_clip, run.optimizer_steps,
@@ -221,7 +229,20 @@ def _train_epoch(run: RunLoop, epoch: int) -> dict[str, Any]:
         **stats.noise_columns(),
     )
     _record_epoch(run, row, stats, between.rows, {"validation": val, "test": test}, epoch_start)
+    _after_epoch(run, epoch, groups[-1].effective_batch_size, row.get("noise_scale"))
     return row
+
+
+def _after_epoch(run: RunLoop, epoch: int, effective_batch_size: int, noise_scale: float | None) -> None:
+    """At an epoch's end: its state, when --save-states asks for it; with --ebs-schedule auto, a doubled EBS
+    from the next epoch on once the epoch's B_simple has passed the one in force."""
+    if run.states is not None:
+        run.states.at_epoch_end(epoch, run.optimizer_steps, run.samples_seen, effective_batch_size)
+    schedule = run.schedule
+    if schedule is not None and schedule.auto:
+        doubled = schedule.next_auto_size(effective_batch_size, noise_scale, len(run.prepared.splits["train"]))
+        if doubled is not None:
+            run.schedule = schedule.with_stage(doubled, epoch)
 
 
 def _record_epoch(run: RunLoop, row: dict[str, Any], stats: EpochStats, evals: list[dict[str, Any]],
@@ -261,14 +282,20 @@ class EvalsBetween:
 
     run: RunLoop
     epoch: int
-    last_step: int  # the epoch's last optimizer step
+    groups: Sequence[accumulation.OptimizerGroup]  # the epoch's
+    first_step: int  # the epoch's first optimizer step
     rows: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
 
     def after_step(self, step: int, samples: int) -> None:
         prepared, backend = self.run.prepared, self.run.backend
+        last_step = self.first_step + len(self.groups) - 1
+        if self.run.states is not None:
+            in_epoch = samples - self.run.samples_seen
+            self.run.states.after_step(step, samples, self.epoch - 1 + in_epoch / len(prepared.splits["train"]),
+                                       self.groups[step - self.first_step].effective_batch_size)
         every = prepared.config.eval_every
-        if every is None or step % every or step == self.last_step:
+        if every is None or step % every or step == last_step:
             return
         _sync(backend.device)  # the training queued so far is training time, not evaluation time
         started = time.perf_counter()

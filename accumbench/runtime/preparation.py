@@ -91,7 +91,7 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
         config = config.with_micro_batch_size(_probe_micro_batch_size(model, config))
     epochs, total_steps = accumulation.training_length(
         len(splits["train"]), config.effective_batch_size, config.drop_last, config.epochs,
-        config.train_steps if config.budget == "steps" else None)
+        config.train_steps if config.budget == "steps" else None, config.schedule)
     return Prepared(config, dataset, splits, model, tokenizer.pad_token_id, epochs, total_steps, tokenize_seconds,
                     tokens_cached, positive_class(dataset, config))
 
@@ -153,8 +153,12 @@ def make_backend(prepared: Prepared) -> Backend:
     """The training loop the config names (config.BACKENDS), set up for this process (and its process group)."""
     config = prepared.config
     backend = build_backend(config.backend, prepared.model, backend_setup(config, prepared.total_steps))
-    if config.noise_scale and measurable(config.effective_batch_size, config.micro_batch_size):
+    schedule = config.schedule
+    largest = max(schedule.sizes) if schedule is not None and not schedule.auto else config.effective_batch_size
+    if config.noise_scale and measurable(largest, config.micro_batch_size):
         backend.measure_noise_scale(config.noise_scale_decay, config.noise_scale_every)
+    if schedule is not None:
+        backend.follow_schedule(config.settings_at, config.effective_batch_size)
     # Both backends start training from the same generator state, whatever their setup drew from it,
     # so that they draw the same dropout masks (the parity test with dropout checks this).
     torch.manual_seed(config.seed + 1)
@@ -167,7 +171,8 @@ def backend_setup(config: RunConfig, total_steps: int) -> BackendSetup:
     return BackendSetup(optimizer=config.optimizer, lr=settings.lr, weight_decay=settings.weight_decay,
                         betas=(settings.beta1, settings.beta2), eps=settings.eps, scheduler=config.scheduler,
                         warmup_ratio=config.warmup_ratio, total_steps=total_steps, precision=config.precision,
-                        compile=config.compile, accumulation_steps=config.accumulation_steps_for(world_size()))
+                        compile=config.compile, accumulation_steps=config.accumulation_steps_for(world_size()),
+                        micro_batch_size=config.micro_batch_size)
 
 
 def run_columns(config: RunConfig) -> dict[str, Any]:

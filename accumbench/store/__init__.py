@@ -15,6 +15,7 @@ Callers import from here only (``from accumbench.store import Store, ...``); ins
     connection.py   URLs and SQLite paths, engines and pragmas, write locks, reconnecting, the disk reserve
     runs.py         RunRecords: runs, epochs, steps, evaluations and predictions, written and read
     claims.py       SweepClaims: sweeps, and claiming their cells
+    branches.py     BranchRecords: saved states and the branches trained from them (accumbench branch)
     __init__.py     Store (opening, the read-only check, closing) and NullStore
 """
 
@@ -28,6 +29,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import sessionmaker
 
 from accumbench.errors import UserError
+from accumbench.store.branches import BranchRecords
 from accumbench.store.claims import SweepClaims
 from accumbench.store.connection import (
     RESERVE_BYTES,
@@ -69,7 +71,7 @@ __all__ = [
 ]
 
 
-class Store(RunRecords, SweepClaims):
+class Store(RunRecords, SweepClaims, BranchRecords):
     """A handle on one run database. Each write is its own short transaction."""
 
     def __init__(self, url: str, engine: Engine) -> None:
@@ -201,3 +203,7 @@ class NullStore:
 
     def add_epoch(self, run_id: int, **metrics: Any) -> None:
         pass
+
+    def add_state(self, run_id: int, epoch: float, step: int, samples_seen: int, effective_batch_size: int,
+                  path: str) -> int:
+        return 0

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from accumbench.errors import UserError
 from accumbench.store.schema import METRIC_COLUMNS, Base, Epoch, Run, SchemaVersion, Step
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def read_schema_version(conn: Connection) -> int | None:
@@ -121,6 +121,12 @@ def add_metric_columns(conn: Connection) -> None:
     _add_missing_columns(conn, Epoch.__table__, METRIC_COLUMNS)
 
 
+def _migrate_to_11(conn: Connection) -> None:
+    """10 -> 11: steps.effective_batch_size (--ebs-schedule; earlier steps had the run's EBS), and the tables
+    states and branches (accumbench branch), made by create_all."""
+    _add_missing_columns(conn, Step.__table__, ("effective_batch_size",))
+
+
 # Why migrations rather than "delete the old file": a run database holds results
 # that took GPU-hours to produce, so a new accumbench upgrades it in place.
 # upgrade() runs these in order (found+1 .. SCHEMA_VERSION) inside Store.open's single
@@ -130,7 +136,7 @@ def add_metric_columns(conn: Connection) -> None:
 # altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
 _MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5, 6: _migrate_to_6,
                7: _migrate_to_7, 8: _migrate_to_8, 9: _migrate_to_9,
-               10: _migrate_to_10}
+               10: _migrate_to_10, 11: _migrate_to_11}
 assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
 
 

@@ -249,6 +249,7 @@ class Step(Base):
     noise_grad_sq: Mapped[float | None]
     noise_trace: Mapped[float | None]
     noise_scale: Mapped[float | None]
+    effective_batch_size: Mapped[int | None]  # the EBS in force (--ebs-schedule); added in schema version 11
 
 
 class StepEvaluation(Base):
@@ -306,7 +307,47 @@ class EpochPrediction(Base):
     predicted: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class SavedState(Base):
+    """A run's model and optimizer state saved at a point of training (--save-states), to branch from
+    (accumbench branch). Added in schema version 11; the state itself is a file beside the checkpoints."""
+
+    __tablename__ = "states"
+    __table_args__ = (UniqueConstraint("run_id", "step"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[float]  # epochs trained when saved (a fraction for a state saved mid-epoch)
+    step: Mapped[int]  # optimizer steps taken
+    samples_seen: Mapped[int]
+    effective_batch_size: Mapped[int]  # the EBS in force when it was saved
+    path: Mapped[str]
+
+
+class Branch(Base):
+    """A short branch of training from a saved state at one EBS and seed (accumbench branch): the loss it
+    reaches after `samples` samples, for the critical batch size at that point. Added in schema version 11."""
+
+    __tablename__ = "branches"
+    __table_args__ = (UniqueConstraint("state_id", "effective_batch_size", "seed", "samples", "lr"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    state_id: Mapped[int] = mapped_column(ForeignKey("states.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    effective_batch_size: Mapped[int]
+    seed: Mapped[int]
+    lr: Mapped[float]
+    samples: Mapped[int]  # trained in the branch, the same at every EBS
+    steps: Mapped[int]  # optimizer steps the branch took
+    train_loss: Mapped[float]
+    val_loss: Mapped[float]
+    val_accuracy: Mapped[float]
+    seconds: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: _now())
+
+
 SWEEP_COLUMNS = tuple(c.key for c in inspect(Sweep).column_attrs)
+STATE_COLUMNS = tuple(c.key for c in inspect(SavedState).column_attrs)
+BRANCH_COLUMNS = tuple(c.key for c in inspect(Branch).column_attrs)
 RUN_COLUMNS = tuple(c.key for c in inspect(Run).column_attrs)
 EPOCH_COLUMNS = tuple(c.key for c in inspect(Epoch).column_attrs)
 STEP_COLUMNS = tuple(c.key for c in inspect(Step).column_attrs)
