@@ -76,9 +76,10 @@ class CriticalCurve:
 
 
 def critical_curves(states: Sequence[dict[str, Any]], branches: Sequence[dict[str, Any]],
-                    epochs: Sequence[dict[str, Any]] = (), tolerance: float = DEFAULT_TOLERANCE) -> list[CriticalCurve]:
-    """Each run's curve from the store's rows (states_of, branches_of, epochs_of). With branches of several
-    lengths from one state, the longest is used. B_simple at a state saved after epoch e is epoch e's."""
+                    epochs: Sequence[dict[str, Any]] = (), tolerance: float | None = None) -> list[CriticalCurve]:
+    """Each run's curve from the store's rows (states_of, branches_of, epochs_of), at `tolerance` (None: the one
+    the run's latest branch was measured for). With branches of several lengths from one state, the longest is
+    used. B_simple at a state saved after epoch e is epoch e's."""
     noise = {(row["run_id"], row["epoch"]): row.get("noise_scale") for row in epochs}
     by_state: dict[int, list[dict[str, Any]]] = {}
     for row in branches:
@@ -98,8 +99,11 @@ def critical_curves(states: Sequence[dict[str, Any]], branches: Sequence[dict[st
             seeds[size] = len(at)
         epoch = state["epoch"]
         b_simple = noise.get((state["run_id"], round(epoch))) if float(epoch).is_integer() and epoch > 0 else None
+        at = tolerance if tolerance is not None else next(
+            (row["tolerance"] for row in sorted(branches, key=lambda r: r.get("id") or 0, reverse=True)
+             if row["run_id"] == state["run_id"] and row.get("tolerance")), DEFAULT_TOLERANCE)
         point = CriticalPoint(state["run_id"], state["step"], epoch, state["samples_seen"], losses, accuracies,
-                              min(seeds.values()), critical_batch_size(losses, tolerance),
+                              min(seeds.values()), critical_batch_size(losses, at),
                               b_simple if b_simple is None or math.isfinite(b_simple) else None, longest)
-        curves.setdefault(state["run_id"], CriticalCurve(state["run_id"], tolerance)).points.append(point)
+        curves.setdefault(state["run_id"], CriticalCurve(state["run_id"], at)).points.append(point)
     return list(curves.values())

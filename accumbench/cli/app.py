@@ -15,8 +15,8 @@ from typing import Any
 import typer
 
 from accumbench import metrics
-from accumbench.cli.command_line import OneLineErrors, ReadOnlyDb, WritableDb, fail, run_options, user_errors
 from accumbench.cli.branching import branch
+from accumbench.cli.command_line import OneLineErrors, ReadOnlyDb, WritableDb, fail, run_options, user_errors
 from accumbench.cli.inference import export, predict
 from accumbench.config import BACKENDS, REFERENCE_BACKEND
 from accumbench.config_files import build_config

@@ -39,3 +39,41 @@ def curve_text(curves: Sequence[CriticalCurve]) -> str:
 
 def print_curve(curve: CriticalCurve) -> None:
     print(curve_text([curve]), end="")
+
+
+FIGURE = "critical-batch.png"
+
+
+def critical_figure_png(curves: Sequence[CriticalCurve]) -> bytes | None:
+    """B_crit measured by branching at each saved state (solid), beside B_simple from the micro-batches at the
+    same points (dotted), per run, on a log scale against epochs trained; None without matplotlib or points."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        return None
+    import io
+
+    from accumbench.present.headline_figure import DPI
+
+    if not any(curve.points for curve in curves):
+        return None
+    fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="tight")
+    ax = fig.subplots()
+    for index, curve in enumerate(curves):
+        colour = f"C{index % 10}"
+        xs = [p.epoch for p in curve.points]
+        ax.plot(xs, [p.critical for p in curve.points], marker="o", color=colour, label=f"run {curve.run_id}: B_crit")
+        noise = [(p.epoch, p.noise_scale) for p in curve.points if p.noise_scale is not None and p.noise_scale > 0]
+        if noise:
+            ax.plot(*zip(*noise), marker="s", linestyle=":", color=colour, label=f"run {curve.run_id}: B_simple")
+    ax.set_yscale("log", base=2)
+    ax.set(xlabel="epochs trained (the saved state branched from)", ylabel="batch size",
+           title="The critical batch size along training (branching) beside B_simple (noise scale)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize="small")
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.clear()
+    return buffer.getvalue()

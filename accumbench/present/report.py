@@ -19,6 +19,7 @@ from typing import Any
 
 from accumbench.analysis import answer, pick
 from accumbench.analysis.cells import backend_comparison, cell_table, noise_per_run, plot_frames
+from accumbench.analysis.critical_batch import critical_curves
 from accumbench.analysis.headline import headline
 from accumbench.analysis.racing import race_summary
 from accumbench.analysis.runs import NoRuns, count_running, load_predictions, load_runs
@@ -28,6 +29,7 @@ from accumbench.errors import UserError
 from accumbench.files import check_output_file, write_text_aside
 from accumbench.formatting import plain_number, unknown_choice
 from accumbench.present import plots, study_page, tables
+from accumbench.present.critical import FIGURE, critical_figure_png, curve_text
 from accumbench.store import open_for_reading, portable_url, resolve_db_url
 from accumbench.vocabulary import CURVES, FINISHED, FORMATS, STATUSES
 
@@ -114,17 +116,30 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
                                                                     b_crit=b_crit, headlines=headlines,
                                                                     curves=request.curves,
                                                                     metric=request.metric).items()}
+    curves = critical_curves(*_branch_rows(store, data))  # accumbench branch: the critical batch size along training
+    if curves and (request.fmt == "html" or request.plot is not None) and (png := critical_figure_png(curves)):
+        pngs[FIGURE] = png
     if request.fmt == "html":
         text = study_page.study_page(title=title.replace("accumbench report", "accumbench study"),
                                      db_label=request.page_label, cells=cells, comparison=comparison, data=data,
                                      picks=picks, grids=grids, figures=pngs, refresh=refresh, b_crit=b_crit,
-                                     headlines=headlines, raced=raced)
+                                     headlines=headlines, raced=raced, critical=tuple(curves))
     elif request.fmt == "table":
         text = tables.text_report(cells, comparison, title, shown, grids, width, raced) + _answers(picks, width)
+        text += "\n" + curve_text(curves) if curves else ""
     else:
         text = tables.render(cells, comparison, request.fmt, title, shown, noise_per_run(data), grids, raced)
         text += _answers(picks) if request.fmt == "markdown" else ""
+        text += f"\n```\n{curve_text(curves)}```\n" if curves and request.fmt == "markdown" else ""
     return text, pngs
+
+
+def _branch_rows(store: Any, data: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The reported runs' saved states, their branches and their epochs (for B_simple beside B_crit)."""
+    ids = [int(run_id) for run_id in data.runs["run_id"]]
+    states = store.states_of(ids)
+    with_states = sorted({state["run_id"] for state in states})
+    return states, store.branches_of(with_states), store.epochs_of(with_states) if with_states else []
 
 
 def _answers(picks: list[Any], width: int | None = None) -> str:

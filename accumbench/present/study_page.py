@@ -23,6 +23,7 @@ from typing import Any
 from accumbench.analysis import answer
 from accumbench.formatting import format_lr, portable, short_group, short_model, unique_slugs
 from accumbench.present import tables
+from accumbench.present.critical import FIGURE, curve_text
 from accumbench.vocabulary import METRICS, curve_metric
 
 STYLE = """
@@ -170,7 +171,8 @@ def _table_section(cells: Any) -> list[str]:
 
 def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: Any, picks: list[Any],
                grids: list[Any], figures: dict[str, bytes], refresh: int | None = None,
-               b_crit: dict[str, float] | None = None, headlines: tuple[Any, ...] = (), raced: tuple[Any, ...] = ()) -> str:
+               b_crit: dict[str, float] | None = None, headlines: tuple[Any, ...] = (), raced: tuple[Any, ...] = (),
+               critical: tuple[Any, ...] = ()) -> str:
     """The study page. `figures` maps plots.py's file names ('<slug>-validation.png', ...) to PNG bytes."""
     body = [f"<h1>{_e(title)}</h1>", _stamp(db_label, refresh), "<section id='picks'>"]
     body += [_pick_block(index, pick) for index, pick in enumerate(picks)]
@@ -200,6 +202,13 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
             for grid in grids:
                 body += [f"<p>{_e(tables.lr_grid_title(grid))}</p>", _table(tables.lr_grid_table(grid), 1)]
         body.append("</section>")
+    if critical:  # accumbench branch: the critical batch size along training, beside B_simple
+        body.append("<section id='critical-batch'><h2>The critical batch size along training</h2>")
+        if FIGURE in figures:
+            body.append(_figure(figures[FIGURE], FIGURE, "B_crit from short branches at several EBS from each saved "
+                                "state (the largest EBS within the tolerance of the smallest's loss), beside B_simple "
+                                "measured from the micro-batches at the same points."))
+        body += [f"<pre>{html.escape(curve_text(critical), quote=False)}</pre>", "</section>"]
     if raced:  # the curves mark where each pruned run stopped (x); here, why and what it saved
         body += [f"<section id='racing'><h2>{_e(tables.RACING_TITLE.capitalize())}</h2>",
                  *(f"<p class='note'>{_e(group.text)}</p>" for group in raced), "</section>"]

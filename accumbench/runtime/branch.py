@@ -160,7 +160,8 @@ def train_one_branch(prepared: Any, saved: dict[str, Any], state: dict[str, Any]
         backend.close()
     return dict(state_id=state["id"], run_id=state["run_id"], effective_batch_size=size, seed=seed,
                 lr=backend.optimizer.param_groups[0]["lr"], samples=plan.samples, steps=stats.optimizer_steps,
-                train_loss=stats.loss, val_loss=val.loss, val_accuracy=val.accuracy, seconds=seconds)
+                train_loss=stats.loss, val_loss=val.loss, val_accuracy=val.accuracy, seconds=seconds,
+                tolerance=plan.tolerance)
 
 
 def _resume_optimizer(backend: Any, saved: dict[str, Any]) -> None:

@@ -342,6 +342,7 @@ class Branch(Base):
     val_loss: Mapped[float]
     val_accuracy: Mapped[float]
     seconds: Mapped[float]
+    tolerance: Mapped[float]  # the branch command's: report reads the curve at the tolerance it was measured for
     created_at: Mapped[datetime] = mapped_column(DateTime, default=lambda: _now())
 
 
