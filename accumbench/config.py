@@ -119,7 +119,7 @@ class RunConfig:
     noise_scale_every: int = field(default=1, metadata={"help": "Write the noise scale into the steps table every N optimizer steps."})
     noise_scale_decay: float = field(default=0.99, metadata={"help": "EMA decay of the noise-scale averages, restarted every epoch."})
     eval_every: Optional[int] = field(default=None, metadata={"help": "Also evaluate validation every N optimizer steps (table evals), for steps-to-target; default: at epoch ends only."})
-    ebs_schedule: Optional[str] = field(default=None, metadata={"help": "An EBS that changes as training goes: by epochs trained (16@0,64@1,256@3), by optimizer steps (16@0,64@step40), or auto[:START-CAP] (doubles at an epoch's end once the measured B_simple passes it). Sets --effective-batch-size to its start."})
+    ebs_schedule: Optional[str] = field(default=None, metadata={"help": "An EBS that changes as training goes: by epochs trained (16@0,64@1,256@3), by optimizer steps (16@0,64@step40), or auto[:START-CAP] (doubles at an epoch's end once the measured B_simple passes it). Sets --effective-batch-size to its start.", "separator": ";"})
     save_states: Optional[str] = field(default=None, metadata={"help": "Save the model and optimizer state at these epochs (0,1,2; 0 = before training) or steps (step20,step40), for accumbench branch."})
     checkpoint: bool = field(default=True, metadata={"help": "Save the best-validation model as safetensors."})
     checkpoint_dir: Optional[str] = field(default=None, metadata={"help": "Where checkpoints go (default: checkpoints/ beside the database)."})
@@ -274,6 +274,8 @@ class RunConfig:
 
 
 CONFIG_KEYS = tuple(f.name for f in fields(RunConfig))
+# A sweep axis's values are comma-separated, unless a field's values hold commas themselves (a schedule's do).
+LIST_SEPARATORS = {f.name: f.metadata.get("separator", ",") for f in fields(RunConfig)}
 _DERIVED = ("accumulation_steps", "scaled_lr", "scaled_beta1", "scaled_beta2", "scaled_eps", "scaled_weight_decay")  # in to_dict() for readers, not fields
 
 

@@ -94,6 +94,11 @@ class EbsSchedule:
         return f"grow {self.start}{rest}"
 
 
+def ebs_label(effective_batch_size: int, ebs_schedule: str | None) -> str:
+    """A run's EBS arm for tables: '256', or its schedule's label ('grow 16→64@1→256@3', 'auto 16→256')."""
+    return str(effective_batch_size) if ebs_schedule is None else parse_schedule(ebs_schedule, None).label()
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 

@@ -50,7 +50,7 @@ def test_a_branch_at_the_runs_own_seed_and_ebs_is_its_next_epoch(tiny_bert, tmp_
     assert [(s["epoch"], s["step"], s["samples_seen"], s["effective_batch_size"]) for s in states] == [
         (0.0, 0, 0, 16), (1.0, 6, 96, 16), (2.0, 12, 192, 16)]
     assert all((tmp_path / "checkpoints" / "1" / "states" / f"step-{s['step']}.pt").is_file() for s in states)
-    result = _invoke("branch", 1, "--at", "1", "--ebs", "16,32", "--samples", 96, "--seeds", 7, "--db", db)
+    result = _invoke("branch", "--run", 1, "--at", "1", "--ebs", "16,32", "--samples", 96, "--seeds", 7, "--db", db)
     assert result.exit_code == 0, result.output
     epoch_2 = query(db, "SELECT val_loss, val_accuracy FROM epochs WHERE run_id = 1 AND epoch = 2")[0]
     branches = query(db, "SELECT effective_batch_size, seed, lr, samples, steps, val_loss FROM branches ORDER BY effective_batch_size")
@@ -66,13 +66,13 @@ def test_branch_refuses_bad_input_whole_and_writes_nothing(tiny_bert, tmp_path):
     assert _invoke("train", *COMMON, "--model", tiny_bert, "--db", db, "--effective-batch-size", 16,
                    "--save-states", "1", "--epochs", 1).exit_code == 0
     cases = [
-        (["branch", 1], "run 1 has no saved states; train it with --save-states"),
-        (["branch", 2, "--at", "3"], "--at 3 is past the end of run 2 (1 epochs)"),
-        (["branch", 2, "--at", "0"], "run 2 saved no state at epoch 0; it saved at epochs 1"),
-        (["branch", 2, "--tolerance", "1.5"], "--tolerance must be a relative loss increase in (0, 1), got 1.5"),
-        (["branch", 2, "--ebs", "16,20", "--samples", 80], "--ebs 20 is not a multiple of run's micro-batch size 8"),
-        (["branch", 2, "--ebs", "16,64", "--samples", 80], "--samples 80 is not a multiple of EBS 64"),
-        (["branch", 9], "no run 9 in"),
+        (["branch", "--run", 1], "run 1 has no saved states; train it with --save-states"),
+        (["branch", "--run", 2, "--at", "3"], "--at 3 is past the end of run 2 (1 epochs)"),
+        (["branch", "--run", 2, "--at", "0"], "run 2 saved no state at epoch 0; it saved at epochs 1"),
+        (["branch", "--run", 2, "--tolerance", "1.5"], "--tolerance must be a relative loss increase in (0, 1), got 1.5"),
+        (["branch", "--run", 2, "--ebs", "16,20", "--samples", 80], "--ebs 20 is not a multiple of run's micro-batch size 8"),
+        (["branch", "--run", 2, "--ebs", "16,64", "--samples", 80], "--samples 80 is not a multiple of EBS 64"),
+        (["branch", "--run", 9], "no run 9 in"),
     ]
     for args, words in cases:
         result = _invoke(*args, "--db", db)
@@ -80,7 +80,7 @@ def test_branch_refuses_bad_input_whole_and_writes_nothing(tiny_bert, tmp_path):
         lines = result.output.strip().splitlines()
         assert len(lines) == 1 and words in lines[0], (args, result.output)
     assert query(db, "SELECT COUNT(*) AS n FROM branches")[0]["n"] == 0
-    missing = _invoke("branch", 1, "--db", tmp_path / "none.db")
+    missing = _invoke("branch", "--run", 1, "--db", tmp_path / "none.db")
     assert missing.exit_code == 2 and not (tmp_path / "none.db").exists()
 
 
@@ -88,7 +88,7 @@ def test_report_and_the_study_page_show_the_curve_beside_b_simple(tiny_bert, tmp
     db = tmp_path / "runs.db"
     assert _invoke("train", *COMMON, "--model", tiny_bert, "--db", db, "--effective-batch-size", 16,
                    "--save-states", "0,1").exit_code == 0
-    assert _invoke("branch", 1, "--ebs", "16,32", "--samples", 32, "--seeds", "1,2", "--tolerance", "0.5",
+    assert _invoke("branch", "--run", 1, "--ebs", "16,32", "--samples", 32, "--seeds", "1,2", "--tolerance", "0.5",
                    "--db", db).exit_code == 0
     text = _invoke("report", "--db", db).output
     assert "Run 1: critical batch size along training (branches of 32 samples" in text

@@ -10,7 +10,7 @@ import pytest
 from conftest import query
 from typer.testing import CliRunner
 
-from accumbench.accumulation import cut_group, plan_epoch, scheduled_sizes, training_length
+from accumbench.accumulation import plan_epoch, scheduled_sizes, training_length
 from accumbench.cli.app import app
 from accumbench.config import RunConfig
 from accumbench.ebs_schedule import parse_schedule

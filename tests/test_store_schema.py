@@ -37,7 +37,12 @@ EXPECTED_COLUMNS = {
         "val_f1", "val_mcc", "test_f1", "test_mcc",
     },
     "steps": {"id", "run_id", "step", "epoch", "samples_seen", "loss", "grad_norm", "lr",
-              "micro_grad_sq", "noise_grad_sq", "noise_trace", "noise_scale"},
+              "micro_grad_sq", "noise_grad_sq", "noise_trace", "noise_scale",
+              "effective_batch_size"},  # schema 11: --ebs-schedule
+    # schema 11: saved states and the branches trained from them (accumbench branch)
+    "states": {"id", "run_id", "epoch", "step", "samples_seen", "effective_batch_size", "path"},
+    "branches": {"id", "state_id", "run_id", "effective_batch_size", "seed", "lr", "samples", "steps", "train_loss",
+                 "val_loss", "val_accuracy", "seconds", "tolerance", "created_at"},
     "evals": {"id", "run_id", "step", "epoch", "samples_seen", "val_loss", "val_accuracy"},
     "sweeps": {"id", "name", "grid_hash", "spec_json", "num_cells", "created_at"},
     "predictions": {"id", "run_id", "split", "epoch", "num_examples", "split_hash", "labels", "predicted"},

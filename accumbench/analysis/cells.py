@@ -30,7 +30,7 @@ def cell_table(data: RunData) -> pd.DataFrame:
     """One row per cell: mean and std over seeds of every metric, n and the seeds."""
     runs = data.runs
     group = runs.groupby("cell", sort=False)
-    table = group[list(CELL_COLUMNS) + ["variant", "shown_variant", "budget_text", "optim_rules", "optim_settings"]].first()
+    table = group[list(CELL_COLUMNS) + ["ebs_label", "variant", "shown_variant", "budget_text", "optim_rules", "optim_settings"]].first()
     table["n"] = group["run_id"].count()
     table["seeds"] = group["seed"].apply(lambda s: ",".join(map(str, sorted(s))))
     table["run_ids"] = group["run_id"].apply(lambda s: ",".join(map(str, sorted(s))))

@@ -23,6 +23,7 @@ from typing import Any
 import pandas as pd
 
 from accumbench.config import RunConfig
+from accumbench.ebs_schedule import ebs_label
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, rate_key
 from accumbench.metrics import SPLITS, TABLE, scored_columns
@@ -37,7 +38,7 @@ CELL_COLUMNS = ("model", "effective_batch_size", "backend", "lr_scaling", "lr")
 # nor is the base EBS they scale from: what it does shows in the rate trained with and in the β1/β2/ε/wd used.
 _NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint", "checkpoint_dir",  # "lr": the config's base rate
                   "scaling_rule", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling",
-                  "base_batch_size"}
+                  "base_batch_size", "ebs_schedule"}  # a schedule names its EBS arm (ebs_label)
 # Settings the report's budget column shows, and so its variant column does not repeat.
 _BUDGET_SETTINGS = {"budget", "epochs", "train_steps"}
 # Each B_simple column, and the column that says why a run has none there.
@@ -210,6 +211,7 @@ def _per_run_totals(epochs: pd.DataFrame) -> pd.DataFrame:
 def _with_labels(frame: pd.DataFrame) -> pd.DataFrame:
     """What the tables say of each run beside its numbers: its variant, its budget, its noise notes."""
     frame["variant"] = _variants(frame)
+    frame["ebs_label"] = frame["config"].map(lambda c: ebs_label(c.effective_batch_size, c.ebs_schedule))
     frame["shown_variant"] = _variants(frame, frozenset(_BUDGET_SETTINGS))  # the budget has a column of its own
     frame["budget_text"] = frame["config"].map(
         lambda c: f"{c.train_steps} steps" if c.budget == "steps" else f"{c.epochs} epoch{'s' if c.epochs != 1 else ''}")
@@ -293,11 +295,17 @@ def varying(runs: pd.DataFrame, columns: tuple[str, ...]) -> list[str]:
     return [c for c in columns if varies(c)]
 
 
+def arm_name(run: dict[str, Any]) -> str:
+    """'EBS 256', or a schedule's label."""
+    label = run.get("ebs_label")
+    return f"EBS {run['effective_batch_size']}" if label is None or str(label).isdigit() else str(label)
+
+
 def cell_label(run: dict[str, Any], vary: list[str]) -> str:
     """A cell named for people: 'EBS 256', plus the values of the columns that vary, e.g. 'EBS 256 sqrt'.
     A varying base lr shows as the rate the cell trained with: 'EBS 256 lr 3e-4'."""
     parts = [f"lr {format_lr(run['lr'])}" if c == "base_lr" else str(run[c]) for c in vary if run[c]]
-    return " ".join([f"EBS {run['effective_batch_size']}", *parts])
+    return " ".join([arm_name(run), *parts])
 
 
 

@@ -20,7 +20,7 @@ def _numbers(text: str, kind: type, flag: str) -> tuple[Any, ...]:
 
 
 def branch(
-    run: Annotated[int, typer.Argument(metavar="RUN", help="A run trained with --save-states (train prints its id).")],
+    run: Annotated[int, typer.Option("--run", help="A run trained with --save-states (train prints its id).")],
     at: Annotated[str | None, typer.Option(
         help="The saved states to branch from: epochs (1,2,3) or steps (step20,step40); default: every one.")] = None,
     ebs: Annotated[str, typer.Option(help="The branches' effective batch sizes, multiples of the run's micro-batch.")
@@ -36,7 +36,7 @@ def branch(
              "EBS's, in (0, 1).")] = 0.01,
     db: WritableDb = None,
 ) -> None:
-    """Measure the critical batch size along training (Merrill et al. 2025): from each saved state of RUN,
+    """Measure the critical batch size along training (Merrill et al. 2025): from each saved state of --run,
     train short branches of the same number of samples at several EBS, and record the validation loss each
     reaches. The critical batch size there is the largest EBS that keeps within the tolerance of the smallest
     EBS's loss. report and the study page draw the curve beside B_simple.
@@ -45,7 +45,7 @@ def branch(
 
         accumbench train --model minilm --dataset demo --effective-batch-size 16 --save-states 0,1,2,3
 
-        accumbench branch 1 --ebs 16,32,64,128 --samples 256 --seeds 1,2
+        accumbench branch --run 1 --ebs 16,32,64,128 --samples 256 --seeds 1,2
     """
     with user_errors():
         from accumbench.analysis.critical_batch import check_tolerance

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from accumbench.config import RunConfig, base_type
+from accumbench.config import LIST_SEPARATORS, RunConfig, base_type
 from accumbench.errors import UserError
 from accumbench.trainer_names import trainer_hint
 
@@ -104,7 +104,8 @@ def run_options(skip: tuple[str, ...] = (), own_first: bool = False,
                 continue
             base = _TYPES[base_type(f.type)]
             declarations = (_BOOLEAN_FLAGS[name],) if name in _BOOLEAN_FLAGS else ()
-            help_text = ("Comma-separated, a grid axis. " if name in listed else "") + _help(name)
+            separated = "Semicolon" if LIST_SEPARATORS[name] == ";" else "Comma"
+            help_text = (f"{separated}-separated, a grid axis. " if name in listed else "") + _help(name)
             added.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=Optional[base],  # noqa: UP045 - built at run time for typer
                                            default=typer.Option(None, *declarations, help=help_text)))
         own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)

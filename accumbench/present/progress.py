@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from accumbench.ebs_schedule import ebs_label
 from accumbench.formatting import format_lr, format_seconds, short_model
 from accumbench.optim_scaling import RULE_OPTIONS
 from accumbench.vocabulary import CUT, DONE, GAVE_UP, PASSED_OVER, PENDING, RUNNING_ELSEWHERE
@@ -138,7 +139,7 @@ class RichSweepReporter:
                                "claim order before anything is known (what is learnt reorders them and may skip some)")
         for index, cell in enumerate(spec.claim_order(), 1):
             budget = f"{cell.train_steps} steps" if cell.budget == "steps" else f"{cell.epochs} epochs"
-            table.add_row(str(index), cell.model, str(cell.effective_batch_size),
+            table.add_row(str(index), cell.model, ebs_label(cell.effective_batch_size, cell.ebs_schedule),
                           "auto" if cell.auto_micro_batch else f"{cell.micro_batch_size} x {cell.accumulation_steps}",
                           cell.backend, str(cell.seed),
                           cell.rule_bundle, format_lr(cell.scaled_lr), budget, cell.config_hash)
@@ -195,7 +196,7 @@ class RichSweepReporter:
             values = {"model": short_model(cell.model), "backend": cell.backend,
                       "lr_scaling": cell.lr_scaling, "rules": cell.rule_bundle, "seed": str(cell.seed)}
             table.add_row(
-                *(values[name] for name in axes), str(cell.effective_batch_size), format_lr(cell.scaled_lr),
+                *(values[name] for name in axes), ebs_label(cell.effective_batch_size, cell.ebs_schedule), format_lr(cell.scaled_lr),
                 state, str(status.attempts), str(run["id"]) if run else "-",
                 str(best["epoch"]) if best else "-", f"{best['val_accuracy']:.3f}" if best else "-",
                 f"{best['test_accuracy']:.3f}" if best else "-", str(best["optimizer_steps"]) if best else "-",

@@ -69,7 +69,7 @@ def _noise(metric: str) -> Any:
 # epoch and given as mean ± std over the seeds.
 COLUMNS = {c.name: c for c in (
     Column("model", "model", True, lambda cells: cells["model"].map(short_model).tolist()),
-    Column("ebs", "EBS", True, lambda cells: [str(int(v)) for v in cells["effective_batch_size"]]),
+    Column("ebs", "EBS", True, lambda cells: [str(label) for label in cells["ebs_label"]]),
     Column("backend", "backend", True, lambda cells: cells["backend"].tolist()),
     Column("lr", "lr", True, lambda cells: [f"{format_lr(lr)}{' *' if best else ''}"
                                             for lr, best in zip(cells["lr"], cells["best_lr"])]),

@@ -14,7 +14,7 @@ from itertools import product
 from pathlib import Path
 from typing import Any
 
-from accumbench.config import CONFIG_KEYS, RunConfig, check_value, coerce_field
+from accumbench.config import CONFIG_KEYS, LIST_SEPARATORS, RunConfig, check_value, coerce_field
 from accumbench.config_files import FileProblems, read_yaml_mapping
 from accumbench.errors import UserError
 from accumbench.formatting import format_lr, plain_number, unknown_choice
@@ -40,6 +40,8 @@ _AXIS_TABLE = (
     ("seeds", "seed", "42,43,44"),
     ("lrs", "lr", "1e-5,3e-5,1e-4"),
     ("effective_batch_sizes", "effective_batch_size", "64,256,1024"),
+    # EBS schedules: arms beside the fixed EBS (not crossed with them); auto spans the EBS axis, smallest to largest.
+    ("ebs_schedule", "ebs_schedule", "16@0,64@1,256@3;auto"),
 )
 AXES = {axis: field_name for axis, field_name, _ in _AXIS_TABLE}  # plural -> RunConfig field
 AXIS_EXAMPLES = {axis: example for axis, _, example in _AXIS_TABLE}
@@ -114,12 +116,12 @@ class SweepSpec:
 
 
 
-def split_list(value: Any) -> list[Any]:
+def split_list(value: Any, separator: str = ",") -> list[Any]:
     """'64,256, 1024' -> ['64', '256', '1024']; a YAML list or a single value -> a list."""
     if isinstance(value, (list, tuple)):
         return list(value)
     if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
+        return [part.strip() for part in value.split(separator) if part.strip()]
     return [value]
 
 
@@ -169,6 +171,7 @@ def build_spec(config_file: Path | None = None, **given: Any) -> SweepSpec:
     max_retries, stale_after = retry_options(sweep_options["max_retries"], sweep_options["stale_after"])
     race = race_options(sweep_options, axes)
     check_given_values(axes, options)
+    axes["ebs_schedule"] = schedule_arms(axes["ebs_schedule"], axes["effective_batch_size"])
 
     cells: dict[str, RunConfig] = {}
     for point in product(*axes.values()):
@@ -192,6 +195,15 @@ def build_spec(config_file: Path | None = None, **given: Any) -> SweepSpec:
                      **race, cells=tuple(cells.values()))
 
 
+def schedule_arms(schedules: tuple[Any, ...], sizes: tuple[int, ...]) -> tuple[Any, ...]:
+    """The schedule axis as arms beside the fixed EBS: None (each fixed EBS) first, then each schedule, a bare
+    `auto` spanning the EBS axis (auto:16-256 for EBS 16,64,256). A schedule sets its cells' EBS, so crossed
+    with the EBS axis it is one cell."""
+    given = [s for s in schedules if s is not None]
+    spans = f"{min(sizes)}-{max(sizes)}" if len(sizes) > 1 else f"{sizes[0]}"
+    return (None, *dict.fromkeys(f"auto:{spans}" if s.strip() == "auto" else s for s in given))
+
+
 def check_given_values(axes: dict[str, tuple[Any, ...]], options: dict[str, Any]) -> None:
     """Every value the user gave, each on its own (an axis's values, an option every cell shares), before
     the cells are built: a wrong one is named by its flag (unknown --lr-scaling 'sqroot'), not as if one cell
@@ -208,7 +220,7 @@ def axis_values(axis: str, raw: Any) -> tuple[Any, ...]:
     """One grid axis ('64,256' or a YAML list) as RunConfig values, duplicates dropped, order kept;
     UserError naming the axis and an example when a value is not one."""
     name, flag, example = AXES[axis], "--" + axis.replace("_", "-"), AXIS_EXAMPLES[axis]
-    items = split_list(raw)
+    items = split_list(raw, LIST_SEPARATORS[name])
     if not items:
         raise UserError(f"{flag} is empty; give at least one value, e.g. {flag} {example}")
     try:
@@ -331,8 +343,16 @@ def grid_shape(spec: SweepSpec) -> str:
     names = {"model": "models", "backend": "backends", "lr_scaling": "lr rules", "scaling_rule": "rule bundles",
              "beta1_scaling": "β1 rules", "beta2_scaling": "β2 rules", "eps_scaling": "ε rules",
              "weight_decay_scaling": "wd rules", "seed": "seeds", "lr": "lrs", "effective_batch_size": "EBS"}
-    sizes = [f"{len(values)} {names[name]}" for name, values in spec.axes.items() if len(values) > 1]
-    product_size = math.prod(len(values) for values in spec.axes.values())
+    schedules = len(spec.axes.get("ebs_schedule", (None,))) - 1
+    sizes = [f"{len(values)} {names[name]}" for name, values in spec.axes.items()
+             if len(values) > 1 and name != "ebs_schedule"]
+    if schedules:
+        sizes = [size + f" + {schedules} schedule{'s' if schedules > 1 else ''}" if size.endswith(" EBS") else size
+                 for size in sizes] if len(spec.axes["effective_batch_size"]) > 1 else [
+                     *sizes, f"1 EBS + {schedules} schedule{'s' if schedules > 1 else ''}"]
+    product_size = math.prod(len(values) for name, values in spec.axes.items()
+                             if name not in ("ebs_schedule", "effective_batch_size"))
+    product_size *= len(spec.axes["effective_batch_size"]) + schedules
     # Two grid points can name one configuration (one config_hash); it is then one cell.
     distinct = "" if product_size == len(spec.cells) else " distinct"
     return f"{' x '.join(sizes) or 'one point'} = {len(spec.cells)}{distinct} cell{'s' if len(spec.cells) != 1 else ''}"
@@ -340,11 +360,15 @@ def grid_shape(spec: SweepSpec) -> str:
 
 def describe(config: RunConfig, spec: SweepSpec | None = None) -> str:
     """A cell in a few words: the values of the axes that vary (all of them without a spec)."""
-    parts = {"model": config.model, "effective_batch_size": f"EBS {config.effective_batch_size}",
+    schedule = config.schedule
+    parts = {"model": config.model,
+             "effective_batch_size": schedule.label() if schedule else f"EBS {config.effective_batch_size}",
              "backend": config.backend, "seed": f"seed {config.seed}", "lr": f"lr {format_lr(config.scaled_lr)}"}
     if config.lr_scaling != "none":
         parts["lr"] += f" ({config.lr_scaling})"
     varies = {name for name in parts if spec is None or len(spec.axes[name]) > 1}
+    if spec is not None and len(spec.axes.get("ebs_schedule", ())) > 1:
+        varies.add("effective_batch_size")
     if spec is not None and any(len(spec.axes[name]) > 1 for name in RULE_OPTIONS):
         varies.add("lr")
         parts["rules"] = f"rules {config.rule_bundle}"
