@@ -224,3 +224,20 @@ def test_deficit_coverage_bench_writes_its_table(tmp_path, monkeypatch, capsys):
     [row] = json.loads(out.read_text())["regimes"]
     assert row["simulations"] == 20 and 0 <= row["coverage"] <= 1 and row["paired"] is True
     assert "| 2 | yes | 100 | 0.1 |" in capsys.readouterr().out
+
+
+def test_ebs_schedule_bench_compares_schedules_with_fixed_ebs_and_branches_one_run(tiny_bert, tmp_path, monkeypatch,
+                                                                                   capsys):
+    out = tmp_path / "ebs_schedule.json"
+    _run_script("ebs_schedule.py", ["--tiny", tiny_bert, "--task", "sst2", "--work", str(tmp_path), "--out", str(out)],
+                monkeypatch)
+    results = json.loads(out.read_text())
+    task = results["tasks"]["sst2"]
+    assert set(task["arms"]) == {"EBS 8", "EBS 32", "grow 8→16@1→32@2", "auto 16→32"}
+    grow = task["arms"]["grow 8→16@1→32@2"]
+    assert grow["steps"] == 16 + 8 + 4 + 4  # 128 samples an epoch: 16 steps of 8, 8 of 16, then 4 of 32 twice
+    assert all(arm["verdict"] != "not a candidate" for arm in task["arms"].values())
+    assert [point["epoch"] for point in task["curve"]] == [0, 1, 2, 3]
+    assert all(set(point["losses"]) == {"8", "16", "32"} and point["seeds"] == 2 for point in task["curve"])
+    assert set(task["goal"]) >= {"best_fixed", "met_by", "grow 8→16@1→32@2", "auto 16→32"}
+    assert "| sst2 | grow 8→16@1→32@2 |" in capsys.readouterr().out

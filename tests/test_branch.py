@@ -100,3 +100,17 @@ def test_report_and_the_study_page_show_the_curve_beside_b_simple(tiny_bert, tmp
     assert _invoke("report", "--db", db, "--format", "html", "-o", page).exit_code == 0
     html = page.read_text()
     assert "id='critical-batch'" in html and "critical-batch.png" in html
+
+
+def test_states_saved_at_steps_mid_epoch_and_branched_from(tiny_bert, tmp_path):
+    db = tmp_path / "runs.db"
+    assert _invoke("train", *COMMON, "--model", tiny_bert, "--db", db, "--effective-batch-size", 16,
+                   "--save-states", "step3,step9").exit_code == 0
+    states = query(db, "SELECT epoch, step, samples_seen FROM states ORDER BY step")
+    assert [tuple(s) for s in states] == [(0.5, 3, 48), (1.5, 9, 144)]
+    missing = _invoke("branch", "--run", 1, "--at", "step5", "--db", db)
+    assert missing.exit_code == 2 and "run 1 saved no state at step 5; it saved at steps 3, 9" in missing.output
+    result = _invoke("branch", "--run", 1, "--at", "step9", "--ebs", "16,32", "--samples", 32, "--seeds", 1, "--db", db)
+    assert result.exit_code == 0, result.output
+    assert "step 9 (epoch 1.50)" in result.output
+    assert [tuple(b) for b in query(db, "SELECT effective_batch_size, steps FROM branches ORDER BY 1")] == [(16, 2), (32, 1)]

@@ -38,7 +38,8 @@ CELL_COLUMNS = ("model", "effective_batch_size", "backend", "lr_scaling", "lr")
 # nor is the base EBS they scale from: what it does shows in the rate trained with and in the β1/β2/ε/wd used.
 _NOT_A_VARIANT = {*CELL_COLUMNS, "seed", "data_seed", "checkpoint", "checkpoint_dir",  # "lr": the config's base rate
                   "scaling_rule", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling",
-                  "base_batch_size", "ebs_schedule"}  # a schedule names its EBS arm (ebs_label)
+                  "base_batch_size", "ebs_schedule",  # a schedule names its EBS arm (ebs_label)
+                  "save_states"}  # states saved for accumbench branch change no number of the run
 # Settings the report's budget column shows, and so its variant column does not repeat.
 _BUDGET_SETTINGS = {"budget", "epochs", "train_steps"}
 # Each B_simple column, and the column that says why a run has none there.

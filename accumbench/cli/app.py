@@ -391,11 +391,9 @@ def check_ga(
         raise typer.Exit(1)
 
 
-# Acting on the answer: a run's checkpoint classifies new text, and exports for use without the store.
-app.command("predict")(predict)
-app.command("export")(export)
-# Which EBS, and when: the critical batch size along training, from a run's saved states.
-app.command("branch")(branch)
+# Acting on the answer (predict, export); which EBS, and when (branch: the critical batch size along training).
+for command in (predict, export, branch):
+    app.command(command.__name__)(command)
 
 
 def main(argv: list[str] | None = None) -> Any:

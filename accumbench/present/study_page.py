@@ -169,6 +169,18 @@ def _table_section(cells: Any) -> list[str]:
     return section + ["</details></section>"]
 
 
+def _critical_section(critical: tuple[Any, ...], figures: dict[str, bytes]) -> list[str]:
+    """accumbench branch's curves: the critical batch size along training, beside B_simple (none: nothing)."""
+    if not critical:
+        return []
+    section = ["<section id='critical-batch'><h2>The critical batch size along training</h2>"]
+    if FIGURE in figures:
+        section.append(_figure(figures[FIGURE], FIGURE, "B_crit from short branches at several EBS from each saved "
+                               "state (the largest EBS within the tolerance of the smallest's loss), beside B_simple "
+                               "measured from the micro-batches at the same points."))
+    return section + [f"<pre>{html.escape(curve_text(critical), quote=False)}</pre>", "</section>"]
+
+
 def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: Any, picks: list[Any],
                grids: list[Any], figures: dict[str, bytes], refresh: int | None = None,
                b_crit: dict[str, float] | None = None, headlines: tuple[Any, ...] = (), raced: tuple[Any, ...] = (),
@@ -202,13 +214,7 @@ def study_page(*, title: str, db_label: str, cells: Any, comparison: Any, data: 
             for grid in grids:
                 body += [f"<p>{_e(tables.lr_grid_title(grid))}</p>", _table(tables.lr_grid_table(grid), 1)]
         body.append("</section>")
-    if critical:  # accumbench branch: the critical batch size along training, beside B_simple
-        body.append("<section id='critical-batch'><h2>The critical batch size along training</h2>")
-        if FIGURE in figures:
-            body.append(_figure(figures[FIGURE], FIGURE, "B_crit from short branches at several EBS from each saved "
-                                "state (the largest EBS within the tolerance of the smallest's loss), beside B_simple "
-                                "measured from the micro-batches at the same points."))
-        body += [f"<pre>{html.escape(curve_text(critical), quote=False)}</pre>", "</section>"]
+    body += _critical_section(critical, figures)
     if raced:  # the curves mark where each pruned run stopped (x); here, why and what it saved
         body += [f"<section id='racing'><h2>{_e(tables.RACING_TITLE.capitalize())}</h2>",
                  *(f"<p class='note'>{_e(group.text)}</p>" for group in raced), "</section>"]

@@ -70,6 +70,8 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
     model is always loaded afresh."""
     cache = {} if cache is None else cache
     config.accumulation_steps_for(world_size())  # checks EBS = world x micro x k before any loading
+    for size in config.schedule.sizes if config.schedule is not None else ():  # and each stage's (auto doubles)
+        dataclasses.replace(config, ebs_schedule=None, effective_batch_size=size).accumulation_steps_for(world_size())
     if config.auto_micro_batch and world_size() > 1:
         raise UserError("--micro-batch-size auto needs a single process (each would probe on its own); "
                         "pass a number with torchrun or accelerate launch")
