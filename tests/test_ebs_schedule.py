@@ -192,3 +192,31 @@ def test_auto_doubles_exactly_when_the_epochs_noise_scale_passes_the_ebs(tiny_be
         expected = 2 * before if noise > before and 2 * before <= 64 else before
         assert after == expected, (ebs, [e["noise_scale"] for e in epochs])
     assert max(ebs) > 16, "the tiny model's noise scale is in the hundreds: auto grows"
+
+
+def test_schedules_are_arms_of_a_sweep_beside_the_fixed_ebs(tmp_path):
+    from accumbench.sweep.local import spec_as_yaml
+    from accumbench.sweep.spec import build_spec
+
+    spec = build_spec(effective_batch_sizes="16,64,256", ebs_schedule="16@0,64@1,256@3; auto", micro_batch_size=8,
+                      lrs="1e-4,3e-4")
+    assert spec.grid_shape() == "2 lrs x 3 EBS + 2 schedules = 10 cells"
+    arms = {(c.effective_batch_size, c.ebs_schedule) for c in spec.cells}
+    assert arms == {(16, None), (64, None), (256, None), (16, "16@0,64@1,256@3"), (16, "auto:16-256")}
+    assert [spec.describe(c) for c in spec.cells if c.lr == 1e-4] == [  # each schedule beside the EBS it starts at
+        "EBS 16, lr 1e-4", "grow 16→64@1→256@3, lr 1e-4", "auto 16→256, lr 1e-4", "EBS 64, lr 1e-4", "EBS 256, lr 1e-4"]
+    # A worker reads the same grid back from the spec file the sweep writes.
+    grid = tmp_path / "sweep.yaml"
+    grid.write_text(spec_as_yaml(spec))
+    assert build_spec(grid).grid_hash == spec.grid_hash
+    # Without schedules the grid is what it was: the same cells, the same hash.
+    assert build_spec(effective_batch_sizes="16,64,256", micro_batch_size=8, lrs="1e-4,3e-4").grid_hash == \
+        build_spec(effective_batch_sizes="16,64,256", micro_batch_size=8, lrs="1e-4,3e-4", ebs_schedule=None).grid_hash
+
+
+def test_a_bad_schedule_in_a_sweep_names_the_schedule(tmp_path):
+    result = CliRunner().invoke(app, ["sweep", "--dataset", "demo", "--micro-batch-size", "16", "--effective-batch-sizes",
+                                      "16", "--ebs-schedule", "16@0,64@1;16@0,40@2", "--db", str(tmp_path / "runs.db")])
+    assert result.exit_code == 2
+    assert "EBS 40 is not a multiple of micro-batch size 16" in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "runs.db").exists()
