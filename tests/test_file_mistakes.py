@@ -64,7 +64,7 @@ def test_a_sweep_file_names_its_list_and_option_mistakes_too(tmp_path, monkeypat
     assert line == (f"error: {config} has 4 problems: 'lr' takes one value in a sweep, got ['1e-5', '2e-5']; for a grid "
                     "of learning rates use 'lrs: [1e-5, 2e-5]' (or --lrs 1e-5,2e-5); 'epochs' takes one value in a "
                     "sweep, got [1, 2]; the grid axes are: models, backends, lr_scaling, scaling_rule, beta1_scaling, "
-                    "beta2_scaling, eps_scaling, weight_decay_scaling, seeds, lrs, effective_batch_sizes; --max-retries "
+                    "beta2_scaling, eps_scaling, weight_decay_scaling, seeds, lrs, effective_batch_sizes, ebs_schedule; --max-retries "
                     "must be >= 0, got -1; 0 never retries a failed cell (even though --max-retries on the command line "
                     "overrides it); --race-after must be at least 1, got 0: a run can stop after its first epoch at the "
                     "earliest; e.g. --race-after 1")
@@ -78,7 +78,7 @@ def test_a_sweep_file_names_its_list_and_option_mistakes_too(tmp_path, monkeypat
     ("sweep", "seeds: [1, x]\n", "error: in {config}: --seeds takes comma-separated values like 42,43,44; 'x' is not one"),
     ("sweep", "epochs: [1, 2]\n", "error: 'epochs' takes one value in a sweep, got [1, 2]; the grid axes are: models, "
                                   "backends, lr_scaling, scaling_rule, beta1_scaling, beta2_scaling, eps_scaling, "
-                                  "weight_decay_scaling, seeds, lrs, effective_batch_sizes"),
+                                  "weight_decay_scaling, seeds, lrs, effective_batch_sizes, ebs_schedule"),
 ])
 def test_one_mistake_reads_as_it_always_has(tmp_path, monkeypatch, command, text, expected):
     line, config = _refused(tmp_path, monkeypatch, command, text)
