@@ -114,3 +114,20 @@ def test_states_saved_at_steps_mid_epoch_and_branched_from(tiny_bert, tmp_path):
     assert result.exit_code == 0, result.output
     assert "step 9 (epoch 1.50)" in result.output
     assert [tuple(b) for b in query(db, "SELECT effective_batch_size, steps FROM branches ORDER BY 1")] == [(16, 2), (32, 1)]
+
+
+def test_two_stores_in_one_folder_keep_their_states_apart(tiny_bert, tmp_path):
+    """Run ids are per database: run 1 of sst2.db and run 1 of subj.db must not save over each other's states (they
+    did, when both used checkpoints/1/), and the default runs.db keeps checkpoints/<run id>/ as before."""
+    paths = {}
+    for name, seed in (("sst2.db", 7), ("subj.db", 8), ("runs.db", 9)):
+        db = tmp_path / name
+        assert _invoke("train", *COMMON, "--model", tiny_bert, "--db", db, "--effective-batch-size", 16, "--seed", seed,
+                       "--save-states", "1", "--epochs", 1).exit_code == 0
+        paths[name] = query(db, "SELECT path FROM states")[0]["path"]
+    assert paths == {name: str(tmp_path / "checkpoints" / folder / "1" / "states" / "step-6.pt")
+                     for name, folder in (("sst2.db", "sst2.db"), ("subj.db", "subj.db"), ("runs.db", ""))}
+    import torch
+
+    weights = [torch.load(path, weights_only=True)["model"]["head.weight"] for path in paths.values()]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])

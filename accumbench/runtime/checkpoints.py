@@ -18,19 +18,22 @@ from typing import Any
 from accumbench.config import RunConfig
 from accumbench.errors import UserError, first_line
 from accumbench.files import write_aside
-from accumbench.store import sqlite_path
+from accumbench.store import database_name, sqlite_path
 
 # A checkpoint's two files (inference.py reads them back).
 CHECKPOINT_WEIGHTS, CHECKPOINT_META = "model.safetensors", "accumbench.json"
 
 
 def checkpoint_root(url: str, config: RunConfig | None = None) -> Path:
-    """--checkpoint-dir, else checkpoints/ beside the SQLite file (./checkpoints for the default ./runs.db),
-    else (a database server) in the cwd."""
+    """--checkpoint-dir, else checkpoints/ beside the SQLite file (./checkpoints for the default ./runs.db), else
+    (a database server) in the cwd. Run ids are per database, so another database's runs keep a folder of their own
+    in it, named after the database (checkpoints/sst2.db/, checkpoints/<server database>/): two stores in one
+    folder would otherwise write their run 5's checkpoint and saved states over each other."""
     if config is not None and config.checkpoint_dir:
         return Path(config.checkpoint_dir).expanduser()
     path = sqlite_path(url)
-    return (path.parent if path else Path.cwd()) / "checkpoints"
+    root = (path.parent if path else Path.cwd()) / "checkpoints"
+    return root if path is not None and path.name == "runs.db" else root / database_name(url)
 
 
 def require_writable_checkpoints(url: str, config: RunConfig) -> None:

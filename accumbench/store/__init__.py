@@ -35,6 +35,7 @@ from accumbench.store.connection import (
     RESERVE_BYTES,
     _check_parent_dir,
     _lock_for_schema,
+    database_name,
     display_url,
     portable_url,
     readonly_engine,
@@ -65,7 +66,7 @@ from accumbench.vocabulary import (
 )
 
 __all__ = [
-    "Store", "NullStore", "open_for_reading", "resolve_db_url", "sqlite_path", "display_url", "portable_url", "SCHEMA_VERSION", "RESERVE_BYTES",
+    "Store", "NullStore", "open_for_reading", "resolve_db_url", "sqlite_path", "display_url", "portable_url", "database_name", "SCHEMA_VERSION", "RESERVE_BYTES",
     "RUNNING", "FINISHED", "FAILED", "KILLED", "STATUSES", "TERMINAL_STATUSES",
     "LIVE_STATUSES", "INTERRUPTED", "TERMINATED", "DIVERGED_PREFIX", "STALE_ERROR",
 ]

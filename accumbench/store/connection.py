@@ -56,6 +56,12 @@ def portable_url(url: str) -> str:
     return path.name if path is not None else make_url(url).render_as_string(hide_password=True)
 
 
+def database_name(url: str) -> str:
+    """What names a database among others beside it: the SQLite file's name, or a server database's name."""
+    path = sqlite_path(url)
+    return path.name if path is not None else (make_url(url).database or "default")
+
+
 def _check_parent_dir(path: pathlib.Path) -> None:
     parent = path.absolute().parent
     if not parent.is_dir():
