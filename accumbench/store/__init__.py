@@ -204,7 +204,3 @@ class NullStore:
 
     def add_epoch(self, run_id: int, **metrics: Any) -> None:
         pass
-
-    def add_state(self, run_id: int, epoch: float, step: int, samples_seen: int, effective_batch_size: int,
-                  path: str) -> int:
-        return 0
