@@ -131,3 +131,20 @@ def test_two_stores_in_one_folder_keep_their_states_apart(tiny_bert, tmp_path):
 
     weights = [torch.load(path, weights_only=True)["model"]["head.weight"] for path in paths.values()]
     assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+
+
+def test_a_branch_from_a_scheduled_run_uses_the_rules_lr_at_each_ebs(tiny_bert, tmp_path):
+    """A state saved after a change of EBS (16 -> 32 under sqrt from base 16): a branch at EBS 16 trains at the rule's
+    lr at 16 and one at 64 at its lr at 64, whatever EBS the run had at the state (the state's lr is x sqrt 2 there).
+    With a linear decay the branch keeps the run's position in it: half-way, half the peak."""
+    db = tmp_path / "runs.db"
+    assert _invoke("train", *COMMON, "--model", tiny_bert, "--db", db, "--ebs-schedule", "16@0,32@1",
+                   "--lr-scaling", "sqrt", "--base-batch-size", 16, "--save-states", "2").exit_code == 0
+    assert _invoke("branch", "--run", 1, "--ebs", "16,64", "--samples", 64, "--seeds", 1, "--db", db).exit_code == 0
+    lrs = [b["lr"] for b in query(db, "SELECT lr FROM branches ORDER BY effective_batch_size")]
+    assert lrs == pytest.approx([1e-3, 2e-3])
+    decayed = tmp_path / "decay.db"
+    assert _invoke("train", *COMMON, "--model", tiny_bert, "--db", decayed, "--effective-batch-size", 16,
+                   "--scheduler", "linear", "--save-states", "1").exit_code == 0
+    assert _invoke("branch", "--run", 1, "--ebs", "16", "--samples", 32, "--seeds", 1, "--db", decayed).exit_code == 0
+    assert query(decayed, "SELECT lr FROM branches")[0]["lr"] == pytest.approx(0.5e-3)

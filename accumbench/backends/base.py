@@ -299,6 +299,8 @@ class Backend:
         for group in self.optimizer.param_groups:
             group.update(lr=group["lr"] * ratio, betas=(settings.beta1, settings.beta2), eps=settings.eps,
                          weight_decay=settings.weight_decay)
+            if "initial_lr" in group:  # the schedule's record of its base, as a resumed scheduler reads it
+                group["initial_lr"] *= ratio
         self.settings_ebs = effective_batch_size
 
     def _step_numbers(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> list[torch.Tensor]:

@@ -140,7 +140,7 @@ def train_one_branch(prepared: Any, saved: dict[str, Any], state: dict[str, Any]
     prepared.model.load_state_dict(saved["model"])
     backend = make_backend(dataclasses.replace(prepared, config=config, total_steps=plan.samples // size))
     try:
-        _resume_optimizer(backend, saved["optimizer"])
+        _resume_optimizer(backend, saved["optimizer"], prepared.config.settings_at(state["effective_batch_size"]).lr)
         torch.manual_seed(seed)
         train = prepared.splits["train"]
         next_epoch = int(state["epoch"]) + 1
@@ -164,11 +164,12 @@ def train_one_branch(prepared: Any, saved: dict[str, Any], state: dict[str, Any]
                 tolerance=plan.tolerance)
 
 
-def _resume_optimizer(backend: Any, saved: dict[str, Any]) -> None:
+def _resume_optimizer(backend: Any, saved: dict[str, Any], peak_lr: float) -> None:
     """The saved optimizer's state (Adam's moments and step counts) under the fresh optimizer's settings (this
-    EBS's lr, betas, eps, weight decay), the lr scaled by the run's schedule factor at the state."""
-    saved_group = saved["param_groups"][0]
-    factor = saved_group["lr"] / saved_group.get("initial_lr", saved_group["lr"])
+    EBS's lr, betas, eps, weight decay), the lr scaled by where the run's lr schedule (warmup, decay) stood at the
+    state: the saved lr over `peak_lr`, the run's rule's lr at the EBS it had then (an --ebs-schedule moves that
+    peak, so the saved initial_lr is not it)."""
+    factor = saved["param_groups"][0]["lr"] / peak_lr
     fresh = [{k: v for k, v in group.items() if k != "params"} for group in backend.optimizer.param_groups]
     backend.optimizer.load_state_dict(saved)
     for group, settings in zip(backend.optimizer.param_groups, fresh):
