@@ -67,7 +67,7 @@ def test_branch_refuses_bad_input_whole_and_writes_nothing(tiny_bert, tmp_path):
                    "--save-states", "1", "--epochs", 1).exit_code == 0
     cases = [
         (["branch", "--run", 1], "run 1 has no saved states; train it with --save-states"),
-        (["branch", "--run", 2, "--at", "3"], "--at 3 is past the end of run 2 (1 epochs)"),
+        (["branch", "--run", 2, "--at", "3"], "--at 3 is past the end of run 2 (1 epoch); pick a saved point: 1"),
         (["branch", "--run", 2, "--at", "0"], "run 2 saved no state at epoch 0; it saved at epochs 1"),
         (["branch", "--run", 2, "--tolerance", "1.5"], "--tolerance must be a relative loss increase in (0, 1), got 1.5"),
         (["branch", "--run", 2, "--ebs", "16,20", "--samples", 80], "--ebs 20 is not a multiple of run's micro-batch size 8"),

@@ -57,8 +57,9 @@ def chosen_states(plan: BranchPlan, run: dict[str, Any], states: list[dict[str, 
     chosen = []
     for point in points:
         if end is not None and point > end:
+            length = f"{end} {'epoch' if unit == EPOCH else 'step'}{'s' if end != 1 else ''}"
             raise UserError(f"--at {point if unit == EPOCH else f'step{point}'} is past the end of run {plan.run_id} "
-                            f"({end} {'epochs' if unit == EPOCH else 'steps'}); pick a saved point: {_points(states, key)}")
+                            f"({length}); pick a saved point: {_points(states, key)}")
         if point not in saved:
             raise UserError(f"run {plan.run_id} saved no state at {key} {point}; it saved at {key}s {_points(states, key)}")
         chosen.append(saved[point])
