@@ -147,16 +147,26 @@ def plan_epoch(
     With `schedule` (--ebs-schedule), each group takes the EBS in force where it starts (`steps_before`:
     optimizer steps of the earlier epochs), so a change falls on a group boundary; `effective_batch_size`
     is then unused. Groups are cut from the same epoch order either way."""
-    order = epoch_order(num_samples, seed, epoch)
     sizes = ([effective_batch_size] * groups_per_epoch(num_samples, effective_batch_size, drop_last) if schedule is None
              else scheduled_sizes(num_samples, schedule, epoch, steps_before, drop_last))
-    starts = [sum(sizes[:g]) for g in range(len(sizes))]
-    groups = [order[start : start + size] for start, size in zip(starts, sizes)]
-    if lengths is not None:
-        # Longest first: the first micro-batch is the largest, so a too-large one fails at once.
-        # sorted() is stable, so ties keep the shuffled order and the plan stays deterministic.
-        groups = [sorted(group, key=lambda i: -lengths[i]) for group in groups]
-    return [cut_group(group, micro_batch_size, world_size, size) for group, size in zip(groups, sizes)]
+    return cut_groups(epoch_order(num_samples, seed, epoch), sizes, micro_batch_size, world_size, lengths)
+
+
+def cut_groups(order: Sequence[int], sizes: Sequence[int], micro_batch_size: int, world_size: int = 1,
+               lengths: Sequence[int] | None = None) -> list[OptimizerGroup]:
+    """`order` cut into consecutive optimizer groups of `sizes` (the EBS in force for each; the last group may run
+    short), each sorted longest first when `lengths` are given, then cut into weighted micro-batches: an epoch's
+    plan, or a branch's (runtime/branch.py)."""
+    groups, start = [], 0
+    for size in sizes:
+        group = list(order[start : start + size])
+        if lengths is not None:
+            # Longest first: the first micro-batch is the largest, so a too-large one fails at once.
+            # sorted() is stable, so ties keep the shuffled order and the plan stays deterministic.
+            group.sort(key=lambda i: -lengths[i])
+        groups.append(cut_group(group, micro_batch_size, world_size, size))
+        start += size
+    return groups
 
 
 def scheduled_sizes(num_samples: int, schedule: EbsSchedule, epoch: int, steps_before: int,

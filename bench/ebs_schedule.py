@@ -155,11 +155,11 @@ def _verdict(candidate: dict[str, Any] | None, pick: dict[str, Any]) -> str:
 
 
 def curve(db: Path, run_id: int) -> list[dict[str, Any]]:
-    from accumbench.analysis.critical_batch import critical_curves
+    from accumbench.analysis.critical_batch import curves_of
     from accumbench.store import Store
 
     with Store.open_readonly(f"sqlite:///{db}") as store:
-        [found] = critical_curves(store.states_of([run_id]), store.branches_of([run_id]), store.epochs_of([run_id]))
+        [found] = curves_of(store, [run_id])
         ebs = {row["step"]: row["effective_batch_size"] for row in store.steps_of([run_id])}
     points = [p.to_json() for p in found.points]
     for point in points:  # the EBS auto trained at after the state (the next step's)

@@ -82,8 +82,11 @@ def critical_curves(states: Sequence[dict[str, Any]], branches: Sequence[dict[st
     used. B_simple at a state saved after epoch e is epoch e's."""
     noise = {(row["run_id"], row["epoch"]): row.get("noise_scale") for row in epochs}
     by_state: dict[int, list[dict[str, Any]]] = {}
-    for row in branches:
+    latest: dict[int, float] = {}  # each run's tolerance: its latest branch's
+    for row in sorted(branches, key=lambda r: r.get("id") or 0):
         by_state.setdefault(row["state_id"], []).append(row)
+        if row.get("tolerance"):
+            latest[row["run_id"]] = row["tolerance"]
     curves: dict[int, CriticalCurve] = {}
     for state in sorted(states, key=lambda s: (s["run_id"], s["step"])):
         rows = by_state.get(state["id"])
@@ -93,17 +96,24 @@ def critical_curves(states: Sequence[dict[str, Any]], branches: Sequence[dict[st
         rows = [row for row in rows if row["samples"] == longest]
         losses, accuracies, seeds = {}, {}, {}
         for size in sorted({row["effective_batch_size"] for row in rows}):
-            at = [row for row in rows if row["effective_batch_size"] == size]
-            losses[size] = sum(row["val_loss"] for row in at) / len(at)
-            accuracies[size] = sum(row["val_accuracy"] for row in at) / len(at)
-            seeds[size] = len(at)
+            same = [row for row in rows if row["effective_batch_size"] == size]
+            losses[size] = sum(row["val_loss"] for row in same) / len(same)
+            accuracies[size] = sum(row["val_accuracy"] for row in same) / len(same)
+            seeds[size] = len(same)
         epoch = state["epoch"]
         b_simple = noise.get((state["run_id"], round(epoch))) if float(epoch).is_integer() and epoch > 0 else None
-        at = tolerance if tolerance is not None else next(
-            (row["tolerance"] for row in sorted(branches, key=lambda r: r.get("id") or 0, reverse=True)
-             if row["run_id"] == state["run_id"] and row.get("tolerance")), DEFAULT_TOLERANCE)
+        at = tolerance if tolerance is not None else latest.get(state["run_id"], DEFAULT_TOLERANCE)
         point = CriticalPoint(state["run_id"], state["step"], epoch, state["samples_seen"], losses, accuracies,
                               min(seeds.values()), critical_batch_size(losses, at),
                               b_simple if b_simple is None or math.isfinite(b_simple) else None, longest)
         curves.setdefault(state["run_id"], CriticalCurve(state["run_id"], at)).points.append(point)
     return list(curves.values())
+
+
+def curves_of(store: Any, run_ids: Sequence[int], tolerance: float | None = None) -> list[CriticalCurve]:
+    """The curves of those of these runs that have saved states with branches, read from an open store."""
+    states = store.states_of(list(run_ids))
+    with_states = sorted({state["run_id"] for state in states})
+    if not with_states:
+        return []
+    return critical_curves(states, store.branches_of(with_states), store.epochs_of(with_states), tolerance)

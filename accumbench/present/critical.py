@@ -48,13 +48,11 @@ def critical_figure_png(curves: Sequence[CriticalCurve]) -> bytes | None:
     """B_crit measured by branching at each saved state (solid), beside B_simple from the micro-batches at the
     same points (dotted), per run, on a log scale against epochs trained; None without matplotlib or points."""
     try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         return None
-    import io
-
     from accumbench.present.headline_figure import DPI
+    from accumbench.present.plots import png_bytes
 
     if not any(curve.points for curve in curves):
         return None
@@ -72,8 +70,4 @@ def critical_figure_png(curves: Sequence[CriticalCurve]) -> bytes | None:
            title="The critical batch size along training (branching) beside B_simple (noise scale)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=DPI)
-    fig.clear()
-    return buffer.getvalue()
+    return png_bytes(fig)

@@ -311,19 +311,21 @@ def figure_pngs(epochs: pd.DataFrame, steps: pd.DataFrame, out_dir: Path = Path(
                 b_crit: dict[str, float] | None = None, headlines: tuple = (), curves: str = "best",
                 metric: str = "val_accuracy") -> dict[Path, bytes]:
     """build_figures rendered: each figure's PNG bytes, for files (--plot) and for the study page."""
+    figures = build_figures(epochs, steps, out_dir, lr_grids, b_crit, headlines, curves, metric)
+    return {path: png_bytes(fig) for path, fig in figures.items()}
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """One figure as PNG bytes, then cleared."""
     import io
 
-    figures = build_figures(epochs, steps, out_dir, lr_grids, b_crit, headlines, curves, metric)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    out = {}
-    for path, fig in figures.items():
-        FigureCanvasAgg(fig)  # attaches itself to the figure: PNG output without pyplot's backend
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI)
-        fig.clear()  # no pyplot registry holds it: clearing frees its artists now, not at the next GC
-        out[path] = buffer.getvalue()
-    return out
+    FigureCanvasAgg(fig)  # attaches itself to the figure: PNG output without pyplot's backend
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    fig.clear()  # no pyplot registry holds it: clearing frees its artists now, not at the next GC
+    return buffer.getvalue()
 
 
 def write_pngs(pngs: dict[Path, bytes], out_dir: Path) -> list[Path]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from accumbench.analysis import answer, pick
 from accumbench.analysis.cells import backend_comparison, cell_table, noise_per_run, plot_frames
-from accumbench.analysis.critical_batch import critical_curves
+from accumbench.analysis.critical_batch import curves_of
 from accumbench.analysis.headline import headline
 from accumbench.analysis.racing import race_summary
 from accumbench.analysis.runs import NoRuns, count_running, load_predictions, load_runs
@@ -116,7 +116,7 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
                                                                     b_crit=b_crit, headlines=headlines,
                                                                     curves=request.curves,
                                                                     metric=request.metric).items()}
-    curves = critical_curves(*_branch_rows(store, data))  # accumbench branch: the critical batch size along training
+    curves = curves_of(store, data.runs["run_id"].astype(int).tolist())  # accumbench branch: the critical batch size
     if curves and (request.fmt == "html" or request.plot is not None) and (png := critical_figure_png(curves)):
         pngs[FIGURE] = png
     if request.fmt == "html":
@@ -132,14 +132,6 @@ def build(store: Any, request: ReportRequest, width: int | None = None,
         text += _answers(picks) if request.fmt == "markdown" else ""
         text += f"\n```\n{curve_text(curves)}```\n" if curves and request.fmt == "markdown" else ""
     return text, pngs
-
-
-def _branch_rows(store: Any, data: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    """The reported runs' saved states, their branches and their epochs (for B_simple beside B_crit)."""
-    ids = [int(run_id) for run_id in data.runs["run_id"]]
-    states = store.states_of(ids)
-    with_states = sorted({state["run_id"] for state in states})
-    return states, store.branches_of(with_states), store.epochs_of(with_states) if with_states else []
 
 
 def _answers(picks: list[Any], width: int | None = None) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from accumbench import accumulation
-from accumbench.analysis.critical_batch import DEFAULT_TOLERANCE, CriticalCurve, check_tolerance, critical_curves
+from accumbench.analysis.critical_batch import DEFAULT_TOLERANCE, CriticalCurve, check_tolerance, curves_of
 from accumbench.config import RunConfig
 from accumbench.ebs_schedule import EPOCH, parse_points
 from accumbench.errors import UserError
@@ -104,9 +104,8 @@ def branch(plan: BranchPlan, db: str | None = None, report: Callable[[dict[str, 
                         "training samples; a branch trains part of one epoch")
     with Store.open(url) as store:
         _train_branches(plan, config, states, store, report)
-        curves = critical_curves(store.states_of([plan.run_id]), store.branches_of([plan.run_id]),
-                                 store.epochs_of([plan.run_id]), plan.tolerance)
-    return curves[0]
+        [curve] = curves_of(store, [plan.run_id], plan.tolerance)
+    return curve
 
 
 def _train_branches(plan: BranchPlan, config: RunConfig, states: Sequence[dict[str, Any]], store: Store,
@@ -131,6 +130,7 @@ def train_one_branch(prepared: Any, saved: dict[str, Any], state: dict[str, Any]
     """One branch from `saved`: its branches row."""
     import torch
 
+    from accumbench.data import pipeline
     from accumbench.runtime.engine import evaluate
     from accumbench.runtime.preparation import make_backend
 
@@ -145,13 +145,10 @@ def train_one_branch(prepared: Any, saved: dict[str, Any], state: dict[str, Any]
         torch.manual_seed(seed)
         train = prepared.splits["train"]
         next_epoch = int(state["epoch"]) + 1
-        order = accumulation.epoch_order(len(train), seed, next_epoch)[: plan.samples]
-        lengths = train.lengths if config.group_by_length else None
-        groups = [accumulation.cut_group(sorted(chunk, key=lambda i: -lengths[i]) if lengths is not None else chunk,
-                                         config.micro_batch_size, backend.world_size, size)
-                  for chunk in (order[start : start + size] for start in range(0, plan.samples, size))]
-        from accumbench.data import pipeline
-
+        # The next epoch's order, its first `samples` samples in groups of this EBS: the training plan's own cut.
+        groups = accumulation.cut_groups(accumulation.epoch_order(len(train), seed, next_epoch)[: plan.samples],
+                                         [size] * (plan.samples // size), config.micro_batch_size, backend.world_size,
+                                         train.lengths if config.group_by_length else None)
         started = time.perf_counter()
         stats = backend.train_epoch(groups, lambda idx: pipeline.collate(train, idx, prepared.pad_token_id), next_epoch,
                                     config.grad_clip, state["step"], state["samples_seen"])

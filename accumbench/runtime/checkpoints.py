@@ -18,7 +18,7 @@ from typing import Any
 from accumbench.config import RunConfig
 from accumbench.errors import UserError, first_line
 from accumbench.files import write_aside
-from accumbench.store import database_name, sqlite_path
+from accumbench.store import DEFAULT_DB, database_name, sqlite_path
 
 # A checkpoint's two files (inference.py reads them back).
 CHECKPOINT_WEIGHTS, CHECKPOINT_META = "model.safetensors", "accumbench.json"
@@ -33,7 +33,7 @@ def checkpoint_root(url: str, config: RunConfig | None = None) -> Path:
         return Path(config.checkpoint_dir).expanduser()
     path = sqlite_path(url)
     root = (path.parent if path else Path.cwd()) / "checkpoints"
-    return root if path is not None and path.name == "runs.db" else root / database_name(url)
+    return root if path is not None and path.name == DEFAULT_DB else root / database_name(url)
 
 
 def require_writable_checkpoints(url: str, config: RunConfig) -> None:

@@ -277,8 +277,9 @@ def _record_epoch(run: RunLoop, row: dict[str, Any], stats: EpochStats, evals: l
 
 @dataclass
 class EvalsBetween:
-    """--eval-every: validation between epochs' ends, for steps-to-target (the epoch's last step is evaluated
-    with the epoch). Its time is not training time."""
+    """What happens after an optimizer step, between epochs' ends: --save-states at steps, and --eval-every's
+    validation, for steps-to-target (the epoch's last step is evaluated with the epoch; its time is not training
+    time)."""
 
     run: RunLoop
     epoch: int

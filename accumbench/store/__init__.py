@@ -32,6 +32,7 @@ from accumbench.errors import UserError
 from accumbench.store.branches import BranchRecords
 from accumbench.store.claims import SweepClaims
 from accumbench.store.connection import (
+    DEFAULT_DB,
     RESERVE_BYTES,
     _check_parent_dir,
     _lock_for_schema,
@@ -66,7 +67,7 @@ from accumbench.vocabulary import (
 )
 
 __all__ = [
-    "Store", "NullStore", "open_for_reading", "resolve_db_url", "sqlite_path", "display_url", "portable_url", "database_name", "SCHEMA_VERSION", "RESERVE_BYTES",
+    "Store", "NullStore", "open_for_reading", "resolve_db_url", "sqlite_path", "display_url", "portable_url", "database_name", "DEFAULT_DB", "SCHEMA_VERSION", "RESERVE_BYTES",
     "RUNNING", "FINISHED", "FAILED", "KILLED", "STATUSES", "TERMINAL_STATUSES",
     "LIVE_STATUSES", "INTERRUPTED", "TERMINATED", "DIVERGED_PREFIX", "STALE_ERROR",
 ]

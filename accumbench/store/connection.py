@@ -20,12 +20,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from accumbench.errors import StoreUnavailable, UserError, first_line
 
+DEFAULT_DB = "runs.db"  # the store when neither --db nor $ACCUMBENCH_DB names one, in the working directory
+
 
 def resolve_db_url(db: str | None) -> str:
     """None -> env ACCUMBENCH_DB, else './runs.db'. A string containing '://'
     is a SQLAlchemy URL used as is; otherwise a file path -> 'sqlite:///<abs>'."""
     if db is None:
-        db = os.environ.get("ACCUMBENCH_DB") or "./runs.db"
+        db = os.environ.get("ACCUMBENCH_DB") or f"./{DEFAULT_DB}"
     if "://" in db:
         return db
     return "sqlite:///" + str(pathlib.Path(db).expanduser().resolve())

@@ -343,13 +343,13 @@ def grid_shape(spec: SweepSpec) -> str:
     names = {"model": "models", "backend": "backends", "lr_scaling": "lr rules", "scaling_rule": "rule bundles",
              "beta1_scaling": "β1 rules", "beta2_scaling": "β2 rules", "eps_scaling": "ε rules",
              "weight_decay_scaling": "wd rules", "seed": "seeds", "lr": "lrs", "effective_batch_size": "EBS"}
-    schedules = len(spec.axes.get("ebs_schedule", (None,))) - 1
-    sizes = [f"{len(values)} {names[name]}" for name, values in spec.axes.items()
-             if len(values) > 1 and name != "ebs_schedule"]
-    if schedules:
-        sizes = [size + f" + {schedules} schedule{'s' if schedules > 1 else ''}" if size.endswith(" EBS") else size
-                 for size in sizes] if len(spec.axes["effective_batch_size"]) > 1 else [
-                     *sizes, f"1 EBS + {schedules} schedule{'s' if schedules > 1 else ''}"]
+    schedules = len(spec.axes.get("ebs_schedule", (None,))) - 1  # its first value, None, is the fixed EBS
+    sizes = []
+    for name, values in spec.axes.items():  # the schedules are EBS arms beside the fixed ones: '3 EBS + 2 schedules'
+        if name == "effective_batch_size" and schedules:
+            sizes.append(f"{len(values)} EBS + {schedules} schedule{'s' if schedules > 1 else ''}")
+        elif len(values) > 1 and name != "ebs_schedule":
+            sizes.append(f"{len(values)} {names[name]}")
     product_size = math.prod(len(values) for name, values in spec.axes.items()
                              if name not in ("ebs_schedule", "effective_batch_size"))
     product_size *= len(spec.axes["effective_batch_size"]) + schedules
