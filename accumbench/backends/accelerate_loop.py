@@ -18,6 +18,7 @@ Several processes: `accelerate launch --multi_gpu --num_processes N -m accumbenc
 
 from __future__ import annotations
 
+import contextlib
 import gc
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -26,12 +27,15 @@ import torch
 
 from accumbench.accumulation import OptimizerGroup
 from accumbench.backends.base import (
+    AUTOCAST_DTYPES,
     Backend,
     BackendSetup,
     BatchFn,
+    group_autocast,
     make_optimizer,
     make_scheduler,
     micro_batch_loss,
+    outside_autocast,
     rank_inputs,
 )
 
@@ -91,6 +95,7 @@ class AccelerateBackend(Backend):
             dataloader_config=DataLoaderConfiguration(even_batches=False, non_blocking=True),
             dynamo_backend="inductor" if setup.compile else "no",
         )
+        self._autocast_dtype = AUTOCAST_DTYPES.get(setup.precision)  # Accelerate's own, for the group's region
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self._plan = _PlanBatches(self.world_size)
@@ -123,34 +128,41 @@ class AccelerateBackend(Backend):
         expected = ((g, m, s == len(g.micro_steps) - 1)
                     for g in groups for s, m in enumerate(g.for_rank(self.rank)))
         loss_sum = correct = None
-        for batch in self.loader:
-            group, micro, at_boundary = next(expected)
-            if self.settings_at is not None and group.effective_batch_size != self._group_ebs:
-                self._accumulate_for(group)
-            if loss_sum is None:
-                loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-                correct = torch.zeros((), device=self.device, dtype=torch.long)
-            if batch["indices"] != list(micro.indices or group.indices[:1]):
-                raise RuntimeError("Accelerate's dataloader reordered the accumulation plan")
-            if self.noise_norms is not None:
-                self.noise_norms.rows_used(batch["input_ids"])
-            with self.accelerator.accumulate(self.model):
-                loss, n_correct = micro_batch_loss(self.model, batch)
-                # backward() divides by k; multiplying by k leaves the exact weight n_micro / n_group (x W).
-                self.accelerator.backward(loss * batch["weight"] * self.accelerator.gradient_accumulation_steps)
+        device, dtype = self.device.type, self._autocast_dtype
+        # The group's autocast region (see group_autocast), left before each step; and on an error.
+        with contextlib.ExitStack() as region:
+            for batch in self.loader:
+                group, micro, at_boundary = next(expected)
+                if self.settings_at is not None and group.effective_batch_size != self._group_ebs:
+                    self._accumulate_for(group)
+                if loss_sum is None:
+                    loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+                    correct = torch.zeros((), device=self.device, dtype=torch.long)
+                    # Accelerate's own autocast wraps each forward; inside this region its exit keeps the cast cache.
+                    region.enter_context(group_autocast(device, dtype))
+                if batch["indices"] != list(micro.indices or group.indices[:1]):
+                    raise RuntimeError("Accelerate's dataloader reordered the accumulation plan")
                 if self.noise_norms is not None:
-                    self.noise_norms.micro_batch_done(len(micro), batch["weight"])
-                if batch["real"]:
-                    loss_sum += loss.detach().double() * len(micro)
-                    correct += n_correct
-                if self.accelerator.sync_gradients != at_boundary:
-                    raise RuntimeError(
-                        f"Accelerate synced gradients at micro-step boundary={self.accelerator.sync_gradients}, "
-                        f"but the plan says {at_boundary}: refusing to take a wrong step"
-                    )
-                if at_boundary:
-                    yield group, loss_sum, correct
-                    loss_sum = correct = None
+                    self.noise_norms.rows_used(batch["input_ids"])
+                with self.accelerator.accumulate(self.model):
+                    loss, n_correct = micro_batch_loss(self.model, batch)
+                    # backward() divides by k; multiplying by k leaves the exact weight n_micro / n_group (x W).
+                    with outside_autocast(device, dtype):
+                        self.accelerator.backward(loss * batch["weight"] * self.accelerator.gradient_accumulation_steps)
+                    if self.noise_norms is not None:
+                        self.noise_norms.micro_batch_done(len(micro), batch["weight"])
+                    if batch["real"]:
+                        loss_sum += loss.detach().double() * len(micro)
+                        correct += n_correct
+                    if self.accelerator.sync_gradients != at_boundary:
+                        raise RuntimeError(
+                            f"Accelerate synced gradients at micro-step boundary={self.accelerator.sync_gradients}, "
+                            f"but the plan says {at_boundary}: refusing to take a wrong step"
+                        )
+                    if at_boundary:
+                        region.close()
+                        yield group, loss_sum, correct
+                        loss_sum = correct = None
 
     def _accumulate_for(self, group: OptimizerGroup) -> None:
         """--ebs-schedule: Accelerate syncs every k-th micro-step, counting from its own step counter, so at a

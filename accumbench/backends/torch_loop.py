@@ -21,12 +21,14 @@ from accumbench.backends.base import (
     Backend,
     BackendSetup,
     BatchFn,
+    group_autocast,
     local_device,
     make_optimizer,
     make_scheduler,
     micro_batch_loss,
+    outside_autocast,
+    prefetched,
     rank_inputs,
-    to_device,
 )
 
 
@@ -66,23 +68,25 @@ class TorchBackend(Backend):
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         micro_batches = group.for_rank(self.rank)
-        for i, micro in enumerate(micro_batches):
-            at_boundary = i == len(micro_batches) - 1
-            # DDP all-reduces on every backward unless told not to: only the last micro-step syncs.
-            sync = contextlib.nullcontext() if at_boundary or self.world_size == 1 else self.model.no_sync()
-            batch = to_device(batch_for(rank_inputs(micro, group)), self.device)
-            if self.noise_norms is not None:
-                self.noise_norms.rows_used(batch["input_ids"])
-            with sync:
-                with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        device, dtype = self.device.type, self.autocast_dtype
+        batches = prefetched([rank_inputs(micro, group) for micro in micro_batches], batch_for, self.device)
+        with group_autocast(device, dtype):  # weights cast once per group: see group_autocast
+            for i, (micro, batch) in enumerate(zip(micro_batches, batches)):
+                at_boundary = i == len(micro_batches) - 1
+                # DDP all-reduces on every backward unless told not to: only the last micro-step syncs.
+                sync = contextlib.nullcontext() if at_boundary or self.world_size == 1 else self.model.no_sync()
+                if self.noise_norms is not None:
+                    self.noise_norms.rows_used(batch["input_ids"])
+                with sync:
                     loss, n_correct = micro_batch_loss(self.model, batch)
-                # weight = world_size * n_micro / n_group (0 for a stand-in): see accumulation.py.
-                self.scaler.scale(loss * micro.weight).backward()
-            if self.noise_norms is not None:
-                self.noise_norms.micro_batch_done(len(micro), micro.weight)
-            if len(micro):
-                loss_sum += loss.detach().double() * len(micro)
-                correct += n_correct
+                    # weight = world_size * n_micro / n_group (0 for a stand-in): see accumulation.py.
+                    with outside_autocast(device, dtype):
+                        self.scaler.scale(loss * micro.weight).backward()
+                if self.noise_norms is not None:
+                    self.noise_norms.micro_batch_done(len(micro), micro.weight)
+                if len(micro):
+                    loss_sum += loss.detach().double() * len(micro)
+                    correct += n_correct
         return loss_sum, correct
 
     def grad_scale(self) -> float:
