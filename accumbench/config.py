@@ -54,6 +54,8 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "linear", "cosine")
 POOLINGS = ("cls", "mean")
 BUDGETS = ("epochs", "steps")
+CUDA_GRAPHS = ("auto", "on", "off")  # auto: on where graphs can run (backends/static_step.graphs_possible)
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # torch.compile's modes that leave graphs to us
 
 # Fields that never change what a run computes, so they stay out of config_hash.
 # The noise scale and evaluations between epochs' ends are measurements: they read the gradients and
@@ -68,7 +70,8 @@ _EARLIER_RUNS_HAD = {"lr_scaling": "none", "base_batch_size": 64, "budget": "epo
                      "data_seed": None, "group_by_length": False, "compile": False, "text_pair_column": None,
                      "dataset_config": None, "positive_label": None, "adam_beta1": 0.9, "adam_beta2": 0.999,
                      "adam_eps": 1e-8, "beta1_scaling": "none", "beta2_scaling": "none", "eps_scaling": "none",
-                     "weight_decay_scaling": "none", "ebs_schedule": None}
+                     "weight_decay_scaling": "none", "ebs_schedule": None, "cuda_graphs": "auto",
+                     "compile_mode": "default"}
 
 
 @dataclass(frozen=True)
@@ -114,7 +117,9 @@ class RunConfig:
     positive_label: Optional[str] = field(default=None, metadata={"help": "The positive class of a two-label task, for F1 (default: the second label in sorted order, id 1)."})
     drop_last: bool = field(default=False, metadata={"help": "Drop the short last optimizer group of each epoch."})
     group_by_length: bool = field(default=True, metadata={"help": "Sort each optimizer group by length before cutting micro-batches: less padding, same gradient."})
-    compile: bool = field(default=False, metadata={"help": "torch.compile the model (pays off on a GPU for long runs)."})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model, at static shapes (micro-batches padded to lengths in steps of 32): each shape compiles once."})
+    compile_mode: str = field(default="default", metadata={"help": "torch.compile's mode with --compile: default, or max-autotune-no-cudagraphs (tuned kernels, a longer compile)."})
+    cuda_graphs: str = field(default="auto", metadata={"help": "Replay each micro-batch's forward and backward, and the optimizer step, as CUDA graphs at static shapes: auto (on with a CUDA GPU, bf16, --backend torch and one process), on or off."})
     noise_scale: bool = field(default=True, metadata={"help": "Measure the gradient noise scale B_simple from the micro-batch gradients (runs of 2+ micro-batches per step)."})
     noise_scale_every: int = field(default=1, metadata={"help": "Write the noise scale into the steps table every N optimizer steps."})
     noise_scale_decay: float = field(default=0.99, metadata={"help": "EMA decay of the noise-scale averages, restarted every epoch."})
@@ -284,7 +289,8 @@ _POSITIVE_OR_NONE = ("max_train_samples", "max_eval_samples", "train_steps", "ev
 _CHOICES = {"backend": BACKENDS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "pooling": POOLINGS,
             "precision": PRECISIONS, "lr_scaling": LR_SCALINGS, "budget": BUDGETS,
             "beta1_scaling": BETA_SCALINGS, "beta2_scaling": BETA_SCALINGS, "eps_scaling": EPS_SCALINGS,
-            "weight_decay_scaling": WEIGHT_DECAY_SCALINGS, "scaling_rule": SCALING_RULES}
+            "weight_decay_scaling": WEIGHT_DECAY_SCALINGS, "scaling_rule": SCALING_RULES,
+            "cuda_graphs": CUDA_GRAPHS, "compile_mode": COMPILE_MODES}
 # In [0, 1), with an example.
 _UNIT_INTERVAL = {"warmup_ratio": "--warmup-ratio 0.1", "dropout": "--dropout 0.1", "noise_scale_decay": "0.99"}
 

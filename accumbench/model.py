@@ -104,7 +104,8 @@ class TextClassifier(nn.Module):
         """attention_mask None: no padding in this batch (see data.collate). token_type_ids: a pair's
         segments, given only to encoders that embed them (ModernBERT's forward takes none)."""
         segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
+        hidden = self.encoder(input_ids=input_ids, attention_mask=encoder_mask(self.encoder.config, attention_mask),
+                              **segments).last_hidden_state
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         elif attention_mask is None:
@@ -113,3 +114,25 @@ class TextClassifier(nn.Module):
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
         return self.head(self.dropout(pooled))
+
+
+# Encoders whose masks transformers builds with masking_utils, which passes a ready 4D mask through untouched.
+_PREBUILT_MASKS = ("bert", "modernbert")
+
+
+def encoder_mask(config: Any, attention_mask: torch.Tensor | None) -> Any:
+    """The encoder's attention mask, built here from the [batch, length] 0/1 mask where transformers would ask
+    the GPU about it. Given a 2D mask, transformers' SDPA path checks `padding_mask.all()` in a Python `if`,
+    once per mask it builds (BERT one, ModernBERT two): a host-device sync on every forward, and an error
+    inside a CUDA graph capture. A ready boolean mask (True: attend) is used as-is, and computes the same
+    numbers (the same mask, bit for bit). ModernBERT takes one per layer type: its local layers see only keys
+    within `sliding_window` positions. Other encoders and attention implementations get the 2D mask as before."""
+    if (attention_mask is None or attention_mask.dim() != 2 or getattr(config, "model_type", None) not in _PREBUILT_MASKS
+            or getattr(config, "_attn_implementation", None) != "sdpa"):
+        return attention_mask
+    keys = attention_mask.bool()[:, None, None, :]  # [batch, 1, 1, length]: every query sees the real keys
+    if config.model_type != "modernbert":
+        return keys
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    window = (positions[:, None] - positions[None, :]).abs() <= config.sliding_window
+    return {"full_attention": keys, "sliding_attention": keys & window}

@@ -333,15 +333,17 @@ class Backend:
             if self.settings_at is not None and group.effective_batch_size != self.settings_ebs:
                 self.use_settings(self.settings_at(group.effective_batch_size), group.effective_batch_size)
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
-            numbers = self._step_numbers(loss_sum, correct)  # before the step: see _step_numbers
+            numbers, counts = self._step_numbers(loss_sum, correct)  # before the step: see _step_numbers
             grad_norm, skipped = self.optimizer_step(grad_clip)
-            # One small all-reduce per step: the group's loss and accuracy (and micro-batch norms) over every rank.
+            # One small all-reduce per step: the group's loss and accuracy (and micro-batch norms) over every rank;
+            # the gradient norm (already the same on every rank) joins them after it, to be read with them.
             totals = self.all_reduce_sum(torch.stack(numbers))
+            totals = torch.cat([totals, grad_norm.detach().reshape(1).to(totals.dtype)])
             taken, taken_samples = taken + 1, taken_samples + len(group)
             after_step(steps_before + taken, samples_before + taken_samples)
             if pending is not None:
                 self._record_step(stats, *pending, on_step)
-            pending = (group, lr, totals, grad_norm, skipped)
+            pending = (group, lr, totals, counts, skipped)
         if pending is not None:
             self._record_step(stats, *pending, on_step)
         return stats
@@ -363,22 +365,28 @@ class Backend:
                 group["initial_lr"] *= ratio
         self.settings_ebs = effective_batch_size
 
-    def _step_numbers(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> list[torch.Tensor]:
-        """A group's numbers, still on the device: loss sum, correct and (when measuring) the micro-batch norms.
-        Taken before the optimizer step: its unscaling leaves .grad, not the hooks' sums, divided by the scale."""
-        numbers = [loss_sum, correct.to(loss_sum.dtype)]
+    def _step_numbers(self, loss_sum: torch.Tensor, correct: torch.Tensor) -> tuple[list[torch.Tensor], list[float]]:
+        """A group's numbers: on the device, loss sum, correct and (when measuring) the micro-batch norms' sum;
+        on the host, the micro-batch counts the norms need. Taken before the optimizer step: its unscaling leaves
+        .grad, not the hooks' sums, divided by the scale. The counts go to the device only to be summed over
+        ranks: a copy from pageable host memory would make the host wait."""
+        numbers, counts = [loss_sum, correct.to(loss_sum.dtype)], []
         if self.noise_norms is not None:
             micro_sq_sum, inverse_size_sum, micro_batches = self.noise_norms.take()
-            counts = torch.tensor([inverse_size_sum, micro_batches], dtype=loss_sum.dtype, device=loss_sum.device)
-            numbers += [micro_sq_sum / self.grad_scale() ** 2, *counts]
-        return numbers
+            numbers.append(micro_sq_sum / self.grad_scale() ** 2)
+            counts = [inverse_size_sum, float(micro_batches)]
+            if self.world_size > 1:
+                numbers += list(torch.tensor(counts, dtype=loss_sum.dtype, device=loss_sum.device))
+                counts = []
+        return numbers, counts
 
     def _record_step(self, stats: EpochStats, group: OptimizerGroup, lr: float, totals: torch.Tensor,
-                     grad_norm: torch.Tensor, skipped: bool, on_step: Callable[[int, float], None]) -> None:
+                     counts: list[float], skipped: bool, on_step: Callable[[int, float], None]) -> None:
         """Add one step to the epoch's numbers and step rows; Diverged when its loss is NaN or infinite."""
-        # The one read from the device per optimizer step: loss, correct and (when measuring) the
-        # micro-batch norms, all in one tensor.
-        loss_sum, correct, *micro = totals.tolist()
+        # The one read from the device per optimizer step, a step late: loss, correct, (when measuring) the
+        # micro-batch norms' sum and the gradient norm, all in one tensor.
+        *numbers, grad_norm = totals.tolist()
+        loss_sum, correct, *micro = numbers + counts
         stats.loss_sum += loss_sum
         stats.correct += round(correct)
         stats.samples += len(group)
@@ -386,7 +394,7 @@ class Backend:
         stats.skipped_steps += int(skipped)
         row = dict(step=stats.steps_before + stats.optimizer_steps, epoch=stats.epoch,
                    samples_seen=stats.samples_before + stats.samples, loss=loss_sum / len(group),
-                   grad_norm=float(grad_norm), lr=lr, effective_batch_size=group.effective_batch_size)
+                   grad_norm=grad_norm, lr=lr, effective_batch_size=group.effective_batch_size)
         if micro and not skipped:
             row.update(self._noise_update(stats.noise, GroupNorms(
                 micro_sq_sum=micro[0], inverse_size_sum=micro[1], micro_batches=round(micro[2]),
