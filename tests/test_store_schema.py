@@ -26,7 +26,7 @@ EXPECTED_COLUMNS = {
         "beta1", "beta2", "eps", "weight_decay", "beta1_scaling", "beta2_scaling", "eps_scaling", "weight_decay_scaling",
         "scaling_rule",
         # schema 10: racing by the margin
-        "pruned_deficit", "pruned_bound",
+        "pruned_deficit", "pruned_bound", "cuda_graphs",
     },
     "epochs": {
         "id", "run_id", "epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy",

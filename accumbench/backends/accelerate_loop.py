@@ -79,7 +79,7 @@ class AccelerateBackend(Backend):
     def __init__(self, model: torch.nn.Module, setup: BackendSetup) -> None:
         from accelerate import Accelerator
         from accelerate.state import AcceleratorState, GradientState
-        from accelerate.utils import DataLoaderConfiguration
+        from accelerate.utils import DataLoaderConfiguration, TorchDynamoPlugin
 
         # Accelerate keeps process-wide singletons; a second run in the same process (tests, sweeps)
         # must not inherit the first one's accumulation steps or precision. The process group stays.
@@ -93,7 +93,8 @@ class AccelerateBackend(Backend):
             step_scheduler_with_optimizer=False,
             # non_blocking: batches come from pinned memory (pin_memory below), so copies overlap compute.
             dataloader_config=DataLoaderConfiguration(even_batches=False, non_blocking=True),
-            dynamo_backend="inductor" if setup.compile else "no",
+            dynamo_plugin=TorchDynamoPlugin(backend="inductor" if setup.compile else "no",
+                                            mode=None if setup.compile_mode == "default" else setup.compile_mode),
         )
         self._autocast_dtype = AUTOCAST_DTYPES.get(setup.precision)  # Accelerate's own, for the group's region
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes

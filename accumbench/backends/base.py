@@ -82,6 +82,20 @@ def micro_batch_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
     return loss, (logits.detach().argmax(dim=-1) == batch["labels"]).sum()
 
 
+def weighted_rows_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A static-shape micro-batch's loss (static_step.pad_batch): sum_i w_i CE_i over its rows, where a real
+    row of n weighs weight/n and a padding row 0, so it equals micro_batch_loss's mean times the weight.
+    Also the real rows' CE sum and correct count, on the device (floats)."""
+    logits = model(batch["input_ids"], batch["attention_mask"], **segment_ids(batch))
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    per_row = F.cross_entropy(logits, batch["labels"], reduction="none")
+    real = batch["real"].to(per_row.dtype)
+    loss = (per_row * batch["row_weights"].to(per_row.dtype)).sum()
+    correct = ((logits.detach().argmax(dim=-1) == batch["labels"]).to(real.dtype) * real).sum()
+    return loss, (per_row.detach() * real).sum(), correct
+
+
 def logits_by_length(model: torch.nn.Module, lengths: Sequence[int], batch_size: int, batch_for: BatchFn,
                      device: torch.device, rank: int = 0, world_size: int = 1
                      ) -> Iterator[tuple[list[int], dict[str, torch.Tensor], torch.Tensor]]:
@@ -243,6 +257,12 @@ class BackendSetup:
     eps: float = 1e-8
     precision: str = "no"
     compile: bool = False
+    compile_mode: str = "default"
+    # Static shapes (static_step.py): micro-batches padded to micro_batch_size rows and lengths in steps of 32 up to
+    # max_length, for --compile; cuda_graphs records them as CUDA graphs (the torch loop, one process).
+    static_shapes: bool = False
+    cuda_graphs: bool = False
+    max_length: int = 0
     # Micro-steps per optimizer step (world x micro x k = EBS): Accelerate's gradient_accumulation_steps. The
     # torch loop reads each group's micro-batches from the plan instead.
     accumulation_steps: int = 1

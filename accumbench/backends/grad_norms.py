@@ -78,17 +78,34 @@ class MicroBatchGradNorms:
     def micro_batch_done(self, size: int, weight: float) -> None:
         """After a micro-batch's backward: its |weight · g|² becomes |g|². A stand-in (weight 0, an
         empty micro-batch that only joins the all-reduce) counts for nothing."""
-        import torch
 
         if size and weight:
-            if self.batched:
-                grads = [g.detach() if g.dtype == self._dtype else g.detach().to(self._dtype) for g in self._grads]
-                current = torch.nn.utils.get_total_norm(grads, foreach=True).double().square() if grads else 0.0
-            else:
-                current = torch.stack(self._squares).double().sum() if self._squares else 0.0
-            self.sum_sq += current / weight**2
+            self.sum_sq += self._current() / weight**2
+            self.count(size)
+        self._done()
+
+    def add_weighted(self, weight: Any) -> None:
+        """micro_batch_done's device half, for a step recorded as a CUDA graph: the weight is a device tensor (of a
+        real micro-batch, or 1 for a stand-in whose gradient is zero), and the host counts with count()."""
+        self.sum_sq += self._current() / weight.double().reshape(()).square()
+        self._done()
+
+    def count(self, size: int) -> None:
+        """A real micro-batch of `size` samples joins the group's counts (micro_batch_done's host half)."""
+        if size:
             self.inverse_size_sum += 1.0 / size
             self.micro_batches += 1
+
+    def _current(self) -> Any:
+        """|this backward's gradient|² (still weighted), on the device."""
+        import torch
+
+        if self.batched:
+            grads = [g.detach() if g.dtype == self._dtype else g.detach().to(self._dtype) for g in self._grads]
+            return torch.nn.utils.get_total_norm(grads, foreach=True).double().square() if grads else 0.0
+        return torch.stack(self._squares).double().sum() if self._squares else 0.0
+
+    def _done(self) -> None:
         self._grads.clear()
         self._squares.clear()
         self._rows = None

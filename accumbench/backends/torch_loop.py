@@ -29,7 +29,11 @@ from accumbench.backends.base import (
     outside_autocast,
     prefetched,
     rank_inputs,
+    to_device,
+    weighted_rows_loss,
 )
+from accumbench.backends.static_step import CudaGraphs, EagerGraphs, StepGraphs, compiled, pad_batch, static_length
+from accumbench.optim_scaling import OptimizerSettings
 
 
 class TorchBackend(Backend):
@@ -43,7 +47,7 @@ class TorchBackend(Backend):
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self._module = model.to(self.device)
         # torch.compile wraps the module; parameters, state dict and evaluation stay the plain module's.
-        self.model: torch.nn.Module = torch.compile(self._module) if setup.compile else self._module
+        self.model: torch.nn.Module = compiled(self._module, setup) if setup.compile else self._module
         if self.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -54,6 +58,14 @@ class TorchBackend(Backend):
         self.autocast_dtype = AUTOCAST_DTYPES.get(setup.precision)
         # fp16 needs loss scaling; with enabled=False the scaler is a no-op pass-through.
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=setup.precision == "fp16")
+        # Static shapes for --compile and CUDA graphs (static_step.py); graphs only where resolve_cuda_graphs allows.
+        self.static_shapes, self.max_length = setup.static_shapes or setup.cuda_graphs, setup.max_length
+        self.micro_batch_size = setup.micro_batch_size
+        self.step_graphs: StepGraphs | None = None
+        if setup.cuda_graphs:  # on the CPU (the tests), the eager stand-in for a graph
+            recorder = CudaGraphs() if self.device.type == "cuda" else EagerGraphs()
+            self.step_graphs = StepGraphs(recorder, [p for p in self._module.parameters() if p.requires_grad])
+        self._stepped = False  # the optimizer step is recorded once Adam's state exists
 
     def unwrapped_model(self) -> torch.nn.Module:
         return self._module
@@ -65,6 +77,8 @@ class TorchBackend(Backend):
 
     def accumulate(self, group: OptimizerGroup, batch_for: BatchFn) -> tuple[torch.Tensor, torch.Tensor]:
         """Leave the gradient of the group's mean loss in .grad; return this rank's (loss sum, correct)."""
+        if self.static_shapes:
+            return self._accumulate_static(group, batch_for)
         loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         micro_batches = group.for_rank(self.rank)
@@ -89,10 +103,56 @@ class TorchBackend(Backend):
                     correct += n_correct
         return loss_sum, correct
 
+    def _accumulate_static(self, group: OptimizerGroup, batch_for: BatchFn) -> tuple[torch.Tensor, torch.Tensor]:
+        """accumulate() at static shapes (static_step.py): each micro-batch padded, weighted by rows, and replayed
+        from its shape's CUDA graph when graphs are on."""
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        micro_batches = group.for_rank(self.rank)
+        rows = self.micro_batch_size or max(len(m) for m in micro_batches)
+        # Graphs cast their own weights: a cast cached across captures would leave one graph reading another's.
+        region = group_autocast(self.device.type, self.autocast_dtype) if self.step_graphs is None else contextlib.nullcontext()
+        with region:
+            for i, micro in enumerate(micro_batches):
+                collated = batch_for(rank_inputs(micro, group))
+                length = static_length(collated["input_ids"].shape[1], self.max_length or collated["input_ids"].shape[1])
+                batch = pad_batch(collated, rows, length, micro.weight, len(micro))
+                if self.noise_norms is not None:
+                    self.noise_norms.rows_used(batch["input_ids"])
+                if self.step_graphs is not None:
+                    numbers = self.step_graphs.micro_step(batch, self.device, self._forward_backward)
+                else:
+                    at_boundary = i == len(micro_batches) - 1
+                    sync = contextlib.nullcontext() if at_boundary or self.world_size == 1 else self.model.no_sync()
+                    with sync:
+                        numbers = self._forward_backward(to_device(batch, self.device))
+                if self.noise_norms is not None:
+                    self.noise_norms.count(len(micro))
+                loss_sum += numbers[0].double()
+                correct += numbers[1].double()
+        return loss_sum, correct
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+        """One static micro-batch's forward and backward, what a CUDA graph records: (loss sum, correct)."""
+        device, dtype = self.device.type, self.autocast_dtype
+        # Inside the group's region (eager) this nested one keeps its cast cache; alone (a graph) it is the region.
+        with group_autocast(device, dtype):
+            loss, loss_sum, correct = weighted_rows_loss(self.model, batch)
+            with outside_autocast(device, dtype):
+                self.scaler.scale(loss).backward()
+        if self.noise_norms is not None:
+            self.noise_norms.add_weighted(batch["weight"])
+        return [loss_sum, correct]
+
     def grad_scale(self) -> float:
         return self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
 
     def optimizer_step(self, grad_clip: float | None) -> tuple[torch.Tensor, bool]:
+        if self.step_graphs is not None and self._stepped:  # bf16: no loss scale, no skipped steps
+            grad_norm = self.step_graphs.optimizer_step(self.optimizer, lambda: self._clip_step_zero(grad_clip))
+            self.scheduler.step()
+            return grad_norm, False
+        self._stepped = True
         self.scaler.unscale_(self.optimizer)  # clip and measure true gradients, not scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(self._module.parameters(), grad_clip or float("inf"))
         scale_before = self.scaler.get_scale() if self.scaler.is_enabled() else None
@@ -101,8 +161,21 @@ class TorchBackend(Backend):
         skipped = scale_before is not None and self.scaler.get_scale() < scale_before
         if not skipped:
             self.scheduler.step()  # schedules count optimizer steps actually taken
-        self.optimizer.zero_grad(set_to_none=True)
+        # Graphs keep .grad as the same tensors from step to step (StepGraphs.static_grads).
+        self.optimizer.zero_grad(set_to_none=self.step_graphs is None)
         return grad_norm, skipped
+
+    def _clip_step_zero(self, grad_clip: float | None) -> torch.Tensor:
+        """The optimizer step a CUDA graph records: clip (or only measure), Adam, .grad zeroed in place."""
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._module.parameters(), grad_clip or float("inf"))
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=False)
+        return grad_norm
+
+    def use_settings(self, settings: OptimizerSettings, effective_batch_size: int) -> None:
+        super().use_settings(settings, effective_batch_size)
+        if self.step_graphs is not None:
+            self.step_graphs.settings_changed()
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size > 1:

@@ -2,11 +2,13 @@
 
 One group of real tokenized examples, dropout off, no optimizer step. The full-batch gradient of
 the group's mean loss (one pass, fp32) is the reference; each backend's accumulated gradient over
-micro-batches must match it, and the naive 1/k rule is shown beside them for contrast.
+micro-batches must match it, and so must the torch loop's at static shapes (--compile) and, on a GPU in
+bf16, its CUDA graphs; the naive 1/k rule is shown beside them for contrast.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -15,6 +17,7 @@ import torch.nn.functional as F
 
 from accumbench import accumulation
 from accumbench.backends.base import BackendSetup, build_backend, local_device, require_supported_precision, to_device
+from accumbench.backends.static_step import resolve_cuda_graphs
 from accumbench.config import BACKENDS, REFERENCE_BACKEND
 from accumbench.data import pipeline
 from accumbench.errors import UserError
@@ -91,7 +94,21 @@ def check_gradient_accumulation(model: str = "minilm", samples: int = 50, micro_
         backend = reference_loop if name == REFERENCE_BACKEND else build_backend(name, classifier, setup)
         next(iter(backend.accumulated([group], batch_for)))  # stops at the group's boundary: .grad holds it
         checks.append(_compare(name, _gradient(classifier), reference, TOLERANCES[precision]))
+    # The torch loop's other paths, where a run could take them: static shapes (--compile) and CUDA graphs.
+    for path, switch in torch_paths(precision) if REFERENCE_BACKEND in backends else ():
+        static = dataclasses.replace(setup, micro_batch_size=micro_batch_size, max_length=max_length, **switch)
+        next(iter(build_backend(REFERENCE_BACKEND, classifier, static).accumulated([group], batch_for)))
+        checks.append(_compare(f"{REFERENCE_BACKEND}, {path}", _gradient(classifier), reference, TOLERANCES[precision]))
     naive = accumulation.cut_group_naively(range(samples), micro_batch_size, k)
     next(iter(reference_loop.accumulated([naive], batch_for)))
     checks.append(_compare(f"naive 1/{k} rule", _gradient(classifier), reference, None))
     return checks
+
+
+def torch_paths(precision: str) -> list[tuple[str, dict[str, bool]]]:
+    """The torch loop's paths besides eager, as check-ga names them: static shapes always (what --compile trains
+    at), and CUDA graphs where --cuda-graphs auto would take them (a CUDA GPU, bf16)."""
+    paths = [("static shapes", {"static_shapes": True})]
+    if resolve_cuda_graphs("auto", precision, REFERENCE_BACKEND, 1) == "on":
+        paths.append(("CUDA graphs", {"cuda_graphs": True}))
+    return paths

@@ -33,6 +33,7 @@ from accumbench.backends.base import (
     resolve_precision,
     use_fast_cuda_math,
 )
+from accumbench.backends.static_step import resolve_cuda_graphs
 from accumbench.config import RunConfig
 from accumbench.data import pipeline, token_cache
 from accumbench.errors import UserError
@@ -77,6 +78,8 @@ def prepare(config: RunConfig, cache: dict[Any, Any] | None = None) -> Prepared:
                         "pass a number with torchrun or accelerate launch")
     require_supported_precision(config.precision)
     config = dataclasses.replace(config, precision=resolve_precision(config.precision))
+    config = dataclasses.replace(config, cuda_graphs=resolve_cuda_graphs(config.cuda_graphs, config.precision,
+                                                                         config.backend, world_size()))
     use_fast_cuda_math()  # before the auto micro-batch probe, which must run the training's own math
     dataset = load_dataset(config, cache)
     tokenizer, encoder = load_tokenizer_and_encoder(config.model)
@@ -174,7 +177,9 @@ def backend_setup(config: RunConfig, total_steps: int) -> BackendSetup:
                         betas=(settings.beta1, settings.beta2), eps=settings.eps, scheduler=config.scheduler,
                         warmup_ratio=config.warmup_ratio, total_steps=total_steps, precision=config.precision,
                         compile=config.compile, accumulation_steps=config.accumulation_steps_for(world_size()),
-                        micro_batch_size=config.micro_batch_size)
+                        micro_batch_size=config.micro_batch_size, compile_mode=config.compile_mode,
+                        static_shapes=config.compile and config.backend == "torch", cuda_graphs=config.cuda_graphs == "on",
+                        max_length=config.max_length)
 
 
 def run_columns(config: RunConfig) -> dict[str, Any]:
@@ -205,6 +210,7 @@ def loaded_columns(prepared: Prepared, backend: Backend) -> dict[str, Any]:
     """The run's columns known once data, model and backend are set up."""
     return dict(
         micro_batch_size=prepared.config.micro_batch_size, precision=prepared.config.precision,
+        cuda_graphs=prepared.config.cuda_graphs,
         accumulation_steps=prepared.config.accumulation_steps_for(backend.world_size), world_size=backend.world_size,
         tokenize_seconds=prepared.tokenize_seconds, tokens_cached=prepared.tokens_cached,
         epochs=prepared.epochs, train_steps=prepared.total_steps,

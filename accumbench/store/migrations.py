@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from accumbench.errors import UserError
 from accumbench.store.schema import METRIC_COLUMNS, Base, Epoch, Run, SchemaVersion, Step
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 def read_schema_version(conn: Connection) -> int | None:
@@ -127,6 +127,11 @@ def _migrate_to_11(conn: Connection) -> None:
     _add_missing_columns(conn, Step.__table__, ("effective_batch_size",))
 
 
+def _migrate_to_12(conn: Connection) -> None:
+    """11 -> 12: runs.cuda_graphs, --cuda-graphs as resolved (earlier runs trained eagerly: NULL)."""
+    _add_missing_columns(conn, Run.__table__, ("cuda_graphs",))
+
+
 # Why migrations rather than "delete the old file": a run database holds results
 # that took GPU-hours to produce, so a new accumbench upgrades it in place.
 # upgrade() runs these in order (found+1 .. SCHEMA_VERSION) inside Store.open's single
@@ -136,7 +141,7 @@ def _migrate_to_11(conn: Connection) -> None:
 # altering). A new schema version = bump SCHEMA_VERSION + add one entry here.
 _MIGRATIONS = {2: _migrate_to_2, 3: _migrate_to_3, 4: _migrate_to_4, 5: _migrate_to_5, 6: _migrate_to_6,
                7: _migrate_to_7, 8: _migrate_to_8, 9: _migrate_to_9,
-               10: _migrate_to_10, 11: _migrate_to_11}
+               10: _migrate_to_10, 11: _migrate_to_11, 12: _migrate_to_12}
 assert set(_MIGRATIONS) == set(range(2, SCHEMA_VERSION + 1)), "one migration per version"
 
 

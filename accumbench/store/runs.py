@@ -52,7 +52,7 @@ class RunRecords:
         accelerate_version: str | None = None, device: str | None = None,
         num_train_samples: int | None = None, num_val_samples: int | None = None,
         num_test_samples: int | None = None, num_labels: int | None = None,
-        precision: str | None = None, world_size: int | None = None,
+        precision: str | None = None, world_size: int | None = None, cuda_graphs: str | None = None,
         base_lr: float | None = None, lr_scaling: str | None = None, base_batch_size: int | None = None,
         budget: str | None = None, train_steps: int | None = None,
         tokenize_seconds: float | None = None, tokens_cached: bool | None = None,

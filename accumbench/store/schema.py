@@ -181,6 +181,7 @@ class Run(Base):
     scaling_rule: Mapped[str | None]
     pruned_deficit: Mapped[float | None]  # racing's margin rule (schema 10): the deficit to the best, and its
     pruned_bound: Mapped[float | None]  # lower bound, which was above the margin
+    cuda_graphs: Mapped[str | None]  # schema 12: --cuda-graphs as resolved, on or off (NULL: trained before it, eagerly)
 
 
 class Epoch(Base):
