@@ -54,7 +54,7 @@ OPTIMIZERS = ("adam", "adamw")
 SCHEDULERS = ("constant", "linear", "cosine")
 POOLINGS = ("cls", "mean")
 BUDGETS = ("epochs", "steps")
-CUDA_GRAPHS = ("auto", "on", "off")  # auto: on where graphs can run (backends/static_step.graphs_possible)
+CUDA_GRAPHS = ("auto", "on", "off")  # auto: on where graphs can run (backends/static_step.resolve_cuda_graphs)
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")  # torch.compile's modes that leave graphs to us
 
 # Fields that never change what a run computes, so they stay out of config_hash.
@@ -70,8 +70,7 @@ _EARLIER_RUNS_HAD = {"lr_scaling": "none", "base_batch_size": 64, "budget": "epo
                      "data_seed": None, "group_by_length": False, "compile": False, "text_pair_column": None,
                      "dataset_config": None, "positive_label": None, "adam_beta1": 0.9, "adam_beta2": 0.999,
                      "adam_eps": 1e-8, "beta1_scaling": "none", "beta2_scaling": "none", "eps_scaling": "none",
-                     "weight_decay_scaling": "none", "ebs_schedule": None, "cuda_graphs": "auto",
-                     "compile_mode": "default"}
+                     "weight_decay_scaling": "none", "ebs_schedule": None, "cuda_graphs": "auto", "compile_mode": "default"}
 
 
 @dataclass(frozen=True)

@@ -59,7 +59,7 @@ class Workload:
 
     def __init__(self, name: str, model: str, dataset: str, samples: int, ebs: int, micro: int, max_length: int,
                  precision: str, db: Path) -> None:
-        from accumbench.backends.base import resolve_precision
+        from accumbench.backends.device import resolve_precision
         from accumbench.data import pipeline
         from accumbench.model import load_tokenizer_and_encoder
 
@@ -96,7 +96,7 @@ def run_bare(work: Workload) -> float:
     import torch
     import torch.nn.functional as F
 
-    from accumbench.backends.base import AUTOCAST_DTYPES, local_device
+    from accumbench.backends.device import AUTOCAST_DTYPES, local_device
     from accumbench.data.pipeline import collate, token_counts
 
     device = local_device()
@@ -139,7 +139,7 @@ def run_trainer(work: Workload, out_dir: Path) -> float:
     from torch import nn
     from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-    from accumbench.backends.base import local_device
+    from accumbench.backends.device import local_device
 
     class WithLoss(nn.Module):
         """The same classifier, returning the loss as Trainer expects of a model."""

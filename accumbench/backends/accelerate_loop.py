@@ -27,17 +27,14 @@ import torch
 
 from accumbench.accumulation import OptimizerGroup
 from accumbench.backends.base import (
-    AUTOCAST_DTYPES,
     Backend,
     BackendSetup,
-    BatchFn,
-    group_autocast,
     make_optimizer,
     make_scheduler,
     micro_batch_loss,
-    outside_autocast,
     rank_inputs,
 )
+from accumbench.backends.device import AUTOCAST_DTYPES, BatchFn, group_autocast, outside_autocast
 
 
 class _PlanBatches:

@@ -17,20 +17,22 @@ import torch.distributed as dist
 
 from accumbench.accumulation import OptimizerGroup
 from accumbench.backends.base import (
-    AUTOCAST_DTYPES,
     Backend,
     BackendSetup,
-    BatchFn,
-    group_autocast,
-    local_device,
     make_optimizer,
     make_scheduler,
     micro_batch_loss,
+    rank_inputs,
+    weighted_rows_loss,
+)
+from accumbench.backends.device import (
+    AUTOCAST_DTYPES,
+    BatchFn,
+    group_autocast,
+    local_device,
     outside_autocast,
     prefetched,
-    rank_inputs,
     to_device,
-    weighted_rows_loss,
 )
 from accumbench.backends.static_step import CudaGraphs, EagerGraphs, StepGraphs, compiled, pad_batch, static_length
 from accumbench.optim_scaling import OptimizerSettings

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from accumbench import accumulation
-from accumbench.backends.base import BackendSetup, build_backend, local_device, require_supported_precision, to_device
+from accumbench.backends.base import BackendSetup, build_backend
+from accumbench.backends.device import local_device, require_supported_precision, to_device
 from accumbench.backends.static_step import resolve_cuda_graphs
 from accumbench.config import BACKENDS, REFERENCE_BACKEND
 from accumbench.data import pipeline

@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 
-from accumbench.backends.base import local_device, logits_by_length
+from accumbench.backends.base import logits_by_length
+from accumbench.backends.device import local_device
 from accumbench.data import pipeline
 from accumbench.data.sources import FILE_FORMATS, read_tables
 from accumbench.errors import UserError, first_line

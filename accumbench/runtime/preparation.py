@@ -22,13 +22,10 @@ from typing import Any
 import torch
 
 from accumbench import accumulation
-from accumbench.backends.base import (
+from accumbench.backends.base import Backend, BackendSetup, build_backend, micro_batch_loss
+from accumbench.backends.device import (
     AUTOCAST_DTYPES,
-    Backend,
-    BackendSetup,
-    build_backend,
     local_device,
-    micro_batch_loss,
     require_supported_precision,
     resolve_precision,
     use_fast_cuda_math,

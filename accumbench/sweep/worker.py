@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from accumbench.analysis.racing import Standing, claim_order, skip_reason
-from accumbench.backends.base import require_supported_precision
+from accumbench.backends.device import require_supported_precision
 from accumbench.config import RunConfig
 from accumbench.errors import StoreUnavailable, UserError
 from accumbench.model import check_model
