@@ -72,8 +72,12 @@ def test_gpu_check_runs_on_cpu_with_tiny_shapes(tmp_path, monkeypatch, capsys):
         autos = [r for r in results["rows"] if r["model"] == model and r["kind"] == "auto"]
         assert [(r["ebs"], r["micro"] * r["k"], r["micro"]) for r in autos] == [(256, 256, 32), (1024, 1024, 32)]
     assert all(check["passed"] for check in results["check_ga"] if check["tolerance"] is not None)
+    assert "torch, static shapes" in [check["name"] for check in results["check_ga"]]
+    # Without a GPU the graph rows are named as skipped, not failed.
+    assert len(results["skipped"]) == 2 * 3 and all("CUDA graphs need a GPU" in line for line in results["skipped"])
     printed = capsys.readouterr().out
-    assert "seed study projected, torch" in printed and "GA overhead bert-base torch" in printed
+    assert "seed study projected, torch eager, micro 64" in printed and "GA overhead bert-base torch eager" in printed
+    assert "goal: bert-base at micro-batch 64, MFU at least 40%" in printed
 
 
 def test_noise_scale_bench_runs_every_experiment(tiny_bert, tmp_path, monkeypatch, capsys):
