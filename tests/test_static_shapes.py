@@ -149,6 +149,19 @@ def test_cuda_graphs_on_needs_a_gpu_in_one_clear_line(tiny_bert, tmp_path):
     assert not db.exists()
 
 
+def test_a_sweep_with_cuda_graphs_on_stops_before_its_first_cell(tiny_bert, tmp_path):
+    from typer.testing import CliRunner
+
+    from accumbench.cli.app import app
+
+    db = tmp_path / "runs.db"
+    result = CliRunner().invoke(app, ["sweep", "--model", tiny_bert, "--max-train-samples", "32", "--epochs", "1",
+                                      "--effective-batch-size", "16,32", "--cuda-graphs", "on", "--db", str(db)])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: --cuda-graphs on needs a CUDA GPU; ")
+    assert not db.exists()
+
+
 @pytest.mark.parametrize("precision, backend, processes, why", [
     ("no", "torch", 1, "runs in bf16 only (this run's precision is no); add --precision bf16"),
     ("fp16", "torch", 1, "runs in bf16 only (this run's precision is fp16); add --precision bf16"),

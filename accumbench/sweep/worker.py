@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from accumbench.analysis.racing import Standing, claim_order, skip_reason
-from accumbench.backends.device import require_supported_precision
+from accumbench.backends.device import require_supported_precision, resolve_precision
+from accumbench.backends.static_step import resolve_cuda_graphs
 from accumbench.config import RunConfig
 from accumbench.errors import StoreUnavailable, UserError
 from accumbench.model import check_model
@@ -177,6 +178,7 @@ def preflight(spec: SweepSpec, url: str, cache: dict[Any, Any]) -> None:
         check_model(model)
     for cell in spec.cells:
         require_supported_precision(cell.precision)
+        resolve_cuda_graphs(cell.cuda_graphs, resolve_precision(cell.precision), cell.backend, world_size())  # `on`: can it?
         require_writable_checkpoints(url, cell)
         load_dataset(cell, cache)
 
