@@ -73,6 +73,20 @@ def tiny_modernbert(tmp_path_factory) -> str:
     return str(path)
 
 
+def demo_classifier(model_dir: str, n: int, *, seed: int, max_length: int, dropout: float = 0.0, pooling: str = "cls"):
+    """(model, batch_for): the encoder + dropout + linear head on a model directory, and a collate of n demo
+    reviews tokenized to max_length (each micro-batch padded to its longest), for the backends' tests."""
+    from accumbench.data import pipeline
+    from accumbench.data.demo import generate_demo_reviews
+    from accumbench.model import TextClassifier, load_tokenizer_and_encoder
+
+    tokenizer, encoder = load_tokenizer_and_encoder(model_dir)
+    reviews = generate_demo_reviews(n=n, seed=seed)
+    split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, max_length)
+    model = TextClassifier(encoder, 2, dropout, pooling)
+    return model, lambda indices: pipeline.collate(split, indices, tokenizer.pad_token_id)
+
+
 def query(db_path: Path, sql: str, *args) -> list[sqlite3.Row]:
     """Read the run store the way users and checks do: the plain sqlite3 module."""
     con = sqlite3.connect(db_path)

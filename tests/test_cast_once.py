@@ -5,19 +5,13 @@ bit-identical to an autocast region per micro-batch (how the loops ran before, a
 from __future__ import annotations
 
 import pytest
+from conftest import demo_classifier
 
 from accumbench.config import BACKENDS
 
 
 def _setup(tiny_bert, n: int):
-    from accumbench.data import pipeline
-    from accumbench.data.demo import generate_demo_reviews
-    from accumbench.model import TextClassifier, load_tokenizer_and_encoder
-
-    tokenizer, encoder = load_tokenizer_and_encoder(tiny_bert)
-    reviews = generate_demo_reviews(n=n, seed=3)
-    split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, 32)
-    return TextClassifier(encoder, 2, 0.1, "cls"), lambda idx: pipeline.collate(split, idx, tokenizer.pad_token_id)
+    return demo_classifier(tiny_bert, n, seed=3, max_length=32, dropout=0.1)
 
 
 class _WeightCasts:

@@ -6,6 +6,7 @@ Skipped where there is no CUDA GPU: bench/gpu_check.sh runs these checks, and ti
 from __future__ import annotations
 
 import pytest
+from conftest import demo_classifier
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.is_bf16_supported(),
@@ -13,14 +14,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or not torch.cuda.
 
 
 def _setup(model_dir: str, n: int):
-    from accumbench.data import pipeline
-    from accumbench.data.demo import generate_demo_reviews
-    from accumbench.model import TextClassifier, load_tokenizer_and_encoder
-
-    tokenizer, encoder = load_tokenizer_and_encoder(model_dir)
-    reviews = generate_demo_reviews(n=n, seed=13)
-    split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, 128)
-    return TextClassifier(encoder, 2, 0.0, "cls"), lambda idx: pipeline.collate(split, idx, tokenizer.pad_token_id)
+    return demo_classifier(model_dir, n, seed=13, max_length=128)
 
 
 def _backend(model, **path):

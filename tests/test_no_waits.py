@@ -5,6 +5,7 @@ the CPU can count what would stall a GPU's launch queue."""
 from __future__ import annotations
 
 import pytest
+from conftest import demo_classifier
 
 from accumbench.config import BACKENDS
 
@@ -46,14 +47,7 @@ def _host_only() -> bool:
 
 
 def _setup(model_dir: str, n: int):
-    from accumbench.data import pipeline
-    from accumbench.data.demo import generate_demo_reviews
-    from accumbench.model import TextClassifier, load_tokenizer_and_encoder
-
-    tokenizer, encoder = load_tokenizer_and_encoder(model_dir)
-    reviews = generate_demo_reviews(n=n, seed=5)
-    split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, 128)
-    return TextClassifier(encoder, 2, 0.1, "mean"), lambda idx: pipeline.collate(split, idx, tokenizer.pad_token_id)
+    return demo_classifier(model_dir, n, seed=5, max_length=128, dropout=0.1, pooling="mean")
 
 
 @pytest.mark.parametrize("backend_name", list(BACKENDS))

@@ -9,6 +9,7 @@ import random
 import statistics
 
 import pytest
+from conftest import demo_classifier
 
 from accumbench.backends.grad_norms import MicroBatchGradNorms
 from accumbench.noise_scale import (
@@ -116,15 +117,7 @@ def test_ema_is_bias_corrected_and_keeps_its_components_apart():
 
 
 def _tiny_setup(tiny_bert, n: int):
-    from accumbench.data import pipeline
-    from accumbench.data.demo import generate_demo_reviews
-    from accumbench.model import TextClassifier, load_tokenizer_and_encoder
-
-    tokenizer, encoder = load_tokenizer_and_encoder(tiny_bert)
-    reviews = generate_demo_reviews(n=n, seed=3)
-    split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, 24)
-    model = TextClassifier(encoder, 2, 0.0, "cls")
-    return model, lambda indices: pipeline.collate(split, indices, tokenizer.pad_token_id)
+    return demo_classifier(tiny_bert, n, seed=3, max_length=24)
 
 
 def _fresh_micro_norms(model, batches, precision: str) -> list[float]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from conftest import demo_classifier
 
 from accumbench.backends.static_step import static_length
 
@@ -15,15 +16,8 @@ SETUP = dict(optimizer="adam", lr=1e-3, weight_decay=0.0, warmup_ratio=0.0, micr
 
 
 def _setup(model_dir: str, n: int, max_length: int = 128):
-    from accumbench.data import pipeline
-    from accumbench.data.demo import generate_demo_reviews
-    from accumbench.model import TextClassifier, load_tokenizer_and_encoder
-
-    tokenizer, encoder = load_tokenizer_and_encoder(model_dir)
-    reviews = generate_demo_reviews(n=n, seed=11)
-    split = pipeline.tokenize(pipeline.TextSplit(reviews["text"], reviews["label"]), tokenizer, max_length)
-    model = TextClassifier(encoder, 2, 0.0, "mean").double()  # fp64: exactness down to summation order
-    return model, lambda idx: pipeline.collate(split, idx, tokenizer.pad_token_id)
+    model, batch_for = demo_classifier(model_dir, n, seed=11, max_length=max_length, pooling="mean")
+    return model.double(), batch_for  # fp64: exactness down to summation order
 
 
 def _backend(model, **kwargs):

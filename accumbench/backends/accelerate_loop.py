@@ -93,7 +93,7 @@ class AccelerateBackend(Backend):
             dynamo_plugin=TorchDynamoPlugin(backend="inductor" if setup.compile else "no",
                                             mode=None if setup.compile_mode == "default" else setup.compile_mode),
         )
-        self._autocast_dtype = AUTOCAST_DTYPES.get(setup.precision)  # Accelerate's own, for the group's region
+        self.autocast_dtype = AUTOCAST_DTYPES.get(setup.precision)  # Accelerate's own, for the group's region
         self.rank, self.world_size = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
         self._plan = _PlanBatches(self.world_size)
@@ -126,7 +126,7 @@ class AccelerateBackend(Backend):
         expected = ((g, m, s == len(g.micro_steps) - 1)
                     for g in groups for s, m in enumerate(g.for_rank(self.rank)))
         loss_sum = correct = None
-        device, dtype = self.device.type, self._autocast_dtype
+        device, dtype = self.device.type, self.autocast_dtype
         # The group's autocast region (see group_autocast), left before each step; and on an error.
         with contextlib.ExitStack() as region:
             for batch in self.loader:

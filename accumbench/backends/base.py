@@ -155,7 +155,8 @@ class BackendSetup:
     compile: bool = False
     compile_mode: str = "default"
     # Static shapes (static_step.py): micro-batches padded to micro_batch_size rows and lengths in steps of 32 up to
-    # max_length, for --compile; cuda_graphs records them as CUDA graphs (the torch loop, one process).
+    # max_length, for --compile; cuda_graphs records them as CUDA graphs (one process). The torch loop reads
+    # both; Accelerate compiles through its own dynamo plugin and runs eagerly.
     static_shapes: bool = False
     cuda_graphs: bool = False
     max_length: int = 0
@@ -182,6 +183,7 @@ class Backend:
     device: torch.device
     optimizer: torch.optim.Optimizer
     scheduler: Any  # torch's LambdaLR (transformers' schedules), or Accelerate's wrapper of it
+    autocast_dtype: torch.dtype | None = None  # bf16 or fp16 autocast (device.AUTOCAST_DTYPES), None in fp32
     # Set by measure_noise_scale(): the micro-batch gradient norms, and how to average and log them.
     noise_norms: MicroBatchGradNorms | None = None
     noise_decay: float = DEFAULT_DECAY

@@ -4,6 +4,7 @@ Both backends and the runtime (the micro-batch probe, check-ga, predict) take th
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -90,14 +91,10 @@ def prefetched(inputs: Sequence[Sequence[int]], batch_for: BatchFn, device: torc
         yield batch
 
 
-_COPY_STREAMS: dict[torch.device, Any] = {}
-
-
+@functools.cache
 def _copy_stream(device: torch.device) -> Any:
     """One side stream per GPU for host-to-device copies, made once."""
-    if device not in _COPY_STREAMS:
-        _COPY_STREAMS[device] = torch.cuda.Stream(device)
-    return _COPY_STREAMS[device]
+    return torch.cuda.Stream(device)
 
 
 def resolve_precision(precision: str) -> str:

@@ -195,9 +195,8 @@ class StepGraphs:
             # In the parameters' dtype: fp32 on a GPU, as fused Adam reads it; fp64 for the fp64 exactness tests.
             like = self.params[0]
             self.lrs = [torch.tensor(float(g["lr"]), device=like.device, dtype=like.dtype) for g in optimizer.param_groups]
-            for group in optimizer.param_groups:
-                if self.params[0].is_cuda:
-                    group["capturable"] = True  # Adam's check for a capture; fused Adam keeps its step count on the GPU
+            for group in optimizer.param_groups if like.is_cuda else ():
+                group["capturable"] = True  # Adam's check for a capture; fused Adam keeps its step count on the GPU
 
             def at_device_lrs() -> list[torch.Tensor]:
                 floats = [g["lr"] for g in optimizer.param_groups]

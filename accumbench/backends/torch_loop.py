@@ -88,12 +88,9 @@ class TorchBackend(Backend):
         batches = prefetched([rank_inputs(micro, group) for micro in micro_batches], batch_for, self.device)
         with group_autocast(device, dtype):  # weights cast once per group: see group_autocast
             for i, (micro, batch) in enumerate(zip(micro_batches, batches)):
-                at_boundary = i == len(micro_batches) - 1
-                # DDP all-reduces on every backward unless told not to: only the last micro-step syncs.
-                sync = contextlib.nullcontext() if at_boundary or self.world_size == 1 else self.model.no_sync()
                 if self.noise_norms is not None:
                     self.noise_norms.rows_used(batch["input_ids"])
-                with sync:
+                with self._ddp_sync(at_boundary=i == len(micro_batches) - 1):
                     loss, n_correct = micro_batch_loss(self.model, batch)
                     # weight = world_size * n_micro / n_group (0 for a stand-in): see accumulation.py.
                     with outside_autocast(device, dtype):
@@ -124,15 +121,17 @@ class TorchBackend(Backend):
                 if self.step_graphs is not None:
                     numbers = self.step_graphs.micro_step(batch, self.device, self._forward_backward)
                 else:
-                    at_boundary = i == len(micro_batches) - 1
-                    sync = contextlib.nullcontext() if at_boundary or self.world_size == 1 else self.model.no_sync()
-                    with sync:
+                    with self._ddp_sync(at_boundary=i == len(micro_batches) - 1):
                         numbers = self._forward_backward(to_device(batch, self.device))
                 if self.noise_norms is not None:
                     self.noise_norms.count(len(micro))
                 loss_sum += numbers[0].double()
                 correct += numbers[1].double()
         return loss_sum, correct
+
+    def _ddp_sync(self, at_boundary: bool) -> contextlib.AbstractContextManager[object]:
+        """DDP all-reduces on every backward unless told not to: only a group's last micro-step syncs."""
+        return contextlib.nullcontext() if at_boundary or self.world_size == 1 else self.model.no_sync()
 
     def _forward_backward(self, batch: dict[str, torch.Tensor]) -> list[torch.Tensor]:
         """One static micro-batch's forward and backward, what a CUDA graph records: (loss sum, correct)."""

@@ -175,7 +175,7 @@ def backend_setup(config: RunConfig, total_steps: int) -> BackendSetup:
                         warmup_ratio=config.warmup_ratio, total_steps=total_steps, precision=config.precision,
                         compile=config.compile, accumulation_steps=config.accumulation_steps_for(world_size()),
                         micro_batch_size=config.micro_batch_size, compile_mode=config.compile_mode,
-                        static_shapes=config.compile and config.backend == "torch", cuda_graphs=config.cuda_graphs == "on",
+                        static_shapes=config.compile, cuda_graphs=config.cuda_graphs == "on",
                         max_length=config.max_length)
 
 
